@@ -1,0 +1,267 @@
+"""The itk-dreg plug-in contract: three abstract callables and their records.
+
+A method written for itk-dreg (``ConstructReaderMethod``,
+``BlockPairRegistrationMethod``, ``ReduceResultsMethod``) runs unchanged under
+ngff-dreg when its base classes are swapped for these. This module holds the
+contract only; it imports no implementation and does not import ``itk``.
+
+Conventions
+-----------
+* Array indices, chunk indices and slices are in NumPy order (slowest first,
+  e.g. ``z, y, x``). ITK objects (regions, points, spacing) are in ITK order
+  (``x, y, z``).
+* Every transform maps points from the **fixed** image's physical space to the
+  **moving** image's physical space (ITK's resampling convention).
+* A block method's ``transform`` acts on a fixed point *before* the initial
+  transform: ``total(x) = initial(block(x))``. This is what "applied after the
+  initial transform" means in an ``itk.CompositeTransform`` queue.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "BlockInfo",
+    "BlockRegStatus",
+    "BlockPairRegistrationResult",
+    "LocatedBlockResult",
+    "RegistrationTransformResult",
+    "RegistrationResult",
+    "ConstructReaderMethod",
+    "BlockPairRegistrationMethod",
+    "ReduceResultsMethod",
+]
+
+
+class BlockRegStatus(IntEnum):
+    """Outcome of registering one block pair.
+
+    ``SUCCESS`` and ``FAILURE`` keep their itk-dreg values; the specific codes
+    after them say *why* a block produced no transform.
+    """
+
+    SUCCESS = 0
+    """Registration produced at least a forward transform."""
+    FAILURE = 1
+    """Unspecified failure."""
+    NO_SIGNAL = 2
+    """The fixed block holds no usable signal (background, constant); skipped."""
+    OUT_OF_BOUNDS = 3
+    """The block maps outside the moving image."""
+    METHOD_ERROR = 4
+    """The block method raised an exception."""
+    LOW_QUALITY = 5
+    """The method ran but its result failed a quality check and was discarded."""
+
+
+@dataclass
+class BlockInfo:
+    """Position of one scheduled block (chunk) inside the fixed array.
+
+    Attributes
+    ----------
+    chunk_index:
+        Index of the block in the block grid, NumPy order.
+    array_slice:
+        Slices into the fixed array (NumPy order) covering the block, without
+        overlap padding.
+
+    """
+
+    chunk_index: tuple[int, ...]
+    array_slice: tuple[slice, ...]
+
+    def __post_init__(self) -> None:
+        self.chunk_index = tuple(int(i) for i in self.chunk_index)
+        self.array_slice = tuple(self.array_slice)
+        if len(self.chunk_index) != len(self.array_slice):
+            raise ValueError(
+                f"chunk_index {self.chunk_index} and array_slice {self.array_slice} "
+                "have different dimensions"
+            )
+
+    @property
+    def ndim(self) -> int:
+        """Number of array dimensions."""
+        return len(self.array_slice)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Block shape in voxels, NumPy order."""
+        return tuple(int(s.stop - s.start) for s in self.array_slice)
+
+
+@dataclass
+class BlockPairRegistrationResult:
+    """Result of registering one fixed block against the moving image.
+
+    Attributes
+    ----------
+    transform:
+        Forward transform (fixed→moving), applied to a fixed point *before* the
+        initial transform. Required when ``status`` is SUCCESS.
+    transform_domain:
+        Unbuffered ``itk.Image`` whose largest region is the oriented physical
+        box over which ``transform`` is valid. Required with ``transform``.
+    inv_transform, inv_transform_domain:
+        Optional inverse and its domain.
+    status:
+        A :class:`BlockRegStatus`.
+    metric:
+        Optional final metric value (lower is better), used as a quality weight.
+    message:
+        Optional human-readable note (the error text for METHOD_ERROR).
+
+    """
+
+    transform: Any | None
+    transform_domain: Any | None
+    inv_transform: Any | None
+    inv_transform_domain: Any | None
+    status: BlockRegStatus
+    metric: float | None = None
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        self.status = BlockRegStatus(int(self.status))
+        if self.status == BlockRegStatus.SUCCESS and self.transform is None:
+            raise ValueError("a SUCCESS block result requires a transform")
+        if (self.transform is None) != (self.transform_domain is None):
+            raise ValueError("transform and transform_domain must be given together")
+        if (self.inv_transform is None) != (self.inv_transform_domain is None):
+            raise ValueError("inv_transform and inv_transform_domain must be given together")
+        if self.inv_transform is not None and self.transform is None:
+            raise ValueError("an inverse transform requires a forward transform")
+        if self.transform_domain is not None and _domain_is_empty(self.transform_domain):
+            raise ValueError("transform_domain must be a non-empty region")
+
+    @classmethod
+    def failed(
+        cls, status: BlockRegStatus = BlockRegStatus.FAILURE, message: str = ""
+    ) -> BlockPairRegistrationResult:
+        """A result with no transform and the given failure status."""
+        if status == BlockRegStatus.SUCCESS:
+            raise ValueError("failed() needs a failure status")
+        return cls(None, None, None, None, status, None, message)
+
+
+def _domain_is_empty(domain: Any) -> bool:
+    size = getattr(domain, "GetLargestPossibleRegion", None)
+    if size is None:
+        return False
+    return any(int(s) == 0 for s in domain.GetLargestPossibleRegion().GetSize())
+
+
+@dataclass
+class LocatedBlockResult:
+    """A block result together with the fixed block it came from."""
+
+    result: BlockPairRegistrationResult
+    fixed_info: BlockInfo
+
+
+@dataclass
+class RegistrationTransformResult:
+    """Fixed→moving transform valid over the whole fixed domain, and its inverse.
+
+    ngff-dreg's reductions return the *total* transform: the initial transform
+    is already folded in.
+    """
+
+    transform: Any
+    inv_transform: Any | None = None
+
+
+@dataclass
+class RegistrationResult:
+    """Outcome of a registration.
+
+    Attributes
+    ----------
+    transforms:
+        The forward and inverse transforms.
+    status:
+        Array of :class:`BlockRegStatus` codes shaped like the block grid.
+    levels:
+        Per-level reports (block status, metrics, timings), filled by the
+        coarse-to-fine pipeline; empty for a single ``register_images`` run.
+    timings:
+        Wall time of each stage in seconds.
+
+    """
+
+    transforms: RegistrationTransformResult
+    status: npt.NDArray[np.integer[Any]]
+    levels: list[Any] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ConstructReaderMethod(ABC):
+    """Makes a reader that behaves like ``itk.ImageFileReader``.
+
+    The reader's output carries the image metadata (size, spacing, origin,
+    direction) without voxels; voxels of a requested region are streamed on
+    ``Update()``. Implementations must pickle so that workers can rebuild the
+    reader themselves.
+    """
+
+    @abstractmethod
+    def __call__(self, **kwargs: Any) -> Any:
+        """Return a new reader."""
+
+
+class BlockPairRegistrationMethod(ABC):
+    """Registers one fixed block against the matching moving region."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        fixed_subimage: Any,
+        moving_subimage: Any,
+        initial_transform: Any,
+        block_info: BlockInfo,
+        **kwargs: Any,
+    ) -> BlockPairRegistrationResult:
+        """Register the block pair.
+
+        Parameters
+        ----------
+        fixed_subimage:
+            ``itk.Image``; its RequestedRegion is the block, its BufferedRegion
+            the block plus overlap padding.
+        moving_subimage:
+            ``itk.Image`` covering the fixed block's physical bounds mapped
+            through ``initial_transform``, plus padding.
+        initial_transform:
+            Fixed→moving ``itk.Transform`` from earlier stages.
+        block_info:
+            Where the block sits in the fixed array.
+
+        Returns
+        -------
+        BlockPairRegistrationResult
+            Its ``transform`` acts on fixed points before ``initial_transform``.
+
+        """
+
+
+class ReduceResultsMethod(ABC):
+    """Turns the per-block results into one transform over the fixed domain."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        block_results: Iterable[LocatedBlockResult],
+        fixed_reader_ctor: ConstructReaderMethod,
+        initial_transform: Any,
+        **kwargs: Any,
+    ) -> RegistrationTransformResult:
+        """Reduce block results to a fixed→moving transform."""
