@@ -1,0 +1,1061 @@
+"""Parse OME-Zarr (NGFF 0.4, 0.5, 0.6) multiscale image metadata (no I/O).
+
+The entry point is :func:`parse_multiscale`, which takes the attributes of a
+multiscale group (``.zattrs`` for Zarr v2, ``zarr.json["attributes"]`` for
+Zarr v3) and returns a :class:`Multiscale`.
+
+Geometry model
+--------------
+Each level maps an array index ``i`` (NumPy order, all axes) to the
+multiscale's physical coordinate system as::
+
+    physical = M @ (s_ds * i + t_ds) + b
+
+where ``s_ds``/``t_ds`` are the dataset's scale/translation and ``M``, ``b``
+the composed multiscales-level ``coordinateTransformations`` (diagonal for
+0.4/0.5; any ``scale``/``translation``/``rotation``/``affine`` chain in 0.6).
+The spatial block of ``M`` is factored as ``R @ diag(s_ms)`` with unit-norm
+columns, so for the spatial axes
+
+* spacing   = ``s_ms * s_ds``,
+* origin    = ``R @ (s_ms * t_ds) + b`` (``= s_ms * t_ds + t_ms`` when ``R = I``),
+* direction = ``R`` (reversed to ITK order).
+
+Anatomical orientation (RFC-4)
+------------------------------
+When no rotation/affine is given but every spatial axis carries an RFC-4
+``orientation`` label (``{"type": "anatomical", "value": "left-to-right"}``),
+the labels become an axis permutation/flip relative to **LPS**, ITK's (and
+DICOM's) patient space: physical +x points to the patient's Left, +y to
+Posterior, +z to Superior. An axis labelled ``left-to-right`` (index grows
+toward the right) therefore gets direction ``-x``. The whole intrinsic space is
+mapped through that matrix, so origins move with it. Pass
+``use_orientation=False`` to ignore the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ngff_dreg.errors import (
+    InvalidMetadataError,
+    LevelNotFoundError,
+    NgffDregError,
+    PathEscapeError,
+    UnsupportedVersionError,
+)
+from ngff_dreg.geometry import ImageGeometry
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "Axis",
+    "Level",
+    "Multiscale",
+    "parse_multiscale",
+    "detect_version",
+    "check_relative_path",
+    "LENGTH_UNITS",
+    "normalize_unit",
+    "unit_factor",
+    "orientation_matrix",
+]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS: tuple[str, ...] = ("0.4", "0.5", "0.6")
+
+FloatArray = npt.NDArray[np.float64]
+
+# ---------------------------------------------------------------------------
+# Units
+# ---------------------------------------------------------------------------
+
+# Length of one unit in meters, keyed by the UDUNITS-2 names NGFF lists.
+LENGTH_UNITS: dict[str, float] = {
+    "yoctometer": 1e-24,
+    "zeptometer": 1e-21,
+    "attometer": 1e-18,
+    "femtometer": 1e-15,
+    "picometer": 1e-12,
+    "angstrom": 1e-10,
+    "nanometer": 1e-9,
+    "micrometer": 1e-6,
+    "millimeter": 1e-3,
+    "centimeter": 1e-2,
+    "decimeter": 1e-1,
+    "meter": 1.0,
+    "hectometer": 1e2,
+    "kilometer": 1e3,
+    "megameter": 1e6,
+    "gigameter": 1e9,
+    "terameter": 1e12,
+    "petameter": 1e15,
+    "exameter": 1e18,
+    "zettameter": 1e21,
+    "yottameter": 1e24,
+    "inch": 0.0254,
+    "foot": 0.3048,
+    "yard": 0.9144,
+    "mile": 1609.344,
+    "parsec": 3.0856775814913673e16,
+}
+
+# Common spellings that are not NGFF names but that users type.
+_ALIASES: dict[str, str] = {
+    "um": "micrometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "micron": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "km": "kilometer",
+    "pm": "picometer",
+    "metre": "meter",
+    "micrometre": "micrometer",
+    "millimetre": "millimeter",
+    "nanometre": "nanometer",
+    "centimetre": "centimeter",
+}
+
+
+def normalize_unit(unit: str) -> str | None:
+    """Canonical NGFF name of a length unit, or ``None`` if it is not a known length.
+
+    Parameters
+    ----------
+    unit:
+        A UDUNITS-2 name (``"micrometer"``), a plural, or a common alias (``"um"``).
+
+    Returns
+    -------
+    str or None
+        The NGFF spelling, or ``None`` when ``unit`` is not a known length.
+
+    """
+    key = unit.strip().lower()
+    if key in LENGTH_UNITS:
+        return key
+    if key.endswith("s") and (key[:-1] in LENGTH_UNITS or key[:-1] in _ALIASES):
+        key = key[:-1]
+        return key if key in LENGTH_UNITS else _ALIASES[key]
+    if key.endswith("re") and key[:-2] + "er" in LENGTH_UNITS:
+        return key[:-2] + "er"
+    return _ALIASES.get(key)
+
+
+def unit_factor(from_unit: str, to_unit: str) -> float:
+    """Multiplier converting a length in ``from_unit`` to ``to_unit``.
+
+    Raises
+    ------
+    ValueError
+        If either unit is not a known length unit.
+
+    """
+    a = normalize_unit(from_unit)
+    b = normalize_unit(to_unit)
+    if a is None:
+        raise ValueError(f"unknown length unit {from_unit!r}")
+    if b is None:
+        raise ValueError(f"unknown length unit {to_unit!r}")
+    return LENGTH_UNITS[a] / LENGTH_UNITS[b]
+
+
+# ---------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a multiscale image (NGFF ``axes`` entry)."""
+
+    name: str
+    type: str | None = None
+    unit: str | None = None
+    orientation: str | None = None
+
+    @property
+    def is_spatial(self) -> bool:
+        """True for axes of type ``space``."""
+        return self.type == "space"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level with its composed (dataset + multiscales) transform.
+
+    Attributes
+    ----------
+    path:
+        Array path relative to the multiscale group.
+    scale:
+        Per-axis voxel size (NumPy order, all axes); for spatial axes it is the
+        ITK spacing reversed.
+    translation:
+        Per-axis physical position of voxel 0 (NumPy order, all axes); for
+        spatial axes it is the ITK origin reversed.
+
+    """
+
+    path: str
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Multiscale:
+    """A parsed multiscale image description.
+
+    Attributes
+    ----------
+    version:
+        NGFF version (``"0.4"``, ``"0.5"`` or ``"0.6"``).
+    name:
+        The multiscale's ``name`` (or ``None``).
+    axes:
+        All axes, NumPy order.
+    levels:
+        Levels from finest to coarsest.
+    direction:
+        Spatial direction matrix, ITK order.
+    unit:
+        Common unit of the spatial axes (or ``None`` when unknown).
+    source:
+        URL or label of the group, used in error messages.
+    coordinate_system:
+        0.6 only: the coordinate system physical points are expressed in.
+
+    """
+
+    version: str
+    name: str | None
+    axes: tuple[Axis, ...]
+    levels: tuple[Level, ...]
+    direction: tuple[tuple[float, ...], ...]
+    unit: str | None = None
+    source: str = "<memory>"
+    coordinate_system: str | None = None
+    orientation: tuple[str, ...] | None = field(default=None)
+
+    # -- axes ------------------------------------------------------------
+    @property
+    def spatial_indices(self) -> tuple[int, ...]:
+        """Positions of the spatial axes among all axes (NumPy order)."""
+        return tuple(i for i, a in enumerate(self.axes) if a.is_spatial)
+
+    @property
+    def spatial_axes(self) -> tuple[Axis, ...]:
+        """The spatial axes, NumPy order."""
+        return tuple(self.axes[i] for i in self.spatial_indices)
+
+    @property
+    def non_spatial_axes(self) -> tuple[Axis, ...]:
+        """Time, channel and custom axes."""
+        return tuple(a for a in self.axes if not a.is_spatial)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions."""
+        return len(self.spatial_indices)
+
+    @property
+    def direction_matrix(self) -> FloatArray:
+        """Direction as an array (ITK order)."""
+        return np.asarray(self.direction, dtype=np.float64)
+
+    def axis_index(self, axis_type: str) -> int | None:
+        """Index of the first axis of ``axis_type`` (``"time"``, ``"channel"``), or ``None``."""
+        for i, a in enumerate(self.axes):
+            if a.type == axis_type:
+                return i
+        return None
+
+    # -- levels ----------------------------------------------------------
+    def level_index(self, level: int | str) -> int:
+        """Index of a level given by position (negative allowed) or by path.
+
+        Raises
+        ------
+        LevelNotFoundError
+            If no such level exists.
+
+        """
+        n = len(self.levels)
+        if isinstance(level, (int, np.integer)) and not isinstance(level, bool):
+            idx = int(level)
+            if -n <= idx < n:
+                return idx % n
+            raise LevelNotFoundError(
+                f"{self.source}: level {idx} out of range; the image has {n} level(s) "
+                f"(paths {[lv.path for lv in self.levels]})"
+            )
+        if isinstance(level, str):
+            for i, lv in enumerate(self.levels):
+                if lv.path == level:
+                    return i
+            if level.lstrip("-").isdigit():
+                return self.level_index(int(level))
+            raise LevelNotFoundError(
+                f"{self.source}: no level with path {level!r}; "
+                f"available: {[lv.path for lv in self.levels]}"
+            )
+        raise LevelNotFoundError(f"{self.source}: invalid level {level!r}")
+
+    def spacing(self, level: int | str = 0) -> tuple[float, ...]:
+        """Spatial spacing of a level, ITK order."""
+        lv = self.levels[self.level_index(level)]
+        return tuple(lv.scale[i] for i in reversed(self.spatial_indices))
+
+    def origin(self, level: int | str = 0) -> tuple[float, ...]:
+        """Physical position of a level's voxel 0, ITK order."""
+        lv = self.levels[self.level_index(level)]
+        return tuple(lv.translation[i] for i in reversed(self.spatial_indices))
+
+    def geometry(self, level: int | str, shape: Sequence[int]) -> ImageGeometry:
+        """:class:`ImageGeometry` of a level.
+
+        Parameters
+        ----------
+        level:
+            Level index or path.
+        shape:
+            The level array's shape: either all axes or only the spatial ones.
+
+        """
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == len(self.axes):
+            shape = tuple(shape[i] for i in self.spatial_indices)
+        elif len(shape) != self.ndim:
+            raise InvalidMetadataError(
+                f"{self.source}: level {level!r} array has {len(shape)} dimensions but "
+                f"'axes' lists {len(self.axes)}"
+            )
+        return ImageGeometry(
+            shape=shape,
+            spacing=self.spacing(level),
+            origin=self.origin(level),
+            direction=self.direction,
+            unit=self.unit,
+        )
+
+    # -- units -----------------------------------------------------------
+    def to_unit(self, unit: str) -> Multiscale:
+        """The same description with spatial lengths expressed in ``unit``.
+
+        When the image declares no unit, a warning is logged and its values
+        are taken to be in ``unit`` already.
+
+        Raises
+        ------
+        InvalidMetadataError
+            If ``unit`` or the image's unit is not a known length unit.
+
+        """
+        target = normalize_unit(unit)
+        if target is None:
+            raise InvalidMetadataError(
+                f"{self.source}: requested unit {unit!r} is not a known length unit"
+            )
+        if self.unit is None:
+            logger.warning(
+                "%s: no spatial unit in 'axes'; assuming values are in %s", self.source, target
+            )
+            factor = 1.0
+        else:
+            current = normalize_unit(self.unit)
+            if current is None:
+                raise InvalidMetadataError(
+                    f"{self.source}: metadata key 'axes[].unit' = {self.unit!r} is not a "
+                    f"known length unit; cannot convert to {target!r}"
+                )
+            factor = LENGTH_UNITS[current] / LENGTH_UNITS[target]
+        sp = set(self.spatial_indices)
+        levels = tuple(
+            Level(
+                lv.path,
+                tuple(v * factor if i in sp else v for i, v in enumerate(lv.scale)),
+                tuple(v * factor if i in sp else v for i, v in enumerate(lv.translation)),
+            )
+            for lv in self.levels
+        )
+        axes = tuple(replace(a, unit=target) if a.is_spatial else a for a in self.axes)
+        return replace(self, levels=levels, axes=axes, unit=target)
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------
+
+
+def _err(url: str, key: str, msg: str) -> InvalidMetadataError:
+    return InvalidMetadataError(f"{url}: metadata key '{key}': {msg}")
+
+
+def _as_dict(value: Any, url: str, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _err(url, key, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _as_list(value: Any, url: str, key: str, *, non_empty: bool = True) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise _err(url, key, f"expected a list, got {type(value).__name__}")
+    if non_empty and len(value) == 0:
+        raise _err(url, key, "must not be empty")
+    return list(value)
+
+
+def _opt_str(value: Any, url: str, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _err(url, key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _numbers(value: Any, url: str, key: str, n: int | None = None) -> FloatArray:
+    items = _as_list(value, url, key)
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _err(url, key, f"expected numbers, got {v!r}")
+        f = float(v)
+        if not math.isfinite(f):
+            raise _err(url, key, f"values must be finite, got {v!r}")
+        out.append(f)
+    if n is not None and len(out) != n:
+        raise _err(url, key, f"has {len(out)} entries but the image has {n} axes")
+    return np.asarray(out, dtype=np.float64)
+
+
+def _matrix(value: Any, url: str, key: str, rows: int, cols: int) -> FloatArray:
+    items = _as_list(value, url, key)
+    if len(items) != rows:
+        raise _err(url, key, f"expected {rows} rows, got {len(items)}")
+    return np.stack([_numbers(r, url, f"{key}[{i}]", cols) for i, r in enumerate(items)])
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def check_relative_path(path: Any, url: str, key: str) -> str:
+    """Validate a path found inside NGFF metadata; it must stay inside the store.
+
+    Parameters
+    ----------
+    path:
+        The value found in the metadata.
+    url:
+        The group's URL, for messages.
+    key:
+        The metadata key holding ``path``, for messages.
+
+    Returns
+    -------
+    str
+        The path, normalised (no leading ``./``, no trailing ``/``).
+
+    Raises
+    ------
+    PathEscapeError
+        For absolute paths, URL schemes, drive letters, backslashes or ``..``.
+    InvalidMetadataError
+        If ``path`` is not a non-empty string.
+
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise _err(url, key, f"expected a non-empty relative path, got {path!r}")
+    if (
+        path.startswith(("/", "~"))
+        or "\\" in path
+        or _SCHEME.match(path)
+        or "\x00" in path
+    ):
+        raise PathEscapeError(
+            f"{url}: metadata key '{key}': path {path!r} is absolute or a URL; "
+            "paths must be relative to the group and stay inside the store"
+        )
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise PathEscapeError(
+            f"{url}: metadata key '{key}': path {path!r} contains '..' and could "
+            "escape the store"
+        )
+    if not parts:
+        raise _err(url, key, f"expected a non-empty relative path, got {path!r}")
+    return "/".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Version and container
+# ---------------------------------------------------------------------------
+
+
+def _normalize_version(raw: Any, url: str, key: str) -> str:
+    if raw is None:
+        raise UnsupportedVersionError(
+            f"{url}: metadata key '{key}' is missing; ngff-dreg reads NGFF "
+            f"{', '.join(SUPPORTED_VERSIONS)}"
+        )
+    text = str(raw).strip()
+    if text in ("0.4", "0.5", "0.6"):
+        return text
+    if re.fullmatch(r"0\.6(\.\d+)?([.-]?(rc|dev|a|b)\d*)?", text):
+        return "0.6"
+    raise UnsupportedVersionError(
+        f"{url}: metadata key '{key}' = {raw!r} is not a supported NGFF version "
+        f"(supported: {', '.join(SUPPORTED_VERSIONS)})"
+    )
+
+
+def detect_version(attrs: Any, url: str = "<memory>") -> tuple[str, list[Any], str]:
+    """Find the NGFF version and the ``multiscales`` list in group attributes.
+
+    Returns
+    -------
+    tuple
+        ``(version, multiscales, key_prefix)`` where ``key_prefix`` is
+        ``"multiscales"`` (0.4) or ``"ome.multiscales"`` (0.5/0.6).
+
+    Raises
+    ------
+    InvalidMetadataError
+        When the attributes hold no multiscales.
+    UnsupportedVersionError
+        When the version is missing or not supported.
+
+    """
+    attrs = _as_dict(attrs, url, "attributes")
+    if "ome" in attrs:
+        ome = _as_dict(attrs["ome"], url, "ome")
+        if "multiscales" not in ome:
+            raise _err(url, "ome.multiscales", "missing: the group is not a multiscale image")
+        version = _normalize_version(ome.get("version"), url, "ome.version")
+        if version == "0.4":
+            raise UnsupportedVersionError(
+                f"{url}: metadata key 'ome.version' = '0.4' inside 'ome': 0.4 metadata "
+                "lives in top-level 'multiscales' (Zarr v2)"
+            )
+        return version, _as_list(ome["multiscales"], url, "ome.multiscales"), "ome.multiscales"
+    if "multiscales" in attrs:
+        ms = _as_list(attrs["multiscales"], url, "multiscales")
+        first = _as_dict(ms[0], url, "multiscales[0]")
+        version = _normalize_version(first.get("version"), url, "multiscales[0].version")
+        return version, ms, "multiscales"
+    raise _err(url, "multiscales", "missing (neither 'multiscales' nor 'ome.multiscales'): "
+               "the group is not an OME-Zarr multiscale image")
+
+
+# ---------------------------------------------------------------------------
+# Axes
+# ---------------------------------------------------------------------------
+
+# RFC-4 orientation value -> (ITK physical axis in LPS, sign).
+_LPS: dict[str, tuple[int, float]] = {
+    "right-to-left": (0, 1.0),
+    "left-to-right": (0, -1.0),
+    "anterior-to-posterior": (1, 1.0),
+    "posterior-to-anterior": (1, -1.0),
+    "inferior-to-superior": (2, 1.0),
+    "superior-to-inferior": (2, -1.0),
+}
+
+
+def orientation_matrix(labels: Sequence[str]) -> FloatArray | None:
+    """ITK direction matrix (relative to LPS) for RFC-4 labels of the spatial axes.
+
+    Parameters
+    ----------
+    labels:
+        One RFC-4 ``orientation.value`` per spatial axis, NumPy order
+        (e.g. ``["inferior-to-superior", "posterior-to-anterior", "left-to-right"]``).
+
+    Returns
+    -------
+    ndarray or None
+        ``ndim x ndim`` direction (ITK order), or ``None`` when the labels are
+        not a permutation of distinct LPS axes that fits ``ndim``.
+
+    """
+    n = len(labels)
+    direction = np.zeros((n, n))
+    used = set()
+    for j_np, label in enumerate(labels):
+        hit = _LPS.get(str(label).lower())
+        if hit is None:
+            return None
+        phys, sign = hit
+        if phys >= n or phys in used:
+            return None
+        used.add(phys)
+        direction[phys, n - 1 - j_np] = sign
+    return direction
+
+
+def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
+    items = _as_list(value, url, key)
+    if not 2 <= len(items) <= 5:
+        raise _err(url, key, f"must list 2 to 5 axes, got {len(items)}")
+    axes = []
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):  # pre-0.4 style; tolerated for spatial names
+            name, typ, unit, orient = item, None, None, None
+            typ = "space" if item in ("x", "y", "z") else "time" if item == "t" else "channel"
+        else:
+            d = _as_dict(item, url, k)
+            name = _opt_str(d.get("name"), url, f"{k}.name")
+            if not name:
+                raise _err(url, f"{k}.name", "missing or empty")
+            typ = _opt_str(d.get("type"), url, f"{k}.type")
+            unit = _opt_str(d.get("unit"), url, f"{k}.unit")
+            orient = None
+            o = d.get("orientation")
+            if isinstance(o, Mapping):
+                orient = _opt_str(o.get("value"), url, f"{k}.orientation.value")
+            elif o is not None:
+                orient = _opt_str(o, url, f"{k}.orientation")
+        axes.append(Axis(name=name, type=typ, unit=unit, orientation=orient))
+    names = [a.name for a in axes]
+    if len(set(names)) != len(names):
+        raise _err(url, key, f"axis names must be unique, got {names}")
+    n_space = sum(a.is_spatial for a in axes)
+    if not 2 <= n_space <= 3:
+        raise _err(url, key, f"must have 2 or 3 axes of type 'space', got {n_space}")
+    return tuple(axes)
+
+
+def _common_unit(axes: Sequence[Axis], url: str, key: str) -> tuple[str | None, dict[int, float]]:
+    """Common spatial unit and per-axis factors converting each axis to it."""
+    spatial = [(i, a) for i, a in enumerate(axes) if a.is_spatial]
+    units = [a.unit for _, a in spatial]
+    if all(u is None for u in units):
+        logger.warning("%s: no unit on the spatial axes ('%s'); lengths are unitless", url, key)
+        return None, {}
+    if any(u is None for u in units):
+        given = next(u for u in units if u is not None)
+        logger.warning(
+            "%s: some spatial axes in '%s' have no unit; assuming %s", url, key, given
+        )
+        units = [given if u is None else u for u in units]
+    norm = [normalize_unit(u) for u in units if u is not None]
+    if any(n is None for n in norm):
+        if len(set(units)) == 1:
+            logger.warning("%s: spatial unit %r in '%s' is not a known length", url, units[0], key)
+            return units[0], {}
+        raise _err(url, f"{key}[].unit", f"mixed units {units} include an unknown length unit")
+    target = norm[-1]
+    assert target is not None
+    factors = {}
+    for (i, _), n in zip(spatial, norm):
+        assert n is not None
+        if n != target:
+            factors[i] = LENGTH_UNITS[n] / LENGTH_UNITS[target]
+    if factors:
+        logger.info("%s: spatial axes use mixed units %s; converting to %s", url, units, target)
+    return target, factors
+
+
+# ---------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------
+
+
+def _flatten(items: list[Any], url: str, key: str) -> list[tuple[str, Mapping[str, Any]]]:
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]"
+        d = _as_dict(item, url, k)
+        typ = d.get("type")
+        if not isinstance(typ, str):
+            raise _err(url, f"{k}.type", f"missing or not a string: {typ!r}")
+        if typ == "sequence":
+            sub = _as_list(d.get("transformations"), url, f"{k}.transformations")
+            out.extend(_flatten(sub, url, f"{k}.transformations"))
+        else:
+            out.append((k, d))
+    return out
+
+
+def _homogeneous(
+    key: str, d: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, *, linear_ok: bool
+) -> FloatArray:
+    """``(n+1) x (n+1)`` homogeneous matrix (NumPy axis order) of one transform."""
+    typ = d["type"]
+    h = np.eye(n + 1)
+    if "path" in d and typ in ("scale", "translation", "affine", "rotation"):
+        raise _err(url, f"{key}.path", f"{typ} parameters stored in an array are not supported")
+    if typ == "identity":
+        return h
+    if typ == "scale":
+        s = _numbers(d.get("scale"), url, f"{key}.scale", n)
+        if np.any(s <= 0):
+            raise _err(url, f"{key}.scale", f"scale factors must be > 0, got {s.tolist()}")
+        h[:n, :n] = np.diag(s)
+        return h
+    if typ == "translation":
+        h[:n, n] = _numbers(d.get("translation"), url, f"{key}.translation", n)
+        return h
+    if not linear_ok:
+        raise _err(url, f"{key}.type", f"transform type {typ!r} is not allowed here")
+    ns = len(spatial)
+    if typ == "rotation":
+        raw = d.get("rotation")
+        m_n = len(raw) if isinstance(raw, list) else n
+        size = n if m_n == n else ns
+        r = _matrix(raw, url, f"{key}.rotation", size, size)
+        if not np.allclose(r @ r.T, np.eye(size), atol=1e-6) or np.linalg.det(r) < 0:
+            raise _err(url, f"{key}.rotation", "must be orthonormal with determinant +1")
+        lin, off = r, np.zeros(size)
+    elif typ == "affine":
+        raw = d.get("affine")
+        m_n = len(raw) if isinstance(raw, list) else n
+        size = n if m_n == n else ns
+        a = _matrix(raw, url, f"{key}.affine", size, size + 1)
+        lin, off = a[:, :size], a[:, size]
+    else:
+        raise _err(url, f"{key}.type", f"transform type {typ!r} is not supported by ngff-dreg")
+    if size == n:
+        h[:n, :n] = lin
+        h[:n, n] = off
+    else:  # parameters given for the spatial axes only
+        idx = np.asarray(spatial)
+        h[np.ix_(idx, idx)] = lin
+        h[idx, n] = off
+    return h
+
+
+def _compose(
+    items: list[tuple[str, Mapping[str, Any]]],
+    n: int,
+    spatial: Sequence[int],
+    url: str,
+    *,
+    linear_ok: bool,
+) -> FloatArray:
+    h = np.eye(n + 1)
+    for key, d in items:
+        h = _homogeneous(key, d, n, spatial, url, linear_ok=linear_ok) @ h
+    return h
+
+
+def _dataset_transform(
+    ds: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, key: str, version: str
+) -> tuple[FloatArray, FloatArray, str | None]:
+    """Scale and translation of one dataset, plus its 0.6 output system name."""
+    cts = _as_list(ds.get("coordinateTransformations"), url, f"{key}.coordinateTransformations")
+    flat = _flatten(cts, url, f"{key}.coordinateTransformations")
+    types = [d["type"] for _, d in flat]
+    if version != "0.6" and "scale" not in types:
+        raise _err(url, f"{key}.coordinateTransformations", "must contain a 'scale' transform")
+    h = _compose(flat, n, spatial, url, linear_ok=False)
+    out_name = None
+    for i, item in enumerate(cts):
+        out = item.get("output") if isinstance(item, Mapping) else None
+        if isinstance(out, Mapping):
+            out_name = _opt_str(out.get("name"), url, f"{key}.coordinateTransformations[{i}]"
+                                ".output.name")
+        elif isinstance(out, str):
+            out_name = out
+    return np.diag(h)[:n].copy(), h[:n, n].copy(), out_name
+
+
+def _ref_name(ref: Any) -> tuple[str | None, str | None]:
+    """``(name, path)`` of a 0.6 transform ``input``/``output`` (object or string)."""
+    if isinstance(ref, Mapping):
+        name = ref.get("name")
+        path = ref.get("path")
+        return (name if isinstance(name, str) else None, path if isinstance(path, str) else None)
+    if isinstance(ref, str):
+        return ref, None
+    return None, None
+
+
+def _is_routed(item: Any) -> bool:
+    return isinstance(item, Mapping) and ("input" in item or "output" in item)
+
+
+def _multiscale_transform_06(
+    cts: list[Any],
+    intrinsic: str,
+    target: str | None,
+    n: int,
+    spatial: Sequence[int],
+    url: str,
+    key: str,
+) -> tuple[FloatArray, str]:
+    """Follow the chain of 0.6 multiscales transforms starting at ``intrinsic``."""
+    h = np.eye(n + 1)
+    current = intrinsic
+    used: set[int] = set()
+    while target is None or current != target:
+        step = None
+        for i, item in enumerate(cts):
+            d = _as_dict(item, url, f"{key}[{i}]")
+            in_name, _ = _ref_name(d.get("input"))
+            out_name, out_path = _ref_name(d.get("output"))
+            if i in used or out_path or in_name != current or out_name in (None, current):
+                continue
+            step = (i, d, out_name)
+            break
+        if step is None:
+            break
+        i, d, out_name = step
+        used.add(i)
+        flat = _flatten([d], url, f"{key}[{i}]")
+        h = _compose(flat, n, spatial, url, linear_ok=True) @ h
+        assert out_name is not None
+        current = out_name
+    if target is not None and current != target:
+        raise _err(url, key, f"no transform chain from {intrinsic!r} to coordinate system "
+                   f"{target!r}")
+    return h, current
+
+
+def _factor_direction(
+    h: FloatArray, n: int, spatial: Sequence[int], url: str, key: str
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Split the linear part into ``(M, b, R, s_ms)`` and check it keeps axes apart."""
+    m = h[:n, :n]
+    b = h[:n, n]
+    sp = np.asarray(spatial)
+    other = np.asarray([i for i in range(n) if i not in set(spatial)], dtype=int)
+    if other.size:
+        if np.abs(m[np.ix_(sp, other)]).max() > 1e-12 or np.abs(m[np.ix_(other, sp)]).max() > 1e-12:
+            raise _err(url, key, "transforms mix spatial and non-spatial axes")
+        sub = m[np.ix_(other, other)]
+        if np.abs(sub - np.diag(np.diag(sub))).max() > 1e-12:
+            raise _err(url, key, "transforms mix non-spatial axes")
+    m_sp = m[np.ix_(sp, sp)]
+    s_ms = np.linalg.norm(m_sp, axis=0)
+    if np.any(s_ms <= 1e-300) or abs(np.linalg.det(m_sp)) < 1e-300:
+        raise _err(url, key, "the spatial part of the transform is singular")
+    r = m_sp / s_ms
+    if not np.allclose(r.T @ r, np.eye(len(spatial)), atol=1e-6):
+        logger.warning("%s: '%s' includes shear; the ITK direction is not orthonormal", url, key)
+    return m, b, r, s_ms
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def parse_multiscale(
+    attrs: Any,
+    *,
+    url: str = "<memory>",
+    name: str | None = None,
+    coordinate_system: str | None = None,
+    use_orientation: bool = True,
+) -> Multiscale:
+    """Parse the attributes of an OME-Zarr multiscale group.
+
+    Parameters
+    ----------
+    attrs:
+        The group's attributes: the ``.zattrs`` mapping (0.4) or
+        ``zarr.json["attributes"]`` (0.5/0.6).
+    url:
+        Where the attributes came from, for messages (credentials must have
+        been redacted already).
+    name:
+        Select the multiscale with this ``name``; the first one by default.
+    coordinate_system:
+        0.6 only: express physical points in this named coordinate system. By
+        default the chain of multiscales-level transforms starting at the
+        intrinsic system is followed to its end.
+    use_orientation:
+        Turn RFC-4 anatomical ``orientation`` labels into a direction matrix
+        (relative to LPS) when no rotation/affine is given.
+
+    Returns
+    -------
+    Multiscale
+        The parsed description.
+
+    Raises
+    ------
+    InvalidMetadataError, UnsupportedVersionError, PathEscapeError
+        For metadata that is missing, unsupported or inconsistent. Only
+        :class:`~ngff_dreg.errors.NgffDregError` subclasses are raised.
+
+    """
+    try:
+        return _parse(attrs, url, name, coordinate_system, use_orientation)
+    except NgffDregError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
+            np.linalg.LinAlgError) as exc:
+        raise InvalidMetadataError(f"{url}: malformed multiscales metadata: {exc}") from exc
+
+
+def _parse(
+    attrs: Any, url: str, name: str | None, target_cs: str | None, use_orientation: bool
+) -> Multiscale:
+    version, multiscales, prefix = detect_version(attrs, url)
+    index = 0
+    if name is not None:
+        names = [m.get("name") if isinstance(m, Mapping) else None for m in multiscales]
+        if name not in names:
+            raise _err(url, f"{prefix}[].name", f"no multiscale named {name!r}; found {names}")
+        index = names.index(name)
+    key = f"{prefix}[{index}]"
+    ms = _as_dict(multiscales[index], url, key)
+    if version == "0.4" and ms.get("version") not in (None, "0.4"):
+        _normalize_version(ms.get("version"), url, f"{key}.version")
+
+    datasets = _as_list(ms.get("datasets"), url, f"{key}.datasets")
+    cs_by_name: dict[str, tuple[Axis, ...]] = {}
+    if version == "0.6":
+        if "axes" in ms and "coordinateSystems" not in ms:
+            raise _err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
+                       "not axes)")
+        systems = _as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
+        for i, cs in enumerate(systems):
+            d = _as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
+            cs_name = _opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
+            if not cs_name:
+                raise _err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
+            cs_by_name[cs_name] = _parse_axes(
+                d.get("axes"), url, f"{key}.coordinateSystems[{i}].axes"
+            )
+        first_ds = _as_dict(datasets[0], url, f"{key}.datasets[0]")
+        first_cts = first_ds.get("coordinateTransformations")
+        intrinsic = None
+        if isinstance(first_cts, list):
+            for item in first_cts:
+                if isinstance(item, Mapping):
+                    intrinsic = _ref_name(item.get("output"))[0] or intrinsic
+        if intrinsic is None:
+            if len(cs_by_name) != 1:
+                raise _err(url, f"{key}.datasets[0].coordinateTransformations[].output",
+                           "missing; cannot tell the intrinsic coordinate system")
+            intrinsic = next(iter(cs_by_name))
+        if intrinsic not in cs_by_name:
+            raise _err(url, f"{key}.coordinateSystems", f"no coordinate system named "
+                       f"{intrinsic!r} (the datasets' output)")
+        axes = cs_by_name[intrinsic]
+        axes_key = f"{key}.coordinateSystems[{intrinsic}].axes"
+    else:
+        axes = _parse_axes(ms.get("axes"), url, f"{key}.axes")
+        axes_key = f"{key}.axes"
+        intrinsic = None
+
+    n = len(axes)
+    spatial = [i for i, a in enumerate(axes) if a.is_spatial]
+
+    levels_raw: list[tuple[str, FloatArray, FloatArray]] = []
+    seen_paths: set[str] = set()
+    for i, ds in enumerate(datasets):
+        dkey = f"{key}.datasets[{i}]"
+        d = _as_dict(ds, url, dkey)
+        path = check_relative_path(d.get("path"), url, f"{dkey}.path")
+        if path in seen_paths:
+            raise _err(url, f"{dkey}.path", f"duplicate dataset path {path!r}")
+        seen_paths.add(path)
+        s, t, out = _dataset_transform(d, n, spatial, url, dkey, version)
+        if version == "0.6" and out is not None and out != intrinsic:
+            raise _err(url, f"{dkey}.coordinateTransformations", f"output {out!r} differs from "
+                       f"the first dataset's {intrinsic!r}")
+        levels_raw.append((path, s, t))
+
+    # Multiscales-level transforms.
+    ms_key = f"{key}.coordinateTransformations"
+    final_cs = intrinsic
+    h = np.eye(n + 1)
+    if ms.get("coordinateTransformations") is not None:
+        cts = _as_list(ms["coordinateTransformations"], url, ms_key, non_empty=False)
+        if version == "0.6":
+            assert intrinsic is not None
+            routed = [c for c in cts if _is_routed(c)]
+            plain = [c for c in cts if not _is_routed(c)]
+            if plain:
+                h = _compose(_flatten(plain, url, ms_key), n, spatial, url, linear_ok=True)
+            h_chain, final_cs = _multiscale_transform_06(
+                routed, intrinsic, target_cs, n, spatial, url, ms_key
+            )
+            h = h_chain @ h
+        else:
+            h = _compose(_flatten(cts, url, ms_key), n, spatial, url, linear_ok=False)
+    elif target_cs is not None and target_cs != intrinsic:
+        raise _err(url, ms_key, f"missing; cannot reach coordinate system {target_cs!r}")
+
+    final_axes = cs_by_name.get(final_cs, axes) if final_cs else axes
+    if len(final_axes) != n or [a.is_spatial for a in final_axes] != [a.is_spatial for a in axes]:
+        raise _err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
+                   f"match the intrinsic axes")
+    unit, factors = _common_unit(final_axes, url, axes_key)
+
+    # RFC-4 anatomical orientation labels.
+    labels = [a.orientation for a in (final_axes[i] for i in spatial)]
+    orientation: tuple[str, ...] | None = None
+    if any(lb is not None for lb in labels):
+        if all(lb is not None for lb in labels):
+            orientation = tuple(str(lb) for lb in labels)
+        else:
+            logger.warning("%s: only some spatial axes carry 'orientation'; ignored", url)
+    linear_given = not np.allclose(h[np.ix_(spatial, spatial)],
+                                   np.diag(np.diag(h[np.ix_(spatial, spatial)])))
+    if orientation is not None and use_orientation:
+        if linear_given:
+            logger.info("%s: rotation/affine given; RFC-4 orientation labels ignored", url)
+        else:
+            o_itk = orientation_matrix(orientation)
+            if o_itk is None:
+                logger.warning("%s: orientation labels %s are not a valid LPS permutation; "
+                               "ignored", url, orientation)
+            else:
+                o_np = o_itk[::-1, ::-1]
+                g = np.eye(n + 1)
+                g[np.ix_(spatial, spatial)] = o_np
+                h = g @ h
+
+    m, b, r, s_ms = _factor_direction(h, n, spatial, url, ms_key)
+    sp = np.asarray(spatial)
+    unit_scale = np.ones(n)
+    for i, f in factors.items():
+        unit_scale[i] = f
+    levels = []
+    for path, s_ds, t_ds in levels_raw:
+        scale = np.diag(m) * s_ds
+        trans = np.diag(m) * t_ds + b
+        scale[sp] = s_ms * s_ds[sp]
+        trans[sp] = m[np.ix_(sp, sp)] @ t_ds[sp] + b[sp]
+        if factors:
+            # mixed units: only the diagonal case is meaningful
+            scale = scale * unit_scale
+            trans = trans * unit_scale
+        if np.any(scale[sp] <= 0) or not np.all(np.isfinite(scale)) or not np.all(
+            np.isfinite(trans)
+        ):
+            raise _err(url, f"{key}.datasets[].coordinateTransformations",
+                       f"level {path!r} has an invalid scale {scale.tolist()}")
+        levels.append(Level(path, tuple(float(v) for v in scale), tuple(float(v) for v in trans)))
+
+    direction_itk = r[::-1, ::-1]
+    ms_name = ms.get("name")
+    return Multiscale(
+        version=version,
+        name=ms_name if isinstance(ms_name, str) else None,
+        axes=tuple(replace(a, unit=unit) if a.is_spatial and unit else a for a in axes)
+        if factors
+        else axes,
+        levels=tuple(levels),
+        direction=tuple(tuple(float(v) for v in row) for row in direction_itk),
+        unit=unit,
+        source=url,
+        coordinate_system=final_cs,
+        orientation=orientation,
+    )
