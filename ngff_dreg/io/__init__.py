@@ -1,0 +1,1 @@
+"""OME-Zarr input/output: stores, multiscale images, readers and writers."""

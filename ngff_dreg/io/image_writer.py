@@ -1,0 +1,372 @@
+"""Write a multiscale OME-Zarr image (NGFF 0.4, 0.5 or 0.6) from a NumPy/dask array.
+
+Levels are built by 2x block averaging with dask, each from the previous level
+*as stored*, so memory stays bounded by a few chunks whatever the image size.
+Voxel data is written first and the OME metadata last: a group whose
+attributes lack ``multiscales`` is an interrupted write.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from ngff_dreg.errors import (
+    InvalidInputDataError,
+    InvalidMetadataError,
+    OutputExistsError,
+    UnsupportedVersionError,
+)
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.io.stores import map_store_errors, open_store, redact_url
+from ngff_dreg.ngff.metadata import normalize_unit
+
+__all__ = ["write_multiscale", "level_geometries", "multiscale_attributes", "WRITER_VERSIONS"]
+
+logger = logging.getLogger(__name__)
+
+WRITER_VERSIONS = ("0.4", "0.5", "0.6")
+_AXIS_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
+
+
+def _resolve_downsample_axes(
+    downsample_axes: Sequence[int | str] | None, ndim: int
+) -> tuple[int, ...]:
+    names = _AXIS_NAMES[ndim]
+    if downsample_axes is None:
+        return tuple(range(ndim))
+    out = []
+    for a in downsample_axes:
+        if isinstance(a, str):
+            if a not in names:
+                raise InvalidInputDataError(f"downsample_axes: unknown axis {a!r}; use {names}")
+            out.append(names.index(a))
+        else:
+            i = int(a)
+            if not -ndim <= i < ndim:
+                raise InvalidInputDataError(f"downsample_axes: axis {i} out of range")
+            out.append(i % ndim)
+    return tuple(sorted(set(out)))
+
+
+def level_geometries(
+    geometry: ImageGeometry,
+    n_levels: int,
+    downsample_axes: Sequence[int] | None = None,
+) -> list[ImageGeometry]:
+    """Geometries of a 2x pyramid (pixel-centre convention).
+
+    Level ``N`` has ``shape = ceil(shape_0 / 2**N)`` along the downsampled axes
+    (NumPy order), ``spacing_N = spacing_0 * 2**N`` and
+    ``origin_N = origin_0 + D @ (spacing_N - spacing_0) / 2``.
+    """
+    axes = tuple(range(geometry.ndim)) if downsample_axes is None else tuple(downsample_axes)
+    out = []
+    d = geometry.direction_matrix
+    s0 = np.asarray(geometry.spacing)
+    for n in range(n_levels):
+        factor_np = np.array([2**n if i in axes else 1 for i in range(geometry.ndim)])
+        shape = tuple(int(math.ceil(s / f)) for s, f in zip(geometry.shape, factor_np))
+        sn = s0 * factor_np[::-1]
+        origin = np.asarray(geometry.origin) + d @ ((sn - s0) / 2.0)
+        out.append(ImageGeometry(shape, sn, origin, geometry.direction, geometry.unit))
+    return out
+
+
+def _default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
+    edge = 64 if len(shape) == 3 else 256
+    return tuple(max(1, min(edge, int(s))) for s in shape)
+
+
+def _default_levels(shape: Sequence[int], chunks: Sequence[int], axes: Sequence[int]) -> int:
+    n = 1
+    cur = list(shape)
+    while n < 12 and axes and any(cur[a] > chunks[a] for a in axes):
+        cur = [int(math.ceil(c / 2)) if i in axes else c for i, c in enumerate(cur)]
+        n += 1
+    return n
+
+
+def _is_proper_rotation(m: npt.NDArray[np.float64]) -> bool:
+    return bool(np.allclose(m @ m.T, np.eye(len(m)), atol=1e-9) and np.linalg.det(m) > 0)
+
+
+def multiscale_attributes(
+    geometries: Sequence[ImageGeometry],
+    paths: Sequence[str],
+    version: str,
+    name: str = "image",
+) -> dict[str, Any]:
+    """Group attributes describing a pyramid in NGFF ``version``.
+
+    Returns the full attribute mapping: ``{"multiscales": [...]}`` for 0.4,
+    ``{"ome": {"version": ..., "multiscales": [...]}}`` for 0.5/0.6.
+    """
+    g0 = geometries[0]
+    ndim = g0.ndim
+    names = _AXIS_NAMES[ndim]
+    unit = normalize_unit(g0.unit) if g0.unit else None
+    if g0.unit and unit is None:
+        unit = g0.unit
+    axes: list[dict[str, Any]] = []
+    for nm in names:
+        ax: dict[str, Any] = {"name": nm, "type": "space"}
+        if unit:
+            ax["unit"] = unit
+        axes.append(ax)
+    oblique = not g0.is_axis_aligned
+    if oblique and version != "0.6":
+        raise InvalidMetadataError(
+            f"NGFF {version} cannot store the direction {g0.direction_matrix.tolist()}; "
+            "write version '0.6' (rotation/affine) instead"
+        )
+    s0 = np.asarray(g0.spacing)
+    datasets = []
+    for path, g in zip(paths, geometries):
+        scale = [float(v) for v in reversed(g.spacing)]
+        if oblique:
+            # intrinsic frame: axis-aligned, origin_0 at 0; rotation applied after
+            trans = [float(v) for v in reversed((np.asarray(g.spacing) - s0) / 2.0)]
+        else:
+            trans = [float(v) for v in reversed(g.origin)]
+        if version == "0.6":
+            ct = [{
+                "type": "sequence",
+                "input": {"path": path},
+                "output": {"name": "intrinsic" if oblique else "physical"},
+                "transformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": trans},
+                ],
+            }]
+        else:
+            ct = [
+                {"type": "scale", "scale": scale},
+                {"type": "translation", "translation": trans},
+            ]
+        datasets.append({"path": path, "coordinateTransformations": ct})
+    ms: dict[str, Any] = {"name": name}
+    if version == "0.6":
+        systems = [{"name": "physical", "axes": axes}]
+        if oblique:
+            systems.append({"name": "intrinsic", "axes": [dict(a) for a in axes]})
+        ms["coordinateSystems"] = systems
+    else:
+        ms["axes"] = axes
+    ms["datasets"] = datasets
+    if oblique:
+        d_np = g0.direction_matrix[::-1, ::-1]
+        o_np = [float(v) for v in reversed(g0.origin)]
+        if _is_proper_rotation(d_np):
+            ms["coordinateTransformations"] = [{
+                "type": "sequence",
+                "input": {"name": "intrinsic"},
+                "output": {"name": "physical"},
+                "transformations": [
+                    {"type": "rotation", "rotation": d_np.tolist()},
+                    {"type": "translation", "translation": o_np},
+                ],
+            }]
+        else:
+            affine = np.concatenate([d_np, np.asarray(o_np)[:, None]], axis=1)
+            ms["coordinateTransformations"] = [{
+                "type": "affine",
+                "affine": affine.tolist(),
+                "input": {"name": "intrinsic"},
+                "output": {"name": "physical"},
+            }]
+    ms["type"] = "mean"
+    ms["metadata"] = {"method": "ngff_dreg 2x block mean", "pixel_convention": "center"}
+    if version == "0.4":
+        ms["version"] = "0.4"
+        return {"multiscales": [ms]}
+    return {"ome": {"version": version, "multiscales": [ms]}}
+
+
+def _downsample(prev: Any, axes: Sequence[int], chunks: Sequence[int], dtype: np.dtype[Any]) -> Any:
+    """2x block mean of a dask array along ``axes`` (odd edges padded by replication)."""
+    import dask.array as da
+
+    pad = [(0, prev.shape[i] % 2 if i in axes else 0) for i in range(prev.ndim)]
+    x = prev
+    if any(p[1] for p in pad):
+        x = da.pad(x, pad, mode="edge")
+    work = np.float32 if dtype == np.float32 else np.float64
+    x = x.astype(work)
+    x = x.rechunk(tuple(2 * c if i in axes else c for i, c in enumerate(chunks)))
+    x = da.coarsen(np.mean, x, {a: 2 for a in axes}, trim_excess=False)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = da.clip(da.round(x), info.min, info.max)
+    elif dtype == np.bool_:
+        x = x >= 0.5
+    return x.astype(dtype)
+
+
+def _existing_node(store: Any) -> bool:
+    try:
+        zarr.open(store=store, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return False
+    return True
+
+
+def write_multiscale(
+    url: str | os.PathLike[str],
+    data: Any,
+    geometry: ImageGeometry,
+    *,
+    version: str = "0.5",
+    n_levels: int | None = None,
+    chunks: Sequence[int] | int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    name: str = "image",
+    downsample_axes: Sequence[int | str] | None = None,
+    dtype: Any = None,
+) -> None:
+    """Write ``data`` as a multiscale OME-Zarr image.
+
+    Parameters
+    ----------
+    url:
+        Destination group (local path, ``file://`` or fsspec URL such as ``s3://``).
+    data:
+        NumPy or dask array of the spatial axes only, NumPy order (``z, y, x``
+        or ``y, x``). Dask input is streamed chunk by chunk.
+    geometry:
+        Geometry of ``data``; ``geometry.shape`` must equal ``data.shape``.
+    version:
+        ``"0.4"`` (Zarr v2), ``"0.5"`` (Zarr v3) or ``"0.6"`` (Zarr v3,
+        ``coordinateSystems``; a non-identity direction is stored as a
+        multiscales-level ``rotation``/``affine``). 0.4/0.5 cannot store a
+        direction.
+    n_levels:
+        Number of levels; by default until the coarsest level fits in one chunk
+        along the downsampled axes.
+    chunks:
+        Chunk shape (NumPy order) or one edge for all axes; 64 (3D) or 256 (2D)
+        by default, capped by the shape.
+    storage_options:
+        fsspec options for remote URLs.
+    overwrite:
+        Replace an existing group; otherwise raise :class:`OutputExistsError`.
+    name:
+        The multiscale's ``name``.
+    downsample_axes:
+        Axes halved per level (indices or names ``"z"``, ``"y"``, ``"x"``); all
+        by default.
+    dtype:
+        Output dtype (default: ``data.dtype``).
+
+    Raises
+    ------
+    OutputExistsError
+        The destination exists and ``overwrite`` is false.
+    InvalidInputDataError
+        ``data`` and ``geometry`` disagree or options are invalid.
+    UnsupportedVersionError
+        ``version`` is not one ngff-dreg writes.
+    InvalidMetadataError
+        The direction cannot be stored in ``version``.
+    StoreAccessError
+        The store cannot be written.
+
+    """
+    import dask.array as da
+
+    text = os.fspath(url)
+    safe = redact_url(text)
+    version = str(version)
+    if version not in WRITER_VERSIONS:
+        raise UnsupportedVersionError(
+            f"{safe}: cannot write NGFF version {version!r}; choose one of {WRITER_VERSIONS}"
+        )
+    ndim = len(getattr(data, "shape", ()))
+    if ndim not in (2, 3):
+        raise InvalidInputDataError(f"{safe}: data must be 2D or 3D (spatial only), got {ndim}D")
+    if tuple(data.shape) != tuple(geometry.shape):
+        raise InvalidInputDataError(
+            f"{safe}: data shape {tuple(data.shape)} differs from geometry shape {geometry.shape}"
+        )
+    if not geometry.is_axis_aligned and version != "0.6":
+        raise InvalidMetadataError(
+            f"{safe}: NGFF {version} cannot store a non-identity direction; use version='0.6'"
+        )
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
+    if isinstance(chunks, (int, np.integer)):
+        chunks = (int(chunks),) * ndim
+    chunk_shape = (
+        _default_chunks(geometry.shape)
+        if chunks is None
+        else tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, geometry.shape))
+    )
+    if len(chunk_shape) != ndim:
+        raise InvalidInputDataError(f"{safe}: chunks {chunks} must have {ndim} entries")
+    axes = _resolve_downsample_axes(downsample_axes, ndim)
+    if n_levels is None:
+        n_levels = _default_levels(geometry.shape, chunk_shape, axes)
+    if int(n_levels) < 1:
+        raise InvalidInputDataError(f"{safe}: n_levels must be >= 1, got {n_levels}")
+    n_levels = int(n_levels)
+    if geometry.unit is None:
+        logger.warning("%s: geometry has no unit; axes are written without 'unit'", safe)
+
+    geoms = level_geometries(geometry, n_levels, axes)
+    paths = [str(i) for i in range(n_levels)]
+    attrs = multiscale_attributes(geoms, paths, version, name)  # validate before writing
+    fmt = 2 if version == "0.4" else 3
+
+    store = open_store(text, storage_options, read_only=False)
+    exists = map_store_errors(text, "check destination", lambda: _existing_node(store))
+    if exists and not overwrite:
+        raise OutputExistsError(f"{safe}: a Zarr node exists already; pass overwrite=True")
+    root = map_store_errors(
+        text, "create group",
+        lambda: zarr.open_group(store=store, mode="w", zarr_format=fmt),  # type: ignore[arg-type]
+    )
+
+    level = da.asarray(data)
+    if level.dtype != out_dtype:
+        if np.issubdtype(out_dtype, np.integer) and not np.issubdtype(level.dtype, np.integer):
+            info = np.iinfo(out_dtype)
+            level = da.clip(da.round(level), info.min, info.max)
+        level = level.astype(out_dtype)
+    names = list(_AXIS_NAMES[ndim])
+    prev_stored: Any = None
+    for i, (path, g) in enumerate(zip(paths, geoms)):
+        if prev_stored is not None:
+            level = _downsample(prev_stored, axes, chunk_shape, out_dtype)
+        if tuple(level.shape) != g.shape:
+            raise AssertionError(f"level {i} shape {level.shape} != {g.shape}")
+        level_chunks = tuple(min(c, s) for c, s in zip(chunk_shape, g.shape))
+        kwargs: dict[str, Any] = {
+            "name": path, "shape": g.shape, "chunks": level_chunks, "dtype": out_dtype,
+            "fill_value": 0, "overwrite": True,
+        }
+        if fmt == 3:
+            kwargs["dimension_names"] = names
+        else:
+            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        arr = map_store_errors(
+            text, f"create level {path}", functools.partial(root.create_array, **kwargs)
+        )
+        level = level.rechunk(level_chunks)
+        map_store_errors(
+            text, f"write level {path}",
+            functools.partial(da.store, level, arr, lock=False, compute=True),
+        )
+        prev_stored = da.from_array(arr, chunks=level_chunks)
+        logger.debug("%s: wrote level %s shape %s", safe, path, g.shape)
+
+    # Metadata last: a group without it is an interrupted write.
+    map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
+    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)

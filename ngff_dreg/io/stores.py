@@ -1,0 +1,291 @@
+"""Open Zarr stores from URLs (local, ``file://``, ``s3://``, ``http(s)://``).
+
+Remote stores are built with :meth:`zarr.storage.FsspecStore.from_url`, which
+creates the asynchronous fsspec filesystem zarr needs (a synchronous
+``s3fs.S3FileSystem`` object handed to ``FsspecStore`` fails with "attached to
+a different loop"). Every failure is mapped to
+:class:`~ngff_dreg.errors.StoreAccessError` /
+:class:`~ngff_dreg.errors.StoreNotFoundError` with the URL, redacted.
+
+Nothing here logs or formats ``storage_options`` without passing them through
+:func:`redact_options` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+
+from ngff_dreg.errors import (
+    InvalidMetadataError,
+    NgffDregError,
+    StoreAccessError,
+    StoreNotFoundError,
+)
+
+__all__ = [
+    "REMOTE_SCHEMES",
+    "redact_url",
+    "redact_options",
+    "is_remote",
+    "local_path",
+    "join_url",
+    "open_store",
+    "open_group",
+    "map_store_errors",
+]
+
+logger = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "http", "https", "az", "abfs", "memory")
+
+_SECRET_KEY = re.compile(
+    r"(secret|token|passw|key|credential|auth|signature|session|cookie|bearer)", re.IGNORECASE
+)
+_SAFE_KEYS = {"anon", "endpoint_url", "region_name", "use_ssl", "requester_pays", "asynchronous"}
+_SECRET_QUERY = re.compile(
+    r"(x-amz-[a-z-]*|signature|sig|token|key|secret|password|credential|policy|expires)",
+    re.IGNORECASE,
+)
+
+T = TypeVar("T")
+
+
+def redact_url(url: Any) -> str:
+    """A URL safe to print: user info and credential-bearing query values hidden.
+
+    Parameters
+    ----------
+    url:
+        Any URL or path (non-strings are converted with ``str``).
+
+    Returns
+    -------
+    str
+        ``url`` with ``user:password@`` replaced by ``***@`` and the values of
+        query parameters such as ``X-Amz-Signature`` or ``token`` replaced by
+        ``***``.
+
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable url>"
+    if not parts.scheme or "://" not in text:
+        return text
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            k, sep, _value = pair.partition("=")
+            pairs.append(f"{k}{sep}***" if sep and _SECRET_QUERY.search(k) else pair)
+        query = "&".join(pairs)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of fsspec ``storage_options`` with every secret value hidden.
+
+    Keys that look like credentials (``key``, ``secret``, ``token``,
+    ``password``, ``aws_session_token``...) get ``"***"``; nested mappings
+    (``client_kwargs``, ``config_kwargs``) are redacted recursively.
+    """
+    if not options:
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if isinstance(v, Mapping):
+            out[k] = redact_options(v)
+        elif str(k) in _SAFE_KEYS:
+            out[k] = redact_url(v) if isinstance(v, str) else v
+        elif _SECRET_KEY.search(str(k)):
+            out[k] = "***"
+        elif isinstance(v, str):
+            out[k] = redact_url(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _scheme(url: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", url)
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(url: str | os.PathLike[str]) -> bool:
+    """True for URLs handled by fsspec (``s3://``, ``http(s)://``...), not local files."""
+    scheme = _scheme(str(url))
+    return bool(scheme) and scheme != "file"
+
+
+def local_path(url: str | os.PathLike[str]) -> Path:
+    """Local filesystem path of a plain path or ``file://`` URL."""
+    text = os.fspath(url)
+    if _scheme(text) == "file":
+        text = text[len("file://") :]
+    return Path(text).expanduser()
+
+
+def join_url(url: str, *parts: str) -> str:
+    """Join path components onto a URL or path with ``/``."""
+    base = str(url).rstrip("/")
+    tail = "/".join(p.strip("/") for p in parts if p)
+    return f"{base}/{tail}" if tail else base
+
+
+def _classify(exc: BaseException) -> str:
+    """``"notfound"``, ``"access"`` or ``""`` for an exception from a store."""
+    if isinstance(exc, (FileNotFoundError, zarr.errors.NodeNotFoundError)):
+        return "notfound"
+    name = type(exc).__name__
+    text = str(exc)
+    if name in ("NoSuchBucket", "NoSuchKey") or "NoSuchBucket" in text:
+        return "notfound"
+    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError, OSError)):
+        return "access"
+    module = type(exc).__module__ or ""
+    if module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "urllib3")):
+        return "access"
+    if name in ("ClientError", "NoCredentialsError", "EndpointConnectionError",
+                "ClientConnectorError", "ServerTimeoutError", "ClientResponseError"):
+        return "access"
+    return ""
+
+
+def map_store_errors(url: str, what: str, func: Callable[[], T]) -> T:
+    """Run ``func`` and turn store failures into ngff-dreg errors naming ``url``.
+
+    Parameters
+    ----------
+    url:
+        The URL being accessed (it is redacted in messages).
+    what:
+        A short description of the operation, e.g. ``"open group"``.
+    func:
+        The operation.
+
+    Raises
+    ------
+    StoreNotFoundError
+        When the object does not exist.
+    StoreAccessError
+        For connection, permission or credential failures.
+
+    """
+    try:
+        return func()
+    except NgffDregError:
+        raise
+    except zarr.errors.ContainsArrayError as exc:
+        raise InvalidMetadataError(
+            f"{redact_url(url)}: is a Zarr array, not a group ({what})"
+        ) from exc
+    except Exception as exc:
+        kind = _classify(exc)
+        detail = redact_url(f"{type(exc).__name__}: {exc}")
+        if kind == "notfound":
+            raise StoreNotFoundError(f"{redact_url(url)}: not found ({what}): {detail}") from exc
+        if kind == "access":
+            raise StoreAccessError(
+                f"{redact_url(url)}: cannot access the store ({what}): {detail}. Check the "
+                "endpoint, network and credentials (storage_options)."
+            ) from exc
+        raise
+
+
+def open_store(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    read_only: bool = True,
+) -> Store:
+    """A zarr 3 store for ``url``.
+
+    Parameters
+    ----------
+    url:
+        Local path, ``file://`` URL, or an fsspec URL (``s3://bucket/key``,
+        ``https://host/path``...).
+    storage_options:
+        fsspec options for remote URLs (``anon``, ``key``, ``secret``,
+        ``client_kwargs={"endpoint_url": ...}``...). Ignored for local paths.
+    read_only:
+        Open for reading only (the default).
+
+    Returns
+    -------
+    zarr.abc.store.Store
+        A ``LocalStore`` or an ``FsspecStore``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        A local path opened read-only does not exist.
+    StoreAccessError
+        The remote filesystem cannot be set up (unknown protocol, bad options).
+
+    """
+    text = os.fspath(url)
+    if not is_remote(text):
+        path = local_path(text)
+        if read_only and not path.exists():
+            raise StoreNotFoundError(f"{redact_url(text)}: no such file or directory")
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    opts = dict(storage_options or {})
+    logger.debug("opening %s with storage options %s", redact_url(text), redact_options(opts))
+
+    def make() -> Store:
+        return zarr.storage.FsspecStore.from_url(text, storage_options=opts, read_only=read_only)
+
+    try:
+        return map_store_errors(text, "create store", make)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise StoreAccessError(
+            f"{redact_url(text)}: cannot create a store: {type(exc).__name__}: "
+            f"{redact_url(str(exc))}"
+        ) from exc
+
+
+def open_group(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    mode: str = "r",
+) -> zarr.Group:
+    """Open the Zarr group at ``url`` (read-only by default).
+
+    Raises
+    ------
+    StoreNotFoundError
+        No Zarr group exists at ``url``.
+    InvalidMetadataError
+        ``url`` holds a Zarr array, not a group.
+    StoreAccessError
+        The store cannot be reached or read.
+
+    """
+    text = os.fspath(url)
+    store = open_store(text, storage_options, read_only=(mode == "r"))
+
+    def op() -> zarr.Group:
+        return zarr.open_group(store=store, mode=mode)  # type: ignore[arg-type]
+
+    try:
+        return map_store_errors(text, "open group", op)
+    except zarr.errors.BaseZarrError as exc:
+        raise StoreNotFoundError(
+            f"{redact_url(text)}: not a Zarr group: {type(exc).__name__}"
+        ) from exc
