@@ -1,0 +1,220 @@
+"""Shared fixtures: a local moto S3 server and a synthetic OME-Zarr image writer.
+
+Fixtures
+--------
+``s3_server`` (session)
+    A :class:`S3Server`: ``endpoint_url``, ``create_bucket()``,
+    ``storage_options(anon=...)``, ``url(bucket, key)``, ``iam_auth()`` (context
+    manager enforcing IAM signatures and yielding valid credentials), ``client()``.
+``make_test_image``
+    ``make_test_image(url, shape=..., version=..., ...) -> (array, geometry)``:
+    writes a smooth random image with :func:`ngff_dreg.io.image_writer.write_multiscale`.
+``synthetic_array``
+    ``synthetic_array(shape, seed=0, dtype=float32) -> np.ndarray``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+_DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    """Handle on a local moto S3 server."""
+
+    endpoint_url: str
+    region: str = "us-east-1"
+    _buckets: list[str] = field(default_factory=list)
+
+    def client(self, **kwargs: Any) -> Any:
+        """A boto3 S3 client for the server (dummy credentials unless given)."""
+        import boto3
+
+        kwargs.setdefault("aws_access_key_id", "testing")
+        kwargs.setdefault("aws_secret_access_key", "testing")
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, **kwargs
+        )
+
+    def create_bucket(self, name: str | None = None, *, public: bool = False) -> str:
+        """Create a bucket (unique name by default); ``public`` adds a public-read policy."""
+        name = name or f"test-{uuid.uuid4().hex[:12]}"
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        if public:
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "PublicRead",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    # moto checks HEAD as "s3:HeadObject" (AWS folds it into GetObject)
+                    "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+                    "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
+                }],
+            }
+            client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+        self._buckets.append(name)
+        return name
+
+    def url(self, bucket: str, key: str = "") -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{bucket}/{key.lstrip('/')}" if key else f"s3://{bucket}"
+
+    def storage_options(
+        self,
+        *,
+        anon: bool = False,
+        key: str = "testing",
+        secret: str = "testing",
+        max_attempts: int = 2,
+    ) -> dict[str, Any]:
+        """fsspec/s3fs options pointing at this server."""
+        opts: dict[str, Any] = {
+            "anon": anon,
+            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
+            "config_kwargs": {"retries": {"max_attempts": max_attempts}},
+            "use_listings_cache": False,
+            "skip_instance_cache": True,
+        }
+        if not anon:
+            opts["key"] = key
+            opts["secret"] = secret
+        return opts
+
+    def _reset_auth(self, count: str) -> None:
+        req = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/reset-auth", data=count.encode(), method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+    @contextlib.contextmanager
+    def iam_auth(self) -> Iterator[dict[str, str]]:
+        """Enforce IAM request signing inside the block.
+
+        Yields ``{"key": ..., "secret": ...}`` of a user allowed ``s3:*``; any
+        other credentials (and anonymous requests) are refused meanwhile. Not
+        safe for concurrent use of the same server by other tests.
+        """
+        import boto3
+
+        iam = boto3.client(
+            "iam", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+        user = f"u{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(
+            UserName=user, PolicyName="s3all",
+            PolicyDocument=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+            }),
+        )
+        ak = iam.create_access_key(UserName=user)["AccessKey"]
+        self._reset_auth("0")
+        try:
+            yield {"key": ak["AccessKeyId"], "secret": ak["SecretAccessKey"]}
+        finally:
+            self._reset_auth("inf")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the whole session (dummy AWS env inside)."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in _DUMMY_ENV.items():
+            mp.setenv(k, v)
+        port = _free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield S3Server(endpoint_url=f"http://127.0.0.1:{port}")
+        finally:
+            server.stop()
+
+
+def _synthetic(shape: tuple[int, ...], seed: int = 0, dtype: Any = np.float32) -> np.ndarray:
+    """Smooth random volume with structure at several scales (values in [0, 1000])."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    noise = rng.random(shape)
+    img = ndimage.gaussian_filter(noise, 2.0) + 0.2 * ndimage.gaussian_filter(noise, 0.7)
+    img = (img - img.min()) / max(float(np.ptp(img)), 1e-12) * 1000.0
+    return img.astype(dtype)
+
+
+@pytest.fixture
+def synthetic_array() -> Callable[..., np.ndarray]:
+    """``synthetic_array(shape, seed=0, dtype=np.float32)``."""
+    return _synthetic
+
+
+@pytest.fixture
+def make_test_image() -> Callable[..., tuple[np.ndarray, Any]]:
+    """Write a synthetic multiscale image; returns ``(level0 array, geometry)``."""
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.io.image_writer import write_multiscale
+
+    def make(
+        url: str,
+        shape: tuple[int, ...] = (24, 28, 32),
+        *,
+        version: str = "0.5",
+        spacing: tuple[float, ...] | None = None,
+        origin: tuple[float, ...] | None = None,
+        direction: Any = None,
+        unit: str | None = "micrometer",
+        chunks: Any = 16,
+        n_levels: int | None = 2,
+        dtype: Any = np.float32,
+        seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, Any]:
+        ndim = len(shape)
+        data = _synthetic(tuple(shape), seed, dtype)
+        geometry = ImageGeometry(
+            shape=tuple(shape),
+            spacing=spacing or (1.0,) * ndim,
+            origin=origin or (0.0,) * ndim,
+            direction=() if direction is None else direction,
+            unit=unit,
+        )
+        write_multiscale(
+            url, data, geometry, version=version, chunks=chunks, n_levels=n_levels,
+            storage_options=storage_options, **kwargs,
+        )
+        return data, geometry
+
+    return make
