@@ -239,6 +239,11 @@ def _field_multiscale(name: str, frame: FieldFrame, levels: Sequence[str],
         "version": NGFF_VERSION,
         "multiscales": [{
             "name": name,
+            "type": "mean",
+            "metadata": {
+                "description": "displacement field written by ngff-dreg; levels are 2x means",
+                "method": "ngff_dreg.io.field_writer",
+            },
             "coordinateSystems": [{"name": FIELD_SYSTEM, "axes": _axes(ndim, unit)}],
             "datasets": datasets,
         }],
