@@ -1,0 +1,311 @@
+"""An ``itk.ImageFileReader``-like reader of one OME-Zarr pyramid level.
+
+:class:`OMEZarrReaderConstructor` is the picklable plug-in
+(:class:`~ngff_dreg.interfaces.ConstructReaderMethod`); it holds only plain
+fields (URL, level, options, selections), so dask workers rebuild readers
+themselves. :class:`OMEZarrReader` answers metadata questions without voxels
+and streams exactly the storage chunks that intersect a requested region.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ngff_dreg.errors import InvalidInputDataError, ScheduleError
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import ConstructReaderMethod
+from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
+from ngff_dreg.io.stores import (
+    join_url,
+    map_store_errors,
+    open_group,
+    redact_options,
+    redact_url,
+)
+
+__all__ = ["OMEZarrReaderConstructor", "OMEZarrReader"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _LevelMeta:
+    """Plain, picklable metadata of the selected level."""
+
+    info: LevelInfo
+    version: str
+    axes: tuple[tuple[str, str | None], ...]
+    time_index: int | None
+    channel_index: int | None
+
+
+def _load_meta(
+    url: str, level: int | str, storage_options: Mapping[str, Any] | None, unit: str | None
+) -> tuple[_LevelMeta, Any]:
+    image = open_multiscale(url, storage_options, unit=unit)
+    info = image.level(level)
+    ms = image.multiscale
+    meta = _LevelMeta(
+        info=info,
+        version=ms.version,
+        axes=tuple((a.name, a.type) for a in ms.axes),
+        time_index=ms.axis_index("time"),
+        channel_index=ms.axis_index("channel"),
+    )
+    return meta, image
+
+
+@dataclass
+class OMEZarrReaderConstructor(ConstructReaderMethod):
+    """Picklable constructor of :class:`OMEZarrReader` for one pyramid level.
+
+    Parameters
+    ----------
+    url:
+        Multiscale group URL (local path, ``file://``, ``s3://``, ``http(s)://``).
+    level:
+        Level index (0 = finest, negative counts from the coarsest) or path.
+    storage_options:
+        fsspec options for remote URLs (never printed unredacted).
+    channel, time:
+        Index selected along the channel / time axis, if the image has one.
+    unit:
+        Convert spatial lengths to this unit (e.g. ``"millimeter"``).
+
+    """
+
+    url: str
+    level: int | str = 0
+    storage_options: dict[str, Any] | None = None
+    channel: int = 0
+    time: int = 0
+    unit: str | None = None
+    _meta: _LevelMeta | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.url = os.fspath(self.url)
+        if self.storage_options is not None:
+            self.storage_options = dict(self.storage_options)
+
+    def __call__(self, **kwargs: Any) -> OMEZarrReader:
+        """Return a new reader (metadata is read now, voxels on demand)."""
+        return OMEZarrReader(self)
+
+    # -- cheap metadata ----------------------------------------------------
+    @property
+    def meta(self) -> _LevelMeta:
+        """Metadata of the level (read once, then cached; picklable)."""
+        if self._meta is None:
+            self._meta, _ = _load_meta(self.url, self.level, self.storage_options, self.unit)
+        return self._meta
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """Spatial geometry of the level."""
+        return self.meta.info.geometry
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Spatial storage chunk shape, NumPy order."""
+        return self.meta.info.spatial_chunks
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native voxel dtype."""
+        return self.meta.info.dtype
+
+    def describe(self) -> str:
+        """One-line summary (credentials redacted)."""
+        return _describe(self.url, self.level, self.meta, self.channel, self.time,
+                         self.storage_options)
+
+    def __repr__(self) -> str:
+        return (
+            f"OMEZarrReaderConstructor(url={redact_url(self.url)!r}, level={self.level!r}, "
+            f"storage_options={redact_options(self.storage_options)!r}, channel={self.channel}, "
+            f"time={self.time}, unit={self.unit!r})"
+        )
+
+
+def _describe(
+    url: str, level: int | str, meta: _LevelMeta, channel: int, time: int,
+    storage_options: Mapping[str, Any] | None,
+) -> str:
+    info = meta.info
+    g = info.geometry
+    sel = []
+    if meta.time_index is not None:
+        sel.append(f"t={time}")
+    if meta.channel_index is not None:
+        sel.append(f"c={channel}")
+    opts = f" options={redact_options(storage_options)}" if storage_options else ""
+    return (
+        f"{redact_url(url)} [NGFF {meta.version}] level {level!r} (path {info.path!r}): "
+        f"shape {info.shape} axes {[a for a, _ in meta.axes]} chunks {info.chunks} "
+        f"dtype {info.dtype}; spacing {g.spacing} origin {g.origin} unit {g.unit}"
+        f"{'; ' + ', '.join(sel) if sel else ''}{opts}"
+    )
+
+
+class OMEZarrReader:
+    """Reads one level of an OME-Zarr image like ``itk.ImageFileReader``.
+
+    ``GetOutput()`` is an ``itk.Image[itk.F, ndim]`` carrying the level's
+    geometry and largest possible region but no voxels. After
+    ``GetOutput().SetRequestedRegion(region)``, ``Update()`` loads exactly
+    that region into the same image object (buffered region = requested
+    region, origin = the full image's origin).
+    """
+
+    def __init__(self, constructor: OMEZarrReaderConstructor) -> None:
+        self._ctor = constructor
+        self._meta = constructor.meta
+        self._array: Any = None
+        self._output: Any = None
+        info = self._meta.info
+        self._selection_base = self._base_selection(info.shape)
+
+    # -- plain python API ------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The multiscale group's URL."""
+        return self._ctor.url
+
+    @property
+    def level_info(self) -> LevelInfo:
+        """Description of the level being read."""
+        return self._meta.info
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """Spatial geometry of the level."""
+        return self._meta.info.geometry
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Spatial storage chunk shape, NumPy order."""
+        return self._meta.info.spatial_chunks
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape, NumPy order."""
+        return self._meta.info.spatial_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native voxel dtype."""
+        return self._meta.info.dtype
+
+    def describe(self) -> str:
+        """One-line summary (credentials redacted)."""
+        return self._ctor.describe()
+
+    def _base_selection(self, shape: tuple[int, ...]) -> list[Any]:
+        sel: list[Any] = [0] * len(shape)
+        for idx, want, label in (
+            (self._meta.time_index, self._ctor.time, "time"),
+            (self._meta.channel_index, self._ctor.channel, "channel"),
+        ):
+            if idx is None:
+                continue
+            if not 0 <= int(want) < shape[idx]:
+                raise InvalidInputDataError(
+                    f"{redact_url(self.url)}: {label} index {want} out of range "
+                    f"(axis '{self._meta.axes[idx][0]}' has {shape[idx]} entries)"
+                )
+            sel[idx] = int(want)
+        return sel
+
+    def _zarr_array(self) -> Any:
+        if self._array is None:
+            # Only the group and this level's array metadata: no re-parse of the pyramid.
+            group = open_group(self._ctor.url, self._ctor.storage_options)
+            path = self._meta.info.path
+            self._array = map_store_errors(
+                join_url(self._ctor.url, path), "open level array", lambda: group[path]
+            )
+        return self._array
+
+    def read_box(self, box: Box) -> npt.NDArray[Any]:
+        """Voxels of ``box`` (spatial, NumPy order) in the native dtype.
+
+        Only the storage chunks that intersect ``box`` are fetched.
+
+        Raises
+        ------
+        ScheduleError
+            If ``box`` does not lie inside the level.
+
+        """
+        shape = self.shape
+        if box.ndim != len(shape) or any(
+            a < 0 or b > s or a > b for a, b, s in zip(box.start, box.stop, shape)
+        ):
+            raise ScheduleError(
+                f"{redact_url(self.url)}: box {box.start}-{box.stop} is not inside the "
+                f"level shape {shape}"
+            )
+        if box.is_empty:
+            return np.zeros(box.shape, dtype=self.dtype)
+        sel = list(self._selection_base)
+        for i, sl in zip(self._meta.info.spatial_indices, box.slices):
+            sel[i] = sl
+        arr = self._zarr_array()
+        url = join_url(self.url, self._meta.info.path)
+        out = map_store_errors(url, f"read box {box.start}-{box.stop}", lambda: arr[tuple(sel)])
+        return np.asarray(out)
+
+    # -- ITK-like API -------------------------------------------------------
+    def GetOutput(self) -> Any:
+        """The output ``itk.Image`` (float32); unbuffered until ``Update()``."""
+        if self._output is None:
+            from ngff_dreg.itk_bridge import metadata_image
+
+            self._output = metadata_image(self.geometry)
+        return self._output
+
+    def UpdateOutputInformation(self) -> None:
+        """Make sure the output carries the level's metadata and largest region."""
+        from ngff_dreg.itk_bridge import itk_region
+
+        out = self.GetOutput()
+        out.SetLargestPossibleRegion(itk_region(Box.full(self.shape)))
+
+    def Update(self) -> None:
+        """Load the output's requested region (clipped to the image)."""
+        import itk
+
+        from ngff_dreg.itk_bridge import box_from_region, itk_region
+
+        out = self.GetOutput()
+        box = box_from_region(out.GetRequestedRegion()).clip(self.shape)
+        data = self.read_box(box).astype(np.float32, copy=False)
+        region = itk_region(box)
+        out.SetBufferedRegion(region)
+        out.SetRequestedRegion(region)
+        out.Allocate()
+        if not box.is_empty:
+            itk.array_view_from_image(out)[...] = data
+
+    def UpdateLargestPossibleRegion(self) -> None:
+        """Load the whole level."""
+        self.UpdateOutputInformation()
+        out = self.GetOutput()
+        out.SetRequestedRegion(out.GetLargestPossibleRegion())
+        self.Update()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        state["_output"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"OMEZarrReader({self.describe()})"
