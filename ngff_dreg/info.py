@@ -1,0 +1,91 @@
+"""Human-readable summary of an OME-Zarr multiscale image (``ngff-dreg info``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ngff_dreg.io.multiscale import MultiscaleImage, open_multiscale
+from ngff_dreg.io.stores import redact_url
+
+__all__ = ["describe", "describe_image"]
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def describe_image(image: MultiscaleImage) -> str:
+    """Table of an opened image's levels (see :func:`describe`)."""
+    ms = image.multiscale
+    g0 = image.levels[0].geometry
+    axes = ", ".join(
+        f"{a.name}[{a.type or '?'}{', ' + a.unit if a.unit else ''}]" for a in ms.axes
+    )
+    direction = np.asarray(g0.direction)
+    head = [
+        f"URL:        {redact_url(image.url)}",
+        f"NGFF:       {ms.version} (Zarr v{image.zarr_format})"
+        + (f", coordinate system {ms.coordinate_system!r}" if ms.coordinate_system else ""),
+        f"Name:       {ms.name or '-'}",
+        f"Axes:       {axes}",
+        f"Unit:       {g0.unit or 'none given'}",
+        "Direction:  "
+        + ("identity" if g0.is_axis_aligned else "; ".join(_fmt(r) for r in direction))
+        + " (ITK order)",
+    ]
+    if ms.orientation:
+        head.append(f"Orientation: {', '.join(ms.orientation)} (RFC-4, relative to LPS)")
+    rows = [["level", "path", "shape", "chunks", "dtype", "spacing (x,y,z)", "origin (x,y,z)"]]
+    for lv in image.levels:
+        rows.append([
+            str(lv.index),
+            lv.path,
+            "x".join(str(s) for s in lv.shape),
+            "x".join(str(c) for c in lv.chunks)
+            + (f" (shards {'x'.join(str(s) for s in lv.shards)})" if lv.shards else ""),
+            str(lv.dtype),
+            _fmt(lv.geometry.spacing),
+            _fmt(lv.geometry.origin),
+        ])
+    return "\n".join(head) + "\n\n" + _table(rows)
+
+
+def describe(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    unit: str | None = None,
+) -> str:
+    """Describe the OME-Zarr multiscale image at ``url`` as a text table.
+
+    Parameters
+    ----------
+    url:
+        Multiscale group URL (local, ``file://``, ``s3://``, ``http(s)://``).
+    storage_options:
+        fsspec options for remote URLs (never shown).
+    unit:
+        Show lengths in this unit.
+
+    Returns
+    -------
+    str
+        Header (URL redacted, version, axes, unit, direction) and one row per
+        level: path, shape, chunks, dtype, spacing, origin.
+
+    """
+    return describe_image(open_multiscale(url, storage_options, unit=unit))
