@@ -15,15 +15,19 @@ The reduction runs as a dask graph with three kinds of small tasks:
    the metadata and returns the :class:`BlendedTransformResult`.
 
 Hole filling. Each successful block also contributes its *edge-extended*
-samples with a wide, low-amplitude weight ``β·v_b(d)`` that decays smoothly
-(cosine) to zero at distance ``fill_distance x block extent`` from its domain::
+samples with a wide weight ``v_b(d)`` that decays smoothly (cosine) to zero at
+distance ``fill_distance x block extent`` from its domain::
 
-    r = (Σ w_b r_b + β Σ v_b e_b) / (Σ w_b + β (Σ v_b + floor))
+    W = Σ w_b,   V = Σ v_b,   f = min(V, 1) · Σ v_b e_b / V
+    β = (1 - 2W)² for W < 1/2, else 0
+    r = (Σ w_b r_b + β f) / (W + β)
 
-Where blocks succeeded, ``β = 1e-3`` makes the fill negligible; inside a failed
-block the fill dominates and gives a smooth interpolation of the neighbours;
-far from any block ``floor`` pulls the residual smoothly to zero, i.e. to the
-initial transform. There is never a sudden zero.
+Where blocks succeeded (``W ≥ 1/2``: the cosine weights form a partition of
+unity across overlaps) the fill plays no part and the blend is exact; inside
+a failed block (``W = 0``) the fill gives a smooth interpolation of the
+neighbours, and it fades in continuously as ``W`` falls. Beyond a successful
+block the filled residual decays like ``v_b`` (a cosine over the reach) to
+zero, i.e. to the initial transform. There is never a sudden zero.
 
 Fold. With ``I`` the initial transform and ``A`` its linear part (a
 :class:`TransformChain`'s affine, an affine itself, or identity for a
@@ -66,8 +70,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 
-#: Relative amplitude of the hole-filling weights.
-FILL_BETA = 1e-3
+#: Amplitude of the hole-filling weights (where the primary weights vanish).
+FILL_BETA = 1.0
 #: Smallest primary weight inside a block's domain (keeps Σw > 0 there).
 WEIGHT_FLOOR = 1e-6
 
@@ -325,8 +329,8 @@ def _fill_nodes(reach: float, fspacing_zyx: FloatArray) -> npt.NDArray[np.int64]
     return np.ceil(reach / fspacing_zyx).astype(np.int64) + 1
 
 
-def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry, *,
-                fill_floor: float = 0.02) -> tuple[FloatArray, FloatArray]:
+def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
+                ) -> tuple[FloatArray, FloatArray]:
     """Blended residual over one field chunk.
 
     Returns
@@ -377,8 +381,13 @@ def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
         sl_c = ext.relative_to(chunk)
         fnum[(slice(None), *sl_c)] += v * e
         fden[sl_c] += v
-    total = den + FILL_BETA * (fden + fill_floor)
-    residual = (num + FILL_BETA * fnum) / total
+    # fill value: normalised convolution of the edge-extended neighbours, tapered
+    # to zero (the initial transform) as the summed fill weight V fades out
+    fill = fnum / np.where(fden > 0, fden, 1.0) * np.minimum(fden, 1.0)
+    # the fill takes part only where the blocks' own weights are thin (W < 1/2)
+    beta = FILL_BETA * np.clip(1.0 - 2.0 * den, 0.0, 1.0) ** 2
+    total = den + beta
+    residual = (num + beta * fill) / np.where(total > 0, total, 1.0)
     return residual, den
 
 
@@ -424,8 +433,6 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         Weight blocks by :func:`quality_factor` of their metric.
     fill_distance:
         Reach of hole filling from a successful block, in block extents.
-    fill_floor:
-        Weight of the "initial transform" (zero residual) in hole filling.
     compute_inverse:
         Also compute the inverse field by fixed-point iteration.
     inverse_iterations:
@@ -453,7 +460,6 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     field_chunk: int | Sequence[int] = 64
     use_quality: bool = False
     fill_distance: float = 1.0
-    fill_floor: float = 0.02
     compute_inverse: bool = True
     inverse_iterations: int = 30
     overwrite: bool = False
