@@ -93,8 +93,8 @@ def test_edges_are_renormalised_not_damped(blocks_factory, ctor_factory, ndim):
     out = ReduceToDisplacementField(field_chunk=8)(results, ctor_factory(fixed), None)
     data = out.transform.field.read()
     # every node, corners and edges included, carries the full translation
-    np.testing.assert_allclose(data[::-1].reshape(ndim, -1).T, np.broadcast_to(t, (data[0].size, ndim)),
-                               atol=1e-5)
+    flat = data[::-1].reshape(ndim, -1).T
+    np.testing.assert_allclose(flat, np.broadcast_to(t, flat.shape), atol=1e-5)
     corners = fixed.sample_points(per_axis=2)
     np.testing.assert_allclose(out.transform.transform_points(corners), corners + t, atol=1e-5)
 
@@ -174,7 +174,8 @@ def test_initial_chain_is_folded_in(blocks_factory, ctor_factory, ndim):
 
 def test_quality_weights_favour_the_better_block(blocks_factory, ctor_factory):
     fixed = ImageGeometry((16, 32), (1.0, 1.0), (0.0, 0.0))
-    results, _ = blocks_factory(fixed, 16, 8, lambda c, p: _translation([1.0 if c.start[1] else 0.0, 0.0]))
+    results, _ = blocks_factory(
+        fixed, 16, 8, lambda c, p: _translation([1.0 if c.start[1] else 0.0, 0.0]))
     results[0].result.metric = -0.9  # good correlation
     results[1].result.metric = -0.1  # poor
     plain = ReduceToDisplacementField(field_spacing_factor=1, field_chunk=32)(
@@ -222,7 +223,7 @@ def test_graph_is_chunk_local_and_never_assembles_the_field(blocks_factory, tmp_
     assert min(n_deps) >= 1
     res = graph.compute(scheduler="sync")
     pts = _eval_points(fixed)
-    np.testing.assert_allclose(res.transform.transform_points(pts), pts + [0.5, 0.25], atol=1e-5)
+    np.testing.assert_allclose(res.transform.transform_points(pts), pts + np.array([0.5, 0.25]), atol=1e-5)
     # the result pickles (lazy loaders, no open handles)
     again = pickle.loads(pickle.dumps(res.transform))
-    np.testing.assert_allclose(again.transform_points(pts), pts + [0.5, 0.25], atol=1e-5)
+    np.testing.assert_allclose(again.transform_points(pts), pts + np.array([0.5, 0.25]), atol=1e-5)
