@@ -223,7 +223,8 @@ def test_graph_is_chunk_local_and_never_assembles_the_field(blocks_factory, tmp_
     assert min(n_deps) >= 1
     res = graph.compute(scheduler="sync")
     pts = _eval_points(fixed)
-    np.testing.assert_allclose(res.transform.transform_points(pts), pts + np.array([0.5, 0.25]), atol=1e-5)
+    shift = np.array([0.5, 0.25])
+    np.testing.assert_allclose(res.transform.transform_points(pts), pts + shift, atol=1e-5)
     # the result pickles (lazy loaders, no open handles)
     again = pickle.loads(pickle.dumps(res.transform))
-    np.testing.assert_allclose(again.transform_points(pts), pts + np.array([0.5, 0.25]), atol=1e-5)
+    np.testing.assert_allclose(again.transform_points(pts), pts + shift, atol=1e-5)
