@@ -76,6 +76,9 @@ def inverse_residuals(chunk: Box, forward: TransformChain, inverse: TransformCha
                       within: tuple[FloatArray, FloatArray] | None = None) -> FloatArray:
     """``|T⁻¹(T(x)) - x|`` at random points inside a field chunk.
 
+    Points whose image ``T(x)`` leaves the inverse field's grid (where the
+    inverse can only be extrapolated) are left out.
+
     Parameters
     ----------
     chunk:
@@ -102,8 +105,14 @@ def inverse_residuals(chunk: Box, forward: TransformChain, inverse: TransformCha
         return np.zeros(0)
     idx = rng.uniform(lo, hi, size=(n_points, chunk.ndim))
     pts = geom.array_index_to_physical(idx)
-    back = inverse.transform_points(forward.transform_points(pts))
-    return np.asarray(np.linalg.norm(back - pts, axis=1))
+    moved = forward.transform_points(pts)
+    # only points whose image stays on the inverse grid (beyond it U is clamped)
+    assert inverse.field is not None
+    w = inverse.affine.transform_points(moved) if inverse.affine_first else moved
+    widx = inverse.field.geometry.physical_to_index(w)
+    keep = np.all((widx >= 0) & (widx <= np.asarray(inverse.field.geometry.size) - 1), axis=1)
+    back = inverse.transform_points(moved[keep])
+    return np.asarray(np.linalg.norm(back - pts[keep], axis=1))
 
 
 def invert_field(forward: DisplacementField, *, iterations: int = 30,
