@@ -211,12 +211,21 @@ def _downsample(prev: Any, axes: Sequence[int], chunks: Sequence[int], dtype: np
     return x.astype(dtype)
 
 
-def _existing_node(store: Any) -> bool:
+def _destination_state(store: Any) -> str:
+    """``"empty"``, ``"zarr"`` (a Zarr node) or ``"foreign"`` (other files)."""
+    from zarr.core.sync import sync
+
     try:
         zarr.open(store=store, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-        return False
-    return True
+        pass
+    else:
+        return "zarr"
+    try:
+        empty = bool(sync(store.is_empty("")))
+    except FileNotFoundError:
+        empty = True
+    return "empty" if empty else "foreign"
 
 
 def write_multiscale(
@@ -326,8 +335,12 @@ def write_multiscale(
     fmt = 2 if version == "0.4" else 3
 
     store = open_store(text, storage_options, read_only=False)
-    exists = map_store_errors(text, "check destination", lambda: _existing_node(store))
-    if exists and not overwrite:
+    state = map_store_errors(text, "check destination", lambda: _destination_state(store))
+    if state == "foreign":
+        raise OutputExistsError(
+            f"{safe}: exists and holds data that is not a Zarr group; refusing to replace it"
+        )
+    if state == "zarr" and not overwrite:
         raise OutputExistsError(f"{safe}: a Zarr node exists already; pass overwrite=True")
     root = map_store_errors(
         text, "create group",

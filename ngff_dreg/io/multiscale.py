@@ -136,6 +136,7 @@ class MultiscaleImage:
     levels: tuple[LevelInfo, ...]
     group: zarr.Group = field(repr=False)
     zarr_format: int = 3
+    _arrays: dict[int, zarr.Array] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> str:
@@ -157,8 +158,10 @@ class MultiscaleImage:
 
     def open_array(self, level: int | str = 0) -> zarr.Array:
         """The level's Zarr array (lazy: only metadata is read until sliced)."""
-        _, arr = read_level_info(self.group, self.multiscale, level, self.url)
-        return arr
+        idx = self.multiscale.level_index(level)
+        if idx not in self._arrays:
+            _, self._arrays[idx] = read_level_info(self.group, self.multiscale, idx, self.url)
+        return self._arrays[idx]
 
     def __repr__(self) -> str:
         return (
@@ -223,14 +226,16 @@ def open_multiscale(
             safe, multiscale.version, fmt, 2 if multiscale.version == "0.4" else 3,
         )
     levels = []
+    arrays = {}
     dtype = None
     for i in range(len(multiscale.levels)):
-        info, _ = read_level_info(group, multiscale, i, text)
+        info, arrays[i] = read_level_info(group, multiscale, i, text)
         if dtype is not None and info.dtype != dtype:
             logger.warning("%s: level %r has dtype %s, level 0 has %s", safe, info.path,
                            info.dtype, dtype)
         dtype = dtype or info.dtype
         levels.append(info)
     return MultiscaleImage(
-        url=text, multiscale=multiscale, levels=tuple(levels), group=group, zarr_format=fmt
+        url=text, multiscale=multiscale, levels=tuple(levels), group=group, zarr_format=fmt,
+        _arrays=arrays,
     )

@@ -94,6 +94,11 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
         if self.storage_options is not None:
             self.storage_options = dict(self.storage_options)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_meta" and name in {"url", "level", "storage_options", "unit"}:
+            object.__setattr__(self, "_meta", None)
+        object.__setattr__(self, name, value)
+
     def __call__(self, **kwargs: Any) -> OMEZarrReader:
         """Return a new reader (metadata is read now, voxels on demand)."""
         return OMEZarrReader(self)

@@ -237,3 +237,48 @@ def test_write_and_read_on_s3(s3_server: Any, synthetic_array: Any) -> None:
     assert image.levels[1].geometry.spacing == (2.0, 2.0, 4.0)
     with pytest.raises(OutputExistsError, match=re.escape(f"s3://{bucket}/pyramid.zarr")):
         write_multiscale(url, data, geom, storage_options=opts)
+
+
+def test_refuses_to_replace_non_zarr_directory(tmp_path: Path, synthetic_array: Any) -> None:
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.txt").write_text("do not delete")
+    data = synthetic_array((4, 4, 4))
+    geom = ImageGeometry(data.shape, (1, 1, 1), (0, 0, 0), unit="micrometer")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="not a Zarr group"):
+            write_multiscale(str(target), data, geom, overwrite=overwrite)
+    assert (target / "thesis.txt").read_text() == "do not delete"
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    write_multiscale(str(empty), data, geom, n_levels=1)
+    assert open_multiscale(str(empty)).levels[0].shape == (4, 4, 4)
+
+
+def test_interop_with_ngff_zarr(tmp_path: Path, synthetic_array: Any) -> None:
+    import ngff_zarr as nz
+
+    data = synthetic_array((16, 20, 24))
+    # ngff-zarr writes 0.6 -> we read it
+    img = nz.to_ngff_image(
+        data, dims=["z", "y", "x"], scale={"z": 2.0, "y": 0.5, "x": 0.25},
+        translation={"z": 1.0, "y": 2.0, "x": 3.0},
+        axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
+    )
+    url = str(tmp_path / "nz.zarr")
+    nz.to_ngff_zarr(url, nz.to_multiscales(img, scale_factors=[2]), version="0.6")
+    image = open_multiscale(url)
+    assert image.version == "0.6"
+    g0 = image.levels[0].geometry
+    assert g0.spacing == (0.25, 0.5, 2.0) and g0.origin == (3.0, 2.0, 1.0)
+    np.testing.assert_array_equal(image.open_array(0)[...], data)
+    # we write 0.5 and 0.6 -> ngff-zarr reads the same scale/translation
+    geom = ImageGeometry(data.shape, (0.25, 0.5, 2.0), (3.0, 2.0, 1.0), unit="micrometer")
+    for version in ("0.5", "0.6"):
+        ours = str(tmp_path / f"ours{version}.zarr")
+        write_multiscale(ours, data, geom, version=version, n_levels=2, chunks=8)
+        back = nz.from_ngff_zarr(ours)
+        for level, g in zip(back.images, level_geometries(geom, 2)):
+            assert level.scale == pytest.approx(dict(zip("xyz", g.spacing)))
+            assert level.translation == pytest.approx(dict(zip("xyz", g.origin)))
+        np.testing.assert_array_equal(np.asarray(back.images[0].data), data)
