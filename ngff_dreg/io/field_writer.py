@@ -469,7 +469,7 @@ def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> lis
     k = 0
     while len(levels) < max_levels:
         shape = src.shape[1:]
-        if n_levels is None and min(shape) < 8:
+        if n_levels is None and min(shape) < 4:
             break
         if min(shape) < 2:
             break
