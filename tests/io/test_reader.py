@@ -395,3 +395,37 @@ def test_to_dask_and_xarray(image3d: Any) -> None:
     np.testing.assert_array_equal(
         xa.isel(z=0).values, open_multiscale(url).open_array(1)[0]
     )
+
+
+def test_ome_zarr_py_2d_with_multiscales_level_transforms(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    data = rng.random((40, 44)).astype(np.float32)
+    url = tmp_path / "ms_level.zarr"
+    group = zarr.open_group(str(url), mode="w", zarr_format=2)
+    write_image(data, group, scale_factors=[2], axes="yx", fmt=FormatV04(),
+                scale={"y": 0.5, "x": 0.25}, axes_units={"y": "millimeter", "x": "millimeter"})
+    attrs_path = url / ".zattrs"
+    attrs = json.loads(attrs_path.read_text())
+    attrs["multiscales"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [2.0, 4.0]},
+        {"type": "translation", "translation": [-7.0, 11.0]},
+    ]
+    attrs_path.write_text(json.dumps(attrs))
+    image = open_multiscale(str(url), unit="micrometer")
+    assert image.version == "0.4" and image.ndim == 2
+    ds = attrs["multiscales"][0]["datasets"]
+    for i, lv in enumerate(image.levels):
+        s_ds = np.array(ds[i]["coordinateTransformations"][0]["scale"])
+        t_ds = np.array(ds[i]["coordinateTransformations"][1]["translation"]) if len(
+            ds[i]["coordinateTransformations"]) > 1 else np.zeros(2)
+        spacing = np.array([2.0, 4.0]) * s_ds * 1000
+        origin = (np.array([2.0, 4.0]) * t_ds + np.array([-7.0, 11.0])) * 1000
+        np.testing.assert_allclose(lv.geometry.spacing, spacing[::-1])
+        np.testing.assert_allclose(lv.geometry.origin, origin[::-1])
+    reader = OMEZarrReaderConstructor(str(url), unit="micrometer")()
+    reader.UpdateLargestPossibleRegion()
+    out = reader.GetOutput()
+    np.testing.assert_array_equal(itk.array_view_from_image(out), data)
+    # voxel (y=3, x=5): physical = s_ms * (s_ds * idx) + t_ms, in micrometres, ITK order
+    p = np.asarray(out.TransformIndexToPhysicalPoint([5, 3]))
+    np.testing.assert_allclose(p, [(4.0 * 0.25 * 5 + 11.0) * 1000, (2.0 * 0.5 * 3 - 7.0) * 1000])
