@@ -37,6 +37,7 @@ __all__ = [
     "REMOTE_SCHEMES",
     "redact_url",
     "redact_options",
+    "redact_text",
     "is_remote",
     "local_path",
     "join_url",
@@ -95,6 +96,20 @@ def redact_url(url: Any) -> str:
             pairs.append(f"{k}{sep}***" if sep and _SECRET_QUERY.search(k) else pair)
         query = "&".join(pairs)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_USERINFO_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]+@")
+_QUERY_IN_TEXT = re.compile(
+    r"([?&](?:x-amz-[a-z-]*|signature|sig|token|key|secret|password|credential|policy)=)"
+    r"[^&\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """Hide URL user info and credential query values anywhere inside ``text``."""
+    text = _USERINFO_IN_TEXT.sub(r"\1***@", str(text))
+    return _QUERY_IN_TEXT.sub(r"\1***", text)
 
 
 def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -196,7 +211,7 @@ def map_store_errors(url: str, what: str, func: Callable[[], T]) -> T:
         ) from exc
     except Exception as exc:
         kind = _classify(exc)
-        detail = redact_url(f"{type(exc).__name__}: {exc}")
+        detail = redact_text(f"{type(exc).__name__}: {exc}")
         if kind == "notfound":
             raise StoreNotFoundError(f"{redact_url(url)}: not found ({what}): {detail}") from exc
         if kind == "access":
@@ -256,7 +271,7 @@ def open_store(
     except (ValueError, TypeError, ImportError) as exc:
         raise StoreAccessError(
             f"{redact_url(text)}: cannot create a store: {type(exc).__name__}: "
-            f"{redact_url(str(exc))}"
+            f"{redact_text(str(exc))}"
         ) from exc
 
 

@@ -30,6 +30,7 @@ from ngff_dreg.io.stores import (
     open_group,
     open_store,
     redact_options,
+    redact_text,
     redact_url,
 )
 
@@ -40,6 +41,13 @@ def test_redact_url() -> None:
     red = redact_url("https://h/x.zarr?X-Amz-Signature=abc&X-Amz-Credential=AKIA&part=1")
     assert "abc" not in red and "AKIA" not in red and "part=1" in red
     assert redact_url("/local/path.zarr") == "/local/path.zarr"
+
+
+def test_redact_text() -> None:
+    text = "Connect failed: https://me:pw@host/a?X-Amz-Signature=s1g&part=2 (s3://k:v@b/x)"
+    red = redact_text(text)
+    assert "pw" not in red and "s1g" not in red and "k:v" not in red
+    assert "host/a" in red and "part=2" in red
 
 
 def test_redact_options() -> None:
