@@ -100,7 +100,6 @@ class S3Server:
             "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
             "config_kwargs": {"retries": {"max_attempts": max_attempts}},
             "use_listings_cache": False,
-            "skip_instance_cache": True,
         }
         if not anon:
             opts["key"] = key
