@@ -282,3 +282,23 @@ def test_interop_with_ngff_zarr(tmp_path: Path, synthetic_array: Any) -> None:
             assert level.scale == pytest.approx(dict(zip("xyz", g.spacing)))
             assert level.translation == pytest.approx(dict(zip("xyz", g.origin)))
         np.testing.assert_array_equal(np.asarray(back.images[0].data), data)
+
+
+def test_dask_input_is_streamed_chunk_by_chunk(tmp_path: Path) -> None:
+    from dask.callbacks import Callback
+
+    data = da.random.default_rng(0).random((64, 64, 64), chunks=16)  # 2 MiB as float64
+    geom = ImageGeometry(data.shape, (1, 1, 1), (0, 0, 0), unit="micrometer")
+    biggest = [0]
+
+    class Track(Callback):  # type: ignore[misc]
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker: Any) -> None:
+            biggest[0] = max(biggest[0], int(getattr(result, "nbytes", 0)))
+
+    with Track():
+        write_multiscale(str(tmp_path / "s.zarr"), data, geom, chunks=16, n_levels=3)
+    # the largest intermediate is one 32^3 float64 block feeding a 2x mean, never the volume
+    assert 0 < biggest[0] <= 32**3 * 8 < data.nbytes
+    np.testing.assert_allclose(
+        open_multiscale(str(tmp_path / "s.zarr")).open_array(0)[...], data.compute()
+    )
