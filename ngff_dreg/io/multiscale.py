@@ -61,6 +61,13 @@ class LevelInfo:
         return tuple(self.chunks[i] for i in self.spatial_indices)
 
     @property
+    def spatial_shards(self) -> tuple[int, ...] | None:
+        """Shard shape of the spatial axes (NumPy order), or ``None`` if unsharded."""
+        if self.shards is None:
+            return None
+        return tuple(self.shards[i] for i in self.spatial_indices)
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of the spatial axes (NumPy order)."""
         return tuple(self.shape[i] for i in self.spatial_indices)

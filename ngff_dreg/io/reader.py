@@ -122,6 +122,11 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
         return self.meta.info.spatial_chunks
 
     @property
+    def shard_shape(self) -> tuple[int, ...] | None:
+        """Spatial shard shape (NumPy order) when the level is sharded, else ``None``."""
+        return self.meta.info.spatial_shards
+
+    @property
     def dtype(self) -> np.dtype[Any]:
         """Native voxel dtype."""
         return self.meta.info.dtype

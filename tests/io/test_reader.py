@@ -429,3 +429,22 @@ def test_ome_zarr_py_2d_with_multiscales_level_transforms(tmp_path: Path) -> Non
     # voxel (y=3, x=5): physical = s_ms * (s_ds * idx) + t_ms, in micrometres, ITK order
     p = np.asarray(out.TransformIndexToPhysicalPoint([5, 3]))
     np.testing.assert_allclose(p, [(4.0 * 0.25 * 5 + 11.0) * 1000, (2.0 * 0.5 * 3 - 7.0) * 1000])
+
+
+def test_sharded_level_reports_inner_chunks_and_shards(tmp_path: Path) -> None:
+    url = tmp_path / "sharded.zarr"
+    rng = np.random.default_rng(7)
+    data = rng.random((20, 40, 40)).astype(np.float32)
+    root = zarr.open_group(str(url), mode="w")
+    arr = root.create_array("s0", shape=data.shape, chunks=(10, 10, 10), shards=(20, 20, 20),
+                            dtype="f4", dimension_names=["z", "y", "x"])
+    arr[...] = data
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
+    }]}
+    ctor = OMEZarrReaderConstructor(str(url))
+    assert ctor.chunk_shape == (10, 10, 10) and ctor.shard_shape == (20, 20, 20)
+    box = Box((3, 15, 22), (12, 33, 39))
+    np.testing.assert_array_equal(ctor().read_box(box), data[box.slices])
