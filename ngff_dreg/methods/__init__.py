@@ -5,10 +5,12 @@ objects are built inside ``__call__``. Each returns a transform that acts on
 fixed points *before* the initial transform, valid over the padded fixed block.
 """
 
+from ngff_dreg.methods.bspline import ItkBSplineRegistration
 from ngff_dreg.methods.itk_linear import ItkLinearRegistration
 from ngff_dreg.methods.translation import PhaseCorrelationTranslation, phase_correlation_shift
 
 __all__ = [
+    "ItkBSplineRegistration",
     "ItkLinearRegistration",
     "PhaseCorrelationTranslation",
     "phase_correlation_shift",

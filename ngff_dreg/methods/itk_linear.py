@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ def run_v4_registration(
     *,
     shrink_factors: tuple[int, ...],
     smoothing_sigmas: tuple[float, ...],
-    sampling_percentage: float,
+    sampling_percentage: float | Sequence[float],
     seed: int,
     adaptors: list[Any] | None = None,
 ) -> float:
@@ -74,11 +75,14 @@ def run_v4_registration(
     reg.SetShrinkFactorsPerLevel([int(f) for f in shrink_factors])
     reg.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_sigmas])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    if sampling_percentage < 1.0:
+    percentages = np.broadcast_to(
+        np.asarray(sampling_percentage, dtype=np.float64), (len(shrink_factors),)
+    )
+    if np.any(percentages < 1.0):
         reg.SetMetricSamplingStrategy(
             itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM
         )
-        reg.SetMetricSamplingPercentage(float(sampling_percentage))
+        reg.SetMetricSamplingPercentagePerLevel([float(v) for v in percentages])
         reg.MetricSamplingReinitializeSeed(int(seed))
     if adaptors is not None:
         reg.SetTransformParametersAdaptorsPerLevel(adaptors)
@@ -132,9 +136,9 @@ class ItkLinearRegistration(BlockPairRegistrationMethod):
     shrink_factors: tuple[int, ...] = (2, 1)
     smoothing_sigmas: tuple[float, ...] = (1.0, 0.0)
     iterations: int = 100
-    sampling_percentage: float = 0.2
+    sampling_percentage: float = 0.1
     learning_rate: float = 2.0
-    min_step: float = 0.005
+    min_step: float = 0.01
     relaxation: float = 0.5
     histogram_bins: int = 32
     max_displacement_fraction: float = 0.25
