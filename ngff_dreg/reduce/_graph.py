@@ -66,10 +66,10 @@ def _t_status(sample: BlockSample) -> tuple[tuple[int, ...], int]:
     return sample.chunk_index, sample.status
 
 
-def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry,
+def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed: ImageGeometry,
              initial: Any, affine: AffineTransform, writer: Any, prep: Any
              ) -> dict[str, Any]:
-    residual, coverage = blend_chunk(chunk, samples, fgeom)
+    residual, coverage = blend_chunk(chunk, samples, fgeom, fixed)
     total = fold_chunk(chunk, residual, fgeom, initial, affine)
     norm = np.linalg.norm(total, axis=0)
     stats: dict[str, Any] = {
@@ -256,7 +256,7 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
     for c, cbox in enumerate(boxes):
         deps = [samples[i] for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
         blends.append(delayed(_t_blend, pure=True)(
-            cbox, deps, fgeom, initial, affine, writer, prep,
+            cbox, deps, fgeom, fixed, initial, affine, writer, prep,
             dask_key_name=f"blend-{token}-{c}"))
     ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{token}")
 

@@ -210,7 +210,11 @@ def quality_factor(metric: float | None) -> float:
 # ---------------------------------------------------------------- block task
 @dataclass
 class BlockSample:
-    """Plain-array summary of one block result on the field grid (picklable).
+    """What the field-chunk tasks need to know about one block (small, picklable).
+
+    The residual ``T_b(x) - x`` is *not* stored at field resolution: each chunk
+    task samples ``transform`` on just the nodes it needs (:meth:`residual_at`),
+    so no block's full sample waits in memory for its consumers.
 
     Attributes
     ----------
@@ -219,22 +223,63 @@ class BlockSample:
     chunk_index:
         Block index in the block grid (NumPy order).
     nodes:
-        Field-node box inside the block's domain.
-    residual:
-        ``(ndim, *nodes.shape)`` residual ``T_b(x) - x`` (NGFF layout), or None.
-    weight:
-        ``nodes.shape`` blending weight, or None.
+        Field-node box needed to interpolate inside the block's domain.
+    lo, hi:
+        Continuous fixed-index bounds (NumPy order) of the domain.
+    pad_lo, pad_hi:
+        Overlap padding (fixed voxels) on each side; the cosine weight ramps
+        over twice that width from the domain edge.
+    quality:
+        Weight factor (1 unless quality weighting is on).
     reach:
         Physical reach of the hole-filling weight.
+    transform:
+        The block transform (``None`` unless SUCCESS).
 
     """
 
     status: int
     chunk_index: tuple[int, ...]
     nodes: Box
-    residual: npt.NDArray[np.float32] | None
-    weight: npt.NDArray[np.float32] | None
+    lo: FloatArray
+    hi: FloatArray
+    pad_lo: FloatArray
+    pad_hi: FloatArray
+    quality: float
     reach: float
+    transform: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the block has a usable transform."""
+        return (self.status == BlockRegStatus.SUCCESS and self.transform is not None
+                and not self.nodes.is_empty)
+
+    def residual_at(self, box: Box, fgeom: ImageGeometry) -> FloatArray:
+        """``T_b(x) - x`` (NGFF layout) at the field nodes of ``box``."""
+        axes = [np.arange(a, b) for a, b in zip(box.start, box.stop)]
+        mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fgeom.ndim)
+        pts = fgeom.array_index_to_physical(mesh.astype(np.float64))
+        moved = _map_block_points(self.transform, pts)
+        return (moved - pts)[:, ::-1].T.reshape((fgeom.ndim, *box.shape))
+
+    def weight_at(self, box: Box, ratio: FloatArray) -> FloatArray:
+        """Separable cosine blending weight at the field nodes of ``box``."""
+        weight = np.ones(box.shape)
+        ndim = box.ndim
+        for ax in range(ndim):
+            c = np.arange(box.start[ax], box.stop[ax]) * ratio[ax]
+            ext = self.hi[ax] - self.lo[ax]
+            w = np.ones(c.shape)
+            for dist, pad in ((c - self.lo[ax], self.pad_lo[ax]),
+                              (self.hi[ax] - c, self.pad_hi[ax])):
+                width = min(2.0 * pad, ext / 2.0)
+                if width > 0:
+                    w = w * _cos_ramp(dist / width)
+            shape = [1] * ndim
+            shape[ax] = c.size
+            weight = weight * w.reshape(shape)
+        return np.maximum(weight, WEIGHT_FLOOR) * self.quality
 
 
 def _map_block_points(transform: Any, pts: FloatArray) -> FloatArray:
@@ -257,7 +302,7 @@ def _map_block_points(transform: Any, pts: FloatArray) -> FloatArray:
 def sample_block(located: LocatedBlockResult, block_box: Box | None,
                  fixed: ImageGeometry, fgeom: ImageGeometry, *,
                  use_quality: bool = False, fill_distance: float = 1.0) -> BlockSample:
-    """Sample one block's residual and weight on the field nodes of its domain.
+    """Summarise one block result for the field-chunk tasks.
 
     Parameters
     ----------
@@ -277,51 +322,23 @@ def sample_block(located: LocatedBlockResult, block_box: Box | None,
     """
     res = located.result
     core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
-    if block_box is not None:
-        lo, hi = _box_bounds(block_box)
-    else:
-        lo, hi = _box_bounds(core)
+    lo, hi = _box_bounds(block_box if block_box is not None else core)
     if res.transform_domain is not None:
         dlo, dhi = _domain_bounds(res.transform_domain, fixed)
         if block_box is None:
             lo, hi = dlo, dhi
         else:
             lo, hi = np.maximum(lo, dlo), np.minimum(hi, dhi)
-    ratio = _ratio(fixed, fgeom)
-    nodes = _node_range(lo, hi, ratio, fgeom.shape)
-    reach = _fill_reach(lo, hi, fixed, fill_distance)
-    status = int(res.status)
-    if status != BlockRegStatus.SUCCESS or nodes.is_empty or res.transform is None:
-        return BlockSample(status, located.fixed_info.chunk_index, nodes, None, None, reach)
-
-    # residual
-    axes = [np.arange(a, b) for a, b in zip(nodes.start, nodes.stop)]
-    mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fixed.ndim)
-    pts = fgeom.array_index_to_physical(mesh.astype(np.float64))
-    moved = _map_block_points(res.transform, pts)
-    resid = (moved - pts)[:, ::-1].T.reshape((fixed.ndim, *nodes.shape))
-
-    # separable cosine weight across the overlap
+    nodes = _node_range(lo, hi, _ratio(fixed, fgeom), fgeom.shape)
     clo, chi = _box_bounds(core)
-    pad_lo = np.maximum(clo - lo, 0.0)
-    pad_hi = np.maximum(hi - chi, 0.0)
-    weight = np.ones(nodes.shape)
-    for ax, idx in enumerate(axes):
-        c = idx * ratio[ax]
-        ext = hi[ax] - lo[ax]
-        w = np.ones(idx.shape)
-        for dist, pad in ((c - lo[ax], pad_lo[ax]), (hi[ax] - c, pad_hi[ax])):
-            width = min(2.0 * pad, ext / 2.0)
-            if width > 0:
-                w = w * _cos_ramp(dist / width)
-        shape = [1] * fixed.ndim
-        shape[ax] = idx.size
-        weight = weight * w.reshape(shape)
-    weight = np.maximum(weight, WEIGHT_FLOOR)
-    if use_quality:
-        weight = weight * quality_factor(res.metric)
-    return BlockSample(status, located.fixed_info.chunk_index, nodes,
-                       resid.astype(np.float32), weight.astype(np.float32), reach)
+    quality = quality_factor(res.metric) if use_quality else 1.0
+    status = int(res.status)
+    return BlockSample(
+        status, located.fixed_info.chunk_index, nodes, lo, hi,
+        np.maximum(clo - lo, 0.0), np.maximum(hi - chi, 0.0), quality,
+        _fill_reach(lo, hi, fixed, fill_distance),
+        res.transform if status == BlockRegStatus.SUCCESS else None,
+    )
 
 
 # ---------------------------------------------------------------- chunk task
@@ -329,9 +346,13 @@ def _fill_nodes(reach: float, fspacing_zyx: FloatArray) -> npt.NDArray[np.int64]
     return np.ceil(reach / fspacing_zyx).astype(np.int64) + 1
 
 
-def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
-                ) -> tuple[FloatArray, FloatArray]:
+def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry,
+                fixed: ImageGeometry) -> tuple[FloatArray, FloatArray]:
     """Blended residual over one field chunk.
+
+    Each block is sampled only on the nodes this chunk needs: its nodes inside
+    the chunk, and (for hole filling, only if some node of the chunk is thinly
+    covered) its edge nodes facing the chunk.
 
     Returns
     -------
@@ -343,49 +364,55 @@ def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
 
     """
     ndim = fgeom.ndim
+    ratio = _ratio(fixed, fgeom)
     sp = np.asarray(fgeom.spacing)[::-1]
+    good = [s for s in samples if s.ok]
     num = np.zeros((ndim, *chunk.shape))
     den = np.zeros(chunk.shape)
-    fnum = np.zeros((ndim, *chunk.shape))
-    fden = np.zeros(chunk.shape)
-    for s in samples:
-        if s.residual is None or s.weight is None:
-            continue
+    for s in good:
         inter = chunk.intersect(s.nodes)
-        if not inter.is_empty:
-            sl_c = inter.relative_to(chunk)
-            sl_b = inter.relative_to(s.nodes)
-            w = s.weight[sl_b].astype(np.float64)
-            num[(slice(None), *sl_c)] += w * s.residual[(slice(None), *sl_b)]
-            den[sl_c] += w
-        # hole filling: edge-extended values with a wide, decaying weight
-        reach_n = _fill_nodes(s.reach, sp)
-        ext = chunk.intersect(s.nodes.pad(tuple(reach_n)))
-        if ext.is_empty:
+        if inter.is_empty:
             continue
-        d2 = np.zeros(ext.shape)
-        idx = []
-        for ax in range(ndim):
-            j = np.arange(ext.start[ax], ext.stop[ax])
-            a, b = s.nodes.start[ax], s.nodes.stop[ax] - 1
-            d = np.maximum(np.maximum(a - j, j - b), 0) * sp[ax]
-            shape = [1] * ndim
-            shape[ax] = j.size
-            d2 = d2 + (d**2).reshape(shape)
-            idx.append(np.clip(j, a, b) - a)
-        dist = np.sqrt(d2)
-        v = np.where(dist < s.reach, 0.5 * (1.0 + np.cos(np.pi * dist / s.reach)), 0.0)
-        if s.weight is not None:
-            v = v * float(np.max(s.weight))  # carries the quality factor
-        e = s.residual[(slice(None), *np.ix_(*idx))].astype(np.float64)
-        sl_c = ext.relative_to(chunk)
-        fnum[(slice(None), *sl_c)] += v * e
-        fden[sl_c] += v
-    # fill value: normalised convolution of the edge-extended neighbours, tapered
-    # to zero (the initial transform) as the summed fill weight V fades out
-    fill = fnum / np.where(fden > 0, fden, 1.0) * np.minimum(fden, 1.0)
+        sl_c = inter.relative_to(chunk)
+        w = s.weight_at(inter, ratio)
+        num[(slice(None), *sl_c)] += w * s.residual_at(inter, fgeom)
+        den[sl_c] += w
     # the fill takes part only where the blocks' own weights are thin (W < 1/2)
     beta = FILL_BETA * np.clip(1.0 - 2.0 * den, 0.0, 1.0) ** 2
+    fill = np.zeros_like(num)
+    if np.any(beta > 0):
+        fnum = np.zeros_like(num)
+        fden = np.zeros(chunk.shape)
+        for s in good:
+            ext = chunk.intersect(s.nodes.pad(tuple(_fill_nodes(s.reach, sp))))
+            if ext.is_empty:
+                continue
+            d2 = np.zeros(ext.shape)
+            uniq, inv = [], []
+            for ax in range(ndim):
+                j = np.arange(ext.start[ax], ext.stop[ax])
+                a, b = s.nodes.start[ax], s.nodes.stop[ax] - 1
+                d = np.maximum(np.maximum(a - j, j - b), 0) * sp[ax]
+                shape = [1] * ndim
+                shape[ax] = j.size
+                d2 = d2 + (d**2).reshape(shape)
+                u, k = np.unique(np.clip(j, a, b), return_inverse=True)
+                uniq.append(u)
+                inv.append(k)
+            dist = np.sqrt(d2)
+            v = np.where(dist < s.reach, 0.5 * (1.0 + np.cos(np.pi * dist / s.reach)), 0.0)
+            v = v * s.quality
+            # edge-extended values: sample only the distinct clamped nodes
+            src = Box(tuple(int(u[0]) for u in uniq), tuple(int(u[-1]) + 1 for u in uniq))
+            vals = s.residual_at(src, fgeom)
+            offs = [u - u[0] for u in uniq]
+            e = vals[(slice(None), *np.ix_(*[o[k] for o, k in zip(offs, inv)]))]
+            sl_c = ext.relative_to(chunk)
+            fnum[(slice(None), *sl_c)] += v * e
+            fden[sl_c] += v
+        # normalised convolution of the neighbours, tapered to zero (the initial
+        # transform) as the summed fill weight fades out
+        fill = fnum / np.where(fden > 0, fden, 1.0) * np.minimum(fden, 1.0)
     total = den + beta
     residual = (num + beta * fill) / np.where(total > 0, total, 1.0)
     return residual, den
