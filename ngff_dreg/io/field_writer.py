@@ -412,8 +412,8 @@ class FieldSceneWriter:
         """Create ``quality/<name>`` (a plain array, e.g. a Jacobian-determinant map)."""
         root = self._group("a")
         qgroup = root.require_group("quality")
-        qgroup.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
-                            fill_value=0, overwrite=True)
+        qgroup.create_array(name, shape=tuple(shape), chunks=tuple(max(1, c) for c in chunks),
+                            dtype=dtype, fill_value=0, overwrite=True)
 
     def write_quality_chunk(self, name: str, box: Box, data: npt.NDArray[Any]) -> None:
         """Write one block of the quality array ``quality/<name>``."""

@@ -179,6 +179,9 @@ def _t_finalize(reducer: ReduceToDisplacementField, fgeom: ImageGeometry,
     if inv_parts is not None:
         geoms[INVERSE_NAME] = fgeom
     if writer is not None:
+        if smap.size:
+            writer.create_quality_array("block_status", smap.shape, smap.shape, dtype="int16")
+            writer.write_quality_chunk("block_status", Box.full(smap.shape), smap)
         writer.finish(affine, geoms, n_levels=reducer.n_levels,
                       extra={"report": report, "status_map": smap.tolist()})
         forward = DisplacementField(fgeom, loader=writer.loader(FORWARD_NAME, fgeom))

@@ -226,5 +226,57 @@ def test_graph_is_chunk_local_and_never_assembles_the_field(blocks_factory, tmp_
     shift = np.array([0.5, 0.25])
     np.testing.assert_allclose(res.transform.transform_points(pts), pts + shift, atol=1e-5)
     # the result pickles (lazy loaders, no open handles)
+    import zarr
+
+    status = zarr.open_array(str(tmp_path / "f.zarr"), path="quality/block_status")[...]
+    np.testing.assert_array_equal(status, res.status_map)
+    assert status.shape == (4, 8)
+    jac = zarr.open_array(str(tmp_path / "f.zarr"), path="quality/jacobian")[...]
+    np.testing.assert_allclose(jac, 1.0, atol=1e-5)
     again = pickle.loads(pickle.dumps(res.transform))
     np.testing.assert_allclose(again.transform_points(pts), pts + shift, atol=1e-5)
+
+
+class _ItkStyleReaderCtor:
+    """An itk.ImageFileReader-like constructor: geometry only via GetOutput()."""
+
+    def __init__(self, geometry: ImageGeometry) -> None:
+        self._geometry = geometry
+
+    def __call__(self) -> Any:
+        from ngff_dreg.itk_bridge import metadata_image
+
+        image = metadata_image(self._geometry)
+
+        class Reader:
+            def GetOutput(self) -> Any:
+                return image
+
+        return Reader()
+
+
+def test_plain_itk_dreg_call_with_itk_initial_transforms(blocks_factory):
+    fixed = _geometry(3, oblique=True)
+    t = np.array([0.3, -0.2, 0.1])
+    results, _ = blocks_factory(fixed, 16, 4, lambda c, p: _translation(t))
+    reducer = ReduceToDisplacementField(field_chunk=8, scheduler="sync")
+    pts = _eval_points(fixed, 100)
+    # a linear ITK initial transform: its matrix becomes the chain's affine
+    euler = itk.Euler3DTransform[itk.D].New()
+    euler.SetRotation(0.05, -0.02, 0.03)
+    euler.SetTranslation([1.0, 2.0, -1.0])
+    out = reducer(block_results=results, fixed_reader_ctor=_ItkStyleReaderCtor(fixed),
+                  initial_transform=euler)
+    from ngff_dreg.itk_bridge import transform_points as itk_points
+
+    np.testing.assert_allclose(out.transform.transform_points(pts), itk_points(euler, pts + t),
+                               atol=1e-5)
+    assert not out.transform.affine.is_identity
+    # a non-linear ITK initial transform: folded into the field, affine identity
+    prev = smooth_displacement(fixed, 1.0, seed=8)
+    dft = prev.to_itk()
+    out2 = reducer(block_results=results, fixed_reader_ctor=_ItkStyleReaderCtor(fixed),
+                   initial_transform=dft)
+    assert out2.transform.affine.is_identity
+    err = np.linalg.norm(out2.transform.transform_points(pts) - itk_points(dft, pts + t), axis=1)
+    assert np.percentile(err, 95) < 0.03
