@@ -6,10 +6,13 @@ fixed points *before* the initial transform, valid over the padded fixed block.
 """
 
 from ngff_dreg.methods.bspline import ItkBSplineRegistration
+from ngff_dreg.methods.elastix import ElastixBlockRegistration, ElastixNotAvailableError
 from ngff_dreg.methods.itk_linear import ItkLinearRegistration
 from ngff_dreg.methods.translation import PhaseCorrelationTranslation, phase_correlation_shift
 
 __all__ = [
+    "ElastixBlockRegistration",
+    "ElastixNotAvailableError",
     "ItkBSplineRegistration",
     "ItkLinearRegistration",
     "PhaseCorrelationTranslation",
