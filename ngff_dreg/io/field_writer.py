@@ -86,7 +86,7 @@ def _join(url: str, *parts: str) -> str:
     return out
 
 
-def _open_group(url: str, storage_options: Mapping[str, Any] | None, mode: str) -> Any:
+def _open_group(url: str, storage_options: Mapping[str, Any] | None, mode: Any) -> Any:
     import zarr
 
     try:

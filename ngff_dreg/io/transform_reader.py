@@ -49,7 +49,7 @@ def read_scene_attributes(url: str, storage_options: Mapping[str, Any] | None = 
     import zarr
 
     group = zarr.open_group(store=open_store(url, storage_options, read_only=True), mode="r")
-    attrs = group.attrs.asdict()
+    attrs: dict[str, Any] = dict(group.attrs.asdict())
     marker = attrs.get(MARKER_KEY)
     if isinstance(marker, dict) and marker.get("status") != "complete":
         raise IncompleteOutputError(
@@ -130,7 +130,7 @@ def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
 
     store = open_store(url, storage_options, read_only=True)
     group = zarr.open_group(store=store, path=path, mode="r")
-    ome = group.attrs.asdict().get("ome", {})
+    ome: Any = dict(group.attrs.asdict()).get("ome", {})
     try:
         ms = ome["multiscales"][0]
         axes = ms["coordinateSystems"][0]["axes"]
@@ -151,7 +151,7 @@ def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
                 scale = scale * np.asarray(item["scale"], float)
             elif item.get("type") == "translation":
                 trans = trans * 1.0 + np.asarray(item["translation"], float)
-    arr = group[ds["path"]]
+    arr: Any = group[str(ds["path"])]
     shape = tuple(int(s) for s in arr.shape)
     if shape[0] != ndim:
         raise InvalidMetadataError(
@@ -183,14 +183,16 @@ def _chain_from(t: Mapping[str, Any], url: str, storage_options: Mapping[str, An
         inv = pre.inverse()
         rot = inv.A
         origin = inv.transform_points(q_origin[None])[0]
-        geom = ImageGeometry(tuple(shape), tuple(spacing), tuple(origin), rot, unit)
+        geom = ImageGeometry(tuple(shape), tuple(spacing), tuple(origin),
+                             tuple(map(tuple, rot)), unit)
         loader = ZarrFieldLoader(url, array_path, _rot_zyx(rot), storage_options)
         return TransformChain(pre.then(post), DisplacementField(geom, loader=loader))
     if _is_orthonormal(post):
         # y -> q = P y; q + u(q); Q(.)  As affine-first: A = Q∘P, U(w) = L_Q u(Q^-1 w).
         rot = post.A
         origin = post.transform_points(q_origin[None])[0]
-        geom = ImageGeometry(tuple(shape), tuple(spacing), tuple(origin), rot, unit)
+        geom = ImageGeometry(tuple(shape), tuple(spacing), tuple(origin),
+                             tuple(map(tuple, rot)), unit)
         loader = ZarrFieldLoader(url, array_path, _rot_zyx(rot), storage_options)
         return TransformChain(pre.then(post), DisplacementField(geom, loader=loader),
                               affine_first=True)
@@ -211,7 +213,8 @@ def _level0_path(url: str, fpath: str, storage_options: Mapping[str, Any] | None
 
     store = open_store(url, storage_options, read_only=True)
     group = zarr.open_group(store=store, path=fpath, mode="r")
-    return str(group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"])
+    ome: Any = dict(group.attrs.asdict())["ome"]
+    return str(ome["multiscales"][0]["datasets"][0]["path"])
 
 
 def read_transform(url: str, storage_options: Mapping[str, Any] | None = None, *,

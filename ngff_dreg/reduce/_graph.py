@@ -51,7 +51,9 @@ logger = logging.getLogger(__name__)
 def _chunk_boxes(shape: tuple[int, ...], chunk: Any) -> list[Box]:
     from ngff_dreg.io.field_writer import iter_chunk_boxes
 
-    ch = (int(chunk),) * len(shape) if np.isscalar(chunk) else tuple(int(c) for c in chunk)
+    if isinstance(chunk, (int, np.integer)):
+        return iter_chunk_boxes(shape, (int(chunk),) * len(shape))
+    ch = tuple(int(c) for c in chunk)
     return iter_chunk_boxes(shape, ch)
 
 
@@ -218,7 +220,7 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
     ndim = fixed.ndim
     affine = linear_part(initial, ndim)
     ch = reducer.field_chunk
-    chunks = (int(ch),) * ndim if np.isscalar(ch) else tuple(int(c) for c in ch)  # type: ignore[arg-type]
+    chunks = (int(ch),) * ndim if isinstance(ch, (int, np.integer)) else tuple(int(c) for c in ch)
     boxes = _chunk_boxes(fgeom.shape, chunks)
     token = tokenize(reducer.output, fixed, fgeom, chunks, len(block_boxes),
                      [tuple(b.start) + tuple(b.stop) for b in block_boxes])

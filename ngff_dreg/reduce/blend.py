@@ -528,7 +528,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         boxes = [_padded_box(r, fixed) for r in results]
         delayed_results = [dask.delayed(r, pure=False) for r in results]
         graph = self.build_graph(delayed_results, boxes, fixed, initial_transform)
-        return graph.compute(scheduler=self.scheduler)  # type: ignore[no-any-return]
+        return graph.compute(scheduler=self.scheduler)
 
     # -- engine entry point ----------------------------------------------
     def build_graph(
