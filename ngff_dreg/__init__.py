@@ -1,5 +1,6 @@
 """ngff-dreg: distributed coarse-to-fine registration of OME-Zarr images."""
 
+from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.errors import (
     IncompatibleImagesError,
     IncompleteOutputError,
@@ -29,6 +30,10 @@ from ngff_dreg.interfaces import (
 )
 
 __version__ = "0.1.0.dev0"
+
+# Let user methods that use ``itk`` (defined in ``__main__`` or a notebook)
+# travel between processes: on the client and on every worker that imports us.
+register_module_reducers()
 
 __all__ = [
     "BlockInfo",

@@ -1,0 +1,193 @@
+"""The block grid over the fixed image, overlap padding, and moving regions.
+
+Pure NumPy: no I/O and no ITK. Blocks follow the fixed level's storage chunks
+so every read is chunk-aligned; a thin last block along an axis is merged into
+its neighbour (a few-voxel block cannot be registered).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ngff_dreg.geometry import Box, ImageGeometry, grid_points
+from ngff_dreg.interfaces import BlockInfo
+
+__all__ = [
+    "BlockPlan",
+    "align_block_shape",
+    "axis_chunks",
+    "plan_blocks",
+    "padding_for",
+    "moving_region",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One scheduled block: where it is and what it reads.
+
+    Attributes
+    ----------
+    info:
+        The itk-dreg :class:`BlockInfo` (chunk index, unpadded slices).
+    box:
+        Unpadded block, NumPy order.
+    padded:
+        Block plus overlap, cropped to the image.
+
+    """
+
+    info: BlockInfo
+    box: Box
+    padded: Box
+
+
+def align_block_shape(
+    requested: Sequence[int] | None,
+    chunk_shape: Sequence[int] | None,
+    image_shape: Sequence[int],
+    default: int = 128,
+) -> tuple[int, ...]:
+    """Round a requested block shape up to whole storage chunks (NumPy order).
+
+    A log line says when the request was changed. Blocks never exceed the
+    image.
+    """
+    ndim = len(image_shape)
+    req = [default] * ndim if requested is None else [int(v) for v in requested]
+    if len(req) == 1 and ndim > 1:
+        req = req * ndim
+    if len(req) != ndim:
+        raise ValueError(f"block size {requested} does not have {ndim} entries")
+    if any(v <= 0 for v in req):
+        raise ValueError(f"block size must be positive, got {requested}")
+    out = []
+    for r, n, c in zip(req, image_shape, chunk_shape or [1] * ndim):
+        c = max(1, int(c))
+        aligned = max(c, int(math.ceil(r / c)) * c)
+        out.append(min(aligned, int(math.ceil(n / c)) * c))
+    if tuple(out) != tuple(req):
+        logger.info(
+            "block size %s rounded to %s: a multiple of the storage chunk %s",
+            tuple(req),
+            tuple(out),
+            tuple(chunk_shape) if chunk_shape else None,
+        )
+    return tuple(out)
+
+
+def axis_chunks(length: int, block: int, min_fraction: float = 0.5) -> tuple[int, ...]:
+    """Block lengths along one axis.
+
+    A last block thinner than ``min_fraction`` of ``block`` is merged into the
+    one before it.
+    """
+    if length <= block:
+        return (length,)
+    n_full, rest = divmod(length, block)
+    sizes = [block] * n_full
+    if rest:
+        if rest < min_fraction * block:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return tuple(sizes)
+
+
+def padding_for(
+    block_shape: Sequence[int], overlap_factors: Sequence[float] | float | None
+) -> tuple[int, ...]:
+    """Voxels of padding on each side: ``ceil(block * overlap / 2)``.
+
+    ``overlap_factors`` is the *total* overlap as a fraction of the block
+    length (itk-dreg's meaning), split evenly over the two sides.
+    """
+    ndim = len(block_shape)
+    if overlap_factors is None:
+        factors = [0.0] * ndim
+    elif isinstance(overlap_factors, (int, float)):
+        factors = [float(overlap_factors)] * ndim
+    else:
+        factors = [float(f) for f in overlap_factors]
+    if len(factors) != ndim:
+        raise ValueError(f"overlap_factors {overlap_factors} does not have {ndim} entries")
+    if any(f < 0 for f in factors):
+        raise ValueError(f"overlap factors must be >= 0, got {overlap_factors}")
+    return tuple(int(math.ceil(b * f * 0.5)) for b, f in zip(block_shape, factors))
+
+
+def plan_blocks(
+    image_shape: Sequence[int],
+    block_shape: Sequence[int],
+    overlap_factors: Sequence[float] | float | None,
+) -> tuple[list[BlockPlan], tuple[tuple[int, ...], ...]]:
+    """Cut the image into blocks; returns the plans and dask-style chunks."""
+    chunks = tuple(axis_chunks(int(n), int(b)) for n, b in zip(image_shape, block_shape))
+    plans: list[BlockPlan] = []
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+    for chunk_index in np.ndindex(*[len(c) for c in chunks]):
+        start = tuple(int(starts[a][i]) for a, i in enumerate(chunk_index))
+        stop = tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start, chunk_index)))
+        box = Box(start, stop)
+        pad = padding_for(box.shape, overlap_factors)
+        padded = box.pad(pad).clip(image_shape)
+        info = BlockInfo(tuple(int(i) for i in chunk_index), box.slices)
+        plans.append(BlockPlan(info, box, padded))
+    return plans, chunks
+
+
+def moving_region(
+    fixed_geometry: ImageGeometry,
+    fixed_box: Box,
+    moving_geometry: ImageGeometry,
+    map_points: Any,
+    *,
+    per_axis: int = 7,
+    pad_voxels: int | Sequence[int] = 4,
+    min_inside_fraction: float = 0.1,
+) -> tuple[Box | None, float]:
+    """Moving-image box holding the fixed box mapped through a transform.
+
+    Points on a lattice over ``fixed_box`` (its faces, edges and interior,
+    ``per_axis`` nodes per axis, not only the corners) are mapped to the
+    moving image; their index bounding box is padded by ``pad_voxels`` and
+    clipped to the moving image.
+
+    Returns
+    -------
+    box, inside_fraction:
+        ``box`` is ``None`` when fewer than ``min_inside_fraction`` of the
+        mapped points fall inside the moving image (the block is out of
+        bounds).
+
+    """
+    idx = grid_points(fixed_box, per_axis)
+    pts = fixed_geometry.array_index_to_physical(idx)
+    mapped = np.asarray(map_points(pts), dtype=np.float64)
+    midx = moving_geometry.physical_to_index(mapped)[:, ::-1]
+    if not np.all(np.isfinite(midx)):
+        return None, 0.0
+    shape = np.asarray(moving_geometry.shape)
+    inside = np.all((midx >= -0.5) & (midx <= shape - 0.5), axis=1)
+    frac = float(inside.mean())
+    if frac < min_inside_fraction:
+        return None, frac
+    pad = (
+        [int(pad_voxels)] * moving_geometry.ndim
+        if isinstance(pad_voxels, (int, np.integer))
+        else [int(p) for p in pad_voxels]
+    )
+    lo = np.floor(midx.min(axis=0)).astype(int)
+    hi = np.ceil(midx.max(axis=0)).astype(int) + 1
+    box = Box(tuple(lo), tuple(hi)).pad(pad).clip(moving_geometry.shape)
+    if box.is_empty:
+        return None, frac
+    return box, frac

@@ -1,0 +1,75 @@
+"""Per-process set-up for dask workers running ITK tasks.
+
+* ITK's lazy module loading races when several threads first touch ``itk``:
+  :func:`prepare_worker` loads what the tasks need before they run.
+* ITK uses every core per filter by default; with several dask threads per
+  process that oversubscribes the machine. Each task gets
+  ``cores / concurrent tasks`` ITK threads (1 when a worker runs one task per
+  core, dask's default).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from ngff_dreg._pickling import register_module_reducers
+from ngff_dreg.itk_bridge import preload_itk, set_itk_threads
+
+__all__ = ["prepare_worker", "ItkWorkerPlugin", "itk_threads_for_task"]
+
+logger = logging.getLogger(__name__)
+_lock = threading.Lock()
+_configured: int | None = None
+
+
+def itk_threads_for_task(requested: int | None = None) -> int:
+    """ITK threads a task on this worker should use.
+
+    ``requested`` wins when given. Otherwise: 1 on a dask worker (each of its
+    threads runs one task on one core), and every core outside dask.
+    """
+    if requested:
+        return max(1, int(requested))
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return 1
+    except (ImportError, ValueError):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def prepare_worker(itk_threads: int | None = None) -> None:
+    """Load ITK's modules and set its thread count, once per process (idempotent)."""
+    global _configured
+    n = itk_threads_for_task(itk_threads)
+    if _configured == n:
+        return
+    with _lock:
+        register_module_reducers()
+        preload_itk()
+        set_itk_threads(n)
+        _configured = n
+        logger.debug("ITK ready with %d thread(s) in pid %d", n, os.getpid())
+
+
+class ItkWorkerPlugin:
+    """A ``distributed`` worker plugin that runs :func:`prepare_worker` at start-up.
+
+    Register with ``client.register_plugin(ItkWorkerPlugin())``.
+    """
+
+    name = "ngff-dreg-itk"
+
+    def __init__(self, itk_threads: int | None = None) -> None:
+        self.itk_threads = itk_threads
+
+    def setup(self, worker: Any) -> None:
+        """Called by ``distributed`` when the plugin is registered on a worker."""
+        prepare_worker(self.itk_threads or 1)
+
+    def teardown(self, worker: Any) -> None:
+        """Nothing to release."""

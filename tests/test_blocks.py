@@ -1,0 +1,70 @@
+import logging
+
+import numpy as np
+import pytest
+
+from ngff_dreg.blocks import align_block_shape, axis_chunks, moving_region, padding_for, plan_blocks
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
+
+
+def test_block_shape_rounds_to_storage_chunks_and_logs(caplog):
+    with caplog.at_level(logging.INFO, logger="ngff_dreg.blocks"):
+        shape = align_block_shape((50, 64, 70), (32, 32, 32), (200, 200, 200))
+    assert shape == (64, 64, 96)
+    assert "rounded" in caplog.text
+    # Never larger than the chunk-aligned image.
+    assert align_block_shape((500,), (32,), (100,)) == (128,)
+
+
+def test_thin_last_block_merged():
+    assert axis_chunks(197, 64) == (64, 64, 69)
+    assert axis_chunks(240, 64) == (64, 64, 64, 48)
+    assert axis_chunks(30, 64) == (30,)
+
+
+def test_plan_blocks_pads_and_crops_at_edges():
+    plans, chunks = plan_blocks((100, 80), (50, 40), 0.2)
+    assert chunks == ((50, 50), (40, 40))
+    assert len(plans) == 4
+    first = plans[0]
+    assert first.box == Box((0, 0), (50, 40))
+    assert first.padded == Box((0, 0), (55, 44))  # cropped at the start
+    last = plans[-1]
+    assert last.padded == Box((45, 36), (100, 80))
+    assert last.info.chunk_index == (1, 1)
+    assert padding_for((50, 40), [0.2, 0.5]) == (5, 10)
+    with pytest.raises(ValueError):
+        padding_for((50, 40), [-0.1, 0.0])
+
+
+def test_moving_region_samples_interior_not_only_corners():
+    g = ImageGeometry((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    # A bump: zero displacement at the block's corners, 12 voxels in its middle.
+    fg = g.with_spacing((4.0, 4.0, 4.0))
+    zz, yy, xx = np.meshgrid(*[4.0 * np.arange(n) for n in fg.shape], indexing="ij")
+    bump = 12.0 * np.exp(-((zz - 32) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2) / (2 * 5.0**2))
+    data = np.zeros((3, *fg.shape))
+    data[0] = bump  # z displacement (NGFF component order z, y, x)
+    chain = TransformChain(AffineTransform.identity(3), DisplacementField(fg, data=data))
+    box = Box((0, 0, 0), (64, 64, 64))
+    big = ImageGeometry((100, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    mbox, inside = moving_region(
+        g, Box((10, 10, 10), (40, 40, 40)), big, chain.transform_points, pad_voxels=0
+    )
+    assert inside == 1.0
+    # Corner-only mapping would end near z=39; the interior reaches past 49.
+    corners = np.array([[z, y, x] for z in (10, 39) for y in (10, 39) for x in (10, 39)], float)
+    corner_hi = chain.transform_points(g.array_index_to_physical(corners))[:, 2].max()
+    centre = chain.transform_points(g.array_index_to_physical(np.array([[32.0, 25.0, 25.0]])))[0, 2]
+    assert centre > corner_hi + 3
+    # The lattice samples the interior: the box reaches most of the bump.
+    assert mbox is not None and mbox.stop[0] > corner_hi + 4
+    del box
+
+
+def test_moving_region_out_of_bounds():
+    g = ImageGeometry((32, 32), (1.0, 1.0), (0.0, 0.0))
+    far = AffineTransform.from_arrays(np.eye(2), [1000.0, 0.0])
+    mbox, inside = moving_region(g, Box((0, 0), (32, 32)), g, far.transform_points)
+    assert mbox is None and inside == 0.0

@@ -1,0 +1,305 @@
+"""The block engine on real ITK methods, threaded and on a multi-process cluster."""
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import cloudpickle
+import itk
+import numpy as np
+import pytest
+
+from ngff_dreg import (
+    BlockInfo,
+    BlockPairRegistrationMethod,
+    BlockPairRegistrationResult,
+    BlockRegStatus,
+    ReduceResultsMethod,
+    RegistrationResult,
+    RegistrationTransformResult,
+)
+from ngff_dreg.errors import IncompatibleImagesError
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.io.memory import ArrayReaderConstructor
+from ngff_dreg.schedule import BlockOptions, register_images
+from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
+from ngff_dreg.transforms import AffineTransform
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SHIFT = np.array([2.0, -1.5, 1.0])  # truth: fixed→moving translation (x, y, z)
+
+
+# --- a block method and a reduce written the itk-dreg way ------------------------
+class ItkDregStyleTranslation(BlockPairRegistrationMethod):
+    """Translation per block with ITK v4, as an itk-dreg user writes it."""
+
+    def __call__(self, fixed_subimage, moving_subimage, initial_transform, block_info, **kwargs):
+        dim = fixed_subimage.GetImageDimension()
+        image_type = type(fixed_subimage)
+        reg = itk.ImageRegistrationMethodv4[image_type, image_type].New()
+        metric = itk.MeanSquaresImageToImageMetricv4[image_type, image_type].New()
+        optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New(
+            LearningRate=1.0, MinimumStepLength=0.001, NumberOfIterations=200
+        )
+        transform = itk.TranslationTransform[itk.D, dim].New()
+        reg.SetFixedImage(fixed_subimage)
+        reg.SetMovingImage(moving_subimage)
+        reg.SetMetric(metric)
+        reg.SetOptimizer(optimizer)
+        reg.SetInitialTransform(transform)
+        reg.SetMovingInitialTransform(initial_transform)
+        reg.SetNumberOfLevels(1)
+        reg.SetShrinkFactorsPerLevel([1])
+        reg.SetSmoothingSigmasPerLevel([0])
+        reg.Update()
+        domain = itk.Image[itk.F, dim].New()
+        domain.CopyInformation(fixed_subimage)
+        domain.SetRegions(fixed_subimage.GetBufferedRegion())
+        return BlockPairRegistrationResult(
+            transform=transform,
+            transform_domain=domain,
+            inv_transform=None,
+            inv_transform_domain=None,
+            status=BlockRegStatus.SUCCESS,
+        )
+
+
+class MeanTranslationReduce(ReduceResultsMethod):
+    """Average the blocks' translations and fold in the initial transform."""
+
+    def __call__(self, block_results, fixed_reader_ctor, initial_transform, **kwargs):
+        offsets = [
+            np.asarray(r.result.transform.GetOffset())
+            for r in block_results
+            if r.result.status == BlockRegStatus.SUCCESS
+        ]
+        mean = np.mean(offsets, axis=0) if offsets else np.zeros(3)
+        init = AffineTransform.from_itk(initial_transform)
+        total = AffineTransform.from_arrays(init.A, init.A @ mean + init.t)
+        return RegistrationTransformResult(transform=total, inv_transform=total.inverse())
+
+
+@dataclass
+class RaisesOnOneBlock(BlockPairRegistrationMethod):
+    bad: tuple = (0, 0, 0)
+
+    def __call__(self, fixed_subimage, moving_subimage, initial_transform, block_info, **kwargs):
+        if block_info.chunk_index == self.bad:
+            raise RuntimeError("synthetic failure")
+        return ItkDregStyleTranslation()(
+            fixed_subimage, moving_subimage, initial_transform, block_info
+        )
+
+
+def _pair(shape=(64, 64, 64)):
+    g = ImageGeometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    moving = textured_phantom(shape, seed=3)
+    truth = AffineTransform.from_arrays(np.eye(3), SHIFT)
+    fixed = warp_to_fixed(moving, g, g, truth)
+    return (
+        ArrayReaderConstructor(fixed, g, chunk_shape=(16, 16, 16)),
+        ArrayReaderConstructor(moving, g, chunk_shape=(16, 16, 16)),
+    )
+
+
+def _check_translation(result: RegistrationResult, tol: float = 0.25) -> None:
+    total = result.transforms.transform
+    np.testing.assert_allclose(total.t, SHIFT, atol=tol)
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_threaded_engine_recovers_translation_and_reads_only_blocks():
+    fixed_ctor, moving_ctor = _pair()
+    initial = AffineTransform.from_arrays(np.eye(3), [1.0, 0.0, 0.0]).to_itk()
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor,
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=initial,
+        fixed_chunk_size=(30, 30, 30),  # rounded up to 32 (storage chunk 16)
+        overlap_factors=(0.25, 0.25, 0.25),
+    )
+    assert schedule.fixed_da.chunks == ((32, 32),) * 3
+    result = schedule.registration_result.compute(scheduler="threads", num_workers=2)
+    assert result.status.shape == (2, 2, 2)
+    assert np.all(result.status == BlockRegStatus.SUCCESS)
+    _check_translation(result)
+    # Each fixed read is one padded block, never the whole image.
+    padded = {p.padded for p in schedule.blocks}
+    assert set(fixed_ctor.reads) == padded
+    assert all(np.prod(b.shape) < 0.5 * 64**3 for b in moving_ctor.reads)
+
+
+def test_statuses_never_stop_the_run():
+    g = ImageGeometry((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    fixed_ctor, moving_ctor = _pair()
+    fixed = fixed_ctor.array.copy()
+    fixed[32:, 32:, 32:] = 0.0  # one empty block → NO_SIGNAL
+    fixed_ctor = ArrayReaderConstructor(fixed, g, chunk_shape=(32, 32, 32))
+    # A moving image that covers only part of the fixed one → OUT_OF_BOUNDS.
+    small = ImageGeometry((64, 64, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    moving_small = ArrayReaderConstructor(moving_ctor.array[:, :, :20].copy(), small)
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor,
+        moving_reader_ctor=moving_small,
+        block_registration_method=RaisesOnOneBlock(bad=(0, 1, 0)),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(32, 32, 32),
+        overlap_factors=0.0,
+    )
+    result = schedule.registration_result.compute(scheduler="threads")
+    status = result.status
+    assert status[1, 1, 1] == BlockRegStatus.NO_SIGNAL
+    assert status[0, 0, 1] == BlockRegStatus.OUT_OF_BOUNDS  # x in [32, 64): outside
+    assert status[0, 1, 0] == BlockRegStatus.METHOD_ERROR
+    assert status[0, 0, 0] == BlockRegStatus.SUCCESS
+    # The moving image was never read for the empty block.
+    assert not any(b.start == (32, 32, 32) for b in moving_small.reads)
+
+
+def test_mismatched_dimensions_raise_our_error():
+    fixed_ctor, _ = _pair((32, 32, 32))
+    g2 = ImageGeometry((32, 32), (1.0, 1.0), (0.0, 0.0))
+    moving2 = ArrayReaderConstructor(np.ones((32, 32), np.float32), g2)
+    with pytest.raises(IncompatibleImagesError, match="3-D.*2-D"):
+        register_images(
+            fixed_reader_ctor=fixed_ctor,
+            moving_reader_ctor=moving2,
+            block_registration_method=ItkDregStyleTranslation(),
+            reduce_method=MeanTranslationReduce(),
+            initial_transform=AffineTransform.identity(3).to_itk(),
+        )
+
+
+@pytest.mark.cluster
+def test_multiprocess_cluster_recovers_translation(cluster_client):
+    fixed_ctor, moving_ctor = _pair()
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor,
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(32, 32, 32),
+        overlap_factors=(0.25, 0.25, 0.25),
+        block_options=BlockOptions(),
+    )
+    result = cluster_client.compute(schedule.registration_result).result(timeout=240)
+    assert np.all(result.status == BlockRegStatus.SUCCESS)
+    _check_translation(result)
+    # Tasks ran in two worker processes, not in the client.
+    who = cluster_client.run(lambda: __import__("os").getpid())
+    assert len(set(who.values())) == 2
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import itk
+    from distributed import Client, LocalCluster
+
+    from ngff_dreg import (BlockPairRegistrationMethod, BlockPairRegistrationResult,
+                           BlockRegStatus, ReduceResultsMethod, RegistrationTransformResult)
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.io.memory import ArrayReaderConstructor
+    from ngff_dreg.schedule import register_images
+    from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
+    from ngff_dreg.transforms import AffineTransform
+
+
+    class MainTranslation(BlockPairRegistrationMethod):
+        def __call__(self, fixed_subimage, moving_subimage, initial_transform, block_info, **kw):
+            t = type(fixed_subimage)
+            reg = itk.ImageRegistrationMethodv4[t, t].New()
+            reg.SetMetric(itk.MeanSquaresImageToImageMetricv4[t, t].New())
+            reg.SetOptimizer(itk.RegularStepGradientDescentOptimizerv4[itk.D].New(
+                LearningRate=1.0, MinimumStepLength=0.001, NumberOfIterations=200))
+            tx = itk.TranslationTransform[itk.D, 3].New()
+            reg.SetFixedImage(fixed_subimage)
+            reg.SetMovingImage(moving_subimage)
+            reg.SetInitialTransform(tx)
+            reg.SetMovingInitialTransform(initial_transform)
+            reg.SetNumberOfLevels(1)
+            reg.SetShrinkFactorsPerLevel([1])
+            reg.SetSmoothingSigmasPerLevel([0])
+            reg.Update()
+            dom = itk.Image[itk.F, 3].New()
+            dom.CopyInformation(fixed_subimage)
+            dom.SetRegions(fixed_subimage.GetBufferedRegion())
+            return BlockPairRegistrationResult(transform=tx, transform_domain=dom,
+                inv_transform=None, inv_transform_domain=None, status=BlockRegStatus.SUCCESS)
+
+
+    class MainReduce(ReduceResultsMethod):
+        def __call__(self, block_results, fixed_reader_ctor, initial_transform, **kw):
+            off = [np.asarray(r.result.transform.GetOffset()) for r in block_results
+                   if r.result.status == BlockRegStatus.SUCCESS]
+            return RegistrationTransformResult(transform=np.mean(off, axis=0))
+
+
+    if __name__ == "__main__":
+        itk.TranslationTransform[itk.D, 3].New()  # itk is loaded before pickling
+        g = ImageGeometry((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        moving = textured_phantom(g.shape, seed=3)
+        truth = AffineTransform.from_arrays(np.eye(3), [2.0, -1.5, 1.0])
+        fixed = warp_to_fixed(moving, g, g, truth)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as c:
+            s = register_images(
+                fixed_reader_ctor=ArrayReaderConstructor(fixed, g, (32, 32, 32)),
+                moving_reader_ctor=ArrayReaderConstructor(moving, g, (32, 32, 32)),
+                block_registration_method=MainTranslation(), reduce_method=MainReduce(),
+                initial_transform=AffineTransform.identity(3).to_itk(),
+                fixed_chunk_size=(32, 32, 32), overlap_factors=0.25)
+            r = c.compute(s.registration_result).result(timeout=200)
+            print("STATUS", r.status.ravel().tolist())
+            print("OFFSET", " ".join(f"{v:.4f}" for v in r.transforms.transform))
+    """
+)
+
+
+@pytest.mark.cluster
+def test_method_defined_in_main_runs_on_process_cluster(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(MAIN_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert lines["STATUS"] == str([0] * 8)
+    offset = np.array([float(v) for v in lines["OFFSET"].split()])
+    np.testing.assert_allclose(offset, SHIFT, atol=0.25)
+
+
+def test_block_info_contract():
+    info = BlockInfo((0, 1), (slice(0, 10), slice(10, 30)))
+    assert info.ndim == 2 and info.shape == (10, 20)
+    with pytest.raises(ValueError):
+        BlockPairRegistrationResult(None, None, None, None, BlockRegStatus.SUCCESS)
+    empty = itk.Image[itk.F, 2].New()
+    with pytest.raises(ValueError, match="non-empty"):
+        BlockPairRegistrationResult(
+            AffineTransform.identity(2).to_itk(), empty, None, None, BlockRegStatus.SUCCESS
+        )
+    assert Box((0,), (3,)).shape == (3,)
