@@ -47,7 +47,6 @@ def test_moving_region_samples_interior_not_only_corners():
     data = np.zeros((3, *fg.shape))
     data[0] = bump  # z displacement (NGFF component order z, y, x)
     chain = TransformChain(AffineTransform.identity(3), DisplacementField(fg, data=data))
-    box = Box((0, 0, 0), (64, 64, 64))
     big = ImageGeometry((100, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     mbox, inside = moving_region(
         g, Box((10, 10, 10), (40, 40, 40)), big, chain.transform_points, pad_voxels=0
@@ -60,7 +59,6 @@ def test_moving_region_samples_interior_not_only_corners():
     assert centre > corner_hi + 3
     # The lattice samples the interior: the box reaches most of the bump.
     assert mbox is not None and mbox.stop[0] > corner_hi + 4
-    del box
 
 
 def test_moving_region_out_of_bounds():

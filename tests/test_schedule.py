@@ -181,7 +181,7 @@ def test_mismatched_dimensions_raise_our_error():
     fixed_ctor, _ = _pair((32, 32, 32))
     g2 = ImageGeometry((32, 32), (1.0, 1.0), (0.0, 0.0))
     moving2 = ArrayReaderConstructor(np.ones((32, 32), np.float32), g2)
-    with pytest.raises(IncompatibleImagesError, match="3-D.*2-D"):
+    with pytest.raises(IncompatibleImagesError, match=r"3-D.*2-D"):
         register_images(
             fixed_reader_ctor=fixed_ctor,
             moving_reader_ctor=moving2,
@@ -263,8 +263,9 @@ MAIN_SCRIPT = textwrap.dedent(
         moving = textured_phantom(g.shape, seed=3)
         truth = AffineTransform.from_arrays(np.eye(3), [2.0, -1.5, 1.0])
         fixed = warp_to_fixed(moving, g, g, truth)
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as c:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        with cluster, Client(cluster) as c:
             s = register_images(
                 fixed_reader_ctor=ArrayReaderConstructor(fixed, g, (32, 32, 32)),
                 moving_reader_ctor=ArrayReaderConstructor(moving, g, (32, 32, 32)),
