@@ -460,28 +460,35 @@ def _chunk_tuple(chunks: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
 
 
 def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> list[str]:
-    """Write 2x-averaged levels s1.. chunk by chunk; return all level names."""
-    import dask.array as da
+    """Write 2x-averaged levels s1.. one output chunk at a time; return all level names.
 
+    Each output chunk reads only the ``2^ndim`` finer nodes it averages, so
+    memory stays at a few chunks whatever the field size.
+    """
     src = root[f"{path}/s0"]
     levels = ["s0"]
     max_levels = n_levels if n_levels is not None else 6
     k = 0
     while len(levels) < max_levels:
-        shape = src.shape[1:]
-        if n_levels is None and min(shape) < 4:
-            break
-        if min(shape) < 2:
+        shape = tuple(int(n) for n in src.shape[1:])
+        if (n_levels is None and min(shape) < 4) or min(shape) < 2:
             break
         k += 1
-        x = da.from_zarr(src)
-        coarse = da.coarsen(np.mean, x, {i + 1: 2 for i in range(ndim)}, trim_excess=True)
-        chunks = tuple(min(c, s) for c, s in zip(src.chunks, coarse.shape))
+        out_shape = tuple(n // 2 for n in shape)
+        chunks = tuple(min(int(c), n) for c, n in zip(src.chunks[1:], out_shape))
         dst = root.create_array(
-            f"{path}/s{k}", shape=coarse.shape, chunks=chunks, dtype=src.dtype,
-            fill_value=0.0, overwrite=True, dimension_names=list(src.metadata.dimension_names),
+            f"{path}/s{k}", shape=(src.shape[0], *out_shape), chunks=(src.shape[0], *chunks),
+            dtype=src.dtype, fill_value=0.0, overwrite=True,
+            dimension_names=list(src.metadata.dimension_names),
         )
-        da.store(coarse.astype(src.dtype), dst, lock=False, scheduler="synchronous")
+        for box in iter_chunk_boxes(out_shape, chunks):
+            fine = Box(tuple(2 * a for a in box.start), tuple(2 * b for b in box.stop))
+            data = np.asarray(src[(slice(None), *fine.slices)], dtype=np.float64)
+            shp = [data.shape[0]]
+            for n in box.shape:
+                shp += [n, 2]
+            mean = data.reshape(shp).mean(axis=tuple(range(2, 2 + 2 * ndim, 2)))
+            dst[(slice(None), *box.slices)] = mean.astype(dst.dtype)
         levels.append(f"s{k}")
         src = dst
     return levels

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from ngff_zarr.validate import validate
 
 from ngff_dreg.errors import IncompleteOutputError, OutputExistsError
@@ -83,7 +84,14 @@ def test_field_layout_the_schemas_do_not_check(tmp_path, ndim, oblique, with_aff
             assert scale[0] == 1.0 and trans[0] == 0.0
             if k == 0:
                 s0 = (scale, trans)
-            else:  # pixel-centre offsets of coarser levels
+                s0_data = zarr.open_array(str(g / ds["path"]))[...]
+            elif k == 1:  # level 1 is the 2x mean of level 0
+                s1 = zarr.open_array(str(g / ds["path"]))[...]
+                crop = s0_data[(slice(None), *[slice(0, 2 * n) for n in s1.shape[1:]])]
+                shp = [ndim] + [v for n in s1.shape[1:] for v in (n, 2)]
+                want = crop.reshape(shp).mean(axis=tuple(range(2, 2 + 2 * ndim, 2)))
+                np.testing.assert_allclose(s1, want, rtol=1e-5, atol=1e-6)
+            if k > 0:  # pixel-centre offsets of coarser levels
                 np.testing.assert_allclose(scale[1:], s0[0][1:] * 2**k)
                 np.testing.assert_allclose(trans[1:], s0[1][1:] + (scale[1:] - s0[0][1:]) / 2)
     t = _attrs(url)["ome"]["scene"]["coordinateTransformations"][0]
@@ -109,8 +117,6 @@ def test_stored_components_are_zyx_physical(tmp_path):
 
     field = DisplacementField(fixed.with_spacing((4.0, 8.0, 12.0)), data=data)
     write_field_scene(str(tmp_path / "r.zarr"), TransformChain(AffineTransform.identity(3), field))
-    import zarr
-
     arr = zarr.open_array(str(tmp_path / "r.zarr/coordinateTransformations/fixed_to_moving/s0"))
     np.testing.assert_allclose(arr[:, 0, 0, 0], [3.0, 2.0, 1.0])
     chain = read_transform(str(tmp_path / "r.zarr"))
@@ -130,8 +136,6 @@ def test_overwrite_rules(tmp_path):
     np.testing.assert_allclose(read_transform(url).transform_points(pts),
                                fwd2.transform_points(pts), atol=1e-5)
     # foreign Zarr content is not replaced silently either
-    import zarr
-
     other = str(tmp_path / "other.zarr")
     zarr.open_group(other, mode="w").attrs["something"] = 1
     assert output_status(other) == "foreign"
