@@ -19,6 +19,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import RegistrationTransformResult
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
 __all__ = ["apply_transform", "transform_points", "warp_chunk"]
@@ -33,6 +34,8 @@ def _resolve(transform: Any, storage_options: Mapping[str, Any] | None,
         from ngff_dreg.io.transform_reader import read_transform
 
         return read_transform(transform, storage_options, inverse=inverse)
+    if isinstance(transform, RegistrationTransformResult):
+        return transform.inv_transform if inverse else transform.transform
     return transform
 
 
@@ -93,9 +96,7 @@ def transform_points(points: npt.ArrayLike, transform: Any, inverse: bool = Fals
     """
     pts = np.asarray(points, dtype=np.float64)
     pts2 = pts.reshape(-1, pts.shape[-1])
-    if hasattr(transform, "inv_transform") and hasattr(transform, "transform") and not hasattr(
-        transform, "GetNameOfClass"
-    ):
+    if isinstance(transform, RegistrationTransformResult):
         if inverse and transform.inv_transform is not None:
             return map_points(transform.inv_transform, pts2).reshape(pts.shape)
         transform = transform.transform
@@ -197,8 +198,9 @@ def apply_transform(
         Fixed OME-Zarr image URL (its level ``level`` gives the output grid) or
         an :class:`ImageGeometry`.
     transform:
-        Fixed->moving transform: :class:`TransformChain`, ``itk.Transform`` or
-        NGFF scene URL (read lazily).
+        Fixed->moving transform: :class:`TransformChain`, ``itk.Transform``,
+        a :class:`~ngff_dreg.interfaces.RegistrationTransformResult` or an NGFF
+        scene URL (read lazily).
     output_url:
         Output group (local or fsspec URL).
     level:

@@ -129,3 +129,19 @@ def test_apply_s3_round_trip(s3_server):
     inside = _inside_mask(fg, mg, chain)
     np.testing.assert_allclose(got[inside], warp_to_fixed(moving, mg, fg, chain)[inside],
                                atol=1e-4)
+
+
+def test_apply_accepts_a_registration_result(tmp_path):
+    from ngff_dreg.interfaces import RegistrationTransformResult
+
+    moving, mg, fg, chain = _case(3)
+    write_multiscale(str(tmp_path / "mov.zarr"), moving, mg, chunks=16)
+    result = RegistrationTransformResult(chain, None)
+    out = str(tmp_path / "w.zarr")
+    apply_transform(str(tmp_path / "mov.zarr"), fg, result, out, chunks=32, n_levels=1)
+    got = OMEZarrReaderConstructor(out, 0)().read_box(Box.full(fg.shape))
+    inside = _inside_mask(fg, mg, chain)
+    np.testing.assert_allclose(got[inside], warp_to_fixed(moving, mg, fg, chain)[inside],
+                               atol=1e-5)
+    pts = fg.sample_points(per_axis=3)
+    np.testing.assert_allclose(transform_points(pts, result), chain.transform_points(pts))
