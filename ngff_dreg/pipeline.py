@@ -1,0 +1,805 @@
+"""Coarse-to-fine registration of two OME-Zarr images: :func:`register`.
+
+1. **Global stage**: rigid then affine on a coarse level, in one task, started
+   from the images' centres of mass (or a user's initial transform).
+2. **Block stages**, coarse to fine: blocks registered by the engine
+   (:func:`~ngff_dreg.schedule.register_images`) from the transform composed so
+   far, then reduced to one field (:class:`~ngff_dreg.reduce.ReduceToDisplacementField`)
+   that folds in everything before it. The last stage writes the final
+   affine + dense field as an NGFF 0.6 scene at ``output``.
+3. Optionally the moving image resampled into fixed space, as a multiscale
+   OME-Zarr image at ``output/moving_resampled``.
+
+Each finished stage is checkpointed under ``output/checkpoints`` (a manifest
+plus one transform scene per block stage). A rerun with the same arguments
+skips finished stages and gives the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ngff_dreg.errors import (
+    IncompatibleImagesError,
+    InvalidInputDataError,
+    OutputExistsError,
+    RegistrationFailedError,
+    ScheduleError,
+)
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.interfaces import BlockRegStatus, RegistrationResult, RegistrationTransformResult
+from ngff_dreg.plan import Schedule, matching_level, resolve_level
+from ngff_dreg.schedule import BlockOptions, register_images
+from ngff_dreg.transforms import AffineTransform, TransformChain
+
+__all__ = ["register", "StageReport", "CHECKPOINTS"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+RESAMPLED = "moving_resampled"
+MANIFEST_KEY = "ngff_dreg_manifest"
+
+
+@dataclass
+class StageReport:
+    """What one stage did.
+
+    Attributes
+    ----------
+    name:
+        ``"global"`` or ``"stage N"``.
+    fixed_level, moving_level:
+        Pyramid levels used.
+    method:
+        Method name.
+    status:
+        Block status codes (block-grid shaped), ``None`` for the global stage.
+    ncc_before, ncc_after:
+        Normalised cross-correlation of fixed vs warped moving on the global
+        level, before and after the stage.
+    seconds:
+        Wall time.
+    report:
+        The reduction's figures (Jacobian, inverse residual...).
+    resumed:
+        True when loaded from a checkpoint instead of computed.
+
+    """
+
+    name: str
+    fixed_level: int
+    moving_level: int
+    method: str
+    status: npt.NDArray[np.integer[Any]] | None = None
+    ncc_before: float | None = None
+    ncc_after: float | None = None
+    seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (for the checkpoint manifest)."""
+        return {
+            "name": self.name,
+            "fixed_level": self.fixed_level,
+            "moving_level": self.moving_level,
+            "method": self.method,
+            "status": None if self.status is None else np.asarray(self.status).tolist(),
+            "ncc_before": self.ncc_before,
+            "ncc_after": self.ncc_after,
+            "seconds": self.seconds,
+            "report": _jsonable(self.report),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StageReport:
+        """Inverse of :meth:`to_json`."""
+        status = d.get("status")
+        return cls(
+            name=d["name"],
+            fixed_level=int(d["fixed_level"]),
+            moving_level=int(d["moving_level"]),
+            method=d["method"],
+            status=None if status is None else np.asarray(status, dtype=np.int8),
+            ncc_before=d.get("ncc_before"),
+            ncc_after=d.get("ncc_after"),
+            seconds=float(d.get("seconds", 0.0)),
+            report=dict(d.get("report", {})),
+            resumed=True,
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- tasks
+def _level_arrays(fixed_ctor: Any, moving_ctor: Any) -> tuple[Any, Any]:
+    from ngff_dreg.geometry import Box
+
+    f = fixed_ctor().read_box(Box.full(fixed_ctor.geometry.shape)).astype(np.float32)
+    m = moving_ctor().read_box(Box.full(moving_ctor.geometry.shape)).astype(np.float32)
+    return f, m
+
+
+def _check_data(name: str, url: str, level: int, arr: npt.NDArray[Any]) -> None:
+    if arr.size == 0:
+        raise InvalidInputDataError(f"{name} image {url} level {level} is empty")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        frac = 1.0 - float(finite.mean())
+        if frac > 0.5:
+            raise InvalidInputDataError(
+                f"{name} image {url} level {level}: {frac:.0%} of voxels are NaN or infinite"
+            )
+        logger.warning(
+            "%s image level %d: %.1f%% NaN/inf voxels read as 0", name, level, 100 * frac
+        )
+    vals = np.nan_to_num(arr[::4, ::4] if arr.ndim == 2 else arr[::2, ::2, ::2])
+    if float(vals.max()) - float(vals.min()) <= 1e-12 * max(1.0, abs(float(vals.max()))):
+        raise InvalidInputDataError(
+            f"{name} image {url} level {level} is constant ({float(vals.max())}): nothing to register"
+        )
+
+
+def _centre_of_mass(arr: npt.NDArray[np.float32], geom: ImageGeometry) -> npt.NDArray[np.float64]:
+    a = np.nan_to_num(arr.astype(np.float64))
+    a = a - np.percentile(a, 5)
+    a[a < 0] = 0
+    total = a.sum()
+    if total <= 0:
+        return geom.index_to_physical((np.asarray(geom.size) - 1) / 2.0)
+    idx = [np.arange(n) for n in a.shape]
+    com_zyx = [
+        float((a.sum(axis=tuple(j for j in range(a.ndim) if j != i)) * idx[i]).sum() / total)
+        for i in range(a.ndim)
+    ]
+    return geom.array_index_to_physical(np.asarray(com_zyx))
+
+
+def global_alignment(
+    fixed_ctor: Any,
+    moving_ctor: Any,
+    initial: AffineTransform | None,
+    initializer: str,
+    kinds: Sequence[str],
+    metric: str,
+    iterations: int,
+) -> AffineTransform:
+    """Whole-level linear registration (runs in one task).
+
+    Returns the fixed→moving affine.
+    """
+    from ngff_dreg.geometry import Box
+    from ngff_dreg.itk_bridge import image_from_array
+    from ngff_dreg.methods import ItkLinearRegistration
+    from ngff_dreg.worker import prepare_worker
+
+    prepare_worker()
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    ndim = fg.ndim
+    if initial is None:
+        if initializer == "none":
+            current = AffineTransform.identity(ndim)
+        else:
+            if initializer == "moments":
+                cf, cm = _centre_of_mass(fixed, fg), _centre_of_mass(moving, mg)
+            else:
+                cf = fg.index_to_physical((np.asarray(fg.size) - 1) / 2.0)
+                cm = mg.index_to_physical((np.asarray(mg.size) - 1) / 2.0)
+            current = AffineTransform.from_arrays(np.eye(ndim), cm - cf)
+    else:
+        current = initial
+    fimg = image_from_array(fixed, fg, Box.full(fg.shape))
+    mimg = image_from_array(moving, mg, Box.full(mg.shape))
+    from ngff_dreg.interfaces import BlockInfo
+
+    info = BlockInfo((0,) * ndim, Box.full(fg.shape).slices)
+    smallest = min(fg.shape)
+    shrink = tuple(f for f in (4, 2, 1) if smallest // f >= 16) or (1,)
+    sigmas = tuple(float(max(0, f - 1)) for f in shrink)
+    for kind in kinds:
+        method = ItkLinearRegistration(
+            kind=kind,
+            metric=metric,
+            shrink_factors=shrink,
+            smoothing_sigmas=sigmas,
+            iterations=iterations,
+            sampling_percentage=0.25,
+            max_displacement_fraction=0.5,
+        )
+        result = method(fimg, mimg, current.to_itk(), info)
+        if result.status != BlockRegStatus.SUCCESS or result.transform is None:
+            logger.warning(
+                "global %s stage failed (%s); keeping the previous transform",
+                kind,
+                result.message or result.status.name,
+            )
+            continue
+        step = AffineTransform.from_itk(result.transform)
+        current = step.then(current)  # block transform acts first
+    return current
+
+
+def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
+    """NCC of the fixed level vs the moving level warped by ``transform``.
+
+    Computed over fixed voxels whose mapped point falls inside the moving image.
+    """
+    from scipy import ndimage
+
+    from ngff_dreg.transforms import map_points
+
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in fg.shape], indexing="ij"), -1).reshape(
+        -1, fg.ndim
+    )
+    pts = fg.array_index_to_physical(idx.astype(np.float64))
+    mpts = map_points(transform, pts)
+    midx = mg.physical_to_index(mpts)[:, ::-1]
+    inside = np.all((midx >= 0) & (midx <= np.asarray(mg.shape) - 1), axis=1)
+    warped = ndimage.map_coordinates(moving, midx.T, order=1, mode="nearest")
+    f = fixed.reshape(-1)[inside]
+    w = warped[inside]
+    if f.size < 10:
+        return float("nan")
+    f = f - f.mean()
+    w = w - w.mean()
+    den = float(np.sqrt((f * f).sum() * (w * w).sum()))
+    return float((f * w).sum() / den) if den > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- driver
+def _fingerprint(parts: Mapping[str, Any]) -> str:
+    blob = json.dumps(_jsonable(parts), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class _Checkpoints:
+    """The manifest at ``output/checkpoints`` (Zarr group attributes)."""
+
+    def __init__(self, output: str, storage_options: Mapping[str, Any] | None) -> None:
+        self.output = output
+        self.storage_options = storage_options
+
+    def url(self, *parts: str) -> str:
+        from ngff_dreg.io.stores import join_url
+
+        return join_url(self.output, CHECKPOINTS, *parts)
+
+    def _group(self, mode: str) -> Any:
+        import zarr
+
+        from ngff_dreg.io.stores import open_store
+
+        store = open_store(self.output, self.storage_options, read_only=(mode == "r"))
+        return zarr.open_group(store=store, path=CHECKPOINTS, mode=mode, zarr_format=3)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            group = self._group("r")
+        except Exception:
+            return None
+        manifest = group.attrs.asdict().get(MANIFEST_KEY)
+        return dict(manifest) if isinstance(manifest, Mapping) else None
+
+    def write(self, manifest: Mapping[str, Any]) -> None:
+        group = self._group("a")
+        group.attrs.put({MANIFEST_KEY: _jsonable(manifest)})
+
+
+def _mark_root_incomplete(
+    output: str, storage_options: Mapping[str, Any] | None, wipe: bool
+) -> None:
+    import zarr
+
+    from ngff_dreg.io.field_writer import MARKER_KEY
+    from ngff_dreg.io.stores import open_store
+
+    store = open_store(output, storage_options, read_only=False)
+    root = zarr.open_group(store=store, mode="w" if wipe else "a", zarr_format=3)
+    root.attrs.put({MARKER_KEY: {"status": "incomplete", "version": 1}})
+
+
+def _same_location(a: str, b: str) -> bool:
+    def norm(u: str) -> str:
+        if "://" not in u or u.startswith("file://"):
+            return os.path.realpath(u.removeprefix("file://")).rstrip("/")
+        return u.rstrip("/")
+
+    na, nb = norm(a), norm(b)
+    return na == nb or na.startswith(nb + "/") or nb.startswith(na + "/")
+
+
+def _as_affine(initial: Any, ndim: int, storage_options: Mapping[str, Any] | None) -> Any:
+    """User initial transform → AffineTransform or TransformChain."""
+    if initial is None:
+        return None
+    if isinstance(initial, (AffineTransform, TransformChain)):
+        return initial
+    if isinstance(initial, str):
+        from ngff_dreg.io.transform_reader import read_transform
+
+        return read_transform(initial, storage_options)
+    arr = np.asarray(initial, dtype=np.float64) if not hasattr(initial, "GetParameters") else None
+    if arr is None:
+        return AffineTransform.from_itk(initial)
+    if arr.shape == (ndim + 1, ndim + 1):
+        return AffineTransform.from_homogeneous(arr)
+    if arr.shape == (ndim, ndim + 1):
+        return AffineTransform.from_arrays(arr[:, :ndim], arr[:, ndim])
+    raise ScheduleError(f"initial transform matrix must be {ndim + 1}x{ndim + 1}, got {arr.shape}")
+
+
+def _client_context(client: Any, stack: ExitStack) -> Any:
+    """The dask client to use: the given one, an address, or a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if client is None:
+        n = max(
+            1,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        )
+        cluster = stack.enter_context(
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            )
+        )
+        client = stack.enter_context(Client(cluster))
+    elif isinstance(client, str):
+        if client.startswith("local:"):
+            n = int(client.split(":", 1)[1])
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(client))
+    link = getattr(client, "dashboard_link", None)
+    if link:
+        logger.info("dask dashboard: %s", link)
+    return client
+
+
+def register(
+    fixed: str,
+    moving: str,
+    output: str,
+    *,
+    schedule: Schedule | str | None = None,
+    client: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    fixed_storage_options: Mapping[str, Any] | None = None,
+    moving_storage_options: Mapping[str, Any] | None = None,
+    output_storage_options: Mapping[str, Any] | None = None,
+    initial_transform: Any = None,
+    resample: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    signal_threshold: float | None = None,
+    channel: int = 0,
+    time_index: int = 0,
+    on_stage_done: Any = None,
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` coarse to fine and write the transform.
+
+    Parameters
+    ----------
+    fixed, moving:
+        OME-Zarr multiscale image URLs (local path, ``s3://``, ``https://``).
+    output:
+        URL of the NGFF 0.6 scene to write (must differ from the inputs).
+    schedule:
+        A :class:`~ngff_dreg.plan.Schedule`, a path to a TOML/YAML schedule, or
+        ``None`` for :meth:`Schedule.default` adapted to the fixed pyramid.
+    client:
+        A ``dask.distributed.Client``, a scheduler address
+        (``"tcp://host:8786"``), ``"local:N"``, or ``None`` to start a
+        process-based LocalCluster sized to the machine.
+    storage_options:
+        fsspec options for every URL; the specific ``*_storage_options``
+        override them per URL. Never logged.
+    initial_transform:
+        Skip the automatic start: an ``itk`` linear transform, an
+        ``(ndim+1)²`` matrix, an :class:`AffineTransform`, a
+        :class:`TransformChain`, or the URL of an NGFF transform scene.
+    resample:
+        Also write the moving image resampled into fixed space at
+        ``output/moving_resampled``.
+    overwrite:
+        Replace an existing output from another run. A partial output from
+        the *same* run is always resumed.
+    progress:
+        Show progress bars (terminal or Jupyter).
+    signal_threshold:
+        Fixed blocks with under 5 % of voxels above this value are skipped
+        as background.
+    channel, time_index:
+        Index of the channel / time point to register.
+    on_stage_done:
+        Optional callback ``f(stage_report)`` after each stage (tests use it
+        to interrupt a run).
+
+    Returns
+    -------
+    RegistrationResult
+        ``transforms`` (forward/inverse :class:`TransformChain`), ``status``
+        of the last block stage, ``levels`` (a :class:`StageReport` per stage)
+        and ``timings``.
+
+    """
+    from ngff_dreg.io.field_writer import output_status
+    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.transform_reader import read_transform
+    from ngff_dreg.reduce import ReduceToDisplacementField
+
+    t_start = time.perf_counter()
+    base = dict(storage_options or {})
+    f_opts = {**base, **(fixed_storage_options or {})} or None
+    m_opts = {**base, **(moving_storage_options or {})} or None
+    o_opts = {**base, **(output_storage_options or {})} or None
+    for url in (fixed, moving):
+        if _same_location(url, output):
+            raise IncompatibleImagesError(
+                f"output {output} is (inside) input {url}: write the transform somewhere else"
+            )
+
+    fms = open_multiscale(fixed, f_opts)
+    mms = open_multiscale(moving, m_opts)
+    if fms.ndim != mms.ndim:
+        raise IncompatibleImagesError(
+            f"fixed image {fixed} is {fms.ndim}-D but moving image {moving} is {mms.ndim}-D"
+        )
+    unit = fms.levels[0].geometry.unit or mms.levels[0].geometry.unit
+    fixed_geoms = [lvl.geometry for lvl in fms.levels]
+    moving_ms = open_multiscale(moving, m_opts, unit=unit) if unit else mms
+    moving_geoms = [lvl.geometry for lvl in moving_ms.levels]
+    if isinstance(schedule, str):
+        schedule = Schedule.load(schedule)
+    schedule = schedule or Schedule.default(fixed_geoms)
+    if not schedule.stages:
+        raise ScheduleError("the schedule has no block stage")
+    _check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], initial_transform)
+
+    def ctor(url: str, opts: Any, level: int) -> OMEZarrReaderConstructor:
+        return OMEZarrReaderConstructor(
+            url, level=level, storage_options=opts, channel=channel, time=time_index, unit=unit
+        )
+
+    ndim = fms.ndim
+    g_level = (
+        resolve_level(fixed_geoms, schedule.global_stage.level, what=f"fixed image {fixed}")
+        if schedule.global_stage is not None and schedule.global_stage.level is not None
+        else _default_global(fixed_geoms)
+    )
+    gm_level = matching_level(moving_geoms, fixed_geoms[g_level].spacing)
+    g_fixed, g_moving = ctor(fixed, f_opts, g_level), ctor(moving, m_opts, gm_level)
+    for name, url, c in (("fixed", fixed, g_fixed), ("moving", moving, g_moving)):
+        _check_data(name, url, c.level, c().read_box(_full(c.geometry)))
+
+    fingerprint = _fingerprint(
+        {
+            "fixed": fixed,
+            "moving": moving,
+            "schedule": schedule.to_dict(),
+            "channel": channel,
+            "time": time_index,
+            "initial": repr(_as_affine(initial_transform, ndim, f_opts)),
+            "threshold": signal_threshold,
+        }
+    )
+    ckpt = _Checkpoints(output, o_opts)
+    state = output_status(output, o_opts)
+    manifest = ckpt.read() if state in ("complete", "incomplete") else None
+    same_run = manifest is not None and manifest.get("fingerprint") == fingerprint
+    if state in ("complete", "incomplete", "foreign") and not same_run:
+        if not overwrite:
+            raise OutputExistsError(
+                f"{output} already holds {'an ngff-dreg output' if state != 'foreign' else 'data'}"
+                " from another run; pass overwrite=True to replace it"
+            )
+        _mark_root_incomplete(output, o_opts, wipe=True)
+        manifest = None
+    elif state == "absent":
+        _mark_root_incomplete(output, o_opts, wipe=False)
+    if manifest is None or not same_run:
+        manifest = {"fingerprint": fingerprint, "stages": {}, "resampled": False}
+        ckpt.write(manifest)
+
+    reports: list[StageReport] = []
+    timings: dict[str, float] = {}
+    block_options = BlockOptions(signal_threshold=signal_threshold)
+    with ExitStack() as stack:
+        dask_client = _client_context(client, stack)
+        bar = _progress(
+            progress, len(schedule.stages) + (schedule.global_stage is not None), "stages"
+        )
+
+        # ---- global stage
+        current: Any = _as_affine(initial_transform, ndim, f_opts)
+        done = manifest["stages"]
+        if schedule.global_stage is not None and current is None:
+            entry = done.get("global")
+            if entry is not None:
+                current = AffineTransform.from_homogeneous(entry["affine"])
+                reports.append(StageReport.from_json(entry["report"]))
+            else:
+                t0 = time.perf_counter()
+                gs = schedule.global_stage
+                fut = dask_client.submit(
+                    global_alignment,
+                    g_fixed,
+                    g_moving,
+                    None,
+                    gs.initializer,
+                    gs.kinds,
+                    gs.metric,
+                    gs.iterations,
+                    pure=False,
+                )
+                current = fut.result()
+                before = dask_client.submit(
+                    ncc_at_level,
+                    g_fixed,
+                    g_moving,
+                    _initial_only(g_fixed, g_moving, gs.initializer),
+                )
+                after = dask_client.submit(ncc_at_level, g_fixed, g_moving, current)
+                rep = StageReport(
+                    "global",
+                    g_level,
+                    gm_level,
+                    "+".join(gs.kinds),
+                    ncc_before=before.result(),
+                    ncc_after=after.result(),
+                    seconds=time.perf_counter() - t0,
+                )
+                reports.append(rep)
+                done["global"] = {"affine": current.homogeneous.tolist(), "report": rep.to_json()}
+                ckpt.write(manifest)
+                logger.info(
+                    "global stage: NCC %.3f -> %.3f in %.1fs",
+                    rep.ncc_before or 0,
+                    rep.ncc_after or 0,
+                    rep.seconds,
+                )
+                if on_stage_done:
+                    on_stage_done(rep)
+            bar.update(1)
+        elif schedule.global_stage is not None:
+            bar.update(1)
+        if current is None:
+            current = AffineTransform.identity(ndim)
+        timings["global"] = reports[-1].seconds if reports else 0.0
+
+        # ---- block stages
+        final: Any = None
+        last_status: Any = np.zeros((0,), dtype=np.int8)
+        for i, stage in enumerate(schedule.stages):
+            key = f"stage_{i}"
+            is_last = i == len(schedule.stages) - 1
+            stage_url = output if is_last else ckpt.url(f"stage_{i}")
+            f_level = resolve_level(fixed_geoms, stage.level, what=f"fixed image {fixed}")
+            m_level = matching_level(moving_geoms, fixed_geoms[f_level].spacing)
+            entry = done.get(key)
+            if entry is not None and output_status(stage_url, o_opts) == "complete":
+                current = read_transform(stage_url, o_opts)
+                rep = StageReport.from_json(entry)
+                reports.append(rep)
+                last_status = rep.status
+                if is_last:
+                    final = RegistrationTransformResult(
+                        transform=current,
+                        inv_transform=read_transform(stage_url, o_opts, inverse=True),
+                    )
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            f_ctor, m_ctor = ctor(fixed, f_opts, f_level), ctor(moving, m_opts, m_level)
+            reducer = ReduceToDisplacementField(
+                field_spacing_factor=stage.field_spacing_factor,
+                output=stage_url,
+                storage_options=o_opts,
+                overwrite=True,
+                compute_inverse=True,
+                fixed_url=fixed,
+                moving_url=moving,
+            )
+            plan = register_images(
+                fixed_reader_ctor=f_ctor,
+                moving_reader_ctor=m_ctor,
+                block_registration_method=stage.make_method(),
+                reduce_method=reducer,
+                initial_transform=current,
+                fixed_chunk_size=_block_shape(stage.block_size, ndim),
+                overlap_factors=stage.overlap,
+                block_options=block_options,
+            )
+            result = _run(dask_client, plan, progress, f"stage {i} (level {f_level})")
+            status = np.asarray(result.status)
+            n_ok = int((status == BlockRegStatus.SUCCESS).sum())
+            if n_ok == 0:
+                raise RegistrationFailedError(
+                    f"stage {i} (fixed level {f_level}): no block registered "
+                    f"(statuses {_status_counts(status)}); check the images overlap or pass an "
+                    "initial transform"
+                )
+            previous = current
+            current = result.transforms.transform
+            before = dask_client.submit(ncc_at_level, g_fixed, g_moving, previous)
+            after = dask_client.submit(ncc_at_level, g_fixed, g_moving, current)
+            rep = StageReport(
+                f"stage {i}",
+                f_level,
+                m_level,
+                stage.method,
+                status=status,
+                ncc_before=before.result(),
+                ncc_after=after.result(),
+                seconds=time.perf_counter() - t0,
+                report=dict(getattr(result.transforms, "report", {}) or {}),
+            )
+            reports.append(rep)
+            last_status = status
+            timings[key] = rep.seconds
+            done[key] = rep.to_json()
+            ckpt.write(manifest)
+            logger.info(
+                "stage %d (level %d): %d/%d blocks, NCC %.3f -> %.3f in %.1fs",
+                i,
+                f_level,
+                n_ok,
+                status.size,
+                rep.ncc_before or 0,
+                rep.ncc_after or 0,
+                rep.seconds,
+            )
+            if is_last:
+                final = result.transforms
+            if on_stage_done:
+                on_stage_done(rep)
+            bar.update(1)
+        bar.close()
+
+        # ---- resample
+        if resample and not manifest.get("resampled"):
+            from ngff_dreg.apply import apply_transform
+            from ngff_dreg.io.stores import join_url
+
+            t0 = time.perf_counter()
+            apply_transform(
+                moving,
+                fixed,
+                final.transform,
+                join_url(output, RESAMPLED),
+                level=0,
+                moving_storage_options=m_opts,
+                fixed_storage_options=f_opts,
+                output_storage_options=o_opts,
+                overwrite=True,
+                scheduler=dask_client,
+            )
+            manifest["resampled"] = True
+            ckpt.write(manifest)
+            timings["resample"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    assert final is not None
+    return RegistrationResult(transforms=final, status=last_status, levels=reports, timings=timings)
+
+
+def _full(geom: ImageGeometry) -> Any:
+    from ngff_dreg.geometry import Box
+
+    return Box.full(geom.shape)
+
+
+def _default_global(levels: Sequence[ImageGeometry]) -> int:
+    from ngff_dreg.plan import default_global_level
+
+    return default_global_level(levels, 48)
+
+
+def _block_shape(block: int | tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return (int(block),) * ndim if isinstance(block, int) else tuple(int(b) for b in block)
+
+
+def _status_counts(status: npt.NDArray[Any]) -> str:
+    vals, counts = np.unique(status, return_counts=True)
+    return ", ".join(f"{BlockRegStatus(int(v)).name}={c}" for v, c in zip(vals, counts))
+
+
+def _initial_only(fixed_ctor: Any, moving_ctor: Any, initializer: str) -> AffineTransform:
+    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    if initializer == "centers":
+        cf = fg.index_to_physical((np.asarray(fg.size) - 1) / 2.0)
+        cm = mg.index_to_physical((np.asarray(mg.size) - 1) / 2.0)
+        return AffineTransform.from_arrays(np.eye(fg.ndim), cm - cf)
+    return AffineTransform.identity(fg.ndim)
+
+
+def _check_overlap(
+    fixed: str, moving: str, fg: ImageGeometry, mg: ImageGeometry, initial: Any
+) -> None:
+    """Physical extents must meet unless an initial transform is given."""
+    if initial is not None:
+        return
+    flo, fhi = fg.physical_bounds()
+    mlo, mhi = mg.physical_bounds()
+    pad_f = np.abs(fg.index_to_physical_matrix).sum(axis=1)
+    pad_m = np.abs(mg.index_to_physical_matrix).sum(axis=1)
+    if np.any(flo - pad_f > mhi + pad_m) or np.any(mlo - pad_m > fhi + pad_f):
+        raise IncompatibleImagesError(
+            f"fixed {fixed} spans {np.round(flo, 3).tolist()}..{np.round(fhi, 3).tolist()} and moving "
+            f"{moving} spans {np.round(mlo, 3).tolist()}..{np.round(mhi, 3).tolist()} (physical): "
+            "they do not overlap. Pass initial_transform= (or --initial) to bring them together."
+        )
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="stage", leave=True)
+
+
+def _run(client: Any, plan: Any, progress: bool, desc: str) -> RegistrationResult:
+    """Compute a planned stage on ``client`` with a per-block progress bar."""
+    from distributed import as_completed
+
+    futures = client.compute([*plan.block_results, plan.registration_result])
+    blocks, final = futures[:-1], futures[-1]
+    bar = _progress(progress, len(blocks), desc)
+    if progress:
+        bar.unit = "block"
+    for _ in as_completed(blocks):
+        bar.update(1)
+    bar.close()
+    return final.result()
