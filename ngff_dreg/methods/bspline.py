@@ -435,20 +435,19 @@ class _Objective:
         c = x.reshape(ndim, -1).T
         q = self.points + self.weights @ c
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1]
-        inside = np.all((cidx >= 0) & (cidx <= self.shape - 1), axis=1)
-        if inside.sum() < 16:
-            return 1e3, np.zeros_like(x)
-        ci = cidx[inside].T
+        # Points leaving the block read the edge value (zero gradient) rather
+        # than being dropped, which keeps the objective continuous.
+        ci = cidx.T
         w_vals = ndimage.map_coordinates(self.warped, ci, order=1, mode="nearest")
         g_idx = np.stack(
             [ndimage.map_coordinates(g, ci, order=1, mode="nearest") for g in self.gradients],
             axis=1,
         )
+        outside = np.any((cidx < 0) | (cidx > self.shape - 1), axis=1)
+        g_idx[outside] = 0.0
         g_phys = g_idx @ self.dindex
-        val, du = _metric_and_gradient(self.metric, self.fixed_values[inside], w_vals, g_phys)
-        full = np.zeros((self.points.shape[0], ndim))
-        full[inside] = du
-        return val, (self.weights_t @ full).T.ravel()
+        val, du = _metric_and_gradient(self.metric, self.fixed_values, w_vals, g_phys)
+        return val, (self.weights_t @ du).T.ravel()
 
 
 def _fast_bspline_fit(
@@ -472,7 +471,7 @@ def _fast_bspline_fit(
     image already resampled through the initial transform. Returns the
     parameters (ITK layout), the final metric and the number of evaluations.
     """
-    from scipy import optimize
+    from scipy import ndimage, optimize
 
     rng = np.random.default_rng(seed)
     n_params = int(transform.GetNumberOfParameters())
@@ -489,8 +488,11 @@ def _fast_bspline_fit(
         idx = idx[valid[tuple(idx.T)]]
         if idx.shape[0] < 16:
             break
-        f_vals = f_img[tuple(idx.T)].astype(np.float64)
-        pts = geom.array_index_to_physical(idx)
+        # Off-grid samples: at voxel centres every sample would sit on a kink of
+        # the linear interpolant at once and stall the line search.
+        cidx = np.clip(idx + rng.uniform(-0.5, 0.5, idx.shape), 0, np.asarray(fixed.shape) - 1)
+        f_vals = ndimage.map_coordinates(f_img, cidx.T, order=1, mode="nearest")
+        pts = geom.array_index_to_physical(cidx)
         weights = bspline_weight_matrix(transform, pts)
         fun = _Objective(metric, pts, weights, w_img, grads, f_vals, to_index, origin, shape)
         res = optimize.minimize(
