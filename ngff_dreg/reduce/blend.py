@@ -459,7 +459,10 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     use_quality:
         Weight blocks by :func:`quality_factor` of their metric.
     fill_distance:
-        Reach of hole filling from a successful block, in block extents.
+        Reach of hole filling from a successful block, in padded-block extents
+        (0.5 fills a single failed block completely from two or more
+        neighbours; larger values reach across bigger holes at the price of
+        more dependencies per field chunk).
     compute_inverse:
         Also compute the inverse field by fixed-point iteration.
     inverse_iterations:
@@ -486,7 +489,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     field_chunk: int | Sequence[int] = 64
     use_quality: bool = False
-    fill_distance: float = 1.0
+    fill_distance: float = 0.5
     compute_inverse: bool = True
     inverse_iterations: int = 30
     overwrite: bool = False

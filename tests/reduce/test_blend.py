@@ -125,7 +125,7 @@ def test_far_from_any_block_falls_smoothly_to_the_initial_transform(blocks_facto
     failed = [(0, i) for i in range(1, 10)]
     results, _ = blocks_factory(fixed, 16, 4, lambda c, p: _translation(t), failed=failed)
     assert {r.fixed_info.chunk_index for r in results if r.result.status == 0} == ok
-    out = ReduceToDisplacementField(field_spacing_factor=2, field_chunk=16)(
+    out = ReduceToDisplacementField(field_spacing_factor=2, field_chunk=16, fill_distance=1.0)(
         results, ctor_factory(fixed), None)
     dx = out.transform.field.read()[1].mean(axis=0)  # x component along x
     assert dx[0] == pytest.approx(2.0, abs=1e-4)
