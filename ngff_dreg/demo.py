@@ -118,6 +118,8 @@ def make_demo(
     seed: int = 0,
     max_displacement_voxels: float = 5.0,
     synthetic: bool = False,
+    ndim: int = 3,
+    size: int | None = None,
     overwrite: bool = True,
     version: str = "0.5",
     chunks: int = 32,
@@ -145,9 +147,10 @@ def make_demo(
     from ngff_dreg.io.stores import join_url
 
     if synthetic:
-        shape = (int(96 // downsample),) * 3
-        moving = textured_phantom(shape, seed=seed + 7)
-        geometry = ImageGeometry(shape, (1.0,) * 3, (0.0,) * 3, unit="millimeter")
+        edge = size if size is not None else (96 if ndim == 3 else 256) // downsample
+        shape = (int(edge),) * ndim
+        moving = textured_phantom(shape, seed=seed + 7, blobs=60 if ndim == 3 else 120)
+        geometry = ImageGeometry(shape, (1.0,) * ndim, (0.0,) * ndim, unit="millimeter")
     else:
         moving, geometry = load_template(downsample)
     truth = demo_truth(geometry, max_displacement_voxels=max_displacement_voxels, seed=seed)
@@ -163,7 +166,7 @@ def make_demo(
             geometry,
             version=version,
             n_levels=3,
-            chunks=chunks,
+            chunks=chunks if geometry.ndim == 3 else 2 * chunks,
             storage_options=storage_options,
             overwrite=overwrite,
             name="demo",

@@ -217,3 +217,19 @@ def make_test_image() -> Callable[..., tuple[np.ndarray, Any]]:
         return data, geometry
 
     return make
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A real multi-process dask cluster (2 workers x 1 thread) on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    with cluster, Client(cluster) as client:
+        yield client

@@ -109,23 +109,6 @@ def _check_translation(result: RegistrationResult, tol: float = 0.25) -> None:
     np.testing.assert_allclose(total.t, SHIFT, atol=tol)
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 def test_threaded_engine_recovers_translation_and_reads_only_blocks():
     fixed_ctor, moving_ctor = _pair()
     initial = AffineTransform.from_arrays(np.eye(3), [1.0, 0.0, 0.0]).to_itk()
@@ -192,7 +175,7 @@ def test_mismatched_dimensions_raise_our_error():
 
 
 @pytest.mark.cluster
-def test_multiprocess_cluster_recovers_translation(cluster_client):
+def test_multiprocess_cluster_recovers_translation(dask_client):
     fixed_ctor, moving_ctor = _pair()
     schedule = register_images(
         fixed_reader_ctor=fixed_ctor,
@@ -204,11 +187,11 @@ def test_multiprocess_cluster_recovers_translation(cluster_client):
         overlap_factors=(0.25, 0.25, 0.25),
         block_options=BlockOptions(),
     )
-    result = cluster_client.compute(schedule.registration_result).result(timeout=240)
+    result = dask_client.compute(schedule.registration_result).result(timeout=240)
     assert np.all(result.status == BlockRegStatus.SUCCESS)
     _check_translation(result)
     # Tasks ran in two worker processes, not in the client.
-    who = cluster_client.run(lambda: __import__("os").getpid())
+    who = dask_client.run(lambda: __import__("os").getpid())
     assert len(set(who.values())) == 2
 
 

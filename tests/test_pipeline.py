@@ -1,0 +1,215 @@
+"""Coarse-to-fine registration end to end, against a known ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngff_dreg.demo import make_demo, point_errors
+from ngff_dreg.errors import IncompatibleImagesError, OutputExistsError
+from ngff_dreg.geometry import Box
+from ngff_dreg.interfaces import BlockRegStatus
+from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.pipeline import register
+from ngff_dreg.plan import BlockStage, GlobalStage, Schedule
+from ngff_dreg.transforms import AffineTransform
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _schedule_3d() -> Schedule:
+    return Schedule(
+        GlobalStage(level=1),
+        [
+            BlockStage(
+                level=1,
+                block_size=32,
+                overlap=0.5,
+                method="bspline",
+                method_options={"mesh_size": 3},
+                field_spacing_factor=2,
+            ),
+            BlockStage(
+                level=0,
+                block_size=32,
+                overlap=0.5,
+                method="bspline",
+                method_options={"mesh_size": 3},
+                field_spacing_factor=3,
+            ),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def pair_3d(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair3d")
+    return make_demo(d, synthetic=True, ndim=3, size=72, max_displacement_voxels=3.0, chunks=16)
+
+
+@pytest.fixture(scope="module")
+def pair_2d(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair2d")
+    return make_demo(d, synthetic=True, ndim=2, size=192, max_displacement_voxels=4.0, chunks=32)
+
+
+def _foreground(pair):
+    arr = OMEZarrReaderConstructor(pair.fixed)().read_box(Box.full(pair.fixed_geometry.shape))
+    return arr > 0.05
+
+
+@pytest.fixture(scope="module")
+def run_3d(pair_3d, tmp_path_factory, dask_client):
+    out = str(tmp_path_factory.mktemp("out3d") / "out.zarr")
+    result = register(
+        pair_3d.fixed,
+        pair_3d.moving,
+        out,
+        schedule=_schedule_3d(),
+        client=dask_client,
+        progress=False,
+    )
+    return out, result
+
+
+def test_3d_recovers_known_warp_and_refines(pair_3d, run_3d):
+    out, result = run_3d
+    mask = _foreground(pair_3d)
+    truth, geom = pair_3d.truth, pair_3d.fixed_geometry
+    final = point_errors(result.transforms.transform, truth, geom, mask=mask)
+    assert final["mean_vox"] < 0.35, final
+    assert final["p95_vox"] < 0.8, final
+    # Coarse to fine refines: affine-only error > first block stage >= final.
+    from ngff_dreg.pipeline import _Checkpoints
+
+    manifest = _Checkpoints(out, None).read()
+    affine = AffineTransform.from_homogeneous(manifest["stages"]["global"]["affine"])
+    coarse = read_transform(f"{out}/checkpoints/stage_0")
+    e_affine = point_errors(affine, truth, geom, mask=mask)["mean_vox"]
+    e_coarse = point_errors(coarse, truth, geom, mask=mask)["mean_vox"]
+    assert e_affine > e_coarse > final["mean_vox"] * 0.99, (e_affine, e_coarse, final)
+    assert e_affine > 2 * final["mean_vox"]
+    # Reports per stage, NCC improves, no folding, a valid complete output.
+    assert [r.name for r in result.levels] == ["global", "stage 0", "stage 1"]
+    assert result.levels[0].ncc_after > result.levels[0].ncc_before
+    assert result.levels[-1].ncc_after >= result.levels[1].ncc_before
+    assert result.transforms.report["jacobian_min"] > 0
+    assert output_status(out) == "complete"
+    assert np.count_nonzero(result.status == BlockRegStatus.SUCCESS) >= result.status.size // 2
+    back = read_transform(out)
+    pts = geom.array_index_to_physical(np.array([[30.0, 31.0, 40.0], [10.0, 50.0, 20.0]]))
+    np.testing.assert_allclose(
+        back.transform_points(pts), result.transforms.transform.transform_points(pts), atol=1e-3
+    )
+
+
+def test_rerun_of_a_finished_output_needs_overwrite_or_same_args(pair_3d, run_3d, dask_client):
+    out, _ = run_3d
+    other = Schedule(GlobalStage(level=1), [BlockStage(level=0, block_size=32)])
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        register(
+            pair_3d.fixed, pair_3d.moving, out, schedule=other, client=dask_client, progress=False
+        )
+
+
+def test_interrupted_run_resumes_with_same_answer(pair_3d, run_3d, tmp_path, dask_client):
+    _, reference = run_3d
+    out = str(tmp_path / "resume.zarr")
+
+    def stop_after_stage_0(report):
+        if report.name == "stage 0":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        register(
+            pair_3d.fixed,
+            pair_3d.moving,
+            out,
+            schedule=_schedule_3d(),
+            client=dask_client,
+            progress=False,
+            on_stage_done=stop_after_stage_0,
+        )
+    assert output_status(out) == "incomplete"
+    seen = []
+    result = register(
+        pair_3d.fixed,
+        pair_3d.moving,
+        out,
+        schedule=_schedule_3d(),
+        client=dask_client,
+        progress=False,
+        on_stage_done=seen.append,
+    )
+    assert [r.name for r in seen] == ["stage 1"]  # only the rest ran
+    assert [r.resumed for r in result.levels] == [True, True, False]
+    geom = pair_3d.fixed_geometry
+    pts = geom.array_index_to_physical(np.random.default_rng(0).uniform(5, 65, (200, 3)))
+    np.testing.assert_allclose(
+        result.transforms.transform.transform_points(pts),
+        reference.transforms.transform.transform_points(pts),
+        atol=0.05,
+    )
+
+
+def test_2d_pair(pair_2d, tmp_path, dask_client):
+    sched = Schedule(
+        GlobalStage(level=1),
+        [
+            BlockStage(
+                level=1,
+                block_size=64,
+                overlap=0.5,
+                method_options={"mesh_size": 3},
+                field_spacing_factor=2,
+            ),
+            BlockStage(
+                level=0,
+                block_size=64,
+                overlap=0.5,
+                method_options={"mesh_size": 3},
+                field_spacing_factor=3,
+            ),
+        ],
+    )
+    out = str(tmp_path / "out2d.zarr")
+    result = register(
+        pair_2d.fixed,
+        pair_2d.moving,
+        out,
+        schedule=sched,
+        client=dask_client,
+        progress=False,
+        resample=True,
+    )
+    err = point_errors(
+        result.transforms.transform,
+        pair_2d.truth,
+        pair_2d.fixed_geometry,
+        mask=_foreground(pair_2d),
+    )
+    assert err["mean_vox"] < 0.35, err
+    assert err["p95_vox"] < 0.8, err
+    # The resampled moving image matches the fixed image far better than the raw one.
+    fixed = OMEZarrReaderConstructor(pair_2d.fixed)().read_box(Box.full((192, 192)))
+    moving = OMEZarrReaderConstructor(pair_2d.moving)().read_box(Box.full((192, 192)))
+    warped = OMEZarrReaderConstructor(f"{out}/moving_resampled")().read_box(Box.full((192, 192)))
+    inner = (slice(16, -16), slice(16, -16))
+    before = np.abs(fixed[inner] - moving[inner]).mean()
+    after = np.abs(fixed[inner] - warped[inner]).mean()
+    assert after < 0.35 * before, (before, after)
+
+
+def test_output_inside_input_is_refused(pair_3d, dask_client):
+    with pytest.raises(IncompatibleImagesError, match="somewhere else"):
+        register(
+            pair_3d.fixed,
+            pair_3d.moving,
+            pair_3d.fixed + "/out",
+            client=dask_client,
+            progress=False,
+        )
