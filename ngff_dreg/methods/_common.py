@@ -50,10 +50,22 @@ def buffered_float_image(image: Any) -> Any:
     The copy sits at the same physical place (origin moved to the buffered
     region's first voxel), so ITK filters and registration see one clean
     region whatever the input's start index and requested region were.
+    Inconsistent regions left by ITK's pickling (largest region reset to
+    start at zero) are repaired on ``image`` first.
     """
     import itk
 
     geom = geometry_of(image, "buffered")
+    buffered = image.GetBufferedRegion()
+    if not image.GetLargestPossibleRegion().IsInside(buffered):
+        # ITK 5.4 pickling keeps the buffered region but resets the largest
+        # possible and requested regions to start at zero; restore them so
+        # the buffer can be read.
+        logger.debug("repairing image regions (largest region misses the buffer)")
+        image.SetLargestPossibleRegion(buffered)
+        image.SetRequestedRegion(buffered)
+    elif not image.GetBufferedRegion().IsInside(image.GetRequestedRegion()):
+        image.SetRequestedRegion(buffered)
     arr = np.asarray(itk.array_view_from_image(image), dtype=np.float32)
     return image_from_array(np.ascontiguousarray(arr), geom)
 
