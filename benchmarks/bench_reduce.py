@@ -45,10 +45,12 @@ def _blocks(fixed: ImageGeometry, block: int, pad: int, seed: int = 0):
         padded = core.pad((pad,) * fixed.ndim).clip(fixed.shape)
         m = np.eye(fixed.ndim) + 0.01 * rng.standard_normal((fixed.ndim, fixed.ndim))
         tx = AffineTransform.from_arrays(m, rng.uniform(-1, 1, fixed.ndim))
-        res = BlockPairRegistrationResult(tx, metadata_image(fixed.sub(padded.slices)), None, None,
-                                          BlockRegStatus.SUCCESS)
-        results.append(LocatedBlockResult(res, BlockInfo(tuple(i // block for i in idx),
-                                                         core.slices)))
+        res = BlockPairRegistrationResult(
+            tx, metadata_image(fixed.sub(padded.slices)), None, None, BlockRegStatus.SUCCESS
+        )
+        results.append(
+            LocatedBlockResult(res, BlockInfo(tuple(i // block for i in idx), core.slices))
+        )
         boxes.append(padded)
     return results, boxes
 
@@ -84,13 +86,15 @@ def _instrument() -> None:
         setattr(graph_mod, name, wrapped)
 
 
-def run(n: int, scheduler: str, block: int = 32, chunk: int = 16
-        ) -> tuple[float, float, float, tuple]:
+def run(
+    n: int, scheduler: str, block: int = 32, chunk: int = 16
+) -> tuple[float, float, float, tuple]:
     fixed = ImageGeometry((n, n, n), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     results, boxes = _blocks(fixed, block, block // 4)
     with tempfile.TemporaryDirectory() as tmp:
-        reducer = ReduceToDisplacementField(field_spacing_factor=2, field_chunk=chunk,
-                                            output=f"{tmp}/f.zarr", scheduler=scheduler)
+        reducer = ReduceToDisplacementField(
+            field_spacing_factor=2, field_chunk=chunk, output=f"{tmp}/f.zarr", scheduler=scheduler
+        )
         import dask
 
         graph = reducer.build_graph([dask.delayed(r) for r in results], boxes, fixed, None)
@@ -119,12 +123,16 @@ def main() -> None:
         nodes = int(np.prod(shape))
         field_mb = 3 * nodes * 4 / 2**20
         rows.append((nodes, field_mb, task, proc, elapsed))
-        print(f"fixed {n}^3  field {shape} ({nodes} nodes, {field_mb:.1f} MiB float32)  "
-              f"task peak {task:.2f} MiB ({_TASK_NAME[0]})  process peak {proc:.1f} MiB  "
-              f"time {elapsed:.1f} s")
+        print(
+            f"fixed {n}^3  field {shape} ({nodes} nodes, {field_mb:.1f} MiB float32)  "
+            f"task peak {task:.2f} MiB ({_TASK_NAME[0]})  process peak {proc:.1f} MiB  "
+            f"time {elapsed:.1f} s"
+        )
     (v0, f0, k0, p0, t0), (v1, f1, k1, p1, t1) = rows
-    print(f"ratios (large/small): field nodes x{v1 / v0:.2f}, field bytes x{f1 / f0:.2f}, "
-          f"task peak x{k1 / k0:.2f}, process peak x{p1 / p0:.2f}, time x{t1 / t0:.2f}")
+    print(
+        f"ratios (large/small): field nodes x{v1 / v0:.2f}, field bytes x{f1 / f0:.2f}, "
+        f"task peak x{k1 / k0:.2f}, process peak x{p1 / p0:.2f}, time x{t1 / t0:.2f}"
+    )
 
 
 if __name__ == "__main__":
