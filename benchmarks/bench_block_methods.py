@@ -56,8 +56,8 @@ def texture(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return (img / img.max()).astype(np.float32)
 
 
-def make_pair(block: int, pad: int = 8, seed: int = 0, deform: float = 2.5) -> Pair:
-    """3D block pair: anisotropic spacing, truth = shift ∘ smooth warp."""
+def plain_pair(block: int, pad: int = 8, seed: int = 0, deform: float = 2.5) -> dict[str, Any]:
+    """3D block pair as plain arrays and geometries: truth = shift ∘ smooth warp."""
     ndim = 3
     full = block + 2 * pad + 8
     spacing = (1.0, 0.9, 1.2)
@@ -76,15 +76,34 @@ def make_pair(block: int, pad: int = 8, seed: int = 0, deform: float = 2.5) -> P
     mgeom = ImageGeometry(mshape, (1.0,) * ndim, lo)
     moving = texture(mshape, seed)
     fixed = synthetic.warp_to_fixed(moving, mgeom, geom.sub(pbox.slices), truth)
-    return Pair(
-        image_from_array(fixed, geom, pbox, requested=bbox),
-        image_from_array(moving, mgeom),
-        initial.to_itk(),
-        BlockInfo((0, 0, 0), bbox.slices),
-        truth,
-        geom,
-        bbox,
+    return dict(
+        fixed=fixed,
+        geom=geom,
+        pbox=pbox,
+        bbox=bbox,
+        moving=moving,
+        mgeom=mgeom,
+        initial=initial,
+        truth=truth,
     )
+
+
+def itk_pair(d: dict[str, Any]) -> Pair:
+    """ITK block images (built where they are used: ITK images with a non-zero
+    start index do not survive a pickle round trip intact)."""
+    return Pair(
+        image_from_array(d["fixed"], d["geom"], d["pbox"], requested=d["bbox"]),
+        image_from_array(d["moving"], d["mgeom"]),
+        d["initial"].to_itk(),
+        BlockInfo((0, 0, 0), d["bbox"].slices),
+        d["truth"],
+        d["geom"],
+        d["bbox"],
+    )
+
+
+def make_pair(block: int, pad: int = 8, seed: int = 0) -> Pair:
+    return itk_pair(plain_pair(block, pad, seed))
 
 
 def errors(pair: Pair, transform: Any) -> np.ndarray:
@@ -143,11 +162,12 @@ def block_table(sizes: list[int], threads: int, skip: set[str]) -> None:
             )
 
 
-def _register_task(method: Any, fixed: Any, moving: Any, initial: Any, info: BlockInfo) -> float:
+def _register_task(method: Any, plain: dict[str, Any]) -> float:
     preload_itk()
     set_itk_threads(1)
+    pair = itk_pair(plain)
     t0 = time.perf_counter()
-    method(fixed, moving, initial, info)
+    method(pair.fixed, pair.moving, pair.initial, pair.info)
     return time.perf_counter() - t0
 
 
@@ -156,8 +176,7 @@ def cluster_throughput(block: int = 64, tasks: int = 8) -> None:
 
     print(f"\nCluster throughput: {tasks} pre-built blocks of {block}³ (processes, 1 thread)")
     print(f"{'method':26s} {'workers':>7s} {'wall s':>7s} {'blocks/s':>8s} {'Mvox/s':>7s}")
-    pairs = [make_pair(block, seed=i) for i in range(tasks)]
-    args = [(p.fixed, p.moving, p.initial, p.info) for p in pairs]
+    plains = [plain_pair(block, seed=i) for i in range(tasks)]
     for name in ("phase-corr translation", "itk rigid (mattes)", "bspline numpy (corr)"):
         method = METHODS[name]
         for workers in (1, 2):
@@ -168,11 +187,14 @@ def cluster_throughput(block: int = 64, tasks: int = 8) -> None:
                 Client(cluster) as client,
             ):
                 client.run(preload_itk)
-                data = [client.scatter(list(a), broadcast=True) for a in args]
-                warm = [client.submit(_register_task, method, *data[0], pure=False)]
-                client.gather(warm * workers)
+                data = client.scatter(plains, broadcast=True)
+                warm = [
+                    client.submit(_register_task, method, data[i], pure=False)
+                    for i in range(workers)
+                ]
+                client.gather(warm)
                 t0 = time.perf_counter()
-                futures = [client.submit(_register_task, method, *d, pure=False) for d in data]
+                futures = [client.submit(_register_task, method, d, pure=False) for d in data]
                 client.gather(futures)
                 wall = time.perf_counter() - t0
             print(
