@@ -149,7 +149,9 @@ def make_demo(
     if synthetic:
         edge = size if size is not None else (96 if ndim == 3 else 256) // downsample
         shape = (int(edge),) * ndim
-        moving = textured_phantom(shape, seed=seed + 7, blobs=60 if ndim == 3 else 120)
+        moving = textured_phantom(
+            shape, seed=seed + 7, blobs=60 if ndim == 3 else 120, texture=0.3
+        )
         geometry = ImageGeometry(shape, (1.0,) * ndim, (0.0,) * ndim, unit="millimeter")
     else:
         moving, geometry = load_template(downsample)

@@ -445,8 +445,9 @@ def register(
         Also write the moving image resampled into fixed space at
         ``output/moving_resampled``.
     overwrite:
-        Replace an existing output from another run. A partial output from
-        the *same* run is always resumed.
+        Start afresh, replacing whatever is at ``output``. Without it, an
+        output left by an interrupted run with the same arguments is resumed,
+        and any other existing output is an error.
     progress:
         Show progress bars (terminal or Jupyter).
     signal_threshold:
@@ -530,7 +531,9 @@ def register(
     ckpt = _Checkpoints(output, o_opts)
     state = output_status(output, o_opts)
     manifest = ckpt.read() if state in ("complete", "incomplete") else None
-    same_run = manifest is not None and manifest.get("fingerprint") == fingerprint
+    same_run = (
+        not overwrite and manifest is not None and manifest.get("fingerprint") == fingerprint
+    )
     if state in ("complete", "incomplete", "foreign") and not same_run:
         if not overwrite:
             raise OutputExistsError(
@@ -799,7 +802,7 @@ def _run(client: Any, plan: Any, progress: bool, desc: str) -> RegistrationResul
     bar = _progress(progress, len(blocks), desc)
     if progress:
         bar.unit = "block"
-    for _ in as_completed(blocks):
+    for _ in as_completed(blocks, loop=client.loop):
         bar.update(1)
     bar.close()
     return final.result()

@@ -58,9 +58,14 @@ def smooth_displacement(
 
 
 def textured_phantom(
-    shape: Sequence[int], *, seed: int = 0, blobs: int = 60
+    shape: Sequence[int], *, seed: int = 0, blobs: int = 60, texture: float = 0.0
 ) -> npt.NDArray[np.float32]:
-    """A smooth textured phantom (Gaussian blobs over an ellipsoid), values in [0, 1]."""
+    """A textured phantom (Gaussian blobs over an ellipsoid), values in [0, 1].
+
+    ``texture`` adds that much band-limited random texture (features of a
+    few voxels, like tissue) inside the ellipsoid; without it the phantom has
+    only smooth blobs, which constrain a deformable fit poorly.
+    """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -71,6 +76,10 @@ def textured_phantom(
         w = rng.uniform(0.04, 0.15)
         a = rng.uniform(0.2, 0.8)
         img += a * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / (2 * w**2))
+    if texture > 0:
+        noise = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+        noise /= np.abs(noise).max() or 1.0
+        img += texture * noise * (r2 < 1.0)
     img = ndimage.gaussian_filter(img, 1.0)
     img -= img.min()
     img /= img.max() or 1.0

@@ -231,5 +231,6 @@ def dask_client() -> Iterator[Any]:
         host="127.0.0.1",
         dashboard_address=None,
     )
-    with cluster, Client(cluster) as client:
+    # Not the default client: code under test must use the client it is given.
+    with cluster, Client(cluster, set_as_default=False) as client:
         yield client
