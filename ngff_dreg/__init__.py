@@ -1,4 +1,12 @@
-"""ngff-dreg: distributed coarse-to-fine registration of OME-Zarr images."""
+"""ngff-dreg: distributed coarse-to-fine registration of OME-Zarr images.
+
+The contract (plug-in ABCs, records, errors, geometry) is imported eagerly;
+everything that pulls in zarr, dask or ITK is re-exported lazily, so
+``import ngff_dreg`` stays cheap.
+"""
+
+import importlib
+from typing import Any
 
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.errors import (
@@ -31,11 +39,55 @@ from ngff_dreg.interfaces import (
 
 __version__ = "0.1.0.dev0"
 
+_LAZY = {
+    "register": "ngff_dreg.pipeline",
+    "StageReport": "ngff_dreg.pipeline",
+    "register_images": "ngff_dreg.schedule",
+    "RegistrationSchedule": "ngff_dreg.schedule",
+    "BlockOptions": "ngff_dreg.schedule",
+    "Schedule": "ngff_dreg.plan",
+    "GlobalStage": "ngff_dreg.plan",
+    "BlockStage": "ngff_dreg.plan",
+    "OMEZarrReaderConstructor": "ngff_dreg.io.reader",
+    "ArrayReaderConstructor": "ngff_dreg.io.memory",
+    "open_multiscale": "ngff_dreg.io.multiscale",
+    "write_multiscale": "ngff_dreg.io.image_writer",
+    "to_dask": "ngff_dreg.io.arrays",
+    "to_xarray": "ngff_dreg.io.arrays",
+    "ReduceToDisplacementField": "ngff_dreg.reduce",
+    "read_transform": "ngff_dreg.io.transform_reader",
+    "to_itk_transform": "ngff_dreg.io.transform_reader",
+    "export_itk": "ngff_dreg.io.transform_reader",
+    "write_field_scene": "ngff_dreg.io.field_writer",
+    "apply_transform": "ngff_dreg.apply",
+    "transform_points": "ngff_dreg.apply",
+    "AffineTransform": "ngff_dreg.transforms",
+    "DisplacementField": "ngff_dreg.transforms",
+    "TransformChain": "ngff_dreg.transforms",
+    "ItkBSplineRegistration": "ngff_dreg.methods",
+    "ItkLinearRegistration": "ngff_dreg.methods",
+    "PhaseCorrelationTranslation": "ngff_dreg.methods",
+    "ElastixBlockRegistration": "ngff_dreg.methods",
+    "ItkWorkerPlugin": "ngff_dreg.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ngff_dreg' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 # Let user methods that use ``itk`` (defined in ``__main__`` or a notebook)
 # travel between processes: on the client and on every worker that imports us.
 register_module_reducers()
 
 __all__ = [
+    *sorted(_LAZY),
     "BlockInfo",
     "BlockPairRegistrationMethod",
     "BlockPairRegistrationResult",

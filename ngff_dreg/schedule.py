@@ -253,7 +253,28 @@ def register_block(
         )
     if not isinstance(result, BlockPairRegistrationResult):
         result = _coerce_result(result)
-    return located(result)
+    return located(_portable(result))
+
+
+def _portable_domain(domain: Any) -> Any:
+    """The same oriented box as an index-0 metadata image.
+
+    ITK 5.4 loses a non-zero region index when an ``itk.Image`` is pickled,
+    which would move the domain of a result sent between processes.
+    """
+    if domain is None or not hasattr(domain, "GetLargestPossibleRegion"):
+        return domain
+    from ngff_dreg.itk_bridge import geometry_of, metadata_image
+
+    if all(int(i) == 0 for i in domain.GetLargestPossibleRegion().GetIndex()):
+        return domain
+    return metadata_image(geometry_of(domain, "largest"))
+
+
+def _portable(result: BlockPairRegistrationResult) -> BlockPairRegistrationResult:
+    result.transform_domain = _portable_domain(result.transform_domain)
+    result.inv_transform_domain = _portable_domain(result.inv_transform_domain)
+    return result
 
 
 def _coerce_result(result: Any) -> BlockPairRegistrationResult:
