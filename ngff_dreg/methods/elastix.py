@@ -183,7 +183,14 @@ class ElastixBlockRegistration(BlockPairRegistrationMethod):
         _, result_params = itk.elastix_registration_method(
             fixed, warped, parameter_object=params, log_to_console=self.log_to_console
         )
-        field_img = itk.transformix_deformation_field(warped, result_params)
+        import tempfile
+
+        # transformix writes deformationField.* into its output directory
+        # (the working directory by default): keep that out of the user's way.
+        with tempfile.TemporaryDirectory(prefix="ngff-dreg-transformix-") as tmp:
+            field_img = itk.transformix_deformation_field(
+                warped, result_params, output_directory=tmp
+            )
         vectors = np.asarray(itk.array_from_image(field_img), dtype=np.float64)
         if vectors.shape != (*geom.shape, ndim):
             return failure(
