@@ -1,4 +1,4 @@
-"""The ``ngff-dreg`` command line: register, apply, info, demo."""
+"""The ``ngff-dreg`` command line: register, apply, info, demo, report."""
 
 from __future__ import annotations
 
@@ -334,6 +334,42 @@ def demo(
                 f"folded fraction {report.get('folded_fraction', 0.0):.4%}"
             )
         typer.echo(f"transform: {out}")
+    except Exception as exc:
+        _fail(exc, verbose)
+
+
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="Output NGFF scene written by register.")],
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="Folder for index.html and its PNGs (default: OUTPUT/report; "
+                     "required for a remote OUTPUT)."),
+    ] = None,
+    fixed: Annotated[
+        str | None, typer.Option("--fixed", help="Fixed image URL (default: as recorded).")
+    ] = None,
+    moving: Annotated[
+        str | None, typer.Option("--moving", help="Moving image URL (default: as recorded).")
+    ] = None,
+    anon: Anon = False,
+    endpoint_url: Endpoint = None,
+    profile: Profile = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Write a visual registration report (HTML page with PNG figures) for OUTPUT."""
+    _setup_logging(verbose)
+    try:
+        from ngff_dreg.report import write_report
+
+        page = write_report(
+            output,
+            to=to,
+            fixed=fixed,
+            moving=moving,
+            storage_options=_storage_options(anon, endpoint_url, profile),
+        )
+        typer.echo(f"report written to {page}")
     except Exception as exc:
         _fail(exc, verbose)
 
