@@ -22,6 +22,7 @@ from ngff_dreg.errors import InvalidInputDataError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
+from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.stores import (
     join_url,
     map_store_errors,
@@ -236,11 +237,15 @@ class OMEZarrReader:
     def _zarr_array(self) -> Any:
         if self._array is None:
             # Only the group and this level's array metadata: no re-parse of the pyramid.
-            group = open_group(self._ctor.url, self._ctor.storage_options)
             path = self._meta.info.path
-            self._array = map_store_errors(
-                join_url(self._ctor.url, path), "open level array", lambda: group[path]
-            )
+            url = join_url(self._ctor.url, path)
+
+            def op() -> Any:
+                group = open_group(self._ctor.url, self._ctor.storage_options)
+                return map_store_errors(url, "open level array", lambda: group[path])
+
+            # Transient store failures are retried with backoff (ngff_dreg.io.retry).
+            self._array = retry_transient(op, f"opening {redact_url(url)}")
         return self._array
 
     def read_box(self, box: Box) -> npt.NDArray[Any]:
@@ -248,10 +253,16 @@ class OMEZarrReader:
 
         Only the storage chunks that intersect ``box`` are fetched.
 
+        Transient store failures (network, throttling) are retried with
+        exponential backoff (:func:`ngff_dreg.io.retry.retry_transient`).
+
         Raises
         ------
         ScheduleError
             If ``box`` does not lie inside the level.
+        StoreAccessError
+            The store still failed after every retry (the message names the
+            array URL and the box).
 
         """
         shape = self.shape
@@ -269,7 +280,11 @@ class OMEZarrReader:
             sel[i] = sl
         arr = self._zarr_array()
         url = join_url(self.url, self._meta.info.path)
-        out = map_store_errors(url, f"read box {box.start}-{box.stop}", lambda: arr[tuple(sel)])
+        what = f"read box {box.start}-{box.stop}"
+        out = retry_transient(
+            lambda: map_store_errors(url, what, lambda: arr[tuple(sel)]),
+            f"{redact_url(url)}: {what}",
+        )
         return np.asarray(out)
 
     # -- ITK-like API -------------------------------------------------------
