@@ -222,6 +222,7 @@ def global_alignment(
     smallest = min(fg.shape)
     shrink = tuple(f for f in (4, 2, 1) if smallest // f >= 16) or (1,)
     sigmas = tuple(float(max(0, f - 1)) for f in shrink)
+    best = _ncc_arrays(fixed, fg, moving, mg, current)
     for kind in kinds:
         method = ItkLinearRegistration(
             kind=kind,
@@ -241,28 +242,36 @@ def global_alignment(
             )
             continue
         step = AffineTransform.from_itk(result.transform)
-        current = step.then(current)  # block transform acts first
+        candidate = step.then(current)  # block transform acts first
+        score = _ncc_arrays(fixed, fg, moving, mg, candidate)
+        if not np.isfinite(score) or (np.isfinite(best) and score < best - 1e-4):
+            logger.warning(
+                "global %s stage lowered the NCC (%.4f -> %.4f); keeping the previous transform",
+                kind,
+                best,
+                score,
+            )
+            continue
+        current, best = candidate, score
     return current
 
 
-def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
-    """NCC of the fixed level vs the moving level warped by ``transform``.
-
-    Computed over fixed voxels whose mapped point falls inside the moving image.
-    """
+def _ncc_arrays(
+    fixed: npt.NDArray[np.float32],
+    fg: ImageGeometry,
+    moving: npt.NDArray[np.float32],
+    mg: ImageGeometry,
+    transform: Any,
+) -> float:
+    """NCC of ``fixed`` vs ``moving`` warped into it, where the warp lands inside."""
     from scipy import ndimage
 
     from ngff_dreg.transforms import map_points
 
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
-    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
-    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in fg.shape], indexing="ij"), -1).reshape(
-        -1, fg.ndim
-    )
+    grids = np.meshgrid(*[np.arange(n) for n in fg.shape], indexing="ij")
+    idx = np.stack(grids, -1).reshape(-1, fg.ndim)
     pts = fg.array_index_to_physical(idx.astype(np.float64))
-    mpts = map_points(transform, pts)
-    midx = mg.physical_to_index(mpts)[:, ::-1]
+    midx = mg.physical_to_index(map_points(transform, pts))[:, ::-1]
     inside = np.all((midx >= 0) & (midx <= np.asarray(mg.shape) - 1), axis=1)
     warped = ndimage.map_coordinates(moving, midx.T, order=1, mode="nearest")
     f = fixed.reshape(-1)[inside]
@@ -273,6 +282,21 @@ def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
     w = w - w.mean()
     den = float(np.sqrt((f * f).sum() * (w * w).sum()))
     return float((f * w).sum() / den) if den > 0 else float("nan")
+
+
+def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
+    """NCC of the fixed level vs the moving level warped by ``transform``.
+
+    Computed over fixed voxels whose mapped point falls inside the moving image.
+    """
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    return _ncc_arrays(
+        np.nan_to_num(fixed),
+        fixed_ctor.geometry,
+        np.nan_to_num(moving),
+        moving_ctor.geometry,
+        transform,
+    )
 
 
 # --------------------------------------------------------------------------- driver
@@ -531,9 +555,7 @@ def register(
     ckpt = _Checkpoints(output, o_opts)
     state = output_status(output, o_opts)
     manifest = ckpt.read() if state in ("complete", "incomplete") else None
-    same_run = (
-        not overwrite and manifest is not None and manifest.get("fingerprint") == fingerprint
-    )
+    same_run = not overwrite and manifest is not None and manifest.get("fingerprint") == fingerprint
     if state in ("complete", "incomplete", "foreign") and not same_run:
         if not overwrite:
             raise OutputExistsError(

@@ -213,3 +213,52 @@ def test_output_inside_input_is_refused(pair_3d, dask_client):
             client=dask_client,
             progress=False,
         )
+
+
+@pytest.mark.s3
+def test_s3_end_to_end_on_process_cluster(s3_server, dask_client):
+    """Inputs in one bucket, output to another, on a 2-worker process cluster."""
+    opts = s3_server.storage_options()
+    src, dst = s3_server.create_bucket(), s3_server.create_bucket()
+    pair = make_demo(
+        s3_server.url(src, "pair"),
+        synthetic=True,
+        ndim=3,
+        size=48,
+        max_displacement_voxels=2.0,
+        chunks=16,
+        storage_options=opts,
+    )
+    out = s3_server.url(dst, "reg.zarr")
+    sched = Schedule(
+        GlobalStage(level=1),
+        [
+            BlockStage(
+                level=0,
+                block_size=32,
+                overlap=0.5,
+                method_options={"mesh_size": 3},
+                field_spacing_factor=3,
+            )
+        ],
+    )
+    result = register(
+        pair.fixed,
+        pair.moving,
+        out,
+        schedule=sched,
+        client=dask_client,
+        storage_options=opts,
+        progress=False,
+    )
+    assert output_status(out, opts) == "complete"
+    fixed = OMEZarrReaderConstructor(pair.fixed, storage_options=opts)().read_box(
+        Box.full(pair.fixed_geometry.shape)
+    )
+    back = read_transform(out, opts)
+    err = point_errors(back, pair.truth, pair.fixed_geometry, mask=fixed > 0.05)
+    assert err["mean_vox"] < 0.5, err
+    affine_only = point_errors(
+        result.transforms.transform.affine, pair.truth, pair.fixed_geometry, mask=fixed > 0.05
+    )
+    assert err["mean_vox"] < 0.6 * affine_only["mean_vox"], (err, affine_only)

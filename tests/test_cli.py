@@ -1,0 +1,116 @@
+"""The ``ngff-dreg`` command line, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ngff_dreg.demo import make_demo
+from ngff_dreg.io.field_writer import output_status
+
+
+def _cli(*args: str, timeout: float = 600, cwd=None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("NGFF_DREG_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ngff_dreg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    return make_demo(
+        tmp_path_factory.mktemp("clipair"),
+        synthetic=True,
+        ndim=3,
+        size=48,
+        max_displacement_voxels=2.0,
+        chunks=16,
+    )
+
+
+def test_info_prints_levels(small_pair):
+    proc = _cli("info", small_pair.fixed)
+    assert proc.returncode == 0, proc.stderr
+    assert "48x48x48" in proc.stdout and "millimeter" in proc.stdout
+    assert "level" in proc.stdout
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    proc = _cli("info", str(tmp_path / "missing.zarr"))
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ngff-dreg: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_register_then_apply_via_cli(small_pair, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    proc = _cli(
+        "register",
+        small_pair.fixed,
+        small_pair.moving,
+        "-o",
+        out,
+        "--levels",
+        "0",
+        "--block-size",
+        "32",
+        "--scheduler",
+        "local:2",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "transform written to" in proc.stdout
+    assert "stage 0" in proc.stdout
+    assert output_status(out) == "complete"
+    # Same output again without --overwrite and other arguments: refused, one line.
+    again = _cli(
+        "register",
+        small_pair.fixed,
+        small_pair.moving,
+        "-o",
+        out,
+        "--levels",
+        "0",
+        "--block-size",
+        "16",
+        "--scheduler",
+        "local:1",
+        "--no-progress",
+    )
+    assert again.returncode == 2 and "overwrite" in again.stderr
+    warped = str(tmp_path / "warped.zarr")
+    proc = _cli("apply", out, small_pair.moving, small_pair.fixed, "-o", warped)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert output_status(warped) in ("foreign", "complete")  # an image group, not a scene
+
+
+@pytest.mark.slow
+def test_demo_command_reports_error_against_truth(tmp_path):
+    proc = _cli(
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        "--synthetic",
+        "--downsample",
+        "2",
+        "--fast",
+        "--scheduler",
+        "local:2",
+        "--no-progress",
+        "--no-resample",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("point error vs truth"))
+    p95 = float(line.split("p95")[1].split()[0])
+    assert p95 < 1.5, line
