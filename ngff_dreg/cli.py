@@ -38,6 +38,14 @@ Scheduler = Annotated[
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # The dashboard link is always shown, even when logging is quiet.
+    logging.getLogger("ngff_dreg.dashboard").setLevel(logging.INFO)
+    if verbose == 0:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        dash = logging.getLogger("ngff_dreg.dashboard")
+        dash.addHandler(handler)
+        dash.propagate = False
     if verbose < 2:
         for noisy in (
             "distributed",

@@ -419,7 +419,7 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
             client = stack.enter_context(Client(client))
     link = getattr(client, "dashboard_link", None)
     if link:
-        logger.info("dask dashboard: %s", link)
+        logging.getLogger("ngff_dreg.dashboard").info("dask dashboard: %s", link)
     return client
 
 
