@@ -385,38 +385,31 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
     """The dask client to use: the given one, an address, or a new LocalCluster."""
     from distributed import Client, LocalCluster
 
+    n_workers: int | None = None
     if client is None:
-        n = max(
-            1,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1,
-        )
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        n_workers = max(1, len(affinity) if affinity else os.cpu_count() or 1)
+    elif isinstance(client, str) and client.startswith("local:"):
+        try:
+            n_workers = int(client.split(":", 1)[1])
+        except ValueError:
+            n_workers = 0
+        if n_workers < 1:
+            raise ScheduleError(f"--scheduler {client!r}: expected local:N with N >= 1")
+    if n_workers is not None:
+        # One single-threaded process per core: ITK then runs one thread per task.
         cluster = stack.enter_context(
             LocalCluster(
-                n_workers=n,
+                n_workers=n_workers,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",
             )
         )
-        client = stack.enter_context(Client(cluster))
+        client = stack.enter_context(Client(cluster, set_as_default=False))
     elif isinstance(client, str):
-        if client.startswith("local:"):
-            n = int(client.split(":", 1)[1])
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=n,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",
-                )
-            )
-            client = stack.enter_context(Client(cluster))
-        else:
-            client = stack.enter_context(Client(client))
+        client = stack.enter_context(Client(client, set_as_default=False))
     link = getattr(client, "dashboard_link", None)
     if link:
         logging.getLogger("ngff_dreg.dashboard").info("dask dashboard: %s", link)
