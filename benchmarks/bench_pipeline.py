@@ -1,0 +1,504 @@
+"""ngff-dreg against whole-image elastix and itk-dreg 0.0.1, on the same data and cores.
+
+Methods (each run in its own child process, so memory and I/O are measured
+for that method alone, workers included):
+
+* ``elastix``: itk-elastix on the whole images, default rigid + affine +
+  B-spline parameter maps, ITK threads = ``--workers``.
+* ``itkdreg``: itk-dreg 0.0.1 in a separate venv (it needs numpy<2), driven by
+  ``benchmarks/itkdreg_runner.py`` (configured as its deformable example).
+  Create the venv once::
+
+      python -m venv /tmp/itkdreg-venv
+      /tmp/itkdreg-venv/bin/pip install itk-dreg==0.0.1 'numpy<2' 'itk==5.4.*' \
+          'itk-elastix==0.25.*' scipy psutil
+
+* ``ngff``: ngff-dreg, ``Schedule.default`` on a ``local:<workers>`` cluster.
+* ``ngff-fast``: the same with ``Schedule.default(..., fast=True)``.
+
+Scores: point error vs the known truth at foreground voxels (mean, median,
+p95, max; physical and voxels), NCC on the same voxels before/after
+(nearest-neighbour samples), Jacobian determinant min and folded fraction,
+registration wall time, peak RSS of the whole process tree (sampled every
+0.2 s with psutil: client + scheduler + every worker) and the largest single
+worker, and bytes read by ``read()`` calls of the process tree (``rchar`` of
+``/proc/<pid>/io``; includes library imports, excludes sockets).
+
+Other studies: ``--scaling`` (ngff-dreg per-worker peak memory and time at
+1×, 2×, 4× image edge with a fixed block size, and 1 vs 2 workers) and
+``--plan`` (graph-build time and client memory for a virtual
+20000×20000×10000 image: metadata-only Zarr arrays, no chunk written).
+
+Examples::
+
+    python benchmarks/bench_pipeline.py --quick                    # small, all methods
+    python benchmarks/bench_pipeline.py --pairs mni --methods elastix,ngff,ngff-fast
+    python benchmarks/bench_pipeline.py --scaling --plan --no-compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from data import PAIRS, BenchPair, make_pair  # noqa: E402
+
+METHODS = ("elastix", "itkdreg", "ngff", "ngff-fast")
+ITKDREG_PY = os.environ.get("ITKDREG_PYTHON", "/tmp/itkdreg-venv/bin/python")
+
+
+# ------------------------------------------------------------------ measuring
+class TreeSampler(threading.Thread):
+    """Peak RSS of a process tree (total and per child) and its read bytes."""
+
+    def __init__(self, pid: int, period: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.period = period
+        self.stop_event = threading.Event()
+        self.peak_total = 0
+        self.peak_child = 0
+        self.rchar: dict[int, int] = {}
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+                total += rss
+                if p.pid != self.root.pid:
+                    self.peak_child = max(self.peak_child, rss)
+                self.rchar[p.pid] = p.io_counters().read_chars
+            except psutil.Error:
+                continue
+        self.peak_total = max(self.peak_total, total)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.sample()
+            self.stop_event.wait(self.period)
+
+    def stop(self) -> dict[str, float]:
+        self.stop_event.set()
+        self.join()
+        return {
+            "peak_tree_mb": self.peak_total / 2**20,
+            "peak_worker_mb": self.peak_child / 2**20,
+            "read_mb": sum(self.rchar.values()) / 2**20,
+        }
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """Run ``cmd``; return (its JSON last stdout line, measured figures)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    out, err = proc.communicate()
+    figures = sampler.stop()
+    figures["process_seconds"] = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
+    return (json.loads(lines[-1]) if lines else {}), figures
+
+
+# ------------------------------------------------------------------ child modes
+def _jacobian_stats(field: np.ndarray, spacing_zyx: np.ndarray) -> dict[str, float]:
+    """det(I + grad u) for ``field`` shaped (ndim, *grid), components in NumPy order."""
+    ndim = field.shape[0]
+    grads = np.empty((ndim, ndim, *field.shape[1:]))
+    for i in range(ndim):
+        for j in range(ndim):
+            grads[i, j] = np.gradient(field[i], spacing_zyx[j], axis=j)
+    eye = np.eye(ndim).reshape(ndim, ndim, *([1] * ndim))
+    det = np.linalg.det(np.moveaxis(grads + eye, (0, 1), (-2, -1)))
+    return {"jacobian_min": float(det.min()), "folded_fraction": float((det <= 0).mean())}
+
+
+def child_elastix(fixed: str, moving: str, points: str, result: str, threads: int) -> None:
+    import itk
+    from data import _read_level
+
+    from ngff_dreg.io.multiscale import open_multiscale
+
+    fg = open_multiscale(fixed).levels[0].geometry
+    mg = open_multiscale(moving).levels[0].geometry
+
+    def image(arr: np.ndarray, g) -> object:
+        img = itk.image_from_array(np.ascontiguousarray(arr, dtype=np.float32))
+        img.SetSpacing([float(s) for s in g.spacing])
+        img.SetOrigin([float(o) for o in g.origin])
+        return img
+
+    f_img, m_img = image(_read_level(fixed), fg), image(_read_level(moving), mg)
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+    params = itk.ParameterObject.New()
+    for kind in ("rigid", "affine", "bspline"):
+        params.AddParameterMap(itk.ParameterObject.GetDefaultParameterMap(kind))
+    t0 = time.perf_counter()
+    _, result_params = itk.elastix_registration_method(
+        f_img, m_img, parameter_object=params, log_to_console=False,
+        number_of_threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        field_img = itk.transformix_deformation_field(m_img, result_params, output_directory=tmp)
+    seconds = time.perf_counter() - t0
+    from scipy import ndimage
+
+    field = np.moveaxis(np.asarray(itk.array_from_image(field_img), dtype=np.float64), -1, 0)
+    field = field[::-1]  # components z, y, x
+    pts = np.load(points)
+    idx = fg.physical_to_index(pts)[:, ::-1]
+    disp = np.stack([ndimage.map_coordinates(c, idx.T, order=1, mode="nearest")
+                     for c in field])
+    mapped = pts + disp[::-1].T
+    stats = _jacobian_stats(field, np.asarray(fg.spacing[::-1]))
+    np.save(result, mapped)
+    print(json.dumps({"seconds": seconds, **stats}))
+
+
+def child_ngff(fixed: str, moving: str, points: str, result: str, workers: int, fast: bool,
+               block: int | None) -> None:
+    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.pipeline import register
+    from ngff_dreg.plan import Schedule
+
+    geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]
+    sched = Schedule.default(geoms, fast=fast)
+    if block:
+        for st in sched.stages:
+            st.block_size = block
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = register(fixed, moving, str(Path(tmp) / "out.zarr"), schedule=sched,
+                       client=f"local:{workers}", progress=False, overwrite=True)
+        seconds = time.perf_counter() - t0
+        mapped = res.transforms.transform.transform_points(np.load(points))
+    rep = res.transforms.report or {}
+    np.save(result, mapped)
+    print(json.dumps({
+        "seconds": seconds,
+        "jacobian_min": rep.get("jacobian_min"),
+        "folded_fraction": rep.get("folded_fraction"),
+        "stages": [[r.name, r.fixed_level, r.seconds] for r in res.levels],
+        "blocks": [int(np.asarray(r.status).size) for r in res.levels if r.status is not None],
+    }))
+
+
+# ------------------------------------------------------------------ scoring
+def _sample_nearest(url: str, idx_zyx: np.ndarray) -> np.ndarray:
+    from ngff_dreg.io.multiscale import open_multiscale
+
+    arr = open_multiscale(url).open_array(0)
+    shape = np.asarray(arr.shape[-idx_zyx.shape[1]:])
+    lead = (0,) * (arr.ndim - idx_zyx.shape[1])
+    r = np.clip(np.rint(idx_zyx).astype(int), 0, shape - 1)
+    inside = np.all((idx_zyx >= -0.5) & (idx_zyx <= shape - 0.5), axis=1)
+    sel = tuple(np.full(len(r), v) for v in lead) + tuple(r.T)
+    vals = np.asarray(arr.vindex[sel], dtype=np.float64)
+    return np.where(inside, vals, 0.0)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def score(pair: BenchPair, pts: np.ndarray, truth: np.ndarray, mapped: np.ndarray,
+          fixed_vals: np.ndarray, mg) -> dict[str, float]:
+    err = np.linalg.norm(mapped - truth, axis=1)
+    vox = err / min(pair.geometry.spacing)
+    moved = _sample_nearest(pair.moving, mg.physical_to_index(mapped)[:, ::-1])
+    return {
+        "mean": float(err.mean()), "median": float(np.median(err)),
+        "p95": float(np.percentile(err, 95)), "max": float(err.max()),
+        "mean_vox": float(vox.mean()), "p95_vox": float(np.percentile(vox, 95)),
+        "max_vox": float(vox.max()),
+        "ncc_after": _ncc(fixed_vals, moved),
+    }
+
+
+def _to_mha(url: str, path: Path) -> None:
+    import itk
+    from data import _read_level
+
+    from ngff_dreg.io.multiscale import open_multiscale
+
+    g = open_multiscale(url).levels[0].geometry
+    img = itk.image_from_array(_read_level(url))
+    img.SetSpacing([float(s) for s in g.spacing])
+    img.SetOrigin([float(o) for o in g.origin])
+    itk.imwrite(img, str(path), compression=False)
+
+
+def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
+            itkdreg_block: int) -> list[dict]:
+    from ngff_dreg.io.multiscale import open_multiscale
+
+    pts = pair.geometry.array_index_to_physical(pair.eval_index)
+    truth = pair.truth_points(pts)
+    pts_file = work / f"{pair.name.replace('/', '_')}-points.npy"
+    np.save(pts_file, pts)
+    mg = open_multiscale(pair.moving).levels[0].geometry
+    fixed_vals = _sample_nearest(pair.fixed, pair.eval_index)
+    before = score(pair, pts, truth, pts, fixed_vals, mg)
+    rows = [{"pair": pair.name, "method": "identity", **before, "ncc_before": before["ncc_after"]}]
+    me = str(Path(__file__).resolve())
+    for method in methods:
+        res_file = work / f"{pair.name.replace('/', '_')}-{method}.npy"
+        if method == "itkdreg":
+            if pair.geometry.ndim != 3:
+                print(f"  itk-dreg is 3D only: skipped on {pair.name}")
+                continue
+            if not Path(ITKDREG_PY).exists():
+                print(f"  {ITKDREG_PY} missing: itk-dreg skipped (see the module docstring)")
+                continue
+            fm, mm = work / "fixed.mha", work / "moving.mha"
+            _to_mha(pair.fixed, fm)
+            _to_mha(pair.moving, mm)
+            npz = res_file.with_suffix(".npz")
+            cmd = [ITKDREG_PY, str(HERE / "itkdreg_runner.py"), str(fm), str(mm), str(pts_file),
+                   str(npz), "--block", str(itkdreg_block), "--threads", str(workers)]
+        elif method == "elastix":
+            cmd = [sys.executable, me, "--child", "elastix", pair.fixed, pair.moving,
+                   str(pts_file), str(res_file), "--workers", str(workers)]
+        else:
+            cmd = [sys.executable, me, "--child", method, pair.fixed, pair.moving,
+                   str(pts_file), str(res_file), "--workers", str(workers)]
+        print(f"  running {method} on {pair.name} ...", flush=True)
+        try:
+            info, figs = run_measured(cmd)
+        except RuntimeError as exc:
+            print(f"  {method} failed: {exc}")
+            continue
+        mapped = np.load(npz)["mapped"] if method == "itkdreg" else np.load(res_file)
+        row = {"pair": pair.name, "method": method, **score(pair, pts, truth, mapped,
+                                                             fixed_vals, mg),
+               "ncc_before": before["ncc_after"], **figs, **info}
+        rows.append(row)
+        print(f"    {method}: p95 {row['p95']:.3f}, {row['seconds']:.1f} s, "
+              f"tree {row['peak_tree_mb']:.0f} MB", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------ scaling + plan
+def scaling(root: Path, base: int, block: int, work: Path) -> list[dict]:
+    rows = []
+    me = str(Path(__file__).resolve())
+    for factor, workers in ((1, 2), (2, 2), (4, 2), (2, 1)):
+        edge = base * factor
+        pair = make_pair("big", root, edge=edge)
+        pts = pair.geometry.array_index_to_physical(pair.eval_index[:2000])
+        pts_file = work / f"scale{edge}-points.npy"
+        np.save(pts_file, pts)
+        res_file = work / f"scale{edge}-{workers}.npy"
+        cmd = [sys.executable, me, "--child", "ngff-fast", pair.fixed, pair.moving,
+               str(pts_file), str(res_file), "--workers", str(workers), "--block", str(block)]
+        print(f"  scaling: edge {edge}, {workers} worker(s) ...", flush=True)
+        info, figs = run_measured(cmd)
+        err = np.linalg.norm(np.load(res_file) - pair.truth_points(pts), axis=1)
+        rows.append({"edge": edge, "workers": workers, "block": block, **figs,
+                     "seconds": info["seconds"], "p95": float(np.percentile(err, 95)),
+                     "blocks": info.get("blocks")})
+    return rows
+
+
+class _NoGraphReduce:
+    """A reduce without ``build_graph``: the engine only plans the block graph."""
+
+    def __call__(self, block_results, fixed_reader_ctor, initial_transform, **kwargs):
+        raise RuntimeError("planning only")
+
+
+def plan_virtual(work: Path, shape=(10000, 20000, 20000), block: int = 512) -> dict:
+    import psutil
+    import zarr
+
+    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.methods import ItkLinearRegistration
+    from ngff_dreg.schedule import register_images
+    from ngff_dreg.transforms import AffineTransform
+
+    proc = psutil.Process()
+    urls = []
+    for name in ("fixed", "moving"):
+        url = str(work / f"virtual-{name}.ome.zarr")
+        root = zarr.open_group(url, mode="w", zarr_format=3)
+        datasets = []
+        for lvl in range(4):
+            f = 2**lvl
+            root.create_array(f"s{lvl}", shape=tuple(-(-s // f) for s in shape),
+                              chunks=(128, 128, 128), dtype="uint16", fill_value=0)
+            datasets.append({"path": f"s{lvl}", "coordinateTransformations": [
+                {"type": "scale", "scale": [float(f)] * 3}]})
+        root.attrs["ome"] = {"version": "0.5", "multiscales": [{
+            "name": name,
+            "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+            "datasets": datasets}]}
+        urls.append(url)
+    rss0 = proc.memory_info().rss
+    t0 = time.perf_counter()
+    plan = register_images(
+        fixed_reader_ctor=OMEZarrReaderConstructor(urls[0]),
+        moving_reader_ctor=OMEZarrReaderConstructor(urls[1]),
+        block_registration_method=ItkLinearRegistration(kind="translation"),
+        reduce_method=_NoGraphReduce(),
+        initial_transform=AffineTransform.identity(3),
+        fixed_chunk_size=(block,) * 3,
+        overlap_factors=0.25,
+    )
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    nchunks = plan.fixed_da.npartitions
+    da_seconds = time.perf_counter() - t1
+    return {"shape": "×".join(map(str, shape)), "block": block, "blocks": len(plan.blocks),
+            "fixed_da_chunks": nchunks, "graph_tasks": len(plan.registration_result.dask),
+            "plan_seconds": seconds, "fixed_da_seconds": da_seconds,
+            "client_rss_growth_mb": (proc.memory_info().rss - rss0) / 2**20,
+            "client_rss_mb": proc.memory_info().rss / 2**20}
+
+
+# ------------------------------------------------------------------ output
+def versions() -> dict[str, str]:
+    out = {}
+    for d in ("ngff-dreg", "itk", "itk-elastix", "zarr", "dask", "distributed", "numpy"):
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            out[d] = "-"
+    out["python"] = platform.python_version()
+    return out
+
+
+def fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(c[1] for c in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for key, _, f in cols:
+            v = r.get(key)
+            cells.append("–" if v is None else (format(v, f) if f else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COMPARE_COLS = [("pair", "pair", ""), ("method", "method", ""), ("mean", "mean", ".3f"),
+                ("median", "median", ".3f"), ("p95", "p95", ".3f"), ("max", "max", ".2f"),
+                ("p95_vox", "p95 vox", ".2f"), ("ncc_before", "NCC before", ".3f"),
+                ("ncc_after", "NCC after", ".3f"), ("jacobian_min", "det J min", ".3f"),
+                ("folded_fraction", "folded", ".4f"), ("seconds", "time s", ".1f"),
+                ("peak_tree_mb", "tree MB", ".0f"), ("peak_worker_mb", "max child MB", ".0f"),
+                ("read_mb", "read MB", ".0f"), ("vs_elastix", "× faster than elastix", ".2f"),
+                ("vs_itkdreg", "× faster than itk-dreg", ".2f")]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    by = {(r["pair"], r["method"]): r for r in rows}
+    for r in rows:
+        if r["method"] == "identity":
+            continue
+        for ref, key in (("elastix", "vs_elastix"), ("itkdreg", "vs_itkdreg")):
+            other = by.get((r["pair"], ref))
+            if other and other.get("seconds") and r.get("seconds"):
+                r[key] = other["seconds"] / r["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", nargs=5, metavar=("MODE", "FIXED", "MOVING", "POINTS", "RESULT"))
+    ap.add_argument("--pairs", default="mni,2d,stereo", help=f"comma list of {PAIRS}")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--block", type=int, default=None, help="ngff-dreg block size override")
+    ap.add_argument("--itkdreg-block", type=int, default=48)
+    ap.add_argument("--quick", action="store_true", help="reduced sizes")
+    ap.add_argument("--no-compare", action="store_true")
+    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--scaling-base", type=int, default=None)
+    ap.add_argument("--plan", action="store_true")
+    ap.add_argument("--root", type=Path, default=Path("/tmp/ngff-dreg-bench"))
+    ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = ap.parse_args()
+
+    if args.child:
+        mode, fixed, moving, points, result = args.child
+        if mode == "elastix":
+            child_elastix(fixed, moving, points, result, args.workers)
+        else:
+            child_ngff(fixed, moving, points, result, args.workers, mode == "ngff-fast",
+                       args.block)
+        return
+
+    args.root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.root))
+    sections = []
+    load = os.getloadavg()
+    if not args.no_compare:
+        rows: list[dict] = []
+        for name in args.pairs.split(","):
+            pair = make_pair(name.strip(), args.root, quick=args.quick)
+            print(f"{pair.name}: {pair.description}", flush=True)
+            rows += compare(pair, args.methods.split(","), args.workers, work,
+                            args.itkdreg_block)
+        add_ratios(rows)
+        table = fmt_table(rows, COMPARE_COLS)
+        print(table)
+        sections.append("## Accuracy, time, memory, I/O\n\n" + table)
+        (work / "compare.json").write_text(json.dumps(rows, indent=1, default=str))
+    if args.scaling:
+        base = args.scaling_base or (48 if args.quick else 128)
+        srows = scaling(args.root, base, 64 if args.quick else 96, work)
+        table = fmt_table(srows, [("edge", "edge", ""), ("workers", "workers", ""),
+                                  ("block", "block", ""), ("blocks", "blocks", ""),
+                                  ("seconds", "time s", ".1f"),
+                                  ("peak_worker_mb", "peak per worker MB", ".0f"),
+                                  ("peak_tree_mb", "tree MB", ".0f"),
+                                  ("read_mb", "read MB", ".0f"), ("p95", "p95", ".3f")])
+        print(table)
+        sections.append("## Scaling (ngff-dreg fast schedule, fixed block size)\n\n" + table)
+    if args.plan:
+        prow = plan_virtual(work)
+        table = fmt_table([prow], [(k, k, ".3f" if isinstance(v, float) else "")
+                                   for k, v in prow.items()])
+        print(table)
+        sections.append("## Planning a virtual image\n\n" + table)
+    header = (
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+        f"({os.cpu_count()} cores, {platform.platform()}), load average before "
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, after "
+        f"{os.getloadavg()[0]:.2f}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + f".\n\nCommand: `python benchmarks/bench_pipeline.py {' '.join(sys.argv[1:])}`"
+    )
+    out = "\n\n".join([header, *sections]) + "\n"
+    (work / "results-section.md").write_text(out)
+    print(f"\nraw results in {work}")
+
+
+if __name__ == "__main__":
+    main()
