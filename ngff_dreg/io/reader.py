@@ -30,6 +30,7 @@ from ngff_dreg.io.stores import (
     redact_options,
     redact_url,
 )
+from ngff_dreg.validate import check_float32_precision
 
 __all__ = ["OMEZarrReaderConstructor", "OMEZarrReader"]
 
@@ -263,6 +264,10 @@ class OMEZarrReader:
         StoreAccessError
             The store still failed after every retry (the message names the
             array URL and the box).
+        InvalidInputDataError
+            Wide-dtype values (``int64``, ``float64``...) whose contrast would
+            not survive the conversion to ``float32``
+            (:func:`ngff_dreg.validate.check_float32_precision`).
 
         """
         shape = self.shape
@@ -285,7 +290,9 @@ class OMEZarrReader:
             lambda: map_store_errors(url, what, lambda: arr[tuple(sel)]),
             f"{redact_url(url)}: {what}",
         )
-        return np.asarray(out)
+        data = np.asarray(out)
+        check_float32_precision(data, f"{redact_url(url)} box {box.start}-{box.stop}")
+        return data
 
     # -- ITK-like API -------------------------------------------------------
     def GetOutput(self) -> Any:
