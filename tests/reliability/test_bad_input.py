@@ -169,7 +169,7 @@ def test_missing_level_is_found_by_the_up_front_check(small_pair: Any) -> None:
     from ngff_dreg.validate import check_schedule_levels
 
     geoms = [lv.geometry for lv in open_multiscale(small_pair.fixed).levels]
-    ok = Schedule(GlobalStage(level=0), [BlockStage(level=1), BlockStage(level="1mm")])
+    ok = Schedule(GlobalStage(level=0), [BlockStage(level=1), BlockStage(level=1.0)])
     assert check_schedule_levels(ok, geoms, small_pair.fixed) == [1, 0]
     bad = Schedule(GlobalStage(level=0), [BlockStage(level=0), BlockStage(level=7)])
     with pytest.raises(LevelNotFoundError, match=r"fixed\.ome\.zarr has no level 7"):
