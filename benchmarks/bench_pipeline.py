@@ -161,8 +161,7 @@ def child_elastix(fixed: str, moving: str, points: str, result: str, threads: in
         params.AddParameterMap(itk.ParameterObject.GetDefaultParameterMap(kind))
     t0 = time.perf_counter()
     _, result_params = itk.elastix_registration_method(
-        f_img, m_img, parameter_object=params, log_to_console=False,
-        number_of_threads=threads)
+        f_img, m_img, parameter_object=params, log_to_console=False)
     with tempfile.TemporaryDirectory() as tmp:
         field_img = itk.transformix_deformation_field(m_img, result_params, output_directory=tmp)
     seconds = time.perf_counter() - t0
