@@ -199,7 +199,7 @@ def stereo_pair(out: Path, *, n_eval: int = 20000, seed: int = 0) -> BenchPair:
     left = rgb2gray(left).astype(np.float32)
     right = rgb2gray(right).astype(np.float32)
     disp = np.asarray(disp, dtype=np.float64)
-    geometry = ImageGeometry(left.shape, (1.0, 1.0), (0.0, 0.0), unit="pixel")
+    geometry = ImageGeometry(left.shape, (1.0, 1.0), (0.0, 0.0), unit=None)  # pixels
     out.mkdir(parents=True, exist_ok=True)
     fixed_url, moving_url = str(out / "left.ome.zarr"), str(out / "right.ome.zarr")
     for url, data in ((fixed_url, left), (moving_url, right)):
