@@ -105,8 +105,8 @@ def test_report_files_and_figures(page, registered):
 
 def test_report_renders_in_headless_chromium(page, tmp_path):
     exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    # .ci/run installs Chromium; a missing browser is a set-up failure, not a skip.
+    assert exe is not None, "chromium is not installed (apt-get install -y chromium)"
     probe = page.parent / "_probe.html"
     probe.write_text(
         page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8"
