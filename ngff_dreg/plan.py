@@ -218,21 +218,41 @@ class Schedule:
 
         Global rigid+affine on the coarsest level with ≥ 48 voxels per axis,
         then B-spline blocks on up to two finer levels ending at level 0
-        (``fast``: one block level, translation + B-spline at coarser settings).
+        (``fast``: the finest block level only, coarser grid, fewer iterations).
+
+        The coarser block level carries most of the deformation: control
+        points every 12 of its voxels, two in-block resolutions and a light
+        bending penalty. The finest level refines it: control points every 16
+        voxels (elastix's default final grid), one resolution, a stronger
+        bending penalty. Every block checks its metric on fresh samples and is
+        refused (filled from its neighbours) when the fit did not improve it.
         """
         g_level = default_global_level(fixed_levels, 48)
         finer = list(range(g_level - 1, -1, -1))
         block_levels = finer[-2:] if finer else [0]
+        if fast:
+            block_levels = block_levels[-1:]
         stages = []
         for i, lvl in enumerate(block_levels):
             finest = i == len(block_levels) - 1
-            shape = fixed_levels[lvl].shape
-            block = _default_block(shape)
-            opts: dict[str, Any] = {"mesh_size": 3 if not finest else 4}
+            geom = fixed_levels[lvl]
+            spacing = float(max(geom.spacing))
+            opts: dict[str, Any] = {"ridge": 0.01, "validation_samples": 20000}
+            if finest and len(block_levels) > 1:
+                opts.update(
+                    control_point_spacing=16.0 * spacing,
+                    shrink_factors=[1],
+                    smoothing_sigmas=[0.0],
+                    iterations=20,
+                    bending=0.1,
+                )
+            else:
+                cps = (16.0 if fast else 12.0) * spacing
+                opts.update(control_point_spacing=cps, bending=0.01)
             stages.append(
                 BlockStage(
                     level=lvl,
-                    block_size=block,
+                    block_size=_default_block(geom.shape),
                     overlap=0.5,
                     method="bspline",
                     method_options=opts,
@@ -240,8 +260,7 @@ class Schedule:
                 )
             )
         if fast:
-            stages = stages[-1:]
-            stages[0].method_options = {"mesh_size": 3, "iterations": 20}
+            stages[0].method_options.update(iterations=20)
         return cls(global_stage=GlobalStage(level=g_level), stages=stages)
 
 
@@ -254,9 +273,14 @@ def _known(klass: type, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _default_block(shape: Sequence[int]) -> int:
-    """About 8–64 blocks per level, 48–128 voxels a side."""
+    """About 2-3 blocks per axis on small levels, 48–128 voxels a side.
+
+    Big blocks keep the per-block overhead (reads, resampling, reduction) low
+    and leave few thin edge blocks; the B-spline grid inside a block, not the
+    block size, sets how fine the deformation can be.
+    """
     edge = float(np.prod(shape)) ** (1.0 / len(shape))
-    return int(min(128, max(48, 16 * round(edge / 3 / 16))))
+    return int(min(128, max(48, 16 * round(edge / 2 / 16))))
 
 
 def default_global_level(levels: Sequence[ImageGeometry], min_size: int = 48) -> int:

@@ -92,6 +92,22 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
         block diagonal are reported LOW_QUALITY.
     seed:
         Seed of the random metric sampling.
+    engine:
+        ``"numpy"`` (default; correlation and mean squares) or ``"itk"``.
+    bending:
+        Weight of the bending penalty (mean squared second difference of the
+        control-point coefficients), relative to the metric's curvature for a
+        one-unit shift of the block (``"numpy"`` engine). Keeps the grid
+        smooth where the samples carry little gradient.
+    ridge:
+        Weight of a penalty on the coefficients themselves (same scaling),
+        pulling control points with little support toward the initial
+        transform.
+    validation_samples:
+        Fresh full-resolution samples on which the unregularised metric is
+        compared before and after the fit (``"numpy"`` engine; 0: no check).
+        A fit that does not improve it is reported LOW_QUALITY, so the
+        reduction fills the block from its neighbours.
 
     """
 
@@ -109,6 +125,9 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
     max_displacement_fraction: float = 0.25
     seed: int = 20240601
     engine: str = "numpy"
+    bending: float = 0.0
+    ridge: float = 0.0
+    validation_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -221,7 +240,7 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
         n_samples = self.number_of_samples
         if self.sampling_percentage is not None:
             n_samples = int(self.sampling_percentage * fixed_arr.size)
-        params, value, evaluations = _fast_bspline_fit(
+        fit = _fast_bspline_fit(
             transform,
             fixed_arr,
             warped,
@@ -234,9 +253,17 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
             iterations=self.iterations,
             bound=bound,
             seed=self.seed,
+            bending=float(self.bending),
+            ridge=float(self.ridge),
+            validation_samples=int(self.validation_samples),
         )
-        transform.SetParameters(itk.OptimizerParameters[itk.D](params.tolist()))
-        return value, f"numpy: {evaluations} evaluations"
+        transform.SetParameters(itk.OptimizerParameters[itk.D](fit.params.tolist()))
+        note = f"numpy: {fit.evaluations} evaluations"
+        if fit.before is not None and fit.after is not None:
+            note += f", validation metric {fit.before:.6g} -> {fit.after:.6g}"
+            if not fit.after < fit.before:
+                return None, "no improvement: " + note
+        return fit.value, note
 
     def __call__(
         self,
@@ -275,9 +302,12 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
         if self.engine == "numpy" and self.metric != "mattes":
             value, note = self._fit_numpy(fixed, moving, initial, transform, geom)
             if value is None:
-                return failure(
-                    BlockRegStatus.OUT_OF_BOUNDS, f"block {block_info.chunk_index}: {note}"
+                status = (
+                    BlockRegStatus.LOW_QUALITY
+                    if note.startswith("no improvement")
+                    else BlockRegStatus.OUT_OF_BOUNDS
                 )
+                return failure(status, f"block {block_info.chunk_index}: {note}")
         else:
             value, note = self._fit_itk(fixed, moving, initial, transform, geom)
         params = np.asarray(transform.GetParameters(), dtype=np.float64)
@@ -426,11 +456,15 @@ class _Objective:
         self.origin = origin
         self.shape = shape
         self.evaluations = 0
+        self.penalty: Any = None
+        # the optimiser sees (metric + penalty) / scale: in units of squared
+        # displacement, its tolerances do not depend on the image contrast
+        self.scale = 1.0
 
-    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+    def data_term(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Metric and gradient, without the regulariser."""
         from scipy import ndimage
 
-        self.evaluations += 1
         ndim = self.points.shape[1]
         c = x.reshape(ndim, -1).T
         q = self.points + self.weights @ c
@@ -449,6 +483,88 @@ class _Objective:
         val, du = _metric_and_gradient(self.metric, self.fixed_values, w_vals, g_phys)
         return val, (self.weights_t @ du).T.ravel()
 
+    def curvature(self) -> float:
+        """Metric curvature for a uniform 1-unit shift of every sample (per axis).
+
+        Scales the regulariser so that its weight means the same whatever the
+        image contrast, metric or sample count: ``penalty = 1`` costs as much
+        as shifting the whole block by about one physical unit.
+        """
+        ndim = self.points.shape[1]
+        cidx = ((self.points - self.origin) @ self.to_index.T)[:, ::-1]
+        from scipy import ndimage
+
+        g = np.stack(
+            [ndimage.map_coordinates(gr, cidx.T, order=1, mode="nearest") for gr in self.gradients],
+            axis=1,
+        ) @ self.dindex
+        g2 = float(np.mean(np.sum(g * g, axis=1))) / ndim
+        if self.metric == "meansquares":
+            return 2.0 * g2
+        var = float(np.var(self.fixed_values)) or 1e-30
+        return g2 / var
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        self.evaluations += 1
+        val, grad = self.data_term(x)
+        if self.penalty is not None:
+            pval, pgrad = self.penalty(x)
+            val, grad = val + pval, grad + pgrad
+        return val / self.scale, grad / self.scale
+
+
+def _smoothness_operator(grid_size: Sequence[int], bending: float, ridge: float) -> Any:
+    """Sparse ``Q`` of the quadratic smoothness penalty ``c.T Q c``.
+
+    ``bending`` x the mean squared second difference of the control-point
+    coefficients along each grid axis, plus ``ridge`` x their mean square
+    (``grid_size`` in ITK order, ``x`` fastest).
+    """
+    from scipy import sparse
+
+    sizes = [int(n) for n in grid_size]
+    n = int(np.prod(sizes))
+    q = sparse.csr_matrix((n, n))
+    if bending > 0:
+        ops = []
+        for a, m in enumerate(sizes):
+            if m < 3:
+                continue
+            d2 = sparse.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(m - 2, m))
+            op = sparse.identity(1, format="csr")
+            for b in range(len(sizes) - 1, -1, -1):  # slowest axis first
+                op = sparse.kron(op, d2 if b == a else sparse.identity(sizes[b]), format="csr")
+            ops.append(op)
+        if ops:
+            big = sparse.vstack(ops, format="csr")
+            q = q + (bending / big.shape[0]) * (big.T @ big)
+    if ridge > 0:
+        q = q + (ridge / n) * sparse.identity(n, format="csr")
+    return q.tocsr()
+
+
+class _Penalty:
+    """``scale * sum_d c_d.T Q c_d`` and its gradient (ITK parameter layout)."""
+
+    def __init__(self, q: Any, scale: float, ndim: int) -> None:
+        self.q = q
+        self.scale = float(scale)
+        self.ndim = ndim
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        c = x.reshape(self.ndim, -1).T
+        qc = self.q @ c
+        return self.scale * float(np.sum(c * qc)), (2.0 * self.scale * qc).T.ravel()
+
+
+@dataclass
+class _FitResult:
+    params: np.ndarray
+    value: float
+    evaluations: int
+    before: float | None = None
+    after: float | None = None
+
 
 def _fast_bspline_fit(
     transform: Any,
@@ -464,37 +580,59 @@ def _fast_bspline_fit(
     iterations: int,
     bound: float,
     seed: int,
-) -> tuple[np.ndarray, float, int]:
+    bending: float = 0.0,
+    ridge: float = 0.0,
+    validation_samples: int = 0,
+) -> _FitResult:
     """Fit the B-spline coefficients so that ``warped(x + u(x)) ≈ fixed(x)``.
 
     ``fixed`` and ``warped`` are arrays on the same grid (``geom``), the moving
-    image already resampled through the initial transform. Returns the
-    parameters (ITK layout), the final metric and the number of evaluations.
+    image already resampled through the initial transform. The metric is
+    regularised by ``bending`` (mean squared second difference of the control
+    points) and ``ridge`` (mean squared coefficient), both scaled by the
+    metric's curvature so that they weigh the same on any contrast: where the
+    samples carry little gradient the control points stay smooth and near the
+    initial transform. With ``validation_samples``, the unregularised metric
+    is also measured on fresh full-resolution samples before and after.
     """
     from scipy import ndimage, optimize
 
     rng = np.random.default_rng(seed)
+    ndim = geom.ndim
     n_params = int(transform.GetNumberOfParameters())
     coeffs = np.zeros(n_params)
     to_index = np.linalg.inv(geom.index_to_physical_matrix)  # physical -> ITK index
     origin = np.asarray(geom.origin)
     shape = np.asarray(fixed.shape)
+    grid_size = np.asarray(transform.GetFixedParameters(), dtype=np.float64)[:ndim].astype(int)
+    q = _smoothness_operator(grid_size, bending, ridge) if bending > 0 or ridge > 0 else None
     value = float("nan")
     evaluations = 0
-    for factor, sigma in zip(shrink_factors, smoothing_sigmas):
+
+    def objective(factor: int, sigma: float, count: int) -> _Objective | None:
         f_img, w_img = _level_images(fixed, warped, valid, float(sigma))
         grads = np.gradient(w_img)  # NumPy order, per voxel
-        idx = _sample_lattice(fixed.shape, int(factor), samples, rng)
+        idx = _sample_lattice(fixed.shape, int(factor), count, rng)
         idx = idx[valid[tuple(idx.T)]]
         if idx.shape[0] < 16:
-            break
+            return None
         # Off-grid samples: at voxel centres every sample would sit on a kink of
         # the linear interpolant at once and stall the line search.
-        cidx = np.clip(idx + rng.uniform(-0.5, 0.5, idx.shape), 0, np.asarray(fixed.shape) - 1)
+        cidx = np.clip(idx + rng.uniform(-0.5, 0.5, idx.shape), 0, shape - 1)
         f_vals = ndimage.map_coordinates(f_img, cidx.T, order=1, mode="nearest")
         pts = geom.array_index_to_physical(cidx)
         weights = bspline_weight_matrix(transform, pts)
-        fun = _Objective(metric, pts, weights, w_img, grads, f_vals, to_index, origin, shape)
+        return _Objective(metric, pts, weights, w_img, grads, f_vals, to_index, origin, shape)
+
+    for factor, sigma in zip(shrink_factors, smoothing_sigmas):
+        fun = objective(int(factor), float(sigma), samples)
+        if fun is None:
+            break
+        curvature = fun.curvature()
+        if curvature > 0 and math.isfinite(curvature):
+            fun.scale = curvature
+            if q is not None:
+                fun.penalty = _Penalty(q, curvature, ndim)
         res = optimize.minimize(
             fun,
             coeffs,
@@ -505,5 +643,11 @@ def _fast_bspline_fit(
         )
         evaluations += fun.evaluations
         coeffs = np.asarray(res.x, dtype=np.float64)
-        value = float(res.fun)
-    return coeffs, value, evaluations
+        value = float(res.fun) * fun.scale
+    out = _FitResult(coeffs, value, evaluations)
+    if validation_samples > 0:
+        check = objective(1, 0.0, validation_samples)
+        if check is not None:
+            out.before = check.data_term(np.zeros(n_params))[0]
+            out.after = check.data_term(coeffs)[0]
+    return out
