@@ -351,6 +351,22 @@ def _mark_root_incomplete(
     root.attrs.put({MARKER_KEY: {"status": "incomplete", "version": 1}})
 
 
+def _set_root_status(output: str, storage_options: Mapping[str, Any] | None, status: str) -> None:
+    """Set the output's completion marker, keeping the rest of its attributes."""
+    import zarr
+
+    from ngff_dreg.io.field_writer import MARKER_KEY
+    from ngff_dreg.io.stores import open_store
+
+    store = open_store(output, storage_options, read_only=False)
+    root = zarr.open_group(store=store, mode="r+")
+    attrs = root.attrs.asdict()
+    marker = dict(attrs.get(MARKER_KEY) or {})
+    marker["status"] = status
+    attrs[MARKER_KEY] = marker
+    root.attrs.put(attrs)
+
+
 def _same_location(a: str, b: str) -> bool:
     def norm(u: str) -> str:
         if "://" not in u or u.startswith("file://"):
@@ -517,6 +533,9 @@ def register(
     if not schedule.stages:
         raise ScheduleError("the schedule has no block stage")
     _check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], initial_transform)
+    from ngff_dreg.validate import check_schedule_levels
+
+    check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
 
     def ctor(url: str, opts: Any, level: int) -> OMEZarrReaderConstructor:
         return OMEZarrReaderConstructor(
@@ -630,6 +649,11 @@ def register(
         timings["global"] = reports[-1].seconds if reports else 0.0
 
         # ---- block stages
+        last_key = f"stage_{len(schedule.stages) - 1}"
+        if same_run and last_key in done and state == "incomplete":
+            # Every stage finished earlier; only the resample was interrupted (it marks
+            # the finished scene incomplete while it writes).
+            _set_root_status(output, o_opts, "complete")
         final: Any = None
         last_status: Any = np.zeros((0,), dtype=np.int8)
         for i, stage in enumerate(schedule.stages):
@@ -724,6 +748,8 @@ def register(
             from ngff_dreg.io.stores import join_url
 
             t0 = time.perf_counter()
+            # Until the image is written the output as a whole is incomplete.
+            _set_root_status(output, o_opts, "incomplete")
             apply_transform(
                 moving,
                 fixed,
@@ -738,6 +764,7 @@ def register(
             )
             manifest["resampled"] = True
             ckpt.write(manifest)
+            _set_root_status(output, o_opts, "complete")
             timings["resample"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     assert final is not None

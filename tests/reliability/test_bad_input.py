@@ -176,13 +176,6 @@ def test_missing_level_is_found_by_the_up_front_check(small_pair: Any) -> None:
         check_schedule_levels(bad, geoms, small_pair.fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: register() resolves block-stage levels only inside the stage loop, after the "
-    "global stage ran and the output was marked incomplete. Fix: call "
-    "ngff_dreg.validate.check_schedule_levels() before _mark_root_incomplete (see report); "
-    "then remove this marker.",
-)
 def test_missing_schedule_level_leaves_no_output(
     small_pair: Any, tmp_path: Path, dask_client: Any
 ) -> None:

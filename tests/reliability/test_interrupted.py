@@ -97,11 +97,9 @@ def test_killed_run_is_recognisable_and_a_rerun_completes_it(
         with pytest.raises(IncompleteOutputError):
             read_transform(str(out))
     else:
-        # The transform was finished before the resample began: complete and valid...
-        assert state == "complete", state
-        tx = read_transform(str(out))
-        assert field_difference(tx, reference.transforms.transform, small_pair) < 1e-3
-        # ...while the half-written image has no multiscale metadata yet: unreadable, not wrong.
+        # The output as a whole is incomplete until the resampled image is written...
+        assert state == "incomplete", state
+        # ...the half-written image has no multiscale metadata yet: unreadable, not wrong.
         with pytest.raises(NgffDregError):
             open_multiscale(str(out / "moving_resampled"))
     finished_before = {
