@@ -187,6 +187,12 @@ def register(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Skip blocks whose voxels are below this.")
     ] = None,
+    fixed_mask: Annotated[
+        str | None, typer.Option("--fixed-mask", help="OME-Zarr label image masking FIXED.")
+    ] = None,
+    moving_mask: Annotated[
+        str | None, typer.Option("--moving-mask", help="OME-Zarr label image masking MOVING.")
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     verbose: Verbose = 0,
 ) -> None:
@@ -214,6 +220,8 @@ def register(
             overwrite=overwrite,
             progress=progress,
             signal_threshold=threshold,
+            fixed_mask=fixed_mask,
+            moving_mask=moving_mask,
         )
         _print_summary(result)
         typer.echo(f"transform written to {output}")

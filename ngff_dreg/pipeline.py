@@ -448,6 +448,8 @@ def register(
     overwrite: bool = False,
     progress: bool = True,
     signal_threshold: float | None = None,
+    fixed_mask: str | None = None,
+    moving_mask: str | None = None,
     channel: int = 0,
     time_index: int = 0,
     on_stage_done: Any = None,
@@ -486,6 +488,11 @@ def register(
     signal_threshold:
         Fixed blocks with under 5 % of voxels above this value are skipped
         as background.
+    fixed_mask, moving_mask:
+        URLs of OME-Zarr label/mask images (e.g. ``fixed.ome.zarr/labels/brain``)
+        in the same physical space as their image; blocks outside the masks are
+        skipped (``NO_SIGNAL``) before any moving voxel is read. Their storage
+        options are those of the fixed/moving image.
     channel, time_index:
         Index of the channel / time point to register.
     on_stage_done:
@@ -562,6 +569,7 @@ def register(
             "time": time_index,
             "initial": repr(_as_affine(initial_transform, ndim, f_opts)),
             "threshold": signal_threshold,
+            "masks": [fixed_mask, moving_mask],
         }
     )
     ckpt = _Checkpoints(output, o_opts)
@@ -584,7 +592,21 @@ def register(
 
     reports: list[StageReport] = []
     timings: dict[str, float] = {}
-    block_options = BlockOptions(signal_threshold=signal_threshold)
+    mask_levels = {
+        name: (url, opts, [lvl.geometry for lvl in open_multiscale(url, opts, unit=unit).levels])
+        for name, url, opts in (("fixed", fixed_mask, f_opts), ("moving", moving_mask, m_opts))
+        if url is not None
+    }
+
+    def stage_options(f_level: int, m_level: int) -> BlockOptions:
+        masks: dict[str, Any] = {}
+        for name, (url, opts, geoms) in mask_levels.items():
+            spacing = (fixed_geoms[f_level] if name == "fixed" else moving_geoms[m_level]).spacing
+            masks[f"{name}_mask"] = OMEZarrReaderConstructor(
+                url, level=matching_level(geoms, spacing), storage_options=opts, unit=unit
+            )
+        return BlockOptions(signal_threshold=signal_threshold, **masks)
+
     with ExitStack() as stack:
         dask_client = _client_context(client, stack)
         bar = _progress(
@@ -694,7 +716,7 @@ def register(
                 initial_transform=current,
                 fixed_chunk_size=_block_shape(stage.block_size, ndim),
                 overlap_factors=stage.overlap,
-                block_options=block_options,
+                block_options=stage_options(f_level, m_level),
             )
             result = _run(dask_client, plan, progress, f"stage {i} (level {f_level})")
             status = np.asarray(result.status)

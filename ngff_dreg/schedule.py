@@ -73,6 +73,11 @@ class BlockOptions:
         Lattice nodes per axis used to map the fixed block into the moving image.
     itk_threads:
         ITK threads per task (``None``: 1 on a dask worker).
+    fixed_mask, moving_mask:
+        Optional reader constructors of label/mask images (e.g. an OME-Zarr
+        ``labels/`` image at a matching level). A block whose padded fixed
+        region holds no mask voxel, or whose moving region holds none, is
+        skipped as ``NO_SIGNAL`` (the moving image is then never read).
 
     """
 
@@ -81,6 +86,8 @@ class BlockOptions:
     moving_pad_voxels: int | None = None
     points_per_axis: int = 7
     itk_threads: int | None = None
+    fixed_mask: Any = None
+    moving_mask: Any = None
 
 
 @dataclass
@@ -145,6 +152,26 @@ def _has_signal(block: npt.NDArray[Any], options: BlockOptions) -> bool:
     return float((values > options.signal_threshold).mean()) >= options.min_signal_fraction
 
 
+def _mask_covers(mask_ctor: Any, geometry: ImageGeometry, box: Box) -> bool:
+    """True when the mask has a non-zero voxel in ``box`` of an image of ``geometry``.
+
+    The box's physical bounds are mapped into the mask's own grid, so the mask
+    may be on another pyramid level than the image.
+    """
+    mgeom = reader_geometry(mask_ctor)
+    corner_idx = np.array(
+        np.meshgrid(*[(a, b - 1) for a, b in zip(box.start, box.stop)], indexing="ij")
+    ).reshape(geometry.ndim, -1).T
+    corners = geometry.array_index_to_physical(corner_idx.astype(np.float64))
+    idx = mgeom.physical_to_index(corners)[:, ::-1]
+    lo = np.floor(idx.min(axis=0)).astype(int)
+    hi = np.ceil(idx.max(axis=0)).astype(int) + 1
+    mbox = Box(tuple(lo), tuple(hi)).clip(mgeom.shape)
+    if mbox.is_empty:
+        return False
+    return bool(np.any(read_region(mask_ctor(), mbox)))
+
+
 def _as_itk_transform(transform: Any, near_points: npt.NDArray[np.float64]) -> Any:
     if hasattr(transform, "to_itk"):
         try:
@@ -194,6 +221,12 @@ def register_block(
             return located(
                 BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "no signal")
             )
+        if options.fixed_mask is not None and not _mask_covers(
+            options.fixed_mask, fixed_geometry, plan.padded
+        ):
+            return located(
+                BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
+            )
         moving_geometry = reader_geometry(moving_reader_ctor)
         pad = options.moving_pad_voxels
         if pad is None:
@@ -211,6 +244,14 @@ def register_block(
                 BlockPairRegistrationResult.failed(
                     BlockRegStatus.OUT_OF_BOUNDS,
                     f"only {inside:.0%} of the block maps inside the moving image",
+                )
+            )
+        if options.moving_mask is not None and not _mask_covers(
+            options.moving_mask, moving_geometry, mbox
+        ):
+            return located(
+                BlockPairRegistrationResult.failed(
+                    BlockRegStatus.NO_SIGNAL, "outside the moving mask"
                 )
             )
         moving_reader = moving_reader_ctor()

@@ -287,3 +287,29 @@ def test_block_info_contract():
             AffineTransform.identity(2).to_itk(), empty, None, None, BlockRegStatus.SUCCESS
         )
     assert Box((0,), (3,)).shape == (3,)
+
+
+def test_masks_skip_blocks_before_reading_moving():
+    fixed_ctor, moving_ctor = _pair()
+    g = fixed_ctor.geometry
+    # The mask covers only the low-z half, on a 2x coarser grid (another level).
+    mask_geom = ImageGeometry((32, 32, 32), (2.0, 2.0, 2.0), (0.5, 0.5, 0.5))
+    mask = np.zeros(mask_geom.shape, np.uint8)
+    mask[:14] = 1
+    mask_ctor = ArrayReaderConstructor(mask, mask_geom)
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor,
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(32, 32, 32),
+        overlap_factors=0.0,
+        block_options=BlockOptions(fixed_mask=mask_ctor),
+    )
+    result = schedule.registration_result.compute(scheduler="sync")
+    assert np.all(result.status[0] == BlockRegStatus.SUCCESS)
+    assert np.all(result.status[1] == BlockRegStatus.NO_SIGNAL)
+    # The moving image was read for the four masked-in blocks only.
+    assert len(moving_ctor.reads) == 4
+    assert g.shape == (64, 64, 64)
