@@ -237,13 +237,12 @@ class Schedule:
             finest = i == len(block_levels) - 1
             geom = fixed_levels[lvl]
             spacing = float(max(geom.spacing))
-            opts: dict[str, Any] = {"ridge": 0.01, "validation_samples": 20000}
+            opts: dict[str, Any] = {"ridge": 0.01, "validation_samples": 10000, "iterations": 20}
             if finest and len(block_levels) > 1:
                 opts.update(
                     control_point_spacing=16.0 * spacing,
                     shrink_factors=[1],
                     smoothing_sigmas=[0.0],
-                    iterations=20,
                     bending=0.1,
                 )
             else:
@@ -260,7 +259,7 @@ class Schedule:
                 )
             )
         if fast:
-            stages[0].method_options.update(iterations=20)
+            stages[0].method_options.update(iterations=15)
         return cls(global_stage=GlobalStage(level=g_level), stages=stages)
 
 

@@ -609,9 +609,14 @@ def _fast_bspline_fit(
     value = float("nan")
     evaluations = 0
 
+    images: dict[float, tuple[np.ndarray, np.ndarray, Any]] = {}
+
     def objective(factor: int, sigma: float, count: int) -> _Objective | None:
-        f_img, w_img = _level_images(fixed, warped, valid, float(sigma))
-        grads = np.gradient(w_img)  # NumPy order, per voxel
+        if sigma not in images:  # the validation reuses the last level's images
+            images.clear()
+            f_img, w_img = _level_images(fixed, warped, valid, float(sigma))
+            images[sigma] = (f_img, w_img, np.gradient(w_img))  # NumPy order, per voxel
+        f_img, w_img, grads = images[sigma]
         idx = _sample_lattice(fixed.shape, int(factor), count, rng)
         idx = idx[valid[tuple(idx.T)]]
         if idx.shape[0] < 16:
