@@ -97,14 +97,13 @@ def test_register_then_apply_via_cli(small_pair, tmp_path):
 
 @pytest.mark.slow
 def test_demo_command_reports_error_against_truth(tmp_path):
+    """The README's main job, on the real MRI template at 2 mm (half size) to stay quick."""
     proc = _cli(
         "demo",
         "--dir",
         str(tmp_path / "demo"),
-        "--synthetic",
         "--downsample",
         "2",
-        "--fast",
         "--scheduler",
         "local:2",
         "--no-progress",
@@ -112,5 +111,10 @@ def test_demo_command_reports_error_against_truth(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("point error vs truth"))
-    p95 = float(line.split("p95")[1].split()[0])
-    assert p95 < 1.5, line
+    values = dict(
+        zip(line.split(":")[1].split()[::2], map(float, line.split(":")[1].split()[1::2]))
+    )
+    # Acceptance bar of the product (voxels of the registered grid), with the default schedule.
+    assert values["p95"] <= 0.5 and values["mean"] <= 0.25, line
+    assert "folded fraction 0.0000%" in proc.stdout
+    assert "stage 0" in proc.stdout and "global" in proc.stdout
