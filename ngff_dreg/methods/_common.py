@@ -185,6 +185,35 @@ def success(
     )
 
 
+def buffered_pair(
+    fixed_subimage: Any, moving_subimage: Any, block_info: Any
+) -> tuple[Any, Any, BlockPairRegistrationResult | None]:
+    """Float32, index-0 copies of both blocks, or a NO_SIGNAL result.
+
+    Returns ``(fixed, moving, None)`` when both blocks carry signal, else
+    ``(fixed, moving, failure)`` with the NO_SIGNAL result to return.
+    """
+    import itk
+
+    fixed = buffered_float_image(fixed_subimage)
+    if not has_signal(itk.array_view_from_image(fixed)):
+        return (
+            fixed,
+            None,
+            failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal"),
+        )
+    moving = buffered_float_image(moving_subimage)
+    if not has_signal(itk.array_view_from_image(moving)):
+        return (
+            fixed,
+            moving,
+            failure(
+                BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: moving has no signal"
+            ),
+        )
+    return fixed, moving, None
+
+
 def failure(status: BlockRegStatus, message: str) -> BlockPairRegistrationResult:
     """A result with no transform (logged at INFO level)."""
     logger.info("block registration: %s (%s)", status.name, message)

@@ -31,7 +31,7 @@ from ngff_dreg.itk_bridge import geometry_of
 from ngff_dreg.methods._common import (
     METRICS,
     as_itk_transform,
-    buffered_float_image,
+    buffered_pair,
     check_levels,
     checked_result,
     failure,
@@ -280,14 +280,9 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
         import itk
 
         ndim = fixed_subimage.GetImageDimension()
-        fixed = buffered_float_image(fixed_subimage)
-        if not has_signal(itk.array_view_from_image(fixed)):
-            return failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal")
-        moving = buffered_float_image(moving_subimage)
-        if not has_signal(itk.array_view_from_image(moving)):
-            return failure(
-                BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: moving has no signal"
-            )
+        fixed, moving, skipped = buffered_pair(fixed_subimage, moving_subimage, block_info)
+        if skipped is not None:
+            return skipped
         geom = geometry_of(fixed)
         mesh = self.mesh_for(geom.size, geom.spacing)
         image_type = itk.Image[itk.F, ndim]
@@ -494,10 +489,16 @@ class _Objective:
         cidx = ((self.points - self.origin) @ self.to_index.T)[:, ::-1]
         from scipy import ndimage
 
-        g = np.stack(
-            [ndimage.map_coordinates(gr, cidx.T, order=1, mode="nearest") for gr in self.gradients],
-            axis=1,
-        ) @ self.dindex
+        g = (
+            np.stack(
+                [
+                    ndimage.map_coordinates(gr, cidx.T, order=1, mode="nearest")
+                    for gr in self.gradients
+                ],
+                axis=1,
+            )
+            @ self.dindex
+        )
         g2 = float(np.mean(np.sum(g * g, axis=1))) / ndim
         if self.metric == "meansquares":
             return 2.0 * g2

@@ -21,11 +21,10 @@ from ngff_dreg.methods._common import (
     METRICS,
     as_itk_transform,
     block_center,
-    buffered_float_image,
+    buffered_pair,
     check_levels,
     checked_result,
     failure,
-    has_signal,
     make_metric,
     physical_scales,
     to_affine_transform,
@@ -184,14 +183,9 @@ class ItkLinearRegistration(BlockPairRegistrationMethod):
         import itk
 
         ndim = fixed_subimage.GetImageDimension()
-        fixed = buffered_float_image(fixed_subimage)
-        if not has_signal(itk.array_view_from_image(fixed)):
-            return failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal")
-        moving = buffered_float_image(moving_subimage)
-        if not has_signal(itk.array_view_from_image(moving)):
-            return failure(
-                BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: moving has no signal"
-            )
+        fixed, moving, skipped = buffered_pair(fixed_subimage, moving_subimage, block_info)
+        if skipped is not None:
+            return skipped
         geom = geometry_of(fixed)
         transform = self._make_transform(ndim, block_center(geom))
         metric = make_metric(self.metric, ndim, self.histogram_bins)
