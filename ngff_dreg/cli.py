@@ -47,6 +47,13 @@ def _setup_logging(verbose: int) -> None:
         dash.addHandler(handler)
         dash.propagate = False
     if verbose < 2:
+        import os
+
+        # dask.distributed configures its own loggers when imported, in this
+        # process and in every worker process it starts: quiet it in both.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        import distributed  # noqa: F401 - applies the logging config now
+
         for noisy in (
             "distributed",
             "tornado",

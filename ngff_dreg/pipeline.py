@@ -849,12 +849,12 @@ class _NoBar:
         pass
 
 
-def _progress(enabled: bool, total: int, desc: str) -> Any:
+def _progress(enabled: bool, total: int, desc: str, unit: str = "stage") -> Any:
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="stage", leave=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=True)
 
 
 def _run(client: Any, plan: Any, progress: bool, desc: str) -> RegistrationResult:
@@ -863,9 +863,7 @@ def _run(client: Any, plan: Any, progress: bool, desc: str) -> RegistrationResul
 
     futures = client.compute([*plan.block_results, plan.registration_result])
     blocks, final = futures[:-1], futures[-1]
-    bar = _progress(progress, len(blocks), desc)
-    if progress:
-        bar.unit = "block"
+    bar = _progress(progress, len(blocks), desc, unit="block")
     for _ in as_completed(blocks, loop=client.loop):
         bar.update(1)
     bar.close()
