@@ -202,18 +202,15 @@ def global_alignment(
     fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     ndim = fg.ndim
-    if initial is None:
-        if initializer == "none":
-            current = AffineTransform.identity(ndim)
-        else:
-            if initializer == "moments":
-                cf, cm = _centre_of_mass(fixed, fg), _centre_of_mass(moving, mg)
-            else:
-                cf = fg.index_to_physical((np.asarray(fg.size) - 1) / 2.0)
-                cm = mg.index_to_physical((np.asarray(mg.size) - 1) / 2.0)
-            current = AffineTransform.from_arrays(np.eye(ndim), cm - cf)
-    else:
+    if initial is not None:
         current = initial
+    elif initializer == "none":
+        current = AffineTransform.identity(ndim)
+    elif initializer == "moments":
+        cf, cm = _centre_of_mass(fixed, fg), _centre_of_mass(moving, mg)
+        current = AffineTransform.from_arrays(np.eye(ndim), cm - cf)
+    else:
+        current = _centres_translation(fg, mg)
     fimg = image_from_array(fixed, fg, Box.full(fg.shape))
     mimg = image_from_array(moving, mg, Box.full(mg.shape))
     from ngff_dreg.interfaces import BlockInfo
@@ -729,7 +726,13 @@ def register(
                 )
             previous = current
             current = result.transforms.transform
-            before = dask_client.submit(ncc_at_level, g_fixed, g_moving, previous)
+            # The previous stage already scored the transform this stage started from.
+            last = reports[-1].ncc_after if reports else None
+            before = (
+                last
+                if last is not None
+                else dask_client.submit(ncc_at_level, g_fixed, g_moving, previous).result()
+            )
             after = dask_client.submit(ncc_at_level, g_fixed, g_moving, current)
             rep = StageReport(
                 f"stage {i}",
@@ -737,7 +740,7 @@ def register(
                 m_level,
                 stage.method,
                 status=status,
-                ncc_before=before.result(),
+                ncc_before=before,
                 ncc_after=after.result(),
                 seconds=time.perf_counter() - t0,
                 report=dict(getattr(result.transforms, "report", {}) or {}),
@@ -814,12 +817,17 @@ def _status_counts(status: npt.NDArray[Any]) -> str:
     return ", ".join(f"{BlockRegStatus(int(v)).name}={c}" for v, c in zip(vals, counts))
 
 
+def _centres_translation(fg: ImageGeometry, mg: ImageGeometry) -> AffineTransform:
+    """Translation taking the fixed image's geometric centre to the moving image's."""
+    cf = fg.index_to_physical((np.asarray(fg.size) - 1) / 2.0)
+    cm = mg.index_to_physical((np.asarray(mg.size) - 1) / 2.0)
+    return AffineTransform.from_arrays(np.eye(fg.ndim), cm - cf)
+
+
 def _initial_only(fixed_ctor: Any, moving_ctor: Any, initializer: str) -> AffineTransform:
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     if initializer == "centers":
-        cf = fg.index_to_physical((np.asarray(fg.size) - 1) / 2.0)
-        cm = mg.index_to_physical((np.asarray(mg.size) - 1) / 2.0)
-        return AffineTransform.from_arrays(np.eye(fg.ndim), cm - cf)
+        return _centres_translation(fg, mg)
     return AffineTransform.identity(fg.ndim)
 
 
