@@ -34,6 +34,57 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 
 
+def _image_transform(attrs: Mapping[str, Any], url: str, coordinate_system: str | None
+                     ) -> dict[str, Any]:
+    """The registration stored inside an image (``multiscales > coordinateTransformations``).
+
+    The returned bijection starts at the image's *physical* points (what ITK
+    sees), not its intrinsic system: the intrinsic→physical step is undone
+    in front of the forward transform and redone after the inverse.
+    """
+    from ngff_dreg.ngff.metadata import has_field_transform, parse_multiscale
+
+    safe = redact_url(url)
+    ms = parse_multiscale(attrs, url=safe)
+    raw = attrs["ome"]["multiscales"][0].get("coordinateTransformations") or []
+    found = {c["output"].get("name"): c for c in raw
+             if isinstance(c, Mapping) and has_field_transform(c)
+             and isinstance(c.get("output"), Mapping)}
+    if not found:
+        raise InvalidMetadataError(f"{safe}: the image holds no registration "
+                                   "(no displacements in multiscales coordinateTransformations)")
+    if coordinate_system is None:
+        if len(found) > 1:
+            raise InvalidMetadataError(f"{safe}: the image holds registrations to "
+                                       f"{sorted(found)}; choose one with coordinate_system=")
+        coordinate_system = next(iter(found))
+    if coordinate_system not in found:
+        raise InvalidMetadataError(f"{safe}: no registration to coordinate system "
+                                   f"{coordinate_system!r}; found {sorted(found)}")
+    t = found[coordinate_system]
+    if t.get("input", {}).get("name") != ms.intrinsic_system:
+        raise InvalidMetadataError(f"{safe}: the registration to {coordinate_system!r} does "
+                                   "not start at the intrinsic coordinate system")
+    world = np.asarray(ms.world_from_intrinsic, dtype=float)
+    if t.get("type") != "bijection":
+        t = {"type": "bijection", "forward": t}
+    out: dict[str, Any] = {"type": "bijection"}
+    if np.allclose(world, np.eye(world.shape[0]), atol=1e-12):
+        out.update(forward=t["forward"], inverse=t.get("inverse"))
+    else:
+        n = world.shape[0] - 1
+        to_intrinsic = np.linalg.inv(world)
+        out["forward"] = {"type": "sequence", "transformations": [
+            {"type": "affine", "affine": to_intrinsic[:n].tolist()}, t["forward"]]}
+        if t.get("inverse") is not None:
+            out["inverse"] = {"type": "sequence", "transformations": [
+                t["inverse"], {"type": "affine", "affine": world[:n].tolist()}]}
+    if out.get("inverse") is None:
+        out.pop("inverse", None)
+        out = out["forward"]
+    return out
+
+
 def read_scene_attributes(url: str, storage_options: Mapping[str, Any] | None = None
                           ) -> dict[str, Any]:
     """The scene group's attributes, refusing an incomplete ngff-dreg output.
@@ -218,17 +269,23 @@ def _level0_path(url: str, fpath: str, storage_options: Mapping[str, Any] | None
 
 
 def read_transform(url: str, storage_options: Mapping[str, Any] | None = None, *,
-                   inverse: bool = False) -> TransformChain:
+                   inverse: bool = False, coordinate_system: str | None = None
+                   ) -> TransformChain:
     """Read the fixed->moving (or, with ``inverse``, moving->fixed) transform of a scene.
 
     Parameters
     ----------
     url:
-        Scene group URL (local path or fsspec URL).
+        Scene group URL (local path or fsspec URL), or a fixed image that a
+        registration was written into
+        (:func:`~ngff_dreg.io.image_transform_writer.write_transform_into_image`).
     storage_options:
         fsspec options (never logged).
     inverse:
         Return the inverse (moving->fixed) transform; needs a ``bijection``.
+    coordinate_system:
+        For an image holding several registrations: the name of the one to
+        read (its output coordinate system).
 
     Returns
     -------
@@ -248,14 +305,26 @@ def read_transform(url: str, storage_options: Mapping[str, Any] | None = None, *
     >>> chain.transform_points([[1.0, 2.0, 3.0]])  # doctest: +SKIP
 
     """
-    attrs = read_scene_attributes(url, storage_options)
-    transforms = attrs["ome"]["scene"]["coordinateTransformations"]
-    t = transforms[0]
+    t = _find_transform(url, storage_options, coordinate_system)
     if t.get("type") == "bijection":
         t = t["inverse"] if inverse else t["forward"]
     elif inverse:
         raise InvalidMetadataError(f"{redact_url(url)}: no inverse (the scene has no bijection)")
     return _chain_from(t, url, storage_options)
+
+
+def _find_transform(url: str, storage_options: Mapping[str, Any] | None,
+                    coordinate_system: str | None) -> Mapping[str, Any]:
+    """The stored transform: from a scene, or from inside a fixed image."""
+    import zarr
+
+    group = zarr.open_group(store=open_store(url, storage_options, read_only=True), mode="r")
+    attrs: dict[str, Any] = dict(group.attrs.asdict())
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and "multiscales" in ome and "scene" not in ome:
+        return _image_transform(attrs, url, coordinate_system)
+    scene_attrs = read_scene_attributes(url, storage_options)
+    return scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
 
 
 def _as_chain(transform: TransformChain | str, storage_options: Mapping[str, Any] | None,

@@ -66,6 +66,7 @@ __all__ = [
     "normalize_unit",
     "unit_factor",
     "orientation_matrix",
+    "has_field_transform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,15 @@ class Multiscale:
         URL or label of the group, used in error messages.
     coordinate_system:
         0.6 only: the coordinate system physical points are expressed in.
+    orientation:
+        RFC-4 anatomical labels of the spatial axes, if given.
+    intrinsic_system:
+        0.6 only: the name of the intrinsic coordinate system (the datasets' output).
+    world_from_intrinsic:
+        0.6 only: the ``(n+1) x (n+1)`` homogeneous matrix (NumPy axis order,
+        all axes) from intrinsic coordinates to the physical points ITK sees
+        (after multiscales-level transforms, orientation labels and unit
+        conversion).
 
     """
 
@@ -247,6 +257,8 @@ class Multiscale:
     source: str = "<memory>"
     coordinate_system: str | None = None
     orientation: tuple[str, ...] | None = field(default=None)
+    intrinsic_system: str | None = None
+    world_from_intrinsic: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     # -- axes ------------------------------------------------------------
     @property
@@ -786,6 +798,29 @@ def _is_routed(item: Any) -> bool:
     return isinstance(item, Mapping) and ("input" in item or "output" in item)
 
 
+_FIELD_TYPES = ("displacements", "coordinates")
+
+
+def has_field_transform(item: Any) -> bool:
+    """True if a 0.6 transform is (or contains) a ``displacements``/``coordinates`` field.
+
+    Such a transform (for example a registration stored inside an image by
+    :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`)
+    maps to another image's space; it is not part of the image's own geometry.
+    """
+    if not isinstance(item, Mapping):
+        return False
+    typ = item.get("type")
+    if typ in _FIELD_TYPES:
+        return True
+    if typ == "sequence" and isinstance(item.get("transformations"), list):
+        return any(has_field_transform(t) for t in item["transformations"])
+    if typ == "bijection":
+        return has_field_transform(item.get("forward")) or has_field_transform(
+            item.get("inverse"))
+    return False
+
+
 def _multiscale_transform_06(
     cts: list[Any],
     intrinsic: str,
@@ -806,6 +841,12 @@ def _multiscale_transform_06(
             in_name, _ = _ref_name(d.get("input"))
             out_name, out_path = _ref_name(d.get("output"))
             if i in used or out_path or in_name != current or out_name in (None, current):
+                continue
+            if has_field_transform(d):
+                if target is not None and out_name == target:
+                    raise _err(url, f"{key}[{i}]", f"the transform to {target!r} is a "
+                               "displacement field, not part of the image geometry; read it "
+                               "with ngff_dreg.read_transform")
                 continue
             step = (i, d, out_name)
             break
@@ -1046,6 +1087,10 @@ def _parse(
 
     direction_itk = r[::-1, ::-1]
     ms_name = ms.get("name")
+    world: tuple[tuple[float, ...], ...] | None = None
+    if version == "0.6":
+        u = np.diag(np.append(unit_scale, 1.0))
+        world = tuple(tuple(float(v) for v in row) for row in u @ h)
     return Multiscale(
         version=version,
         name=ms_name if isinstance(ms_name, str) else None,
@@ -1058,4 +1103,6 @@ def _parse(
         source=url,
         coordinate_system=final_cs,
         orientation=orientation,
+        intrinsic_system=intrinsic,
+        world_from_intrinsic=world,
     )
