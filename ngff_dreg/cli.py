@@ -200,6 +200,18 @@ def register(
     moving_mask: Annotated[
         str | None, typer.Option("--moving-mask", help="OME-Zarr label image masking MOVING.")
     ] = None,
+    into_fixed: Annotated[
+        bool, typer.Option("--into-fixed", help="Also write the transform into FIXED's own "
+                           "group (NGFF 0.6).")
+    ] = False,
+    into_fixed_name: Annotated[
+        str | None, typer.Option("--into-fixed-name", help="Coordinate-system name for it "
+                                 "(default: from MOVING's URL).")
+    ] = None,
+    upgrade_fixed: Annotated[
+        bool, typer.Option("--upgrade-fixed", help="With --into-fixed: allow rewriting a 0.5 "
+                           "FIXED's metadata as 0.6 (arrays unchanged).")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     verbose: Verbose = 0,
 ) -> None:
@@ -208,6 +220,7 @@ def register(
     try:
         import numpy as np
 
+        from ngff_dreg.io.image_transform_writer import default_system_name
         from ngff_dreg.pipeline import register as run
 
         opts = _storage_options(anon, endpoint_url, profile)
@@ -229,9 +242,14 @@ def register(
             signal_threshold=threshold,
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
+            into_fixed=(into_fixed_name or True) if (into_fixed or into_fixed_name) else False,
+            upgrade_fixed=upgrade_fixed,
         )
         _print_summary(result)
         typer.echo(f"transform written to {output}")
+        if into_fixed or into_fixed_name:
+            typer.echo(f"and into {fixed} (coordinate system "
+                       f"{into_fixed_name or default_system_name(moving)!r})")
     except Exception as exc:
         _fail(exc, verbose)
 

@@ -28,6 +28,21 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _registrations(image: MultiscaleImage) -> list[str]:
+    """Names of the coordinate systems a 0.6 image maps to through a displacement field."""
+    from ngff_dreg.ngff.metadata import has_field_transform
+
+    ome = image.group.attrs.asdict().get("ome")
+    if not isinstance(ome, Mapping) or image.version != "0.6":
+        return []
+    try:
+        cts = ome["multiscales"][0].get("coordinateTransformations") or []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return []
+    return [str(c["output"].get("name")) for c in cts
+            if has_field_transform(c) and isinstance(c.get("output"), Mapping)]
+
+
 def describe_image(image: MultiscaleImage) -> str:
     """Table of an opened image's levels (see :func:`describe`)."""
     ms = image.multiscale
@@ -49,6 +64,10 @@ def describe_image(image: MultiscaleImage) -> str:
     ]
     if ms.orientation:
         head.append(f"Orientation: {', '.join(ms.orientation)} (RFC-4, relative to LPS)")
+    regs = _registrations(image)
+    if regs:
+        head.append(f"Registrations: {', '.join(regs)} (read with read_transform(url, "
+                    "coordinate_system=...))")
     rows = [["level", "path", "shape", "chunks", "dtype", "spacing (x,y,z)", "origin (x,y,z)"]]
     for lv in image.levels:
         rows.append([

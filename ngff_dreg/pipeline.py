@@ -450,6 +450,8 @@ def register(
     channel: int = 0,
     time_index: int = 0,
     on_stage_done: Any = None,
+    into_fixed: bool | str = False,
+    upgrade_fixed: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` coarse to fine and write the transform.
 
@@ -495,6 +497,14 @@ def register(
     on_stage_done:
         Optional callback ``f(stage_report)`` after each stage (tests use it
         to interrupt a run).
+    into_fixed:
+        Also write the transform into the fixed image's own group, as an NGFF
+        0.6 transform from its intrinsic coordinate system to a new one named
+        after the moving image (or this string). Checked before the run starts.
+        See :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`.
+    upgrade_fixed:
+        With ``into_fixed``, allow rewriting a 0.5 fixed image's metadata as
+        0.6 (arrays untouched; the old metadata is kept).
 
     Returns
     -------
@@ -520,6 +530,14 @@ def register(
             raise IncompatibleImagesError(
                 f"output {output} is (inside) input {url}: write the transform somewhere else"
             )
+
+    into_name: str | None = None
+    if into_fixed:
+        from ngff_dreg.io.image_transform_writer import check_into_image, default_system_name
+
+        into_name = into_fixed if isinstance(into_fixed, str) else default_system_name(moving)
+        check_into_image(fixed, into_name, storage_options=f_opts, overwrite=overwrite,
+                         upgrade=upgrade_fixed, scene_url=output)
 
     fms = open_multiscale(fixed, f_opts)
     mms = open_multiscale(moving, m_opts)
@@ -791,6 +809,14 @@ def register(
             ckpt.write(manifest)
             _set_root_status(output, o_opts, "complete")
             timings["resample"] = time.perf_counter() - t0
+    if into_name is not None:
+        from ngff_dreg.io.image_transform_writer import write_transform_into_image
+
+        t0 = time.perf_counter()
+        write_transform_into_image(fixed, output, name=into_name, storage_options=f_opts,
+                                   scene_storage_options=o_opts, overwrite=overwrite,
+                                   upgrade=upgrade_fixed)
+        timings["into_fixed"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     assert final is not None
     return RegistrationResult(transforms=final, status=last_status, levels=reports, timings=timings)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ngff_dreg.demo import make_demo
 from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.transform_reader import read_transform
 
 
 def _cli(*args: str, timeout: float = 600, cwd=None) -> subprocess.CompletedProcess[str]:
@@ -52,12 +55,24 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_into_fixed_05_without_upgrade_is_a_one_line_error(small_pair, tmp_path):
+    out = tmp_path / "out.zarr"
+    proc = _cli("register", small_pair.fixed, small_pair.moving, "-o", str(out),
+                "--into-fixed", "--no-progress")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--upgrade-fixed" in lines[0], proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_register_then_apply_via_cli(small_pair, tmp_path):
     out = str(tmp_path / "out.zarr")
+    fixed = str(tmp_path / "fixed.zarr")  # a copy: the run writes into it
+    shutil.copytree(small_pair.fixed, fixed)
     proc = _cli(
         "register",
-        small_pair.fixed,
+        fixed,
         small_pair.moving,
         "-o",
         out,
@@ -68,15 +83,21 @@ def test_register_then_apply_via_cli(small_pair, tmp_path):
         "--scheduler",
         "local:2",
         "--no-progress",
+        "--into-fixed",
+        "--upgrade-fixed",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "transform written to" in proc.stdout
     assert "stage 0" in proc.stdout
+    assert "and into" in proc.stdout
     assert output_status(out) == "complete"
+    pts = np.random.default_rng(0).uniform(8, 40, size=(30, 3))
+    np.testing.assert_allclose(read_transform(fixed).transform_points(pts),
+                               read_transform(out).transform_points(pts), atol=1e-6)
     # Same output again without --overwrite and other arguments: refused, one line.
     again = _cli(
         "register",
-        small_pair.fixed,
+        fixed,
         small_pair.moving,
         "-o",
         out,

@@ -185,7 +185,17 @@ def test_2d_pair(pair_2d, tmp_path, dask_client):
         client=dask_client,
         progress=False,
         resample=True,
+        into_fixed=True,
+        upgrade_fixed=True,
     )
+    # The registration was also written into the fixed image (upgraded to 0.6),
+    # and reads back from there the same; the image keeps its geometry.
+    assert OMEZarrReaderConstructor(pair_2d.fixed)().geometry == pair_2d.fixed_geometry
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(20, 170, size=(100, 2)) * np.asarray(pair_2d.fixed_geometry.spacing)
+    np.testing.assert_allclose(
+        read_transform(pair_2d.fixed, coordinate_system="moving").transform_points(pts),
+        read_transform(out).transform_points(pts), atol=1e-6)
     err = point_errors(
         result.transforms.transform,
         pair_2d.truth,
@@ -262,3 +272,13 @@ def test_s3_end_to_end_on_process_cluster(s3_server, dask_client):
         result.transforms.transform.affine, pair.truth, pair.fixed_geometry, mask=fixed > 0.05
     )
     assert err["mean_vox"] < 0.6 * affine_only["mean_vox"], (err, affine_only)
+
+
+def test_into_fixed_is_checked_before_anything_is_written(pair_3d, tmp_path, dask_client):
+    from ngff_dreg.errors import UnsupportedVersionError
+
+    out = tmp_path / "never.zarr"
+    with pytest.raises(UnsupportedVersionError, match="upgrade"):
+        register(pair_3d.fixed, pair_3d.moving, str(out), schedule=_schedule_3d(),
+                 client=dask_client, progress=False, into_fixed=True)
+    assert not out.exists()

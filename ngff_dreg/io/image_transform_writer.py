@@ -63,7 +63,7 @@ from ngff_dreg.ngff.metadata import (
 )
 from ngff_dreg.ngff.upgrade import upgrade_to_06
 
-__all__ = ["default_system_name", "write_transform_into_image"]
+__all__ = ["check_into_image", "default_system_name", "write_transform_into_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,88 @@ def _affine_item(h: np.ndarray) -> dict[str, Any]:
     return {"type": "affine", "affine": [[float(v) for v in h[i]] for i in range(n)]}
 
 
+def _plan(attrs: Mapping[str, Any], safe_fixed: str, name: str, overwrite: bool,
+          upgrade: bool, scene_url: str | None = None
+          ) -> tuple[str, dict[str, Any], str, np.ndarray, list[int]]:
+    """Check that ``name`` can be written into an image with ``attrs``; nothing is written.
+
+    An existing registration called ``name`` may be replaced with ``overwrite``,
+    or when it was copied from the same ``scene_url`` (a rerun).
+
+    Returns ``(version, 0.6 attributes, intrinsic system, world_from_intrinsic,
+    indices of an existing registration called name)``.
+    """
+    if not _NAME_RE.match(name):
+        raise ValueError(f"coordinate-system name {name!r}: use letters, digits, '_', '.', '-'")
+    version, _, _ = detect_version(attrs, safe_fixed)
+    if version == "0.4":
+        raise UnsupportedVersionError(
+            f"{safe_fixed}: NGFF 0.4 (Zarr v2) cannot hold an RFC-5 transform; the "
+            "registration stays in the output scene"
+        )
+    if version == "0.5" and not upgrade:
+        raise UnsupportedVersionError(
+            f"{safe_fixed}: NGFF 0.5 has no coordinate systems to hold a transform; pass "
+            "upgrade=True (--upgrade-fixed) to rewrite its metadata as 0.6 (arrays unchanged)"
+        )
+    new_attrs = upgrade_to_06(attrs, safe_fixed)
+    ms_meta = parse_multiscale(new_attrs, url=safe_fixed)
+    if len(ms_meta.spatial_indices) != len(ms_meta.axes):
+        raise IncompatibleImagesError(
+            f"{safe_fixed}: axes {[a.name for a in ms_meta.axes]} include non-spatial axes; "
+            "ngff-dreg writes a registration only into a spatial-only image"
+        )
+    assert ms_meta.intrinsic_system is not None and ms_meta.world_from_intrinsic is not None
+    intrinsic = ms_meta.intrinsic_system
+    world = np.asarray(ms_meta.world_from_intrinsic, dtype=float)
+    ms = new_attrs["ome"]["multiscales"][0]
+    systems = list(ms.get("coordinateSystems", []))
+    cts = list(ms.get("coordinateTransformations", []) or [])
+    ours = [i for i, c in enumerate(cts)
+            if isinstance(c, Mapping) and isinstance(c.get("output"), Mapping)
+            and c["output"].get("name") == name]
+    taken = [s for s in systems if isinstance(s, Mapping) and s.get("name") == name]
+    if name == intrinsic or (taken and not ours):
+        raise OutputExistsError(
+            f"{safe_fixed}: a coordinate system named {name!r} already exists and is not a "
+            "registration; choose another name"
+        )
+    if ours and not all(has_field_transform(cts[i]) for i in ours):
+        raise OutputExistsError(
+            f"{safe_fixed}: the transform to {name!r} is not a registration; choose another name"
+        )
+    regs = (attrs.get(MARKER_KEY) or {}).get("registrations") or {}
+    rerun = scene_url is not None and (regs.get(name) or {}).get("scene") == redact_url(
+        scene_url)
+    if ours and not (overwrite or rerun):
+        raise OutputExistsError(
+            f"{safe_fixed}: already holds a registration to {name!r}; pass overwrite=True "
+            "to replace it"
+        )
+    return version, new_attrs, intrinsic, world, ours
+
+
+def check_into_image(fixed_url: str, name: str, *,
+                     storage_options: Mapping[str, Any] | None = None,
+                     overwrite: bool = False, upgrade: bool = False,
+                     scene_url: str | None = None) -> None:
+    """Check, before a run, that a registration called ``name`` can go into ``fixed_url``.
+
+    Raises the errors :func:`write_transform_into_image` would, without writing.
+    ``scene_url`` is the run's output: a registration copied from it earlier
+    may be replaced (a rerun).
+    """
+    import zarr
+
+    safe = redact_url(fixed_url)
+    try:
+        group = zarr.open_group(store=open_store(fixed_url, storage_options, read_only=True),
+                                mode="r")
+    except Exception as exc:
+        raise StoreAccessError(f"cannot open {safe}: {exc}") from exc
+    _plan(dict(group.attrs.asdict()), safe, name, overwrite, upgrade, scene_url)
+
+
 def write_transform_into_image(
     fixed_url: str,
     scene_url: str,
@@ -160,7 +242,8 @@ def write_transform_into_image(
         fsspec options for the image and for the scene (never logged).
         ``scene_storage_options`` defaults to ``storage_options``.
     overwrite:
-        Replace an existing registration of the same ``name``.
+        Replace an existing registration of the same ``name`` (one copied
+        from this same ``scene_url`` is always replaced: a rerun).
     upgrade:
         Allow rewriting a 0.5 image's metadata as 0.6 (arrays untouched).
 
@@ -207,8 +290,6 @@ def write_transform_into_image(
             "only a forward+inverse registration can be written into an image"
         )
     name = name or default_system_name(images.get("moving"))
-    if not _NAME_RE.match(name):
-        raise ValueError(f"coordinate-system name {name!r}: use letters, digits, '_', '.', '-'")
 
     try:
         fixed_store = open_store(fixed_url, storage_options, read_only=False)
@@ -218,50 +299,12 @@ def write_transform_into_image(
     except Exception as exc:
         raise StoreAccessError(f"{safe_fixed} is not a writable Zarr group: {exc}") from exc
     attrs = dict(fixed_group.attrs.asdict())
-    version, _, _ = detect_version(attrs, safe_fixed)
-    if version == "0.4":
-        raise UnsupportedVersionError(
-            f"{safe_fixed}: NGFF 0.4 (Zarr v2) cannot hold an RFC-5 transform; the "
-            f"registration stays in {redact_url(scene_url)}"
-        )
-    if version == "0.5" and not upgrade:
-        raise UnsupportedVersionError(
-            f"{safe_fixed}: NGFF 0.5 has no coordinate systems to hold a transform; pass "
-            "upgrade=True (--upgrade-fixed) to rewrite its metadata as 0.6 (arrays unchanged)"
-        )
-    new_attrs = upgrade_to_06(attrs, safe_fixed)
-    ms_meta = parse_multiscale(new_attrs, url=safe_fixed)
-    if len(ms_meta.spatial_indices) != len(ms_meta.axes):
-        raise IncompatibleImagesError(
-            f"{safe_fixed}: axes {[a.name for a in ms_meta.axes]} include non-spatial axes; "
-            "ngff-dreg writes a registration only into a spatial-only image"
-        )
-    assert ms_meta.intrinsic_system is not None and ms_meta.world_from_intrinsic is not None
-    intrinsic = ms_meta.intrinsic_system
-    world = np.asarray(ms_meta.world_from_intrinsic, dtype=float)
-
+    version, new_attrs, intrinsic, world, ours = _plan(attrs, safe_fixed, name, overwrite,
+                                                       upgrade, scene_url)
     ome = new_attrs["ome"]
     ms = ome["multiscales"][0]
     systems = list(ms.get("coordinateSystems", []))
     cts = list(ms.get("coordinateTransformations", []) or [])
-    ours = [i for i, c in enumerate(cts)
-            if isinstance(c, Mapping) and isinstance(c.get("output"), Mapping)
-            and c["output"].get("name") == name]
-    taken = [s for s in systems if isinstance(s, Mapping) and s.get("name") == name]
-    if name == intrinsic or (taken and not ours):
-        raise OutputExistsError(
-            f"{safe_fixed}: a coordinate system named {name!r} already exists and is not a "
-            "registration; choose another name"
-        )
-    if ours and not overwrite:
-        raise OutputExistsError(
-            f"{safe_fixed}: already holds a registration to {name!r}; pass overwrite=True "
-            "to replace it"
-        )
-    if ours and not all(has_field_transform(cts[i]) for i in ours):
-        raise OutputExistsError(
-            f"{safe_fixed}: the transform to {name!r} is not a registration; choose another name"
-        )
 
     # 1. Fields first, in a group marked incomplete.
     base = f"{TRANSFORMS_GROUP}/{name}"
@@ -273,8 +316,6 @@ def write_transform_into_image(
     scene_group = zarr.open_group(store=open_store(scene_url, scene_opts, read_only=True),
                                   mode="r")
     tgroup = fixed_group.require_group(TRANSFORMS_GROUP)
-    if not tgroup.attrs.asdict():
-        tgroup.attrs.put({})
     reg_group = tgroup.require_group(name)
     reg_group.attrs.put({MARKER_KEY: {"status": "incomplete"}})
     for src, dst in mapping.items():

@@ -17,6 +17,7 @@ from ngff_dreg.errors import (
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.info import describe
 from ngff_dreg.io import image_transform_writer as itw
 from ngff_dreg.io.field_writer import write_field_scene
 from ngff_dreg.io.multiscale import open_multiscale
@@ -71,6 +72,7 @@ def test_registration_inside_a_06_image_reads_back_the_same(tmp_path, make_test_
     before = _geometries(fixed)
     name = itw.write_transform_into_image(fixed, scene)
     assert name == "moving"
+    assert "Registrations: moving" in describe(fixed)
 
     attrs = _attrs(Path(fixed))
     validate(attrs, version="0.6", model="image")
@@ -140,11 +142,15 @@ def test_04_image_is_refused(tmp_path, make_test_image):
 
 def test_existing_registration_needs_overwrite_and_other_fixed_is_refused(
         tmp_path, make_test_image):
-    fixed, scene, _f, _i = _setup(tmp_path, make_test_image)
+    fixed, scene, fwd, inv = _setup(tmp_path, make_test_image)
     itw.write_transform_into_image(fixed, scene)
+    itw.write_transform_into_image(fixed, scene)  # the same scene again: a rerun, allowed
+    scene2 = str(tmp_path / "out2.zarr")
+    write_field_scene(scene2, fwd, inv, chunks=8, fixed_url=fixed)
     with pytest.raises(OutputExistsError, match="overwrite"):
-        itw.write_transform_into_image(fixed, scene)
-    itw.write_transform_into_image(fixed, scene, overwrite=True)
+        itw.write_transform_into_image(fixed, scene2, name="moving")
+    itw.write_transform_into_image(fixed, scene2, name="moving", overwrite=True)
+    assert _attrs(Path(fixed))["ngff_dreg"]["registrations"]["moving"]["scene"] == scene2
     ms = _attrs(Path(fixed))["ome"]["multiscales"][0]
     assert [c["output"]["name"] for c in ms["coordinateTransformations"]].count("moving") == 1
     assert [s["name"] for s in ms["coordinateSystems"]].count("moving") == 1
