@@ -337,8 +337,31 @@ def sample_block(located: LocatedBlockResult, block_box: Box | None,
         status, located.fixed_info.chunk_index, nodes, lo, hi,
         np.maximum(clo - lo, 0.0), np.maximum(hi - chi, 0.0), quality,
         _fill_reach(lo, hi, fixed, fill_distance),
-        res.transform if status == BlockRegStatus.SUCCESS else None,
+        _vectorised(res.transform) if status == BlockRegStatus.SUCCESS else None,
     )
+
+
+def _vectorised(transform: Any) -> Any:
+    """A cubic ``itk.BSplineTransform`` as a NumPy :class:`BSplineGrid` (the same map).
+
+    The chunk tasks evaluate block transforms at every field node they cover;
+    ITK's ``TransformPoint`` does that one point at a time. Other transforms
+    are returned unchanged.
+    """
+    if getattr(transform, "GetNameOfClass", None) is None:
+        return transform
+    try:
+        if transform.GetNameOfClass() != "BSplineTransform":
+            return transform
+        import itk
+
+        if int(itk.template(transform)[1][2]) != 3:
+            return transform
+    except Exception:
+        return transform
+    from ngff_dreg.methods.bspline import BSplineGrid
+
+    return BSplineGrid.from_itk(transform)
 
 
 # ---------------------------------------------------------------- chunk task
