@@ -234,3 +234,45 @@ def dask_client() -> Iterator[Any]:
     # Not the default client: code under test must use the client it is given.
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client
+
+
+def _itk_from_ngff_zarr(item: dict[str, Any], store: str, ndim: int) -> Any:
+    """One scene stage converted by ngff-zarr 0.50, as a native ITK transform."""
+    import itk
+    import ngff_zarr
+    from ngff_zarr import ngff_transform_to_itk_transform
+    from ngff_zarr.v06.zarr_metadata import Affine, Displacements
+
+    dims = ["z", "y", "x"][-ndim:]
+    if item["type"] == "displacements":
+        field = ngff_zarr.from_ngff_zarr(f"{store}/{item['path']}")
+        t = Displacements(path=item["path"], interpolation=item.get("interpolation"))
+        lst = ngff_transform_to_itk_transform(t, dims, fields={item["path"]: field})
+    else:
+        assert item["type"] == "affine"
+        lst = ngff_transform_to_itk_transform(Affine(affine=item["affine"]), dims)
+    w = lst[0]
+    kind = w.transformType.transformParameterization
+    d = {
+        "transformType": {
+            "transformParameterization": getattr(kind, "value", kind),
+            "parametersValueType": "float64",  # transform_from_dict wants float64
+            "inputDimension": ndim, "outputDimension": ndim,
+        },
+        "numberOfFixedParameters": w.numberOfFixedParameters,
+        "numberOfParameters": w.numberOfParameters,
+        "name": w.name, "inputSpaceName": "", "outputSpaceName": "",
+        "fixedParameters": np.asarray(w.fixedParameters, dtype=np.float64),
+        "parameters": np.asarray(w.parameters, dtype=np.float64),
+    }
+    return itk.transform_from_dict([d])
+
+
+@pytest.fixture
+def ngff_zarr_stage_to_itk() -> Callable[[dict[str, Any], str, int], Any]:
+    """Convert one RFC-5 stage (``displacements`` or ``affine``) with ngff-zarr into ITK.
+
+    ``f(item, store, ndim)``: ``item["path"]`` is relative to ``store``. This is the
+    other implementation that must read our output the way we mean it.
+    """
+    return _itk_from_ngff_zarr

@@ -226,3 +226,35 @@ def test_into_an_s3_image(s3_server, make_test_image, tmp_path):
 ])
 def test_default_system_name(url, want):
     assert itw.default_system_name(url) == want
+
+
+def _stages(t: dict[str, Any]) -> list[dict[str, Any]]:
+    if t["type"] == "sequence":
+        return [s for item in t["transformations"] for s in _stages(item)]
+    return [t]
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_ngff_zarr_reads_the_image_and_its_registration_the_same_way(
+        tmp_path, make_test_image, ngff_zarr_stage_to_itk, oblique):
+    import ngff_zarr
+
+    from ngff_dreg.itk_bridge import transform_points as itk_points
+
+    fixed, scene, _f, _i = _setup(tmp_path, make_test_image, oblique=oblique)
+    before = ngff_zarr.from_ngff_zarr(fixed).images[0]
+    itw.write_transform_into_image(fixed, scene)
+    after = ngff_zarr.from_ngff_zarr(fixed).images[0]
+    assert after.scale == before.scale and after.translation == before.translation
+    assert after.data.shape == before.data.shape
+
+    entry = _attrs(Path(fixed))["ome"]["multiscales"][0]["coordinateTransformations"][-1]
+    world = np.asarray(open_multiscale(fixed).multiscale.world_from_intrinsic)
+    pts = _points(80)
+    # intrinsic coordinates (z, y, x) of the physical points, then back to ITK order
+    p_zyx = (np.linalg.inv(world) @ np.c_[pts[:, ::-1], np.ones(len(pts))].T).T[:, :3]
+    cur = p_zyx[:, ::-1].copy()
+    for item in _stages(entry["forward"]):
+        cur = itk_points(ngff_zarr_stage_to_itk(item, fixed, 3), cur)
+    want = read_transform(fixed).transform_points(pts)
+    assert np.abs(cur - want).max() < 1e-3 * min(SPACING)

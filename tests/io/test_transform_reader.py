@@ -89,43 +89,13 @@ def test_export_for_itk_tools(tmp_path):
 
 
 # ---------------------------------------------------------------- ngff-zarr interop
-def _itk_from_ngff_zarr(item: dict[str, Any], store: str, ndim: int) -> Any:
-    """One scene stage converted by ngff-zarr 0.50, as a native ITK transform."""
-    import ngff_zarr
-    from ngff_zarr import ngff_transform_to_itk_transform
-    from ngff_zarr.v06.zarr_metadata import Affine, Displacements
-
-    dims = ["z", "y", "x"][-ndim:]
-    if item["type"] == "displacements":
-        field = ngff_zarr.from_ngff_zarr(f"{store}/{item['path']}")
-        t = Displacements(path=item["path"], interpolation=item.get("interpolation"))
-        lst = ngff_transform_to_itk_transform(t, dims, fields={item["path"]: field})
-    else:
-        assert item["type"] == "affine"
-        lst = ngff_transform_to_itk_transform(Affine(affine=item["affine"]), dims)
-    w = lst[0]
-    kind = w.transformType.transformParameterization
-    d = {
-        "transformType": {
-            "transformParameterization": getattr(kind, "value", kind),
-            "parametersValueType": "float64",  # transform_from_dict wants float64
-            "inputDimension": ndim, "outputDimension": ndim,
-        },
-        "numberOfFixedParameters": w.numberOfFixedParameters,
-        "numberOfParameters": w.numberOfParameters,
-        "name": w.name, "inputSpaceName": "", "outputSpaceName": "",
-        "fixedParameters": np.asarray(w.fixedParameters, dtype=np.float64),
-        "parameters": np.asarray(w.parameters, dtype=np.float64),
-    }
-    return itk.transform_from_dict([d])
-
-
 def _stages(t: dict[str, Any]) -> list[dict[str, Any]]:
     return t["transformations"] if t["type"] == "sequence" else [t]
 
 
 @pytest.mark.parametrize(("ndim", "oblique", "with_affine"), CASES)
-def test_ngff_zarr_reads_our_field_the_same_way(tmp_path, ndim, oblique, with_affine):
+def test_ngff_zarr_reads_our_field_the_same_way(tmp_path, ndim, oblique, with_affine,
+                                                ngff_zarr_stage_to_itk):
     url, f, i, fixed = _setup(tmp_path, ndim, oblique, with_affine)
     scene = json.loads((Path(url) / "zarr.json").read_text())["attributes"]["ome"]["scene"]
     bij = scene["coordinateTransformations"][0]
@@ -134,6 +104,6 @@ def test_ngff_zarr_reads_our_field_the_same_way(tmp_path, ndim, oblique, with_af
                                    ("inverse", i, f.transform_points(_points(fixed)))):
         pts = start.copy()
         for item in _stages(bij[direction]):
-            pts = itk_points(_itk_from_ngff_zarr(item, url, ndim), pts)
+            pts = itk_points(ngff_zarr_stage_to_itk(item, url, ndim), pts)
         err = np.abs(pts - ours.transform_points(start)).max()
         assert err < 1e-3 * voxel, (direction, err)
