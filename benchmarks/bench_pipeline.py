@@ -13,7 +13,15 @@ for that method alone, workers included):
       /tmp/itkdreg-venv/bin/pip install itk-dreg==0.0.1 'numpy<2' 'itk==5.4.*' \
           'itk-elastix==0.25.*' scipy psutil
 
-* ``ngff``: ngff-dreg, ``Schedule.default`` on a ``local:<workers>`` cluster.
+  With ``--itkdreg-sample N`` only N random blocks are registered and the
+  total time is extrapolated from their times, the block count and the thread
+  count (see ``itkdreg_runner.py``); such rows are labelled
+  ``itkdreg (extrapolated)``, their accuracy is scored only at the points
+  inside the sampled blocks, and a footnote gives the figures.
+* ``ngff``: ngff-dreg, ``Schedule.default`` on a ``local:<workers>`` cluster,
+  or the pair's own schedule ``benchmarks/schedules/<pair>.toml`` when one
+  exists (the stereo pair: 2D, disparities of up to ~70 px), named in the
+  table.
 * ``ngff-fast``: the same with ``Schedule.default(..., fast=True)``.
 
 Scores: point error vs the known truth at foreground voxels (mean, median,
@@ -34,6 +42,11 @@ Examples::
     python benchmarks/bench_pipeline.py --quick                    # small, all methods
     python benchmarks/bench_pipeline.py --pairs mni --methods elastix,ngff,ngff-fast
     python benchmarks/bench_pipeline.py --scaling --plan --no-compare
+    python benchmarks/bench_pipeline.py --pairs big --edge 512 --itkdreg-block 128 \
+        --itkdreg-sample 4 --append                              # 512³, itk-dreg extrapolated
+
+``--append`` adds the section (machine, versions, command, tables) to
+``benchmarks/RESULTS.md``; it is always written to ``<work>/results-section.md``.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ sys.path.insert(0, str(HERE))
 from data import PAIRS, BenchPair, make_pair  # noqa: E402
 
 METHODS = ("elastix", "itkdreg", "ngff", "ngff-fast")
+SCHEDULES = HERE / "schedules"
 ITKDREG_PY = os.environ.get("ITKDREG_PYTHON", "/tmp/itkdreg-venv/bin/python")
 
 
@@ -140,6 +154,7 @@ def _jacobian_stats(field: np.ndarray, spacing_zyx: np.ndarray) -> dict[str, flo
 
 
 def child_elastix(fixed: str, moving: str, points: str, result: str, threads: int) -> None:
+    """Whole-image elastix (rigid + affine + B-spline defaults); save mapped points."""
     import itk
     from data import _read_level
 
@@ -180,13 +195,14 @@ def child_elastix(fixed: str, moving: str, points: str, result: str, threads: in
 
 
 def child_ngff(fixed: str, moving: str, points: str, result: str, workers: int, fast: bool,
-               block: int | None) -> None:
+               block: int | None, schedule: str | None = None) -> None:
+    """Register with ngff-dreg on ``local:<workers>``; save mapped points, print figures."""
     from ngff_dreg.io.multiscale import open_multiscale
     from ngff_dreg.pipeline import register
     from ngff_dreg.plan import Schedule
 
     geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]
-    sched = Schedule.default(geoms, fast=fast)
+    sched = Schedule.load(schedule) if schedule else Schedule.default(geoms, fast=fast)
     if block:
         for st in sched.stages:
             st.block_size = block
@@ -254,13 +270,21 @@ def _to_mha(url: str, path: Path) -> None:
     itk.imwrite(img, str(path), compression=False)
 
 
+def pair_schedule(pair: BenchPair) -> Path | None:
+    """``benchmarks/schedules/<pair>.toml`` if the pair has its own schedule."""
+    path = SCHEDULES / f"{pair.name.split('/')[0]}.toml"
+    return path if path.is_file() else None
+
+
 def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
-            itkdreg_block: int) -> list[dict]:
+            itkdreg_block: int, itkdreg_sample: int = 0) -> list[dict]:
+    """Run every method on ``pair`` in a measured child process and score it."""
     from ngff_dreg.io.multiscale import open_multiscale
 
     pts = pair.geometry.array_index_to_physical(pair.eval_index)
     truth = pair.truth_points(pts)
-    pts_file = work / f"{pair.name.replace('/', '_')}-points.npy"
+    tag = pair.name.replace("/", "_")
+    pts_file = work / f"{tag}-points.npy"
     np.save(pts_file, pts)
     mg = open_multiscale(pair.moving).levels[0].geometry
     fixed_vals = _sample_nearest(pair.fixed, pair.eval_index)
@@ -268,7 +292,8 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
     rows = [{"pair": pair.name, "method": "identity", **before, "ncc_before": before["ncc_after"]}]
     me = str(Path(__file__).resolve())
     for method in methods:
-        res_file = work / f"{pair.name.replace('/', '_')}-{method}.npy"
+        res_file = work / f"{tag}-{method}.npy"
+        label = method
         if method == "itkdreg":
             if pair.geometry.ndim != 3:
                 print(f"  itk-dreg is 3D only: skipped on {pair.name}")
@@ -276,53 +301,108 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
             if not Path(ITKDREG_PY).exists():
                 print(f"  {ITKDREG_PY} missing: itk-dreg skipped (see the module docstring)")
                 continue
-            fm, mm = work / "fixed.mha", work / "moving.mha"
-            _to_mha(pair.fixed, fm)
-            _to_mha(pair.moving, mm)
+            fm, mm = work / f"{tag}-fixed.mha", work / f"{tag}-moving.mha"
+            if not fm.exists():
+                _to_mha(pair.fixed, fm)
+                _to_mha(pair.moving, mm)
             npz = res_file.with_suffix(".npz")
             cmd = [ITKDREG_PY, str(HERE / "itkdreg_runner.py"), str(fm), str(mm), str(pts_file),
                    str(npz), "--block", str(itkdreg_block), "--threads", str(workers)]
+            if itkdreg_sample > 0:
+                cmd += ["--sample-blocks", str(itkdreg_sample)]
+                label = "itkdreg (extrapolated)"
         elif method == "elastix":
             cmd = [sys.executable, me, "--child", "elastix", pair.fixed, pair.moving,
                    str(pts_file), str(res_file), "--workers", str(workers)]
         else:
             cmd = [sys.executable, me, "--child", method, pair.fixed, pair.moving,
                    str(pts_file), str(res_file), "--workers", str(workers)]
-        print(f"  running {method} on {pair.name} ...", flush=True)
+            sched = pair_schedule(pair)
+            if sched is not None:
+                if method == "ngff-fast":
+                    print(f"  {pair.name} has its own schedule: ngff-fast skipped")
+                    continue
+                cmd += ["--schedule", str(sched)]
+                label = f"ngff ({sched.name})"
+        print(f"  running {label} on {pair.name} ...", flush=True)
         try:
             info, figs = run_measured(cmd)
         except RuntimeError as exc:
             print(f"  {method} failed: {exc}")
+            rows.append({"pair": pair.name, "method": f"{label} FAILED"})
             continue
-        mapped = np.load(npz)["mapped"] if method == "itkdreg" else np.load(res_file)
-        row = {"pair": pair.name, "method": method, **score(pair, pts, truth, mapped,
-                                                             fixed_vals, mg),
-               "ncc_before": before["ncc_after"], **figs, **info}
+        keep = np.ones(len(pts), dtype=bool)
+        if method == "itkdreg":
+            with np.load(npz) as z:
+                mapped = z["mapped"]
+                keep = z["scored"]
+        else:
+            mapped = np.load(res_file)
+        if not keep.any():
+            print(f"  {label}: no evaluation point inside the sampled blocks")
+            rows.append({"pair": pair.name, "method": label, **figs, **info})
+            continue
+        row = {"pair": pair.name, "method": label,
+               **score(pair, pts[keep], truth[keep], mapped[keep], fixed_vals[keep], mg),
+               "ncc_before": _ncc(fixed_vals[keep], _sample_nearest(
+                   pair.moving, mg.physical_to_index(pts[keep])[:, ::-1])),
+               **figs, **info}
+        if info.get("extrapolated"):
+            row["note"] = (
+                f"{pair.name} {label}: time extrapolated from {info['sampled_blocks']} of "
+                f"{info['total_blocks']} blocks ({itkdreg_block}³, drawn at random) on "
+                f"{info['threads']} threads: plan {info['plan_seconds']:.1f} s + mean block "
+                f"{np.mean(info['block_seconds']):.1f} s (range "
+                f"{min(info['block_seconds']):.1f}–{max(info['block_seconds']):.1f}) × "
+                f"{info['total_blocks']} / {info['threads']} + reduce "
+                f"{info['reduce_seconds_sampled']:.1f} s × {info['total_blocks']} / "
+                f"{info['sampled_blocks']}; {info['sampled_ok']} of the sampled blocks "
+                f"succeeded. Accuracy and NCC are on the {int(keep.sum())} evaluation "
+                "points inside the sampled blocks only; memory and I/O are those of "
+                "the sampled run.")
         rows.append(row)
-        print(f"    {method}: p95 {row['p95']:.3f}, {row['seconds']:.1f} s, "
+        print(f"    {label}: p95 {row['p95']:.3f}, {row['seconds']:.1f} s, "
               f"tree {row['peak_tree_mb']:.0f} MB", flush=True)
     return rows
 
 
 # ------------------------------------------------------------------ scaling + plan
-def scaling(root: Path, base: int, block: int, work: Path) -> list[dict]:
+def scaling_runs(edges: list[int], workers_edge: int | None) -> list[tuple[int, int]]:
+    """(edge, workers) runs: every edge on 2 workers, then ``workers_edge`` on 1."""
+    runs = [(e, 2) for e in edges]
+    if workers_edge:
+        runs.append((workers_edge, 1))
+    return runs
+
+
+def scaling(root: Path, edges: list[int], block: int, work: Path, *,
+            workers_edge: int | None = None, pair_name: str = "big") -> list[dict]:
+    """ngff-dreg (fast schedule, fixed block size) at each edge; 1 vs 2 workers.
+
+    The pairs are written chunk by chunk (their generation time and peak RSS
+    are reported too); each registration runs in a measured child process.
+    """
     rows = []
     me = str(Path(__file__).resolve())
-    for factor, workers in ((1, 2), (2, 2), (4, 2), (2, 1)):
-        edge = base * factor
-        pair = make_pair("big", root, edge=edge)
+    for edge, workers in scaling_runs(edges, workers_edge):
+        pair = make_pair(pair_name, root, edge=edge)
+        gen = pair.generation or {}
         pts = pair.geometry.array_index_to_physical(pair.eval_index[:2000])
         pts_file = work / f"scale{edge}-points.npy"
         np.save(pts_file, pts)
         res_file = work / f"scale{edge}-{workers}.npy"
         cmd = [sys.executable, me, "--child", "ngff-fast", pair.fixed, pair.moving,
                str(pts_file), str(res_file), "--workers", str(workers), "--block", str(block)]
-        print(f"  scaling: edge {edge}, {workers} worker(s) ...", flush=True)
+        print(f"  scaling: {pair.name}, {workers} worker(s) ...", flush=True)
         info, figs = run_measured(cmd)
         err = np.linalg.norm(np.load(res_file) - pair.truth_points(pts), axis=1)
-        rows.append({"edge": edge, "workers": workers, "block": block, **figs,
-                     "seconds": info["seconds"], "p95": float(np.percentile(err, 95)),
-                     "blocks": info.get("blocks")})
+        vox = err / min(pair.geometry.spacing)
+        rows.append({"pair": pair.name, "edge": edge, "workers": workers, "block": block,
+                     **figs, "seconds": info["seconds"],
+                     "p95_vox": float(np.percentile(vox, 95)), "blocks": info.get("blocks"),
+                     "gen_seconds": gen.get("seconds"), "gen_peak_mb": gen.get("peak_rss_mb")})
+        print(f"    {info['seconds']:.1f} s, worker peak {figs['peak_worker_mb']:.0f} MB, "
+              f"p95 {rows[-1]['p95_vox']:.3f} vox", flush=True)
     return rows
 
 
@@ -383,6 +463,7 @@ def plan_virtual(work: Path, shape=(10000, 20000, 20000), block: int = 512) -> d
 
 # ------------------------------------------------------------------ output
 def versions() -> dict[str, str]:
+    """Versions of the packages that matter, and Python's."""
     out = {}
     for d in ("ngff-dreg", "itk", "itk-elastix", "zarr", "dask", "distributed", "numpy"):
         try:
@@ -390,10 +471,20 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[d] = "-"
     out["python"] = platform.python_version()
+    if Path(ITKDREG_PY).exists():
+        probe = ("from importlib import metadata as m; print(', '.join(d + ' ' + m.version(d) "
+                 "for d in ('itk-dreg', 'numpy', 'itk', 'itk-elastix')))")
+        try:
+            res = subprocess.run([ITKDREG_PY, "-c", probe], capture_output=True, text=True,
+                                 timeout=60, check=True)
+            out["itk-dreg venv"] = res.stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            out["itk-dreg venv"] = "unreadable"
     return out
 
 
 def fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    """A Markdown table of ``rows``; ``cols`` are (key, header, format spec)."""
     head = "| " + " | ".join(c[1] for c in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     lines = [head, sep]
@@ -417,7 +508,8 @@ COMPARE_COLS = [("pair", "pair", ""), ("method", "method", ""), ("mean", "mean",
 
 
 def add_ratios(rows: list[dict]) -> None:
-    by = {(r["pair"], r["method"]): r for r in rows}
+    """Speed-ups against elastix and itk-dreg (full or extrapolated) of the same pair."""
+    by = {(r["pair"], r["method"].split(" (")[0]): r for r in rows}
     for r in rows:
         if r["method"] == "identity":
             continue
@@ -427,21 +519,40 @@ def add_ratios(rows: list[dict]) -> None:
                 r[key] = other["seconds"] / r["seconds"]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main() -> None:
+    """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=5, metavar=("MODE", "FIXED", "MOVING", "POINTS", "RESULT"))
     ap.add_argument("--pairs", default="mni,2d,stereo", help=f"comma list of {PAIRS}")
+    ap.add_argument("--edge", type=int, default=None,
+                    help="edge of the big/mniup pairs (default 512, --quick 64/128)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--block", type=int, default=None, help="ngff-dreg block size override")
+    ap.add_argument("--schedule", default=None, help="ngff-dreg schedule file (child mode)")
     ap.add_argument("--itkdreg-block", type=int, default=48)
+    ap.add_argument("--itkdreg-sample", type=int, default=0,
+                    help="itk-dreg: register this many random blocks and extrapolate (0: all)")
     ap.add_argument("--quick", action="store_true", help="reduced sizes")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("--scaling", action="store_true")
-    ap.add_argument("--scaling-base", type=int, default=None)
+    ap.add_argument("--scaling-edges", default=None,
+                    help="comma list of edges (default 128,256,512; --quick 48,96)")
+    ap.add_argument("--scaling-workers-edge", type=int, default=None,
+                    help="edge of the 1-worker run (default: the middle edge)")
+    ap.add_argument("--scaling-block", type=int, default=None,
+                    help="fixed block size (default 96; --quick 64)")
+    ap.add_argument("--scaling-pair", default="big", choices=("big", "mniup"))
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--root", type=Path, default=Path("/tmp/ngff-dreg-bench"))
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--append", action="store_true",
+                    help="append the section to --results (else only <work>/results-section.md)")
+    ap.add_argument("--title", default=None, help="heading of the appended section")
     args = ap.parse_args()
 
     if args.child:
@@ -450,7 +561,7 @@ def main() -> None:
             child_elastix(fixed, moving, points, result, args.workers)
         else:
             child_ngff(fixed, moving, points, result, args.workers, mode == "ngff-fast",
-                       args.block)
+                       args.block, args.schedule)
         return
 
     args.root.mkdir(parents=True, exist_ok=True)
@@ -459,27 +570,43 @@ def main() -> None:
     load = os.getloadavg()
     if not args.no_compare:
         rows: list[dict] = []
+        gens = []
         for name in args.pairs.split(","):
-            pair = make_pair(name.strip(), args.root, quick=args.quick)
+            pair = make_pair(name.strip(), args.root, quick=args.quick, edge=args.edge)
             print(f"{pair.name}: {pair.description}", flush=True)
+            if pair.generation:
+                gens.append({"pair": pair.name, **pair.generation})
             rows += compare(pair, args.methods.split(","), args.workers, work,
-                            args.itkdreg_block)
+                            args.itkdreg_block, args.itkdreg_sample)
         add_ratios(rows)
         table = fmt_table(rows, COMPARE_COLS)
-        print(table)
-        sections.append("## Accuracy, time, memory, I/O\n\n" + table)
+        notes = [f"- {r['note']}" for r in rows if r.get("note")]
+        notes += [f"- {g['pair']} was written chunk by chunk ({g['n_chunks']} chunks of "
+                  f"{g['chunks']}³ per image, {g['image_mb_each']:.0f} MB per image) in "
+                  f"{g['seconds']:.0f} s with a peak RSS of {g['peak_rss_mb']:.0f} MB "
+                  f"(measured when it was generated)." for g in gens]
+        print(table, *notes, sep="\n")
+        sections.append("## Accuracy, time, memory, I/O\n\n" + table
+                        + ("\n\n" + "\n".join(notes) if notes else ""))
         (work / "compare.json").write_text(json.dumps(rows, indent=1, default=str))
     if args.scaling:
-        base = args.scaling_base or (48 if args.quick else 128)
-        srows = scaling(args.root, base, 64 if args.quick else 96, work)
-        table = fmt_table(srows, [("edge", "edge", ""), ("workers", "workers", ""),
+        edges = _ints(args.scaling_edges) if args.scaling_edges else (
+            [48, 96] if args.quick else [128, 256, 512])
+        wedge = args.scaling_workers_edge or edges[len(edges) // 2]
+        block = args.scaling_block or (64 if args.quick else 96)
+        srows = scaling(args.root, edges, block, work, workers_edge=wedge,
+                        pair_name=args.scaling_pair)
+        table = fmt_table(srows, [("pair", "pair", ""), ("workers", "workers", ""),
                                   ("block", "block", ""), ("blocks", "blocks", ""),
                                   ("seconds", "time s", ".1f"),
                                   ("peak_worker_mb", "peak per worker MB", ".0f"),
                                   ("peak_tree_mb", "tree MB", ".0f"),
-                                  ("read_mb", "read MB", ".0f"), ("p95", "p95", ".3f")])
+                                  ("read_mb", "read MB", ".0f"), ("p95_vox", "p95 vox", ".3f"),
+                                  ("gen_seconds", "pair written in s", ".0f"),
+                                  ("gen_peak_mb", "writer peak RSS MB", ".0f")])
         print(table)
         sections.append("## Scaling (ngff-dreg fast schedule, fixed block size)\n\n" + table)
+        (work / "scaling.json").write_text(json.dumps(srows, indent=1, default=str))
     if args.plan:
         prow = plan_virtual(work)
         table = fmt_table([prow], [(k, k, ".3f" if isinstance(v, float) else "")
@@ -496,6 +623,11 @@ def main() -> None:
     )
     out = "\n\n".join([header, *sections]) + "\n"
     (work / "results-section.md").write_text(out)
+    if args.append:
+        title = args.title or "## Run " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        with args.results.open("a") as fh:
+            fh.write("\n" + title + "\n\n" + out.replace("\n## ", "\n### "))
+        print(f"appended to {args.results}")
     print(f"\nraw results in {work}")
 
 
