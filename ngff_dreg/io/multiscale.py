@@ -13,6 +13,7 @@ import zarr
 
 from ngff_dreg.errors import InvalidMetadataError, LevelNotFoundError
 from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.stores import join_url, map_store_errors, open_group, redact_url
 from ngff_dreg.ngff.metadata import Multiscale, parse_multiscale
 
@@ -218,9 +219,14 @@ def open_multiscale(
 
     """
     text = os.fspath(url)
-    group = open_group(text, storage_options, mode="r")
-    attrs = map_store_errors(text, "read attributes", lambda: group.attrs.asdict())
     safe = redact_url(text)
+
+    def load() -> tuple[Any, Any]:
+        group = open_group(text, storage_options, mode="r")
+        return group, map_store_errors(text, "read attributes", lambda: group.attrs.asdict())
+
+    # Metadata reads ride out transient store failures like chunk reads do.
+    group, attrs = retry_transient(load, f"{safe}: read metadata")
     multiscale = parse_multiscale(
         attrs, url=safe, name=name, coordinate_system=coordinate_system
     )
@@ -236,7 +242,10 @@ def open_multiscale(
     arrays = {}
     dtype = None
     for i in range(len(multiscale.levels)):
-        info, arrays[i] = read_level_info(group, multiscale, i, text)
+        info, arrays[i] = retry_transient(
+            lambda i=i: read_level_info(group, multiscale, i, text),
+            f"{safe}: read level {i} metadata",
+        )
         if dtype is not None and info.dtype != dtype:
             logger.warning("%s: level %r has dtype %s, level 0 has %s", safe, info.path,
                            info.dtype, dtype)

@@ -21,6 +21,7 @@ from rel_helpers import field_difference, small_schedule, upload_pair
 from ngff_dreg.errors import NgffDregError, StoreAccessError, StoreNotFoundError
 from ngff_dreg.geometry import Box
 from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.multiscale import open_multiscale
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.retry import RetryPolicy, retry_transient
 from ngff_dreg.pipeline import register
@@ -96,6 +97,22 @@ def test_reader_rides_out_an_outage_longer_than_s3fs_retries(
     data = ctor().read_box(Box.full((48, 48, 48)))
     assert proxy.total_faults == 8 * 27  # every one of the 27 chunks hit 8 times
     np.testing.assert_array_equal(data, reference)  # never silently different
+
+
+@pytest.mark.parametrize("mode", ["reset", "truncate"])
+def test_metadata_reads_ride_out_an_outage_too(
+    s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening an image (group and array ``zarr.json`` GETs) is retried like chunk reads."""
+    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    _, _, moving = s3_pair
+    reference = open_multiscale(moving, s3_server.storage_options())
+    proxy = fault_proxy(s3_server.endpoint_url, mode=mode, fail_first=8,
+                        match=lambda line: line.startswith("GET ") and "zarr.json" in line)
+    image = open_multiscale(moving, _opts(s3_server, proxy.endpoint_url))
+    assert proxy.total_faults >= 8 * 2  # the group and at least one array, 8 times each
+    assert [lv.geometry for lv in image.levels] == [lv.geometry for lv in reference.levels]
 
 
 def test_reader_gives_a_clear_error_when_the_store_stays_down(
