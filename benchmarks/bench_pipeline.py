@@ -351,14 +351,14 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
             row["note"] = (
                 f"{pair.name} {label}: time extrapolated from {info['sampled_blocks']} of "
                 f"{info['total_blocks']} blocks ({itkdreg_block}³, drawn at random) on "
-                f"{info['threads']} threads: plan {info['plan_seconds']:.1f} s + mean block "
-                f"{np.mean(info['block_seconds']):.1f} s (range "
-                f"{min(info['block_seconds']):.1f}–{max(info['block_seconds']):.1f}) × "
-                f"{info['total_blocks']} / {info['threads']} + reduce "
-                f"{info['reduce_seconds_sampled']:.1f} s × {info['total_blocks']} / "
-                f"{info['sampled_blocks']}; {info['sampled_ok']} of the sampled blocks "
-                f"succeeded. Accuracy and NCC are on the {int(keep.sum())} evaluation "
-                "points inside the sampled blocks only; memory and I/O are those of "
+                f"{info['threads']} threads: plan {info['plan_seconds']:.1f} s + sample wall "
+                f"{info['sample_wall_seconds']:.1f} s × {info['total_blocks']} / "
+                f"{info['sampled_blocks']} + reduce {info['reduce_seconds_sampled']:.1f} s × "
+                f"{info['total_blocks']} / "
+                f"{info['sampled_blocks']} (block seconds, waits included: "
+                + ", ".join(f"{t:.0f}" for t in info["block_seconds"])
+                + f"); {info['sampled_ok']} of the sampled blocks succeeded. Accuracy and "
+                f"NCC are on the {int(keep.sum())} evaluation points inside the sampled blocks only; memory and I/O are those of "
                 "the sampled run.")
         rows.append(row)
         print(f"    {label}: p95 {row['p95']:.3f}, {row['seconds']:.1f} s, "

@@ -31,14 +31,21 @@ would take hours (about a minute per block on 2 cores):
 3. the N results are reduced with the same ``ReduceToDisplacementFieldMethod``
    (timed: ``reduce_seconds_sampled``).
 
-The extrapolated wall time is ``plan + mean(block seconds) × M / threads +
-reduce_sampled × M / N``. The reduce term is scaled linearly in blocks because
-itk-dreg's reduce visits every field node once per block domain covering it
-(a Python loop); with all M blocks present the nodes are covered about
-``(1 + overlap)³`` times, as they are inside the N sampled domains. The output
-marks the points lying inside the sampled blocks' own (non-overlapped)
-regions: only those are scored, as the reduced field elsewhere is the initial
-transform. Everything extrapolated is flagged in the JSON line and the npz.
+The extrapolated wall time is ``plan + sample_wall × M / N + reduce_sampled ×
+M / N``, where ``sample_wall`` is the wall time of the N blocks run together
+(``--threads`` at a time). The wall time, not the per-block times, is scaled
+because itk-dreg's blocks do not always overlap on the threaded scheduler: in
+one smoke run the second thread's block only started registering when the
+first one finished (the wrapped elastix call appears to hold the GIL; its
+"block seconds" include that wait), in another both ran side by side at half
+speed. Scaling the wall time is right either way. Choose
+N a multiple of ``--threads`` so the sample packs like the full run. The
+reduce term is scaled linearly in blocks because itk-dreg's reduce visits
+every field node once per block domain covering it (a Python loop); with all
+M blocks present the nodes are covered about ``(1 + overlap)³`` times, as
+they are inside the N sampled domains. The output marks the points lying
+inside the sampled blocks' own (non-overlapped) regions: only those are
+scored, as the reduced field elsewhere is the initial transform. Everything extrapolated is flagged in the JSON line and the npz.
 """
 
 from __future__ import annotations
@@ -150,8 +157,7 @@ def main() -> None:
         reduce_seconds = time.perf_counter() - t1
         n, m = extra["sampled_blocks"], extra["total_blocks"]
         extra["reduce_seconds_sampled"] = reduce_seconds
-        extra["block_stage_seconds_extrapolated"] = (
-            float(np.mean(extra["block_seconds"])) * m / args.threads)
+        extra["block_stage_seconds_extrapolated"] = extra["sample_wall_seconds"] * m / n
         extra["reduce_seconds_extrapolated"] = reduce_seconds * m / n
         seconds = (plan_seconds + extra["block_stage_seconds_extrapolated"]
                    + extra["reduce_seconds_extrapolated"])
@@ -237,3 +243,7 @@ def _run_sample(plan, args: argparse.Namespace, fixed_ctor, moving_ctor, block_m
         "sampled_ok": int(sum(int(r.status) == 0 for r, _ in outs)),
         "scored_points": int(scored.sum()), "status": status, "scored": scored,
     }
+
+
+if __name__ == "__main__":
+    main()
