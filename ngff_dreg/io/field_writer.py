@@ -315,10 +315,13 @@ class FieldSceneWriter:
         Replace a complete existing output. An incomplete ngff-dreg output is
         always resumed.
     fixed_path, moving_path:
-        Relative paths (below the scene) naming the fixed and moving images in
-        ``input``/``output``.
+        Relative paths of the fixed and moving image groups *below the scene*,
+        for a scene written as the parent of its images. By default (``None``)
+        the images live elsewhere, so the scene declares their spaces as its
+        own ``coordinateSystems`` and ``input``/``output`` name them without a
+        ``path`` (as RFC-5 allows): nothing points at a group that is not there.
     fixed_system, moving_system:
-        Coordinate-system names in those images.
+        Coordinate-system names: in the images (with a path) or in the scene.
     fixed_url, moving_url:
         Actual locations of the images, recorded under ``attributes.ngff_dreg``.
 
@@ -327,10 +330,10 @@ class FieldSceneWriter:
     url: str
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     overwrite: bool = False
-    fixed_path: str = "fixed"
-    moving_path: str = "moving"
-    fixed_system: str = "physical"
-    moving_system: str = "physical"
+    fixed_path: str | None = None
+    moving_path: str | None = None
+    fixed_system: str = "fixed"
+    moving_system: str = "moving"
     fixed_url: str | None = None
     moving_url: str | None = None
 
@@ -437,16 +440,24 @@ class FieldSceneWriter:
             fgroup.attrs.put({"ome": _field_multiscale(name, frames[name], levels, geom.unit)})
         root[TRANSFORMS_GROUP].attrs.put({})
         transform = scene_transform(affine, frames[FORWARD_NAME], frames.get(INVERSE_NAME))
-        transform["input"] = {"path": self.fixed_path, "name": self.fixed_system}
-        transform["output"] = {"path": self.moving_path, "name": self.moving_system}
+        fixed_geom = geometries[FORWARD_NAME]
+        systems = []
+        for key, path, system in (("input", self.fixed_path, self.fixed_system),
+                                  ("output", self.moving_path, self.moving_system)):
+            if path is None:
+                transform[key] = {"name": system}
+                systems.append({"name": system,
+                                "axes": _axes(fixed_geom.ndim, fixed_geom.unit)[1:]})
+            else:
+                transform[key] = {"path": path, "name": system}
         marker: dict[str, Any] = {"status": "complete", "version": 1,
                                   "images": {"fixed": self.fixed_url, "moving": self.moving_url}}
         if extra:
             marker.update(extra)
-        root.attrs.put({
-            "ome": {"version": NGFF_VERSION, "scene": {"coordinateTransformations": [transform]}},
-            MARKER_KEY: marker,
-        })
+        scene: dict[str, Any] = {"coordinateTransformations": [transform]}
+        if systems:
+            scene["coordinateSystems"] = systems
+        root.attrs.put({"ome": {"version": NGFF_VERSION, "scene": scene}, MARKER_KEY: marker})
         logger.info("transform scene complete at %s", redact_url(self.url))
 
 
@@ -503,8 +514,8 @@ def write_field_scene(
     overwrite: bool = False,
     chunks: Sequence[int] | int = 64,
     n_levels: int | None = None,
-    fixed_path: str = "fixed",
-    moving_path: str = "moving",
+    fixed_path: str | None = None,
+    moving_path: str | None = None,
     fixed_url: str | None = None,
     moving_url: str | None = None,
 ) -> None:

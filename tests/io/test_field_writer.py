@@ -96,8 +96,13 @@ def test_field_layout_the_schemas_do_not_check(tmp_path, ndim, oblique, with_aff
                 np.testing.assert_allclose(trans[1:], s0[1][1:] + (scale[1:] - s0[0][1:]) / 2)
     t = _attrs(url)["ome"]["scene"]["coordinateTransformations"][0]
     assert t["type"] == "bijection"
-    assert t["input"] == {"path": "fixed", "name": "physical"}
-    assert t["output"] == {"path": "moving", "name": "physical"}
+    # the images live elsewhere: the scene declares their spaces and names them,
+    # with no path to a group that is not in the hierarchy
+    assert t["input"] == {"name": "fixed"} and t["output"] == {"name": "moving"}
+    scene = _attrs(url)["ome"]["scene"]
+    systems = {s["name"]: s["axes"] for s in scene["coordinateSystems"]}
+    assert [a["name"] for a in systems["fixed"]] == spatial
+    assert all(a["type"] == "space" and a["unit"] == "micrometer" for a in systems["moving"])
     fwd_items = t["forward"]["transformations"] if t["forward"]["type"] == "sequence" else [
         t["forward"]]
     kinds = [i["type"] for i in fwd_items]
