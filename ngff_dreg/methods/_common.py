@@ -128,12 +128,16 @@ def resample_into(moving: Any, reference: Any, transform: Any, default_value: fl
 
 def has_signal(array: npt.NDArray[Any], min_std: float = 1e-6) -> bool:
     """True when ``array`` is finite somewhere and not (nearly) constant."""
-    values = np.asarray(array, dtype=np.float64)
-    finite = values[np.isfinite(values)]
+    values = np.asarray(array)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    finite_mask = np.isfinite(values)
+    # no copy when every value is finite (the usual case); sums in float64
+    finite = values.reshape(-1) if finite_mask.all() else values[finite_mask]
     if finite.size < 8:
         return False
-    std = float(finite.std())
-    scale = max(float(np.abs(finite).max()), 1e-30)
+    std = float(finite.std(dtype=np.float64))
+    scale = max(abs(float(finite.max())), abs(float(finite.min())), 1e-30)
     return std > min_std * scale and std > 0.0
 
 

@@ -519,6 +519,51 @@ def _metric_and_gradient(
     return value, dw[:, None] * grad_w
 
 
+class _LinearSampler:
+    """Linear interpolation of several same-shaped arrays at once.
+
+    Equal to ``ndimage.map_coordinates(a, coords, order=1, mode="nearest")``
+    for each array ``a`` (coordinates outside the grid read the edge), but the
+    arrays are stored interleaved, so every sample costs one gather of ``k``
+    neighbouring values per cell corner instead of one pass per array.
+    """
+
+    def __init__(self, stacked: np.ndarray) -> None:
+        """``stacked``: the arrays interleaved, shape ``(*grid_shape, k)``."""
+        shape = np.asarray(stacked.shape[:-1], dtype=np.intp)
+        self.ndim = len(shape)
+        self.shape = shape
+        self.k = int(stacked.shape[-1])
+        self.flat = np.ascontiguousarray(stacked, dtype=np.float64).reshape(-1, self.k)
+        self.strides = np.cumprod(np.concatenate([shape[1:], [1]])[::-1])[::-1].astype(np.intp)
+        # flat offsets of the 2^ndim cell corners (first axis slowest); along an
+        # axis of length 1 the far corner is the near one (its weight is zero)
+        bits = np.array(list(np.ndindex(*([2] * self.ndim))), dtype=np.intp)
+        self.offsets = (bits * (self.strides * (shape > 1))).sum(axis=1)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        """Values at ``(N, ndim)`` NumPy-order voxel coordinates, shape ``(N, k)``."""
+        c = np.clip(coords, 0, self.shape - 1)
+        i0 = np.minimum(c.astype(np.intp), np.maximum(self.shape - 2, 0))
+        t = c - i0
+        n = len(c)
+        w = np.ones((n, 1))
+        for a in range(self.ndim):
+            wa = np.stack([1.0 - t[:, a], t[:, a]], axis=1)
+            w = (w[:, :, None] * wa[:, None, :]).reshape(n, -1)
+        values = self.flat[(i0 @ self.strides)[:, None] + self.offsets[None, :]]
+        return np.einsum("nc,nck->nk", w, values)
+
+
+def _image_and_gradients(image: np.ndarray) -> _LinearSampler:
+    """Sampler of an image and its central-difference gradient (NumPy order, per voxel)."""
+    stacked = np.empty((*image.shape, image.ndim + 1), dtype=np.float64)
+    stacked[..., 0] = image
+    for k in range(image.ndim):  # one gradient image at a time: low peak memory
+        stacked[..., k + 1] = np.gradient(image, axis=k) if image.shape[k] > 1 else 0.0
+    return _LinearSampler(stacked)
+
+
 class _Objective:
     """Metric and gradient w.r.t. the B-spline parameters on fixed sample points."""
 
@@ -527,8 +572,7 @@ class _Objective:
         metric: str,
         points: np.ndarray,
         weights: Any,
-        warped: np.ndarray,
-        gradients: Sequence[np.ndarray],
+        sampler: _LinearSampler,
         fixed_values: np.ndarray,
         to_index: np.ndarray,
         origin: np.ndarray,
@@ -538,8 +582,7 @@ class _Objective:
         self.points = points
         self.weights = weights
         self.weights_t = weights.T.tocsr()
-        self.warped = warped
-        self.gradients = gradients
+        self.sampler = sampler  # warped moving image and its gradient
         self.fixed_values = fixed_values
         self.to_index = to_index
         # d(index, NumPy order)/d(physical, ITK order)
@@ -554,20 +597,15 @@ class _Objective:
 
     def data_term(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Metric and gradient, without the regulariser."""
-        from scipy import ndimage
-
         ndim = self.points.shape[1]
         c = x.reshape(ndim, -1).T
         q = self.points + self.weights @ c
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1]
         # Points leaving the block read the edge value (zero gradient) rather
         # than being dropped, which keeps the objective continuous.
-        ci = cidx.T
-        w_vals = ndimage.map_coordinates(self.warped, ci, order=1, mode="nearest")
-        g_idx = np.stack(
-            [ndimage.map_coordinates(g, ci, order=1, mode="nearest") for g in self.gradients],
-            axis=1,
-        )
+        vals = self.sampler(cidx)
+        w_vals = vals[:, 0]
+        g_idx = vals[:, 1:]
         outside = np.any((cidx < 0) | (cidx > self.shape - 1), axis=1)
         g_idx[outside] = 0.0
         g_phys = g_idx @ self.dindex
@@ -583,18 +621,7 @@ class _Objective:
         """
         ndim = self.points.shape[1]
         cidx = ((self.points - self.origin) @ self.to_index.T)[:, ::-1]
-        from scipy import ndimage
-
-        g = (
-            np.stack(
-                [
-                    ndimage.map_coordinates(gr, cidx.T, order=1, mode="nearest")
-                    for gr in self.gradients
-                ],
-                axis=1,
-            )
-            @ self.dindex
-        )
+        g = self.sampler(cidx)[:, 1:] @ self.dindex
         g2 = float(np.mean(np.sum(g * g, axis=1))) / ndim
         if self.metric == "meansquares":
             return 2.0 * g2
@@ -706,14 +733,15 @@ def _fast_bspline_fit(
     value = float("nan")
     evaluations = 0
 
-    images: dict[float, tuple[np.ndarray, np.ndarray, Any]] = {}
+    images: dict[float, tuple[np.ndarray, _LinearSampler]] = {}
 
     def objective(factor: int, sigma: float, count: int) -> _Objective | None:
         if sigma not in images:  # the validation reuses the last level's images
             images.clear()
             f_img, w_img = _level_images(fixed, warped, valid, float(sigma))
-            images[sigma] = (f_img, w_img, np.gradient(w_img))  # NumPy order, per voxel
-        f_img, w_img, grads = images[sigma]
+            images[sigma] = (f_img, _image_and_gradients(w_img))
+            del w_img
+        f_img, sampler = images[sigma]
         idx = _sample_lattice(fixed.shape, int(factor), count, rng)
         idx = idx[valid[tuple(idx.T)]]
         if idx.shape[0] < 16:
@@ -724,7 +752,7 @@ def _fast_bspline_fit(
         f_vals = ndimage.map_coordinates(f_img, cidx.T, order=1, mode="nearest")
         pts = geom.array_index_to_physical(cidx)
         weights = bspline_weight_matrix(transform, pts)
-        return _Objective(metric, pts, weights, w_img, grads, f_vals, to_index, origin, shape)
+        return _Objective(metric, pts, weights, sampler, f_vals, to_index, origin, shape)
 
     for factor, sigma in zip(shrink_factors, smoothing_sigmas):
         fun = objective(int(factor), float(sigma), samples)
