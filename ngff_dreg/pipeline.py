@@ -421,6 +421,9 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
             )
         )
         client = stack.enter_context(Client(cluster, set_as_default=False))
+        from ngff_dreg.worker import warm_up_workers
+
+        warm_up_workers(client)  # ITK loads in every worker while the first tasks start
     elif isinstance(client, str):
         client = stack.enter_context(Client(client, set_as_default=False))
     link = getattr(client, "dashboard_link", None)

@@ -18,7 +18,7 @@ from typing import Any
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.itk_bridge import preload_itk, set_itk_threads
 
-__all__ = ["prepare_worker", "ItkWorkerPlugin", "itk_threads_for_task"]
+__all__ = ["prepare_worker", "ItkWorkerPlugin", "itk_threads_for_task", "warm_up_workers"]
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -54,6 +54,31 @@ def prepare_worker(itk_threads: int | None = None) -> None:
         set_itk_threads(n)
         _configured = n
         logger.debug("ITK ready with %d thread(s) in pid %d", n, os.getpid())
+
+
+def warm_up_workers(client: Any, itk_threads: int | None = None) -> int:
+    """Start :func:`prepare_worker` on every worker of ``client`` without waiting for it.
+
+    Loading ITK's modules takes seconds per process. Started as soon as the
+    workers are up, it overlaps with the client's own work and with the first
+    task, which would otherwise load them on one worker while the others wait
+    for their first task to do the same. Returns the number of workers asked.
+    """
+    from distributed import fire_and_forget
+
+    workers = list(client.scheduler_info().get("workers", {}))
+    futures = [
+        client.submit(
+            prepare_worker,
+            itk_threads,
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+        )
+        for address in workers
+    ]
+    fire_and_forget(futures)
+    return len(futures)
 
 
 class ItkWorkerPlugin:
