@@ -26,6 +26,7 @@ from ngff_dreg.errors import IncompleteOutputError, InvalidMetadataError
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.io.field_writer import MARKER_KEY, ZarrFieldLoader
 from ngff_dreg.io.stores import open_store, redact_url
+from ngff_dreg.ngff.metadata import check_relative_path
 from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
 
 __all__ = ["read_transform", "read_scene_attributes", "to_itk_transform", "export_itk"]
@@ -202,7 +203,8 @@ def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
                 scale = scale * np.asarray(item["scale"], float)
             elif item.get("type") == "translation":
                 trans = trans * 1.0 + np.asarray(item["translation"], float)
-    arr: Any = group[str(ds["path"])]
+    arr: Any = group[check_relative_path(ds.get("path"), f"{redact_url(url)}/{path}",
+                                         "multiscales[0].datasets[0].path")]
     shape = tuple(int(s) for s in arr.shape)
     if shape[0] != ndim:
         raise InvalidMetadataError(
@@ -221,7 +223,7 @@ def _chain_from(t: Mapping[str, Any], url: str, storage_options: Mapping[str, An
             f"expected exactly one displacements transform, found {len(where)}"
         )
     k = where[0]
-    fpath = str(items[k]["path"])
+    fpath = check_relative_path(items[k].get("path"), redact_url(url), "displacements.path")
     ndim, scale, trans, shape, unit = _field_grid(url, fpath, storage_options)
     pre = _to_itk_affine(_linear_zyx({"type": "sequence", "transformations": items[:k]}, ndim))
     post = _to_itk_affine(_linear_zyx({"type": "sequence",
@@ -265,7 +267,8 @@ def _level0_path(url: str, fpath: str, storage_options: Mapping[str, Any] | None
     store = open_store(url, storage_options, read_only=True)
     group = zarr.open_group(store=store, path=fpath, mode="r")
     ome: Any = dict(group.attrs.asdict())["ome"]
-    return str(ome["multiscales"][0]["datasets"][0]["path"])
+    return check_relative_path(ome["multiscales"][0]["datasets"][0].get("path"),
+                               f"{redact_url(url)}/{fpath}", "multiscales[0].datasets[0].path")
 
 
 def read_transform(url: str, storage_options: Mapping[str, Any] | None = None, *,

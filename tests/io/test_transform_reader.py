@@ -107,3 +107,39 @@ def test_ngff_zarr_reads_our_field_the_same_way(tmp_path, ndim, oblique, with_af
             pts = itk_points(ngff_zarr_stage_to_itk(item, url, ndim), pts)
         err = np.abs(pts - ours.transform_points(start)).max()
         assert err < 1e-3 * voxel, (direction, err)
+
+
+# ---------------------------------------------------------------- paths stay inside the store
+def _edit(path: Path, fn: Any) -> None:
+    meta = json.loads(path.read_text())
+    fn(meta["attributes"])
+    path.write_text(json.dumps(meta))
+
+
+def test_a_field_path_outside_the_scene_is_refused(tmp_path):
+    from ngff_dreg.errors import PathEscapeError
+
+    url, *_ = _setup(tmp_path / "a", 3, False, False)
+    _setup(tmp_path / "b", 3, False, True)  # a real store next door
+    rel = "../../b/reg.zarr/coordinateTransformations/fixed_to_moving"
+
+    def point_outside(attrs: dict) -> None:
+        attrs["ome"]["scene"]["coordinateTransformations"][0]["forward"]["path"] = rel
+
+    _edit(Path(url) / "zarr.json", point_outside)
+    with pytest.raises(PathEscapeError, match=r"displacements\.path"):
+        read_transform(url)
+    read_transform(url, inverse=True)  # the untouched inverse still reads
+
+
+def test_a_field_level_path_outside_its_group_is_refused(tmp_path):
+    from ngff_dreg.errors import PathEscapeError
+
+    url, *_ = _setup(tmp_path, 3, False, False)
+
+    def point_outside(attrs: dict) -> None:
+        attrs["ome"]["multiscales"][0]["datasets"][0]["path"] = "../moving_to_fixed/s0"
+
+    _edit(Path(url) / "coordinateTransformations/fixed_to_moving/zarr.json", point_outside)
+    with pytest.raises(PathEscapeError, match="datasets"):
+        read_transform(url)
