@@ -1,0 +1,30 @@
+"""Worker set-up: the fire-and-forget ITK warm-up reaches every worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ngff_dreg import worker
+
+
+def test_warm_up_runs_prepare_worker_on_every_worker(monkeypatch) -> None:
+    distributed = pytest.importorskip("distributed")
+    calls: list[str] = []
+    # the task function may be pickled by value: record through the module
+    monkeypatch.setattr(worker, "_test_calls", calls, raising=False)
+
+    def fake_prepare(itk_threads=None) -> None:
+        worker._test_calls.append(distributed.get_worker().address)
+
+    monkeypatch.setattr(worker, "prepare_worker", fake_prepare)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        n = worker.warm_up_workers(client)  # returns at once
+        assert n == 2
+        deadline = time.monotonic() + 30
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(calls) == sorted(client.scheduler_info()["workers"])
