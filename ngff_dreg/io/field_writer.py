@@ -451,7 +451,8 @@ class FieldSceneWriter:
             else:
                 transform[key] = {"path": path, "name": system}
         marker: dict[str, Any] = {"status": "complete", "version": 1,
-                                  "images": {"fixed": self.fixed_url, "moving": self.moving_url}}
+                                  "images": {"fixed": _redacted(self.fixed_url),
+                                             "moving": _redacted(self.moving_url)}}
         if extra:
             marker.update(extra)
         scene: dict[str, Any] = {"coordinateTransformations": [transform]}
@@ -459,6 +460,11 @@ class FieldSceneWriter:
             scene["coordinateSystems"] = systems
         root.attrs.put({"ome": {"version": NGFF_VERSION, "scene": scene}, MARKER_KEY: marker})
         logger.info("transform scene complete at %s", redact_url(self.url))
+
+
+def _redacted(url: str | None) -> str | None:
+    """An image URL as recorded in the output: never with credentials in it."""
+    return None if url is None else redact_url(url)
 
 
 def _chunk_tuple(chunks: Sequence[int] | int, ndim: int) -> tuple[int, ...]:

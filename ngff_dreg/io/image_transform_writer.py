@@ -278,7 +278,7 @@ def write_transform_into_image(
     marker = scene_attrs.get(MARKER_KEY) or {}
     images = marker.get("images") or {}
     recorded = images.get("fixed")
-    if recorded and not _same_location(str(recorded), fixed_url):
+    if recorded and not _same_location(str(recorded), redact_url(fixed_url)):
         raise IncompatibleImagesError(
             f"{redact_url(scene_url)} registers fixed image {redact_url(recorded)}, "
             f"not {safe_fixed}"

@@ -202,3 +202,16 @@ def test_interrupted_write_is_incomplete_and_a_rerun_completes_it(tmp_path):
     pts = fixed.sample_points(per_axis=7)
     np.testing.assert_allclose(read_transform(url).transform_points(pts),
                                chain.transform_points(pts), atol=1e-5)
+
+
+def test_recorded_image_urls_carry_no_credentials(tmp_path):
+    fwd, inv = _chains(2, False, False)
+    url = tmp_path / "reg.zarr"
+    secret_fixed = "https://alice:hunter2@data.example.org/fixed.zarr?token=s3cr3t&v=1"
+    write_field_scene(str(url), fwd, inv, chunks=8, fixed_url=secret_fixed,
+                      moving_url="s3://bucket/moving.zarr")
+    text = (url / "zarr.json").read_text()
+    assert "hunter2" not in text and "s3cr3t" not in text and "alice" not in text
+    images = _attrs(url)["ngff_dreg"]["images"]
+    assert images["fixed"].startswith("https://***@data.example.org/fixed.zarr")
+    assert images["moving"] == "s3://bucket/moving.zarr"
