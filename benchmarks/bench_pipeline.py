@@ -270,14 +270,21 @@ def _to_mha(url: str, path: Path) -> None:
     itk.imwrite(img, str(path), compression=False)
 
 
-def pair_schedule(pair: BenchPair) -> Path | None:
-    """``benchmarks/schedules/<pair>.toml`` if the pair has its own schedule."""
+def pair_schedule(pair: BenchPair, override: str | None = None) -> Path | None:
+    """The ngff-dreg schedule file for ``pair`` (``None``: ``Schedule.default``).
+
+    ``override`` (``--schedule``) wins: a path, or ``"default"``. Otherwise
+    ``benchmarks/schedules/<pair>.toml`` if the pair has its own schedule.
+    """
+    if override:
+        return None if override == "default" else Path(override)
     path = SCHEDULES / f"{pair.name.split('/')[0]}.toml"
     return path if path.is_file() else None
 
 
 def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
-            itkdreg_block: int, itkdreg_sample: int = 0) -> list[dict]:
+            itkdreg_block: int, itkdreg_sample: int = 0,
+            schedule: str | None = None) -> list[dict]:
     """Run every method on ``pair`` in a measured child process and score it."""
     from ngff_dreg.io.multiscale import open_multiscale
 
@@ -317,7 +324,7 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
         else:
             cmd = [sys.executable, me, "--child", method, pair.fixed, pair.moving,
                    str(pts_file), str(res_file), "--workers", str(workers)]
-            sched = pair_schedule(pair)
+            sched = pair_schedule(pair, schedule)
             if sched is not None:
                 if method == "ngff-fast":
                     print(f"  {pair.name} has its own schedule: ngff-fast skipped")
@@ -533,7 +540,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--block", type=int, default=None, help="ngff-dreg block size override")
-    ap.add_argument("--schedule", default=None, help="ngff-dreg schedule file (child mode)")
+    ap.add_argument("--schedule", default=None,
+                    help="ngff-dreg schedule file, or 'default' to ignore benchmarks/schedules/")
     ap.add_argument("--itkdreg-block", type=int, default=48)
     ap.add_argument("--itkdreg-sample", type=int, default=0,
                     help="itk-dreg: register this many random blocks and extrapolate (0: all)")
@@ -577,7 +585,7 @@ def main() -> None:
             if pair.generation:
                 gens.append({"pair": pair.name, **pair.generation})
             rows += compare(pair, args.methods.split(","), args.workers, work,
-                            args.itkdreg_block, args.itkdreg_sample)
+                            args.itkdreg_block, args.itkdreg_sample, args.schedule)
         add_ratios(rows)
         table = fmt_table(rows, COMPARE_COLS)
         notes = [f"- {r['note']}" for r in rows if r.get("note")]
