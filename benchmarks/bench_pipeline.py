@@ -552,8 +552,9 @@ def main() -> None:
                     help="comma list of edges (default 128,256,512; --quick 48,96)")
     ap.add_argument("--scaling-workers-edge", type=int, default=None,
                     help="edge of the 1-worker run (default: the middle edge)")
-    ap.add_argument("--scaling-block", type=int, default=None,
-                    help="fixed block size (default 96; --quick 64)")
+    ap.add_argument("--scaling-block", type=int, default=64,
+                    help="fixed block size; a multiple of the pairs' 64³ chunks, as the "
+                         "engine rounds blocks up to whole chunks (default 64)")
     ap.add_argument("--scaling-pair", default="big", choices=("big", "mniup"))
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--root", type=Path, default=Path("/tmp/ngff-dreg-bench"))
@@ -601,7 +602,7 @@ def main() -> None:
         edges = _ints(args.scaling_edges) if args.scaling_edges else (
             [48, 96] if args.quick else [128, 256, 512])
         wedge = args.scaling_workers_edge or edges[len(edges) // 2]
-        block = args.scaling_block or (64 if args.quick else 96)
+        block = args.scaling_block
         srows = scaling(args.root, edges, block, work, workers_edge=wedge,
                         pair_name=args.scaling_pair)
         table = fmt_table(srows, [("pair", "pair", ""), ("workers", "workers", ""),
