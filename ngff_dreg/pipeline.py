@@ -410,19 +410,22 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
         if n_workers < 1:
             raise ScheduleError(f"--scheduler {client!r}: expected local:N with N >= 1")
     if n_workers is not None:
-        # One single-threaded process per core: ITK then runs one thread per task.
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-            )
-        )
-        client = stack.enter_context(Client(cluster, set_as_default=False))
-        from ngff_dreg.worker import warm_up_workers
+        import dask
 
+        from ngff_dreg.worker import warm_up_workers, worker_spawn_environ
+
+        # One single-threaded process per core: ITK then runs one thread per task.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_spawn_environ()}):
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                )
+            )
+        client = stack.enter_context(Client(cluster, set_as_default=False))
         warm_up_workers(client)  # ITK loads in every worker while the first tasks start
     elif isinstance(client, str):
         client = stack.enter_context(Client(client, set_as_default=False))

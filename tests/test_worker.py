@@ -28,3 +28,26 @@ def test_warm_up_runs_prepare_worker_on_every_worker(monkeypatch) -> None:
         while len(calls) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sorted(calls) == sorted(client.scheduler_info()["workers"])
+
+
+def test_local_cluster_workers_get_the_malloc_settings() -> None:
+    """Workers of the cluster register() starts keep glibc's mmap threshold high.
+
+    (distributed's MALLOC_TRIM_THRESHOLD_ alone pins it at 128 KiB, which made
+    NumPy-heavy block and reduction tasks up to 3x slower.)
+    """
+    import os
+    from contextlib import ExitStack
+
+    from ngff_dreg.pipeline import _client_context
+
+    env = worker.worker_spawn_environ()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(32 << 20)
+    assert env.get("OMP_NUM_THREADS") == "1"  # dask's other settings are kept
+    with ExitStack() as stack:
+        client = _client_context("local:1", stack)
+        seen = client.run(
+            lambda: {k: os.environ.get(k) for k in worker.WORKER_MALLOC_ENV}
+        )
+    assert list(seen.values()) == [worker.WORKER_MALLOC_ENV]
