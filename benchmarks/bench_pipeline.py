@@ -69,9 +69,33 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from data import PAIRS, BenchPair, make_pair  # noqa: E402
+from jacobian import jacobian_stats  # noqa: E402
 
 METHODS = ("elastix", "itkdreg", "ngff", "ngff-fast")
 SCHEDULES = HERE / "schedules"
+#: whole-image elastix peak RSS ≈ this × voxels + ELASTIX_BASE_MB (process tree; big256
+#: smoke run: 1977 MB, stereo 741×500: 962 MB; default rigid + affine + B-spline maps)
+ELASTIX_BYTES_PER_VOXEL = 70.0
+ELASTIX_BASE_MB = 1000.0
+
+
+def elastix_memory_check(pair: BenchPair) -> str | None:
+    """``None`` if whole-image elastix should fit in the available memory, else why not.
+
+    Whole-image elastix keeps full-resolution smoothing pyramids of both
+    images, so its memory grows with the voxel count; a 512³ pair does not fit
+    a 24 GB machine, and running it would only get it (or a neighbour)
+    killed by the kernel.
+    """
+    import psutil
+
+    est = ELASTIX_BYTES_PER_VOXEL * float(np.prod(pair.geometry.shape)) / 2**20 + ELASTIX_BASE_MB
+    avail = psutil.virtual_memory().available / 2**20
+    if est > 0.85 * avail:
+        return (f"whole-image elastix on {pair.name} would need about {est / 1024:.0f} GB "
+                f"({ELASTIX_BYTES_PER_VOXEL:.0f} B/voxel, measured at 256³) and "
+                f"{avail / 1024:.0f} GB are available: not run (--force-elastix runs it)")
+    return None
 ITKDREG_PY = os.environ.get("ITKDREG_PYTHON", "/tmp/itkdreg-venv/bin/python")
 
 
@@ -141,18 +165,6 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dic
 
 
 # ------------------------------------------------------------------ child modes
-def _jacobian_stats(field: np.ndarray, spacing_zyx: np.ndarray) -> dict[str, float]:
-    """det(I + grad u) for ``field`` shaped (ndim, *grid), components in NumPy order."""
-    ndim = field.shape[0]
-    grads = np.empty((ndim, ndim, *field.shape[1:]))
-    for i in range(ndim):
-        for j in range(ndim):
-            grads[i, j] = np.gradient(field[i], spacing_zyx[j], axis=j)
-    eye = np.eye(ndim).reshape(ndim, ndim, *([1] * ndim))
-    det = np.linalg.det(np.moveaxis(grads + eye, (0, 1), (-2, -1)))
-    return {"jacobian_min": float(det.min()), "folded_fraction": float((det <= 0).mean())}
-
-
 def child_elastix(fixed: str, moving: str, points: str, result: str, threads: int) -> None:
     """Whole-image elastix (rigid + affine + B-spline defaults); save mapped points."""
     import itk
@@ -182,14 +194,16 @@ def child_elastix(fixed: str, moving: str, points: str, result: str, threads: in
     seconds = time.perf_counter() - t0
     from scipy import ndimage
 
-    field = np.moveaxis(np.asarray(itk.array_from_image(field_img), dtype=np.float64), -1, 0)
-    field = field[::-1]  # components z, y, x
+    del f_img, m_img
+    # (z, y, x, ndim) view, ITK-order components: no float64 copy of a 512³ field
+    field = itk.array_view_from_image(field_img)
     pts = np.load(points)
     idx = fg.physical_to_index(pts)[:, ::-1]
-    disp = np.stack([ndimage.map_coordinates(c, idx.T, order=1, mode="nearest")
-                     for c in field])
-    mapped = pts + disp[::-1].T
-    stats = _jacobian_stats(field, np.asarray(fg.spacing[::-1]))
+    disp = np.stack([ndimage.map_coordinates(np.ascontiguousarray(field[..., c]), idx.T,
+                                             order=1, mode="nearest")
+                     for c in range(field.shape[-1])], axis=1)
+    mapped = pts + disp
+    stats = jacobian_stats(field, np.asarray(fg.spacing))
     np.save(result, mapped)
     print(json.dumps({"seconds": seconds, **stats}))
 
@@ -284,7 +298,7 @@ def pair_schedule(pair: BenchPair, override: str | None = None) -> Path | None:
 
 def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
             itkdreg_block: int, itkdreg_sample: int = 0,
-            schedule: str | None = None) -> list[dict]:
+            schedule: str | None = None, force_elastix: bool = False) -> list[dict]:
     """Run every method on ``pair`` in a measured child process and score it."""
     from ngff_dreg.io.multiscale import open_multiscale
 
@@ -319,6 +333,12 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
                 cmd += ["--sample-blocks", str(itkdreg_sample)]
                 label = "itkdreg (extrapolated)"
         elif method == "elastix":
+            why = None if force_elastix else elastix_memory_check(pair)
+            if why:
+                print(f"  {why}")
+                rows.append({"pair": pair.name, "method": "elastix (not run)",
+                             "note": f"{pair.name} elastix: {why}."})
+                continue
             cmd = [sys.executable, me, "--child", "elastix", pair.fixed, pair.moving,
                    str(pts_file), str(res_file), "--workers", str(workers)]
         else:
@@ -545,6 +565,8 @@ def main() -> None:
     ap.add_argument("--itkdreg-block", type=int, default=48)
     ap.add_argument("--itkdreg-sample", type=int, default=0,
                     help="itk-dreg: register this many random blocks and extrapolate (0: all)")
+    ap.add_argument("--force-elastix", action="store_true",
+                    help="run whole-image elastix even when it looks too big for the memory")
     ap.add_argument("--quick", action="store_true", help="reduced sizes")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("--scaling", action="store_true")
@@ -586,7 +608,8 @@ def main() -> None:
             if pair.generation:
                 gens.append({"pair": pair.name, **pair.generation})
             rows += compare(pair, args.methods.split(","), args.workers, work,
-                            args.itkdreg_block, args.itkdreg_sample, args.schedule)
+                            args.itkdreg_block, args.itkdreg_sample, args.schedule,
+                            args.force_elastix)
         add_ratios(rows)
         table = fmt_table(rows, COMPARE_COLS)
         notes = [f"- {r['note']}" for r in rows if r.get("note")]

@@ -56,19 +56,7 @@ import json
 import time
 
 import numpy as np
-
-
-def _jacobian_stats(field_xyz: np.ndarray, spacing_xyz: np.ndarray) -> dict[str, float]:
-    """det(I + grad u) of a displacement field shaped (z, y, x, 3) with ITK-order vectors."""
-    u = np.moveaxis(field_xyz, -1, 0)[::-1]  # components z, y, x
-    sp = spacing_xyz[::-1]
-    grads = np.empty((3, 3, *u.shape[1:]))
-    for i in range(3):
-        for j in range(3):
-            grads[i, j] = np.gradient(u[i], sp[j], axis=j)
-    jac = grads + np.eye(3)[:, :, None, None, None]
-    det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
-    return {"jacobian_min": float(det.min()), "folded_fraction": float((det <= 0).mean())}
+from jacobian import jacobian_stats
 
 
 def main() -> None:
@@ -175,8 +163,7 @@ def main() -> None:
         dft = itk.DisplacementFieldTransform[itk.D, 3].cast(transform)
         field = dft.GetDisplacementField()
         arr = itk.array_from_image(field)
-        stats = _jacobian_stats(np.asarray(arr, dtype=np.float64),
-                                np.asarray(itk.spacing(field), dtype=np.float64))
+        stats = jacobian_stats(arr, np.asarray(itk.spacing(field), dtype=np.float64))
         stats["field_shape"] = list(arr.shape[:3])
     except Exception as exc:  # a composite output: no single field to score
         stats = {"jacobian_error": repr(exc)}
