@@ -51,3 +51,16 @@ def test_local_cluster_workers_get_the_malloc_settings() -> None:
             lambda: {k: os.environ.get(k) for k in worker.WORKER_MALLOC_ENV}
         )
     assert list(seen.values()) == [worker.WORKER_MALLOC_ENV]
+
+
+def test_itk_loads_with_the_garbage_collector_paused(monkeypatch) -> None:
+    import gc
+
+    seen: list[bool] = []
+    monkeypatch.setattr(worker, "preload_itk", lambda: seen.append(gc.isenabled()))
+    monkeypatch.setattr(worker, "set_itk_threads", lambda n: None)
+    monkeypatch.setattr(worker, "_configured", None)
+    assert gc.isenabled()
+    worker.prepare_worker(3)
+    assert seen == [False]
+    assert gc.isenabled()
