@@ -40,13 +40,19 @@ def itk_threads_for_task(requested: int | None = None) -> int:
     """
     if requested:
         return max(1, int(requested))
+    if _in_dask_worker():
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _in_dask_worker() -> bool:
     try:
         from distributed import get_worker
 
         get_worker()
-        return 1
+        return True
     except (ImportError, ValueError):
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        return False
 
 
 def prepare_worker(itk_threads: int | None = None) -> None:
@@ -67,6 +73,11 @@ def prepare_worker(itk_threads: int | None = None) -> None:
         finally:
             if collecting:
                 gc.enable()
+        if _in_dask_worker():
+            # They live as long as the process: keep them out of later full
+            # collections, which otherwise take seconds each (one runs when the
+            # worker shuts down: closing a cluster took 2.7 s instead of 0.3 s).
+            gc.freeze()
         set_itk_threads(n)
         _configured = n
         logger.debug("ITK ready with %d thread(s) in pid %d", n, os.getpid())

@@ -64,3 +64,18 @@ def test_itk_loads_with_the_garbage_collector_paused(monkeypatch) -> None:
     worker.prepare_worker(3)
     assert seen == [False]
     assert gc.isenabled()
+
+
+def test_a_worker_freezes_what_itk_loaded(monkeypatch) -> None:
+    """On a dask worker the loaded objects leave the collector (gc.freeze); elsewhere not."""
+    import gc
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(worker, "preload_itk", lambda: None)
+    monkeypatch.setattr(worker, "set_itk_threads", lambda n: None)
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    for on_worker in (False, True):
+        monkeypatch.setattr(worker, "_configured", None)
+        monkeypatch.setattr(worker, "_in_dask_worker", lambda on=on_worker: on)
+        worker.prepare_worker(2)
+    assert frozen == [True]
