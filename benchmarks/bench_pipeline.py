@@ -43,7 +43,7 @@ Examples::
     python benchmarks/bench_pipeline.py --pairs mni --methods elastix,ngff,ngff-fast
     python benchmarks/bench_pipeline.py --scaling --plan --no-compare
     python benchmarks/bench_pipeline.py --pairs big --edge 512 --itkdreg-block 128 \
-        --itkdreg-sample 4 --append                              # 512³, itk-dreg extrapolated
+        --itkdreg-sample 2 --append                              # 512³, itk-dreg extrapolated
 
 ``--append`` adds the section (machine, versions, command, tables) to
 ``benchmarks/RESULTS.md``; it is always written to ``<work>/results-section.md``.
