@@ -55,6 +55,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -651,7 +652,7 @@ def main() -> None:
         f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, after "
         f"{os.getloadavg()[0]:.2f}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
-        + f".\n\nCommand: `python benchmarks/bench_pipeline.py {' '.join(sys.argv[1:])}`"
+        + f".\n\nCommand: `python benchmarks/bench_pipeline.py {shlex.join(sys.argv[1:])}`"
     )
     out = "\n\n".join([header, *sections]) + "\n"
     (work / "results-section.md").write_text(out)
