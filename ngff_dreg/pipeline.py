@@ -426,7 +426,11 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
                 )
             )
         client = stack.enter_context(Client(cluster, set_as_default=False))
-        warm_up_workers(client)  # ITK loads in every worker while the first tasks start
+        from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK
+
+        # What the default block method needs of ITK loads in every worker at
+        # once; the global stage's worker loads the rest of it.
+        warm_up_workers(client, modules=NUMPY_ENGINE_ITK)
     elif isinstance(client, str):
         client = stack.enter_context(Client(client, set_as_default=False))
     link = getattr(client, "dashboard_link", None)

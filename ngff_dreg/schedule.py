@@ -37,6 +37,7 @@ from ngff_dreg.interfaces import (
     RegistrationResult,
     RegistrationTransformResult,
 )
+from ngff_dreg.transforms import AffineTransform, TransformChain
 
 __all__ = [
     "BlockOptions",
@@ -206,7 +207,7 @@ def register_block(
 
     t0 = time.perf_counter()
     name = f"block {plan.info.chunk_index}"
-    prepare_worker(options.itk_threads)
+    prepare_worker(options.itk_threads, modules=getattr(block_registration_method, "itk_modules", None))
 
     def located(result: BlockPairRegistrationResult) -> LocatedBlockResult:
         worker_logger.debug("%s: %s in %.2fs", name, result.status.name, time.perf_counter() - t0)
@@ -265,8 +266,13 @@ def register_block(
         moving_image = image_from_array(
             moving.astype(np.float32, copy=False), moving_geometry, mbox
         )
-        near = fixed_geometry.sample_points(plan.padded, per_axis=3)
-        itk_initial = _as_itk_transform(initial_transform, near)
+        if getattr(block_registration_method, "accepts_ngff_transforms", False) and isinstance(
+            initial_transform, (AffineTransform, TransformChain)
+        ):
+            itk_initial = initial_transform  # the method applies it itself
+        else:
+            near = fixed_geometry.sample_points(plan.padded, per_axis=3)
+            itk_initial = _as_itk_transform(initial_transform, near)
     except Exception as exc:  # I/O or set-up failure: report, do not stop the run
         worker_logger.warning("%s: could not prepare block: %s", name, exc)
         return located(

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from ngff_dreg._pickling import register_module_reducers
@@ -30,6 +31,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _configured: int | None = None
+_loaded_all = False
+_loaded: set[str] = set()
 
 
 def itk_threads_for_task(requested: int | None = None) -> int:
@@ -55,11 +58,18 @@ def _in_dask_worker() -> bool:
         return False
 
 
-def prepare_worker(itk_threads: int | None = None) -> None:
-    """Load ITK's modules and set its thread count, once per process (idempotent)."""
-    global _configured
+def prepare_worker(itk_threads: int | None = None, modules: Sequence[str] | None = None) -> None:
+    """Load ITK's modules and set its thread count, once per process (idempotent).
+
+    ``modules``: only the ITK names a task needs (e.g. a method's
+    ``itk_modules``); ``None`` loads everything ngff-dreg uses. Loading all of
+    ITK takes several seconds per process, most of it in the registration
+    framework that only the global stage and the ITK engines need.
+    """
+    global _configured, _loaded_all
     n = itk_threads_for_task(itk_threads)
-    if _configured == n:
+    wanted = None if modules is None else tuple(modules)
+    if _configured == n and (_loaded_all or (wanted is not None and set(wanted) <= _loaded)):
         return
     with _lock:
         register_module_reducers()
@@ -69,7 +79,16 @@ def prepare_worker(itk_threads: int | None = None) -> None:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            preload_itk()
+            if wanted is None:
+                preload_itk()
+                _loaded_all = True
+            elif not _loaded_all:
+                import itk
+
+                for name in wanted:
+                    if name not in _loaded:
+                        getattr(itk, name)
+                        _loaded.add(name)
         finally:
             if collecting:
                 gc.enable()
@@ -110,7 +129,9 @@ def worker_spawn_environ() -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def warm_up_workers(client: Any, itk_threads: int | None = None) -> int:
+def warm_up_workers(
+    client: Any, itk_threads: int | None = None, modules: Sequence[str] | None = None
+) -> int:
     """Start :func:`prepare_worker` on every worker of ``client`` without waiting for it.
 
     Loading ITK's modules takes seconds per process. Started as soon as the
@@ -125,6 +146,7 @@ def warm_up_workers(client: Any, itk_threads: int | None = None) -> int:
         client.submit(
             prepare_worker,
             itk_threads,
+            modules,
             workers=[address],
             allow_other_workers=False,
             pure=False,

@@ -15,7 +15,7 @@ def test_warm_up_runs_prepare_worker_on_every_worker(monkeypatch) -> None:
     # the task function may be pickled by value: record through the module
     monkeypatch.setattr(worker, "_test_calls", calls, raising=False)
 
-    def fake_prepare(itk_threads=None) -> None:
+    def fake_prepare(itk_threads=None, modules=None) -> None:
         worker._test_calls.append(distributed.get_worker().address)
 
     monkeypatch.setattr(worker, "prepare_worker", fake_prepare)
