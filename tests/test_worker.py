@@ -79,3 +79,30 @@ def test_a_worker_freezes_what_itk_loaded(monkeypatch) -> None:
         monkeypatch.setattr(worker, "_in_dask_worker", lambda on=on_worker: on)
         worker.prepare_worker(2)
     assert frozen == [True]
+
+
+def test_prepare_worker_loads_only_the_named_modules(monkeypatch) -> None:
+    """modules=... touches just those ITK names; a later full preload still runs."""
+    import sys
+
+    touched: list[str] = []
+    full: list[bool] = []
+
+    class FakeItk:
+        def __getattr__(self, name: str) -> None:
+            if not name.startswith("__"):  # the import system's own lookups
+                touched.append(name)
+
+    monkeypatch.setitem(sys.modules, "itk", FakeItk())
+    monkeypatch.setattr(worker, "preload_itk", lambda: full.append(True))
+    monkeypatch.setattr(worker, "set_itk_threads", lambda n: None)
+    monkeypatch.setattr(worker, "_configured", None)
+    monkeypatch.setattr(worker, "_loaded_all", False)
+    monkeypatch.setattr(worker, "_loaded", set())
+    worker.prepare_worker(1, modules=("Image", "BSplineTransform"))
+    worker.prepare_worker(1, modules=("Image",))  # already there: nothing to do
+    assert touched == ["Image", "BSplineTransform"] and not full
+    worker.prepare_worker(1)
+    assert full == [True]
+    worker.prepare_worker(1, modules=("WarpImageFilter",))  # covered by the full load
+    assert touched == ["Image", "BSplineTransform"]

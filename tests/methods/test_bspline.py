@@ -253,3 +253,58 @@ def test_linear_sampler_matches_map_coordinates(shape) -> None:
         axis=1,
     )
     assert np.allclose(sampler(pts), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_warp_through_a_chain_equals_itk_composite_resampling(ndim) -> None:
+    """warp_moving (WarpImageFilter on the field's nodes) gives the same image as
+    resampling through the chain's itk.CompositeTransform, NaN outside included."""
+    import itk
+
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.itk_bridge import image_from_array
+    from ngff_dreg.methods._common import resample_into
+    from ngff_dreg.methods.bspline import warp_moving
+    from ngff_dreg.synthetic import small_rotation, smooth_displacement
+    from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
+
+    rng = np.random.default_rng(ndim)
+    shape = (24, 30, 28)[:ndim]
+    fixed_geom = ImageGeometry(shape, (0.9, 1.1, 1.3)[:ndim], (2.0, -1.0, 0.5)[:ndim],
+                               small_rotation(ndim, 8))
+    moving_geom = ImageGeometry(shape, (1.0, 1.2, 1.1)[:ndim], (1.0, 0.0, -1.0)[:ndim])
+    # a coarser, shifted field grid that does not quite cover the fixed block
+    field_geom = ImageGeometry(tuple(n // 3 for n in shape), tuple(3.1 for _ in shape),
+                               (3.0, -0.5, 1.0)[:ndim], fixed_geom.direction)
+    field = smooth_displacement(field_geom, 2.0, seed=ndim)
+    assert isinstance(field, DisplacementField)
+    affine = AffineTransform.from_arrays(
+        np.eye(ndim) + 0.03 * rng.standard_normal((ndim, ndim)), rng.uniform(-2, 2, ndim)
+    )
+    chain = TransformChain(affine, field)
+    from scipy import ndimage
+
+    fixed = image_from_array(rng.random(shape).astype(np.float32), fixed_geom)
+    moving = image_from_array(
+        ndimage.gaussian_filter(rng.random(shape), 2).astype(np.float32), moving_geom
+    )
+    want = itk.array_from_image(resample_into(moving, fixed, chain.to_itk(), float("nan")))
+    got = itk.array_from_image(warp_moving(moving, fixed, chain))
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert 0.01 < np.isnan(want).mean() < 0.95  # both inside and outside are tested
+    ok = ~np.isnan(want)
+    assert np.abs(got[ok] - want[ok]).max() < 1e-5
+    # an affine (or field-less chain) goes through plain resampling
+    want = itk.array_from_image(resample_into(moving, fixed, affine.to_itk(), float("nan")))
+    for initial in (affine, TransformChain(affine)):
+        got = itk.array_from_image(warp_moving(moving, fixed, initial))
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_numpy_engine_declares_its_itk_needs() -> None:
+    method = ItkBSplineRegistration()
+    assert method.accepts_ngff_transforms
+    assert "BSplineTransform" in method.itk_modules
+    for other in (ItkBSplineRegistration(engine="itk"), ItkBSplineRegistration(metric="mattes")):
+        assert not other.accepts_ngff_transforms
+        assert other.itk_modules is None
