@@ -410,12 +410,10 @@ def _client_context(client: Any, stack: ExitStack) -> Any:
         if n_workers < 1:
             raise ScheduleError(f"--scheduler {client!r}: expected local:N with N >= 1")
     if n_workers is not None:
-        import dask
-
-        from ngff_dreg.worker import warm_up_workers, worker_spawn_environ
+        from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
 
         # One single-threaded process per core: ITK then runs one thread per task.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_spawn_environ()}):
+        with worker_spawn_settings():
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=n_workers,

@@ -14,7 +14,8 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ngff_dreg._pickling import register_module_reducers
@@ -26,6 +27,7 @@ __all__ = [
     "itk_threads_for_task",
     "warm_up_workers",
     "worker_spawn_environ",
+    "worker_spawn_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,10 +125,35 @@ def worker_spawn_environ() -> dict[str, str]:
     around the cluster's creation.
     """
     import dask
+    import distributed  # noqa: F401  (registers its configuration defaults)
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     env.update(WORKER_MALLOC_ENV)
     return {str(k): str(v) for k, v in env.items()}
+
+
+@contextmanager
+def worker_spawn_settings() -> Iterator[None]:
+    """Context in which new local-cluster workers get :data:`WORKER_MALLOC_ENV`.
+
+    ``distributed`` takes a pre-spawn variable from the client's environment
+    before its configuration, and every nanny copies its pre-spawn variables
+    into that environment; so an earlier cluster in the same process would
+    otherwise impose its settings. Both are set here and restored on exit.
+    """
+    import dask
+
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
+    os.environ.update(WORKER_MALLOC_ENV)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_spawn_environ()}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def warm_up_workers(

@@ -45,12 +45,15 @@ def test_local_cluster_workers_get_the_malloc_settings() -> None:
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(32 << 20)
     assert env.get("OMP_NUM_THREADS") == "1"  # dask's other settings are kept
+    # a value left in the environment by an earlier cluster must not win
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
     with ExitStack() as stack:
         client = _client_context("local:1", stack)
         seen = client.run(
             lambda: {k: os.environ.get(k) for k in worker.WORKER_MALLOC_ENV}
         )
     assert list(seen.values()) == [worker.WORKER_MALLOC_ENV]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the client's is restored
 
 
 def test_itk_loads_with_the_garbage_collector_paused(monkeypatch) -> None:
