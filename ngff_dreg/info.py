@@ -10,6 +10,7 @@ import numpy as np
 
 from ngff_dreg.io.multiscale import MultiscaleImage, open_multiscale
 from ngff_dreg.io.stores import redact_url
+from ngff_dreg.ngff.metadata import image_registrations
 
 __all__ = ["describe", "describe_image"]
 
@@ -30,17 +31,9 @@ def _table(rows: list[list[str]]) -> str:
 
 def _registrations(image: MultiscaleImage) -> list[str]:
     """Names of the coordinate systems a 0.6 image maps to through a displacement field."""
-    from ngff_dreg.ngff.metadata import has_field_transform
-
-    ome = image.group.attrs.asdict().get("ome")
-    if not isinstance(ome, Mapping) or image.version != "0.6":
+    if image.version != "0.6":
         return []
-    try:
-        cts = ome["multiscales"][0].get("coordinateTransformations") or []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return []
-    return [str(c["output"].get("name")) for c in cts
-            if has_field_transform(c) and isinstance(c.get("output"), Mapping)]
+    return list(image_registrations(image.group.attrs.asdict()))
 
 
 def describe_image(image: MultiscaleImage) -> str:

@@ -365,12 +365,10 @@ def _set_root_status(output: str, storage_options: Mapping[str, Any] | None, sta
 
 
 def _same_location(a: str, b: str) -> bool:
-    def norm(u: str) -> str:
-        if "://" not in u or u.startswith("file://"):
-            return os.path.realpath(u.removeprefix("file://")).rstrip("/")
-        return u.rstrip("/")
+    """True when ``a`` and ``b`` are the same location or one is inside the other."""
+    from ngff_dreg.io.stores import location_key
 
-    na, nb = norm(a), norm(b)
+    na, nb = location_key(a), location_key(b)
     return na == nb or na.startswith(nb + "/") or nb.startswith(na + "/")
 
 

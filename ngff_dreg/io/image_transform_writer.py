@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -53,7 +52,7 @@ from ngff_dreg.errors import (
     UnsupportedVersionError,
 )
 from ngff_dreg.io.field_writer import MARKER_KEY, TRANSFORMS_GROUP, iter_chunk_boxes
-from ngff_dreg.io.stores import open_store, redact_url
+from ngff_dreg.io.stores import location_key, open_store, redact_url
 from ngff_dreg.io.transform_reader import read_scene_attributes
 from ngff_dreg.ngff.metadata import (
     check_relative_path,
@@ -79,15 +78,6 @@ def default_system_name(moving_url: str | None) -> str:
         base = base.removesuffix(suffix)
     base = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")
     return base or "moving"
-
-
-def _same_location(a: str, b: str) -> bool:
-    def norm(u: str) -> str:
-        if "://" not in u or u.startswith("file://"):
-            return os.path.realpath(u.removeprefix("file://")).rstrip("/")
-        return u.rstrip("/")
-
-    return norm(a) == norm(b)
 
 
 def _rewrite_paths(t: Any, mapping: dict[str, str]) -> Any:
@@ -278,7 +268,7 @@ def write_transform_into_image(
     marker = scene_attrs.get(MARKER_KEY) or {}
     images = marker.get("images") or {}
     recorded = images.get("fixed")
-    if recorded and not _same_location(str(recorded), redact_url(fixed_url)):
+    if recorded and location_key(str(recorded)) != location_key(redact_url(fixed_url)):
         raise IncompatibleImagesError(
             f"{redact_url(scene_url)} registers fixed image {redact_url(recorded)}, "
             f"not {safe_fixed}"

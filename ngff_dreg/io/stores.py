@@ -40,6 +40,7 @@ __all__ = [
     "redact_text",
     "is_remote",
     "local_path",
+    "location_key",
     "join_url",
     "open_store",
     "open_group",
@@ -153,6 +154,18 @@ def local_path(url: str | os.PathLike[str]) -> Path:
     if _scheme(text) == "file":
         text = text[len("file://") :]
     return Path(text).expanduser()
+
+
+def location_key(url: str | os.PathLike[str]) -> str:
+    """A comparable form of a location: local paths resolved, no trailing ``/``.
+
+    Two URLs naming the same group give the same key (``./a.zarr``,
+    ``file:///abs/a.zarr/`` and ``/abs/a.zarr``); remote URLs are kept as given.
+    """
+    text = os.fspath(url)
+    if not is_remote(text):
+        return os.path.realpath(local_path(text)).rstrip("/")
+    return text.rstrip("/")
 
 
 def join_url(url: str, *parts: str) -> str:

@@ -43,14 +43,11 @@ def _image_transform(attrs: Mapping[str, Any], url: str, coordinate_system: str 
     sees), not its intrinsic system: the intrinsic→physical step is undone
     in front of the forward transform and redone after the inverse.
     """
-    from ngff_dreg.ngff.metadata import has_field_transform, parse_multiscale
+    from ngff_dreg.ngff.metadata import image_registrations, parse_multiscale
 
     safe = redact_url(url)
     ms = parse_multiscale(attrs, url=safe)
-    raw = attrs["ome"]["multiscales"][0].get("coordinateTransformations") or []
-    found = {c["output"].get("name"): c for c in raw
-             if isinstance(c, Mapping) and has_field_transform(c)
-             and isinstance(c.get("output"), Mapping)}
+    found = image_registrations(attrs)
     if not found:
         raise InvalidMetadataError(f"{safe}: the image holds no registration "
                                    "(no displacements in multiscales coordinateTransformations)")

@@ -67,6 +67,7 @@ __all__ = [
     "unit_factor",
     "orientation_matrix",
     "has_field_transform",
+    "image_registrations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -819,6 +820,23 @@ def has_field_transform(item: Any) -> bool:
         return has_field_transform(item.get("forward")) or has_field_transform(
             item.get("inverse"))
     return False
+
+
+def image_registrations(attrs: Any) -> dict[str, Mapping[str, Any]]:
+    """Registrations stored inside a 0.6 image, by output coordinate-system name.
+
+    These are the entries of ``ome.multiscales[0].coordinateTransformations``
+    that hold a displacement field (:func:`has_field_transform`). Anything else,
+    including other versions, gives ``{}``.
+    """
+    try:
+        cts = attrs["ome"]["multiscales"][0].get("coordinateTransformations") or []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return {}
+    if not isinstance(cts, list):
+        return {}
+    return {str(c["output"].get("name")): c for c in cts
+            if has_field_transform(c) and isinstance(c.get("output"), Mapping)}
 
 
 def _multiscale_transform_06(
