@@ -386,8 +386,8 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
                 f"{info['sampled_blocks']} (block seconds, waits included: "
                 + ", ".join(f"{t:.0f}" for t in info["block_seconds"])
                 + f"); {info['sampled_ok']} of the sampled blocks succeeded. Accuracy and "
-                f"NCC are on the {int(keep.sum())} evaluation points inside the sampled blocks only; memory and I/O are those of "
-                "the sampled run.")
+                f"NCC are on the {int(keep.sum())} evaluation points inside the sampled "
+                "blocks only; memory and I/O are those of the sampled run.")
         rows.append(row)
         print(f"    {label}: p95 {row['p95']:.3f}, {row['seconds']:.1f} s, "
               f"tree {row['peak_tree_mb']:.0f} MB", flush=True)

@@ -45,7 +45,8 @@ every field node once per block domain covering it (a Python loop); with all
 M blocks present the nodes are covered about ``(1 + overlap)³`` times, as
 they are inside the N sampled domains. The output marks the points lying
 inside the sampled blocks' own (non-overlapped) regions: only those are
-scored, as the reduced field elsewhere is the initial transform. Everything extrapolated is flagged in the JSON line and the npz.
+scored, as the reduced field elsewhere is the initial transform. Everything
+extrapolated is flagged in the JSON line and the npz.
 """
 
 from __future__ import annotations

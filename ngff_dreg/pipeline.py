@@ -160,7 +160,8 @@ def _check_data(name: str, url: str, level: int, arr: npt.NDArray[Any]) -> None:
     vals = np.nan_to_num(arr[::4, ::4] if arr.ndim == 2 else arr[::2, ::2, ::2])
     if float(vals.max()) - float(vals.min()) <= 1e-12 * max(1.0, abs(float(vals.max()))):
         raise InvalidInputDataError(
-            f"{name} image {url} level {level} is constant ({float(vals.max())}): nothing to register"
+            f"{name} image {url} level {level} is constant ({float(vals.max())}): "
+            "nothing to register"
         )
 
 
@@ -875,8 +876,9 @@ def _check_overlap(
     pad_m = np.abs(mg.index_to_physical_matrix).sum(axis=1)
     if np.any(flo - pad_f > mhi + pad_m) or np.any(mlo - pad_m > fhi + pad_f):
         raise IncompatibleImagesError(
-            f"fixed {fixed} spans {np.round(flo, 3).tolist()}..{np.round(fhi, 3).tolist()} and moving "
-            f"{moving} spans {np.round(mlo, 3).tolist()}..{np.round(mhi, 3).tolist()} (physical): "
+            f"fixed {fixed} spans {np.round(flo, 3).tolist()}..{np.round(fhi, 3).tolist()} "
+            f"and moving {moving} spans {np.round(mlo, 3).tolist()}.."
+            f"{np.round(mhi, 3).tolist()} (physical): "
             "they do not overlap. Pass initial_transform= (or --initial) to bring them together."
         )
 

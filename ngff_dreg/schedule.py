@@ -207,7 +207,8 @@ def register_block(
 
     t0 = time.perf_counter()
     name = f"block {plan.info.chunk_index}"
-    prepare_worker(options.itk_threads, modules=getattr(block_registration_method, "itk_modules", None))
+    modules = getattr(block_registration_method, "itk_modules", None)
+    prepare_worker(options.itk_threads, modules=modules)
 
     def located(result: BlockPairRegistrationResult) -> LocatedBlockResult:
         worker_logger.debug("%s: %s in %.2fs", name, result.status.name, time.perf_counter() - t0)

@@ -350,4 +350,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, poll: float = 0.02) 
 def tree_files(root: str | Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes (for "nothing changed" checks)."""
     base = Path(root)
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()
+    }
