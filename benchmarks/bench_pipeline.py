@@ -214,7 +214,7 @@ def child_ngff(fixed: str, moving: str, points: str, result: str, workers: int, 
     """Register with ngff-dreg on ``local:<workers>``; save mapped points, print figures."""
     from ngff_dreg.io.multiscale import open_multiscale
     from ngff_dreg.pipeline import register
-    from ngff_dreg.plan import Schedule
+    from ngff_dreg.schedule import Schedule
 
     geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]
     sched = Schedule.load(schedule) if schedule else Schedule.default(geoms, fast=fast)
@@ -445,9 +445,9 @@ def plan_virtual(work: Path, shape=(10000, 20000, 20000), block: int = 512) -> d
     import psutil
     import zarr
 
+    from ngff_dreg.engine import register_images
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
     from ngff_dreg.methods import ItkLinearRegistration
-    from ngff_dreg.schedule import register_images
     from ngff_dreg.transforms import AffineTransform
 
     proc = psutil.Process()

@@ -121,7 +121,7 @@ def _build_schedule(
     fast: bool,
 ) -> Any:
     from ngff_dreg.io.multiscale import open_multiscale
-    from ngff_dreg.plan import BlockStage, Schedule
+    from ngff_dreg.schedule import BlockStage, Schedule
 
     if schedule is not None:
         sched = Schedule.load(schedule)
@@ -340,7 +340,7 @@ def demo(
         from ngff_dreg.geometry import Box
         from ngff_dreg.io.reader import OMEZarrReaderConstructor
         from ngff_dreg.pipeline import register as run
-        from ngff_dreg.plan import Schedule
+        from ngff_dreg.schedule import Schedule
 
         typer.echo(f"writing the demo pair to {directory} ...")
         pair = make_demo(directory, downsample=downsample, synthetic=synthetic)

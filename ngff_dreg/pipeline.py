@@ -3,7 +3,7 @@
 1. **Global stage**: rigid then affine on a coarse level, in one task, started
    from the images' centres of mass (or a user's initial transform).
 2. **Block stages**, coarse to fine: blocks registered by the engine
-   (:func:`~ngff_dreg.schedule.register_images`) from the transform composed so
+   (:func:`~ngff_dreg.engine.register_images`) from the transform composed so
    far, then reduced to one field (:class:`~ngff_dreg.reduce.ReduceToDisplacementField`)
    that folds in everything before it. The last stage writes the final
    affine + dense field as an NGFF 0.6 scene at ``output``.
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ngff_dreg.engine import BlockOptions, register_images
 from ngff_dreg.errors import (
     IncompatibleImagesError,
     InvalidInputDataError,
@@ -39,8 +40,7 @@ from ngff_dreg.errors import (
 )
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import BlockRegStatus, RegistrationResult, RegistrationTransformResult
-from ngff_dreg.plan import Schedule, matching_level, resolve_level
-from ngff_dreg.schedule import BlockOptions, register_images
+from ngff_dreg.schedule import Schedule, matching_level, resolve_level
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
 __all__ = ["register", "StageReport", "CHECKPOINTS"]
@@ -469,7 +469,7 @@ def register(
     output:
         URL of the NGFF 0.6 scene to write (must differ from the inputs).
     schedule:
-        A :class:`~ngff_dreg.plan.Schedule`, a path to a TOML/YAML schedule, or
+        A :class:`~ngff_dreg.schedule.Schedule`, a path to a TOML/YAML schedule, or
         ``None`` for :meth:`Schedule.default` adapted to the fixed pyramid.
     client:
         A ``dask.distributed.Client``, a scheduler address
@@ -730,7 +730,7 @@ def register(
                 fixed_url=fixed,
                 moving_url=moving,
             )
-            plan = register_images(
+            stage_plan = register_images(
                 fixed_reader_ctor=f_ctor,
                 moving_reader_ctor=m_ctor,
                 block_registration_method=stage.make_method(),
@@ -740,7 +740,7 @@ def register(
                 overlap_factors=stage.overlap,
                 block_options=stage_options(f_level, m_level),
             )
-            result = _run(dask_client, plan, progress, f"stage {i} (level {f_level})")
+            result = _run(dask_client, stage_plan, progress, f"stage {i} (level {f_level})")
             status = np.asarray(result.status)
             n_ok = int((status == BlockRegStatus.SUCCESS).sum())
             if n_ok == 0:
@@ -836,7 +836,7 @@ def _full(geom: ImageGeometry) -> Any:
 
 
 def _default_global(levels: Sequence[ImageGeometry]) -> int:
-    from ngff_dreg.plan import default_global_level
+    from ngff_dreg.schedule import default_global_level
 
     return default_global_level(levels, 48)
 

@@ -1,519 +1,339 @@
-"""Build the dask graph of one block-registration stage: ``register_images``.
+"""The registration schedule: which levels, blocks, overlap and methods.
 
-The graph knows only the plug-in interfaces (:mod:`ngff_dreg.interfaces`). One
-task per fixed block reads its padded fixed block and the matching moving
-region, calls the block method, and returns a picklable
-:class:`~ngff_dreg.interfaces.LocatedBlockResult`. The reduction then turns the
-block results into one transform. A failed block is a status, never a crash.
+A :class:`Schedule` is a small dataclass that round-trips through TOML or
+YAML. Levels are named by NGFF level index (``0`` = finest) or by physical
+spacing (a float, or a string such as ``"4um"`` / ``"4.0"``), and are resolved
+separately on the fixed and the moving pyramid, so the two need not match.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import time
-import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
-import numpy.typing as npt
-from dask.base import tokenize
-from dask.delayed import Delayed
 
-from ngff_dreg._pickling import register_module_reducers
-from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks
-from ngff_dreg.errors import IncompatibleImagesError, ScheduleError
-from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.interfaces import (
-    BlockPairRegistrationMethod,
-    BlockPairRegistrationResult,
-    BlockRegStatus,
-    ConstructReaderMethod,
-    LocatedBlockResult,
-    ReduceResultsMethod,
-    RegistrationResult,
-    RegistrationTransformResult,
-)
-from ngff_dreg.transforms import AffineTransform, TransformChain
+from ngff_dreg.errors import ScheduleError
+from ngff_dreg.geometry import ImageGeometry
 
 __all__ = [
-    "BlockOptions",
-    "RegistrationSchedule",
-    "register_images",
-    "register_block",
-    "reader_geometry",
-    "read_region",
+    "GlobalStage",
+    "BlockStage",
+    "Schedule",
+    "LevelSpec",
+    "resolve_level",
+    "matching_level",
+    "METHODS",
 ]
 
 logger = logging.getLogger(__name__)
-worker_logger = logging.getLogger("distributed.worker")
 
-#: A plan with more blocks than this is coarsened (with a warning).
-MAX_BLOCKS = 20_000
-
-
-@dataclass(frozen=True)
-class BlockOptions:
-    """Engine settings for block tasks (not passed to the methods).
-
-    Attributes
-    ----------
-    signal_threshold:
-        Voxels above this value count as signal. ``None``: only constant
-        blocks are skipped.
-    min_signal_fraction:
-        A fixed block with a smaller fraction of signal voxels is skipped
-        (``NO_SIGNAL``) before the moving image is read.
-    moving_pad_voxels:
-        Extra moving voxels around the mapped fixed block (``None``: the fixed
-        padding, at least 4).
-    points_per_axis:
-        Lattice nodes per axis used to map the fixed block into the moving image.
-    itk_threads:
-        ITK threads per task (``None``: 1 on a dask worker).
-    fixed_mask, moving_mask:
-        Optional reader constructors of label/mask images (e.g. an OME-Zarr
-        ``labels/`` image at a matching level). A block whose padded fixed
-        region holds no mask voxel, or whose moving region holds none, is
-        skipped as ``NO_SIGNAL`` (the moving image is then never read).
-
-    """
-
-    signal_threshold: float | None = None
-    min_signal_fraction: float = 0.05
-    moving_pad_voxels: int | None = None
-    points_per_axis: int = 7
-    itk_threads: int | None = None
-    fixed_mask: Any = None
-    moving_mask: Any = None
+LevelSpec = int | float | str
+METHODS = ("translation", "rigid", "affine", "bspline", "elastix")
+_UNIT_SUFFIX = re.compile(r"^\s*([0-9.eE+-]+)\s*([a-zA-Zµ]*)\s*$")
+_SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1e6}
 
 
 @dataclass
-class RegistrationSchedule:
-    """A planned (not yet computed) block-registration stage.
+class GlobalStage:
+    """Whole-image linear alignment on one coarse level (one task).
 
-    ``registration_result.compute()`` runs it on the active dask client and
-    returns a :class:`~ngff_dreg.interfaces.RegistrationResult`.
-    """
-
-    registration_result: Delayed
-    fixed_da: da.Array
-    blocks: list[BlockPlan] = field(default_factory=list)
-    block_results: list[Delayed] = field(default_factory=list)
-    fixed_geometry: ImageGeometry | None = None
-    moving_geometry: ImageGeometry | None = None
-
-
-def reader_geometry(ctor: Any) -> ImageGeometry:
-    """Geometry of the image a reader constructor reads (no voxels loaded)."""
-    geometry = getattr(ctor, "geometry", None)
-    if isinstance(geometry, ImageGeometry):
-        return geometry
-    from ngff_dreg.itk_bridge import geometry_of
-
-    reader = ctor()
-    reader.UpdateOutputInformation()
-    return geometry_of(reader.GetOutput())
-
-
-def _chunk_shape(ctor: Any) -> tuple[int, ...] | None:
-    shape = getattr(ctor, "chunk_shape", None)
-    return tuple(int(v) for v in shape) if shape is not None else None
-
-
-def read_region(reader: Any, box: Box) -> npt.NDArray[Any]:
-    """Voxels of ``box`` (NumPy order) from an ngff-dreg or ITK-style reader."""
-    if hasattr(reader, "read_box"):
-        return np.asarray(reader.read_box(box))
-    import itk
-
-    from ngff_dreg.itk_bridge import itk_region
-
-    region = itk_region(box)
-    reader.GetOutput().SetRequestedRegion(region)
-    reader.Update()
-    extracted = itk.extract_image_filter(reader.GetOutput(), extraction_region=region)
-    return np.asarray(itk.array_from_image(extracted))
-
-
-def _has_signal(block: npt.NDArray[Any], options: BlockOptions) -> bool:
-    if block.size == 0:
-        return False
-    values = np.asarray(block, dtype=np.float32)
-    if not np.all(np.isfinite(values)):
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
-        return False
-    if options.signal_threshold is None:
-        return True
-    return float((values > options.signal_threshold).mean()) >= options.min_signal_fraction
-
-
-def _mask_covers(mask_ctor: Any, geometry: ImageGeometry, box: Box) -> bool:
-    """True when the mask has a non-zero voxel in ``box`` of an image of ``geometry``.
-
-    The box's physical bounds are mapped into the mask's own grid, so the mask
-    may be on another pyramid level than the image.
-    """
-    mgeom = reader_geometry(mask_ctor)
-    corner_idx = np.array(
-        np.meshgrid(*[(a, b - 1) for a, b in zip(box.start, box.stop)], indexing="ij")
-    ).reshape(geometry.ndim, -1).T
-    corners = geometry.array_index_to_physical(corner_idx.astype(np.float64))
-    idx = mgeom.physical_to_index(corners)[:, ::-1]
-    lo = np.floor(idx.min(axis=0)).astype(int)
-    hi = np.ceil(idx.max(axis=0)).astype(int) + 1
-    mbox = Box(tuple(lo), tuple(hi)).clip(mgeom.shape)
-    if mbox.is_empty:
-        return False
-    return bool(np.any(read_region(mask_ctor(), mbox)))
-
-
-def _as_itk_transform(transform: Any, near_points: npt.NDArray[np.float64]) -> Any:
-    if hasattr(transform, "to_itk"):
-        try:
-            return transform.to_itk(near_points=near_points)
-        except TypeError:
-            return transform.to_itk()
-    return transform
-
-
-def _map_points(transform: Any) -> Any:
-    from ngff_dreg.transforms import map_points
-
-    return lambda pts: map_points(transform, pts)
-
-
-def register_block(
-    plan: BlockPlan,
-    fixed_reader_ctor: ConstructReaderMethod,
-    moving_reader_ctor: ConstructReaderMethod,
-    block_registration_method: BlockPairRegistrationMethod,
-    initial_transform: Any,
-    options: BlockOptions,
-    method_kwargs: dict[str, Any],
-) -> LocatedBlockResult:
-    """Register one fixed block; every failure becomes a status.
-
-    Reads only the padded fixed block and the moving region it maps to. A block
-    with no signal is skipped before the moving image is read.
-    """
-    from ngff_dreg.itk_bridge import image_from_array
-    from ngff_dreg.worker import prepare_worker
-
-    t0 = time.perf_counter()
-    name = f"block {plan.info.chunk_index}"
-    modules = getattr(block_registration_method, "itk_modules", None)
-    prepare_worker(options.itk_threads, modules=modules)
-
-    def located(result: BlockPairRegistrationResult) -> LocatedBlockResult:
-        worker_logger.debug("%s: %s in %.2fs", name, result.status.name, time.perf_counter() - t0)
-        return LocatedBlockResult(result=result, fixed_info=plan.info)
-
-    try:
-        fixed_reader = fixed_reader_ctor()
-        fixed_geometry = reader_geometry(fixed_reader_ctor)
-        fixed = read_region(fixed_reader, plan.padded)
-        inner = fixed[plan.box.relative_to(plan.padded)]
-        if not _has_signal(inner, options):
-            return located(
-                BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "no signal")
-            )
-        if options.fixed_mask is not None and not _mask_covers(
-            options.fixed_mask, fixed_geometry, plan.padded
-        ):
-            return located(
-                BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
-            )
-        moving_geometry = reader_geometry(moving_reader_ctor)
-        pad = options.moving_pad_voxels
-        if pad is None:
-            pad = max(4, *(p - b for p, b in zip(plan.padded.shape, plan.box.shape)))
-        mbox, inside = moving_region(
-            fixed_geometry,
-            plan.padded,
-            moving_geometry,
-            _map_points(initial_transform),
-            per_axis=options.points_per_axis,
-            pad_voxels=pad,
-        )
-        if mbox is None:
-            return located(
-                BlockPairRegistrationResult.failed(
-                    BlockRegStatus.OUT_OF_BOUNDS,
-                    f"only {inside:.0%} of the block maps inside the moving image",
-                )
-            )
-        if options.moving_mask is not None and not _mask_covers(
-            options.moving_mask, moving_geometry, mbox
-        ):
-            return located(
-                BlockPairRegistrationResult.failed(
-                    BlockRegStatus.NO_SIGNAL, "outside the moving mask"
-                )
-            )
-        moving_reader = moving_reader_ctor()
-        moving = read_region(moving_reader, mbox)
-        if not np.all(np.isfinite(fixed)) or not np.all(np.isfinite(moving)):
-            fixed = np.nan_to_num(fixed.astype(np.float32, copy=False))
-            moving = np.nan_to_num(moving.astype(np.float32, copy=False))
-        fixed_image = image_from_array(
-            fixed.astype(np.float32, copy=False), fixed_geometry, plan.padded, requested=plan.box
-        )
-        moving_image = image_from_array(
-            moving.astype(np.float32, copy=False), moving_geometry, mbox
-        )
-        if getattr(block_registration_method, "accepts_ngff_transforms", False) and isinstance(
-            initial_transform, (AffineTransform, TransformChain)
-        ):
-            itk_initial = initial_transform  # the method applies it itself
-        else:
-            near = fixed_geometry.sample_points(plan.padded, per_axis=3)
-            itk_initial = _as_itk_transform(initial_transform, near)
-    except Exception as exc:  # I/O or set-up failure: report, do not stop the run
-        worker_logger.warning("%s: could not prepare block: %s", name, exc)
-        return located(
-            BlockPairRegistrationResult.failed(
-                BlockRegStatus.FAILURE, f"{type(exc).__name__}: {exc}"
-            )
-        )
-    try:
-        result = block_registration_method(
-            fixed_image, moving_image, itk_initial, plan.info, **method_kwargs
-        )
-    except Exception as exc:
-        worker_logger.warning(
-            "%s: block method %s raised %s: %s",
-            name,
-            type(block_registration_method).__name__,
-            type(exc).__name__,
-            exc,
-        )
-        logger.debug("%s traceback:\n%s", name, traceback.format_exc())
-        return located(
-            BlockPairRegistrationResult.failed(
-                BlockRegStatus.METHOD_ERROR, f"{type(exc).__name__}: {exc}"
-            )
-        )
-    if not isinstance(result, BlockPairRegistrationResult):
-        result = _coerce_result(result)
-    return located(_portable(result))
-
-
-def _portable_domain(domain: Any) -> Any:
-    """The same oriented box as an index-0 metadata image.
-
-    ITK 5.4 loses a non-zero region index when an ``itk.Image`` is pickled,
-    which would move the domain of a result sent between processes.
-    """
-    if domain is None or not hasattr(domain, "GetLargestPossibleRegion"):
-        return domain
-    from ngff_dreg.itk_bridge import geometry_of, metadata_image
-
-    if all(int(i) == 0 for i in domain.GetLargestPossibleRegion().GetIndex()):
-        return domain
-    return metadata_image(geometry_of(domain, "largest"))
-
-
-def _portable(result: BlockPairRegistrationResult) -> BlockPairRegistrationResult:
-    result.transform_domain = _portable_domain(result.transform_domain)
-    result.inv_transform_domain = _portable_domain(result.inv_transform_domain)
-    return result
-
-
-def _coerce_result(result: Any) -> BlockPairRegistrationResult:
-    """Accept a result record from itk-dreg (same fields, other class)."""
-    try:
-        return BlockPairRegistrationResult(
-            transform=result.transform,
-            transform_domain=result.transform_domain,
-            inv_transform=getattr(result, "inv_transform", None),
-            inv_transform_domain=getattr(result, "inv_transform_domain", None),
-            status=BlockRegStatus(int(result.status)),
-            metric=getattr(result, "metric", None),
-        )
-    except Exception as exc:
-        return BlockPairRegistrationResult.failed(
-            BlockRegStatus.METHOD_ERROR, f"unusable result {type(result).__name__}: {exc}"
-        )
-
-
-def _status_grid(grid_shape: tuple[int, ...], *results: LocatedBlockResult) -> npt.NDArray[np.int8]:
-    status = np.full(grid_shape, int(BlockRegStatus.FAILURE), dtype=np.int8)
-    for r in results:
-        status[r.fixed_info.chunk_index] = int(r.result.status)
-    return status
-
-
-def _compose(
-    transforms: RegistrationTransformResult, status: npt.NDArray[np.int8]
-) -> RegistrationResult:
-    return RegistrationResult(transforms=transforms, status=status)
-
-
-def _coarsen_for_graph_size(
-    shape: Sequence[int], block: tuple[int, ...], chunk: tuple[int, ...] | None
-) -> tuple[int, ...]:
-    n = int(np.prod([int(np.ceil(s / b)) for s, b in zip(shape, block)]))
-    if n <= MAX_BLOCKS:
-        return block
-    factor = (n / MAX_BLOCKS) ** (1.0 / len(block))
-    coarser = tuple(int(np.ceil(b * factor)) for b in block)
-    coarser = align_block_shape(coarser, chunk, shape)
-    logger.warning(
-        "block size %s gives %d blocks (more than %d): coarsened to %s to keep the graph small",
-        block,
-        n,
-        MAX_BLOCKS,
-        coarser,
-    )
-    return coarser
-
-
-def register_images(
-    fixed_reader_ctor: ConstructReaderMethod,
-    moving_reader_ctor: ConstructReaderMethod,
-    block_registration_method: BlockPairRegistrationMethod,
-    reduce_method: ReduceResultsMethod,
-    initial_transform: Any,
-    fixed_chunk_size: Sequence[int] | None = None,
-    overlap_factors: Sequence[float] | float | None = None,
-    *,
-    block_options: BlockOptions | None = None,
-    **kwargs: Any,
-) -> RegistrationSchedule:
-    """Plan block-wise registration of a moving image onto a fixed image.
-
-    The itk-dreg entry point, on ``dask.distributed``. Nothing is read or
-    computed here: the returned schedule's ``registration_result.compute()``
-    runs the tasks on the active client (or dask's default scheduler).
-
-    Parameters
+    Attributes
     ----------
-    fixed_reader_ctor, moving_reader_ctor:
-        Reader constructors (e.g. :class:`ngff_dreg.OMEZarrReaderConstructor`
-        or any itk-dreg ``ConstructReaderMethod``).
-    block_registration_method:
-        Called once per block, on a worker.
-    reduce_method:
-        Turns the block results into one transform. A method with a
-        ``build_graph`` method (like :class:`ReduceToDisplacementField`) is
-        given the delayed block results and their boxes, so it can reduce chunk
-        by chunk; any other is called once with all results (itk-dreg style).
-    initial_transform:
-        Fixed→moving transform from earlier stages: an ``itk.Transform``, an
-        :class:`~ngff_dreg.transforms.AffineTransform` or a
-        :class:`~ngff_dreg.transforms.TransformChain`.
-    fixed_chunk_size:
-        Requested block shape (NumPy order), rounded up to a multiple of the
-        fixed level's storage chunk (a log line says so). Default 128.
-    overlap_factors:
-        Total overlap as a fraction of the block length per axis, split evenly
-        over both sides; cropped at the image edge.
-    block_options:
-        Engine settings (signal threshold, padding, ITK threads).
-    **kwargs:
-        Passed to the block method and the reduce method, as in itk-dreg.
-
-    Returns
-    -------
-    RegistrationSchedule
-        ``registration_result`` (delayed :class:`RegistrationResult`),
-        ``fixed_da`` (the block grid as a metadata-only dask array), and the
-        block plans.
+    level:
+        Fixed level; ``None`` picks the coarsest level with at least
+        ``min_size`` voxels along every axis.
+    initializer:
+        ``"moments"`` (centres of mass), ``"centers"`` (geometric centres) or
+        ``"none"``.
+    kinds:
+        Linear stages run in order (``"translation"``, ``"rigid"``, ``"affine"``).
+    metric:
+        ``"mattes"`` (multimodal), ``"correlation"`` or ``"meansquares"``.
+    iterations:
+        Maximum iterations per stage and resolution.
+    min_size:
+        See ``level``.
 
     """
-    register_module_reducers()
-    options = block_options or BlockOptions()
-    fixed_geometry = reader_geometry(fixed_reader_ctor)
-    moving_geometry = reader_geometry(moving_reader_ctor)
-    if fixed_geometry.ndim != moving_geometry.ndim:
-        raise IncompatibleImagesError(
-            f"fixed image is {fixed_geometry.ndim}-D but moving image is "
-            f"{moving_geometry.ndim}-D; both need the same spatial dimensionality"
-        )
-    if fixed_geometry.ndim not in (2, 3):
-        raise IncompatibleImagesError(
-            f"{fixed_geometry.ndim}-D images are not supported (2-D or 3-D)"
-        )
-    chunk = _chunk_shape(fixed_reader_ctor)
-    try:
-        block = align_block_shape(fixed_chunk_size, chunk, fixed_geometry.shape)
-    except ValueError as exc:
-        raise ScheduleError(str(exc)) from exc
-    block = _coarsen_for_graph_size(fixed_geometry.shape, block, chunk)
-    try:
-        plans, chunks = plan_blocks(fixed_geometry.shape, block, overlap_factors)
-    except ValueError as exc:
-        raise ScheduleError(str(exc)) from exc
-    fixed_da = da.empty(fixed_geometry.shape, chunks=chunks, dtype=np.float32)
-    grid_shape = tuple(len(c) for c in chunks)
-    logger.info(
-        "planned %d blocks (grid %s, block %s, overlap %s)",
-        len(plans),
-        grid_shape,
-        block,
-        overlap_factors,
-    )
 
-    token = tokenize(
-        fixed_reader_ctor,
-        moving_reader_ctor,
-        block_registration_method,
-        initial_transform,
-        block,
-        overlap_factors,
-        options,
-        kwargs,
-    )
-    shared = {
-        "fixed_reader_ctor": dask.delayed(fixed_reader_ctor, pure=True),
-        "moving_reader_ctor": dask.delayed(moving_reader_ctor, pure=True),
-        "block_registration_method": dask.delayed(block_registration_method, pure=True),
-        "initial_transform": dask.delayed(initial_transform, pure=True),
-    }
-    block_results = [
-        dask.delayed(register_block, pure=True)(
-            plan,
-            options=options,
-            method_kwargs=kwargs,
-            dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-            **shared,
-        )
-        for plan in plans
-    ]
-    if hasattr(reduce_method, "build_graph"):
-        reduced = reduce_method.build_graph(
-            block_results=block_results,
-            block_boxes=[p.padded for p in plans],
-            fixed_geometry=fixed_geometry,
-            initial_transform=initial_transform,
-            fixed_reader_ctor=fixed_reader_ctor,
-            **kwargs,
-        )
-    else:
-        reduced = dask.delayed(reduce_method, pure=True)(
-            block_results=block_results,
-            fixed_reader_ctor=shared["fixed_reader_ctor"],
-            initial_transform=shared["initial_transform"],
-            dask_key_name=f"reduce-{token}",
-            **kwargs,
-        )
-    status = dask.delayed(_status_grid, pure=True)(
-        grid_shape, *block_results, dask_key_name=f"block-status-{token}"
-    )
-    result = dask.delayed(_compose, pure=True)(
-        reduced, status, dask_key_name=f"registration-result-{token}"
-    )
-    return RegistrationSchedule(
-        registration_result=result,
-        fixed_da=fixed_da,
-        blocks=plans,
-        block_results=block_results,
-        fixed_geometry=fixed_geometry,
-        moving_geometry=moving_geometry,
-    )
+    level: LevelSpec | None = None
+    initializer: str = "moments"
+    kinds: tuple[str, ...] = ("rigid", "affine")
+    metric: str = "mattes"
+    iterations: int = 200
+    min_size: int = 48
+
+    def __post_init__(self) -> None:
+        self.kinds = tuple(self.kinds)
+        if self.initializer not in ("moments", "centers", "none"):
+            raise ScheduleError(
+                f"global initializer {self.initializer!r} is not one of moments, centers, none"
+            )
+        for k in self.kinds:
+            if k not in ("translation", "rigid", "affine"):
+                raise ScheduleError(f"global stage kind {k!r} is not translation, rigid or affine")
+
+
+@dataclass
+class BlockStage:
+    """Block-wise registration on one level.
+
+    Attributes
+    ----------
+    level:
+        Fixed level (index or physical spacing).
+    block_size:
+        Block shape in voxels (one value or one per axis, NumPy order); rounded
+        up to whole storage chunks.
+    overlap:
+        Total overlap as a fraction of the block length.
+    method:
+        One of :data:`METHODS`.
+    method_options:
+        Keyword arguments for the method class.
+    field_spacing_factor:
+        Displacement-field grid spacing in voxels of this level.
+
+    """
+
+    level: LevelSpec = 0
+    block_size: int | tuple[int, ...] = 64
+    overlap: float = 0.5
+    method: str = "bspline"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    field_spacing_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ScheduleError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if not 0 <= float(self.overlap) < 2:
+            raise ScheduleError(f"overlap must be in [0, 2), got {self.overlap}")
+        if isinstance(self.block_size, Sequence):
+            self.block_size = tuple(int(b) for b in self.block_size)
+        if self.field_spacing_factor <= 0:
+            raise ScheduleError("field_spacing_factor must be positive")
+
+    def make_method(self) -> Any:
+        """The block method this stage runs."""
+        from ngff_dreg import methods
+
+        opts = dict(self.method_options)
+        try:
+            if self.method == "translation":
+                return methods.PhaseCorrelationTranslation(**opts)
+            if self.method in ("rigid", "affine"):
+                return methods.ItkLinearRegistration(kind=self.method, **opts)
+            if self.method == "bspline":
+                return methods.ItkBSplineRegistration(**opts)
+            return methods.ElastixBlockRegistration(**opts)
+        except TypeError as exc:
+            raise ScheduleError(f"bad options for method {self.method!r}: {exc}") from exc
+
+
+@dataclass
+class Schedule:
+    """A global stage (optional) then block stages, coarse to fine."""
+
+    global_stage: GlobalStage | None = field(default_factory=GlobalStage)
+    stages: list[BlockStage] = field(default_factory=list)
+
+    # -- serialisation ----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/TOML/YAML-ready)."""
+        out: dict[str, Any] = {}
+        if self.global_stage is not None:
+            g = asdict(self.global_stage)
+            g["kinds"] = list(g["kinds"])
+            out["global"] = {k: v for k, v in g.items() if v is not None}
+        out["stages"] = []
+        for s in self.stages:
+            d = asdict(s)
+            if isinstance(d["block_size"], tuple):
+                d["block_size"] = list(d["block_size"])
+            out["stages"].append(d)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        """Build from :meth:`to_dict` output; unknown keys are errors."""
+        try:
+            g = data.get("global")
+            global_stage = None if g in (None, False) else GlobalStage(**_known(GlobalStage, g))
+            stages = [BlockStage(**_known(BlockStage, s)) for s in data.get("stages", [])]
+        except (TypeError, AttributeError) as exc:
+            raise ScheduleError(f"invalid schedule: {exc}") from exc
+        return cls(global_stage=global_stage, stages=stages)
+
+    def save(self, path: str | Path) -> None:
+        """Write as TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON."""
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix == ".toml":
+            import tomli_w
+
+            path.write_text(tomli_w.dumps(data))
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+        else:
+            path.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schedule:
+        """Read a schedule file written by :meth:`save` (or by hand)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ScheduleError(f"cannot read schedule {path}: {exc}") from exc
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise ScheduleError(f"cannot parse schedule {path}: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ScheduleError(f"schedule {path} must hold a table/mapping")
+        return cls.from_dict(data)
+
+    # -- defaults -----------------------------------------------------------
+    @classmethod
+    def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False) -> Schedule:
+        """A schedule adapted to the fixed pyramid's depth and size.
+
+        Global rigid+affine on the coarsest level with ≥ 48 voxels per axis,
+        then B-spline blocks on up to two finer levels ending at level 0
+        (``fast``: the finest block level only, coarser grid, fewer iterations).
+
+        The coarser block level carries most of the deformation: control
+        points every 12 of its voxels, two in-block resolutions and a light
+        bending penalty. The finest level refines it: control points every 16
+        voxels (elastix's default final grid), one resolution, a stronger
+        bending penalty. Every block checks its metric on fresh samples and is
+        refused (filled from its neighbours) when the fit did not improve it.
+        """
+        g_level = default_global_level(fixed_levels, 48)
+        finer = list(range(g_level - 1, -1, -1))
+        block_levels = finer[-2:] if finer else [0]
+        if fast:
+            block_levels = block_levels[-1:]
+        stages = []
+        for i, lvl in enumerate(block_levels):
+            finest = i == len(block_levels) - 1
+            geom = fixed_levels[lvl]
+            spacing = float(max(geom.spacing))
+            opts: dict[str, Any] = {"ridge": 0.01, "validation_samples": 10000, "iterations": 20}
+            if finest and len(block_levels) > 1:
+                opts.update(
+                    control_point_spacing=16.0 * spacing,
+                    shrink_factors=[1],
+                    smoothing_sigmas=[0.0],
+                    bending=0.1,
+                )
+            else:
+                cps = (16.0 if fast else 12.0) * spacing
+                opts.update(control_point_spacing=cps, bending=0.01)
+            stages.append(
+                BlockStage(
+                    level=lvl,
+                    block_size=_default_block(geom.shape),
+                    overlap=0.5,
+                    method="bspline",
+                    method_options=opts,
+                    field_spacing_factor=4.0 if finest else 2.0,
+                )
+            )
+        if fast:
+            stages[0].method_options.update(iterations=15)
+        return cls(global_stage=GlobalStage(level=g_level), stages=stages)
+
+
+def _known(klass: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(klass)}
+    unknown = set(data) - names
+    if unknown:
+        raise ScheduleError(f"unknown key(s) {sorted(unknown)} for {klass.__name__}")
+    return dict(data)
+
+
+def _default_block(shape: Sequence[int]) -> int:
+    """About 2-3 blocks per axis on small levels, 48–128 voxels a side.
+
+    Big blocks keep the per-block overhead (reads, resampling, reduction) low
+    and leave few thin edge blocks; the B-spline grid inside a block, not the
+    block size, sets how fine the deformation can be.
+    """
+    edge = float(np.prod(shape)) ** (1.0 / len(shape))
+    return int(min(128, max(48, 16 * round(edge / 2 / 16))))
+
+
+def default_global_level(levels: Sequence[ImageGeometry], min_size: int = 48) -> int:
+    """Coarsest level whose every axis has at least ``min_size`` voxels (else 0)."""
+    best = 0
+    for i, g in enumerate(levels):
+        if min(g.shape) >= min_size:
+            best = i
+    return best
+
+
+def _spacing_value(spec: str | float) -> float:
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    m = _UNIT_SUFFIX.match(spec)
+    if not m:
+        raise ScheduleError(f"level {spec!r} is neither an index nor a spacing like '4um'")
+    value, suffix = float(m.group(1)), m.group(2)
+    if suffix not in _SUFFIX_FACTORS:
+        raise ScheduleError(f"unknown unit suffix {suffix!r} in level {spec!r}")
+    return value * _SUFFIX_FACTORS[suffix]
+
+
+def resolve_level(levels: Sequence[ImageGeometry], spec: LevelSpec, *, what: str = "image") -> int:
+    """Index of the level named by ``spec``.
+
+    An ``int`` is an NGFF level index; a float or a string is a physical
+    spacing (in the image's unit; a suffix ``um``/``mm``/``nm`` is read as
+    micrometres-based) and selects the level whose largest spacing is closest
+    to it (in log scale).
+    """
+    if isinstance(spec, bool):
+        raise ScheduleError(f"level {spec!r} is not valid")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        idx = int(spec)
+        if not 0 <= idx < len(levels):
+            from ngff_dreg.errors import LevelNotFoundError
+
+            raise LevelNotFoundError(f"{what} has no level {idx} (it has {len(levels)})")
+        return idx
+    target = _spacing_value(spec)
+    if not target > 0:
+        raise ScheduleError(f"level spacing must be positive, got {spec!r}")
+    scores = [abs(math.log(max(g.spacing) / target)) for g in levels]
+    return int(np.argmin(scores))
+
+
+def matching_level(levels: Sequence[ImageGeometry], spacing: Sequence[float]) -> int:
+    """Level of another pyramid closest to ``spacing`` (no coarser than needed)."""
+    target = float(np.max(spacing))
+    scores = []
+    for g in levels:
+        s = float(np.max(g.spacing))
+        # Prefer the finest level that is not much coarser than the target.
+        penalty = 0.0 if s <= target * 1.05 else 1.0
+        scores.append((penalty, abs(math.log(s / target))))
+    return min(range(len(levels)), key=lambda i: scores[i])

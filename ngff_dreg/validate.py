@@ -78,7 +78,7 @@ def check_schedule_levels(schedule: Any, fixed_levels: Sequence[Any], fixed_url:
     Parameters
     ----------
     schedule:
-        A :class:`ngff_dreg.plan.Schedule`.
+        A :class:`ngff_dreg.schedule.Schedule`.
     fixed_levels:
         Geometries of the fixed pyramid, finest first.
     fixed_url:
@@ -95,7 +95,7 @@ def check_schedule_levels(schedule: Any, fixed_levels: Sequence[Any], fixed_url:
         A stage names a level the fixed image does not have.
 
     """
-    from ngff_dreg.plan import resolve_level
+    from ngff_dreg.schedule import resolve_level
 
     return [
         resolve_level(fixed_levels, stage.level, what=f"fixed image {fixed_url}")

@@ -13,7 +13,7 @@ from ngff_dreg.io.field_writer import output_status
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.transform_reader import read_transform
 from ngff_dreg.pipeline import register
-from ngff_dreg.plan import BlockStage, GlobalStage, Schedule
+from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 from ngff_dreg.transforms import AffineTransform
 
 

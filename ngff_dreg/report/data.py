@@ -345,7 +345,7 @@ def image_planes(
     """
     from ngff_dreg.io.multiscale import open_multiscale
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
-    from ngff_dreg.plan import matching_level
+    from ngff_dreg.schedule import matching_level
 
     fms = open_multiscale(fixed_url, storage_options)
     fgeoms = [lvl.geometry for lvl in fms.levels]

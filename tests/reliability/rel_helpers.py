@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from ngff_dreg.demo import DemoPair, make_demo, point_errors
-from ngff_dreg.plan import BlockStage, GlobalStage, Schedule
+from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 
 SIZE = 48
 """Edge of the synthetic demo pair (voxels)."""

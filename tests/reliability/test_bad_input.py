@@ -30,7 +30,7 @@ from ngff_dreg.io.field_writer import output_status
 from ngff_dreg.io.image_writer import write_multiscale
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.pipeline import register
-from ngff_dreg.plan import BlockStage, GlobalStage, Schedule
+from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 
 
 def _read(url: str) -> np.ndarray:
@@ -198,13 +198,13 @@ def test_missing_level_array(small_pair: Any, tmp_path: Path, dask_client: Any) 
 def test_too_fine_block_grid_is_coarsened_with_a_warning(
     small_pair: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import ngff_dreg.schedule as sch
+    import ngff_dreg.engine as sch
     from ngff_dreg.methods import PhaseCorrelationTranslation
     from ngff_dreg.reduce import ReduceToDisplacementField
     from ngff_dreg.transforms import AffineTransform
 
     monkeypatch.setattr(sch, "MAX_BLOCKS", 10)
-    with caplog.at_level(logging.WARNING, logger="ngff_dreg.schedule"):
+    with caplog.at_level(logging.WARNING, logger="ngff_dreg.engine"):
         plan = sch.register_images(
             OMEZarrReaderConstructor(small_pair.fixed),
             OMEZarrReaderConstructor(small_pair.moving),

@@ -13,8 +13,8 @@ import pytest
 
 from ngff_dreg.demo import make_demo
 from ngff_dreg.pipeline import register
-from ngff_dreg.plan import BlockStage, GlobalStage, Schedule
 from ngff_dreg.report import ReportLocationError, write_report
+from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 
 FIGURES = {"registration.png", "displacement.png", "jacobian.png", "blocks.png", "timings.png"}
 

@@ -19,10 +19,10 @@ from ngff_dreg import (
     RegistrationResult,
     RegistrationTransformResult,
 )
+from ngff_dreg.engine import BlockOptions, register_images
 from ngff_dreg.errors import IncompatibleImagesError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.io.memory import ArrayReaderConstructor
-from ngff_dreg.schedule import BlockOptions, register_images
 from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform
 
@@ -205,7 +205,7 @@ MAIN_SCRIPT = textwrap.dedent(
                            BlockRegStatus, ReduceResultsMethod, RegistrationTransformResult)
     from ngff_dreg.geometry import ImageGeometry
     from ngff_dreg.io.memory import ArrayReaderConstructor
-    from ngff_dreg.schedule import register_images
+    from ngff_dreg.engine import register_images
     from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
     from ngff_dreg.transforms import AffineTransform
 
