@@ -368,7 +368,10 @@ def demo(
             f"mean {err['mean_vox']:.3f}  median {err['median_vox']:.3f}  "
             f"p95 {err['p95_vox']:.3f}  max {err['max_vox']:.3f}"
         )
-        report = getattr(result.transforms, "report", {}) or {}
+        from ngff_dreg.interfaces import HasReport
+
+        transforms = result.transforms
+        report = (transforms.report or {}) if isinstance(transforms, HasReport) else {}
         if "jacobian_min" in report:
             typer.echo(
                 f"Jacobian determinant min {report['jacobian_min']:.3f}, "

@@ -28,14 +28,22 @@ from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_b
 from ngff_dreg.errors import IncompatibleImagesError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
+    AcceptsNgffTransforms,
     BlockPairRegistrationMethod,
     BlockPairRegistrationResult,
     BlockRegStatus,
     ConstructReaderMethod,
+    DeclaresItkModules,
+    HasChunkShape,
+    HasGeometry,
+    ItkImageLike,
     LocatedBlockResult,
     ReduceResultsMethod,
     RegistrationResult,
     RegistrationTransformResult,
+    SupportsBuildGraph,
+    SupportsReadBox,
+    SupportsToItk,
 )
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
@@ -109,9 +117,8 @@ class RegistrationSchedule:
 
 def reader_geometry(ctor: Any) -> ImageGeometry:
     """Geometry of the image a reader constructor reads (no voxels loaded)."""
-    geometry = getattr(ctor, "geometry", None)
-    if isinstance(geometry, ImageGeometry):
-        return geometry
+    if isinstance(ctor, HasGeometry) and isinstance(ctor.geometry, ImageGeometry):
+        return ctor.geometry
     from ngff_dreg.itk_bridge import geometry_of
 
     reader = ctor()
@@ -120,13 +127,13 @@ def reader_geometry(ctor: Any) -> ImageGeometry:
 
 
 def _chunk_shape(ctor: Any) -> tuple[int, ...] | None:
-    shape = getattr(ctor, "chunk_shape", None)
+    shape = ctor.chunk_shape if isinstance(ctor, HasChunkShape) else None
     return tuple(int(v) for v in shape) if shape is not None else None
 
 
 def read_region(reader: Any, box: Box) -> npt.NDArray[Any]:
     """Voxels of ``box`` (NumPy order) from an ngff-dreg or ITK-style reader."""
-    if hasattr(reader, "read_box"):
+    if isinstance(reader, SupportsReadBox):
         return np.asarray(reader.read_box(box))
     import itk
 
@@ -174,7 +181,7 @@ def _mask_covers(mask_ctor: Any, geometry: ImageGeometry, box: Box) -> bool:
 
 
 def _as_itk_transform(transform: Any, near_points: npt.NDArray[np.float64]) -> Any:
-    if hasattr(transform, "to_itk"):
+    if isinstance(transform, SupportsToItk):
         try:
             return transform.to_itk(near_points=near_points)
         except TypeError:
@@ -207,7 +214,11 @@ def register_block(
 
     t0 = time.perf_counter()
     name = f"block {plan.info.chunk_index}"
-    modules = getattr(block_registration_method, "itk_modules", None)
+    modules = (
+        block_registration_method.itk_modules
+        if isinstance(block_registration_method, DeclaresItkModules)
+        else None
+    )
     prepare_worker(options.itk_threads, modules=modules)
 
     def located(result: BlockPairRegistrationResult) -> LocatedBlockResult:
@@ -267,8 +278,10 @@ def register_block(
         moving_image = image_from_array(
             moving.astype(np.float32, copy=False), moving_geometry, mbox
         )
-        if getattr(block_registration_method, "accepts_ngff_transforms", False) and isinstance(
-            initial_transform, (AffineTransform, TransformChain)
+        if (
+            isinstance(block_registration_method, AcceptsNgffTransforms)
+            and block_registration_method.accepts_ngff_transforms
+            and isinstance(initial_transform, (AffineTransform, TransformChain))
         ):
             itk_initial = initial_transform  # the method applies it itself
         else:
@@ -310,7 +323,7 @@ def _portable_domain(domain: Any) -> Any:
     ITK 5.4 loses a non-zero region index when an ``itk.Image`` is pickled,
     which would move the domain of a result sent between processes.
     """
-    if domain is None or not hasattr(domain, "GetLargestPossibleRegion"):
+    if not isinstance(domain, ItkImageLike):
         return domain
     from ngff_dreg.itk_bridge import geometry_of, metadata_image
 
@@ -486,7 +499,7 @@ def register_images(
         )
         for plan in plans
     ]
-    if hasattr(reduce_method, "build_graph"):
+    if isinstance(reduce_method, SupportsBuildGraph):
         reduced = reduce_method.build_graph(
             block_results=block_results,
             block_boxes=[p.padded for p in plans],

@@ -15,18 +15,38 @@ Conventions
 * A block method's ``transform`` acts on a fixed point *before* the initial
   transform: ``total(x) = initial(block(x))``. This is what "applied after the
   initial transform" means in an ``itk.CompositeTransform`` queue.
+
+Optional hooks
+--------------
+Beyond the three abstract callables, the engine and the reduction use a few
+capabilities when an object offers them. Each is a runtime-checkable
+:class:`typing.Protocol` below, checked with ``isinstance`` (the way
+zarr-python declares store capabilities), so the whole contract reads here:
+
+* reader constructors and readers: :class:`HasGeometry`, :class:`HasChunkShape`,
+  :class:`SupportsReadBox`;
+* block methods: :class:`AcceptsNgffTransforms`, :class:`DeclaresItkModules`;
+* reduce methods: :class:`SupportsBuildGraph` (handed a :class:`FieldWriter`);
+* transforms and results: :class:`SupportsTransformPoints`,
+  :class:`SupportsToItk`, :class:`HasReport`;
+* ITK objects met outside :mod:`ngff_dreg.itk_bridge`:
+  :class:`ItkTransformLike`, :class:`ItkImageLike`, :class:`ItkReaderLike`,
+  :class:`UpdatesOutputInformation`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ngff_dreg.geometry import Box, ImageGeometry
 
 __all__ = [
     "BlockInfo",
@@ -38,6 +58,20 @@ __all__ = [
     "ConstructReaderMethod",
     "BlockPairRegistrationMethod",
     "ReduceResultsMethod",
+    "HasGeometry",
+    "HasChunkShape",
+    "SupportsReadBox",
+    "AcceptsNgffTransforms",
+    "DeclaresItkModules",
+    "SupportsBuildGraph",
+    "FieldWriter",
+    "SupportsTransformPoints",
+    "SupportsToItk",
+    "HasReport",
+    "ItkTransformLike",
+    "ItkImageLike",
+    "ItkReaderLike",
+    "UpdatesOutputInformation",
 ]
 
 
@@ -154,8 +188,7 @@ class BlockPairRegistrationResult:
 
 
 def _domain_is_empty(domain: Any) -> bool:
-    size = getattr(domain, "GetLargestPossibleRegion", None)
-    if size is None:
+    if not isinstance(domain, ItkImageLike):
         return False
     return any(int(s) == 0 for s in domain.GetLargestPossibleRegion().GetSize())
 
@@ -265,3 +298,224 @@ class ReduceResultsMethod(ABC):
         **kwargs: Any,
     ) -> RegistrationTransformResult:
         """Reduce block results to a fixed→moving transform."""
+
+
+# --------------------------------------------------------------------------- optional hooks
+@runtime_checkable
+class HasGeometry(Protocol):
+    """A reader constructor (or reader) that knows its image's geometry without ITK.
+
+    The engine reads ``geometry`` instead of building a reader and asking its
+    ``GetOutput()`` (:class:`~ngff_dreg.io.reader.OMEZarrReaderConstructor`,
+    :class:`~ngff_dreg.io.memory.ArrayReaderConstructor`).
+    """
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """Shape (NumPy order), spacing, origin, direction and unit of the image."""
+        ...
+
+
+@runtime_checkable
+class HasChunkShape(Protocol):
+    """A reader constructor whose image is stored in chunks.
+
+    The engine rounds the requested block shape up to whole chunks, so every
+    block read is chunk-aligned.
+    """
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...] | None:
+        """Spatial storage chunk shape, NumPy order (``None``: not chunked)."""
+        ...
+
+
+@runtime_checkable
+class SupportsReadBox(Protocol):
+    """A reader that returns the voxels of a box as an array, without an ITK image."""
+
+    def read_box(self, box: Box) -> npt.NDArray[Any]:
+        """Voxels of ``box`` (NumPy order), native dtype."""
+        ...
+
+
+@runtime_checkable
+class AcceptsNgffTransforms(Protocol):
+    """A block method that may be handed the initial transform unconverted.
+
+    When ``accepts_ngff_transforms`` is true and the initial transform is an
+    :class:`~ngff_dreg.transforms.AffineTransform` or a
+    :class:`~ngff_dreg.transforms.TransformChain`, the engine passes it as is
+    instead of building an ``itk.Transform`` for every block.
+    """
+
+    @property
+    def accepts_ngff_transforms(self) -> bool:
+        """True when the method applies an ngff-dreg transform itself."""
+        ...
+
+
+@runtime_checkable
+class DeclaresItkModules(Protocol):
+    """A block method that names the ITK modules it uses.
+
+    A worker then loads only those before the first block (``None``: all of
+    the ITK that ngff-dreg uses).
+    """
+
+    @property
+    def itk_modules(self) -> Sequence[str] | None:
+        """ITK attribute names to load (``itk.<name>``), or ``None``."""
+        ...
+
+
+@runtime_checkable
+class SupportsBuildGraph(Protocol):
+    """A reduce method that builds its own dask graph from the delayed block results.
+
+    The engine then hands it the delayed results and the blocks' padded boxes
+    (known at build time), so it can reduce chunk by chunk; any other reduce
+    method is called once with every result, as in itk-dreg.
+    """
+
+    def build_graph(
+        self,
+        block_results: Sequence[Any],
+        block_boxes: Sequence[Box],
+        fixed_geometry: ImageGeometry,
+        initial_transform: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """A ``dask.delayed`` object resolving to a :class:`RegistrationTransformResult`."""
+        ...
+
+
+@runtime_checkable
+class FieldWriter(Protocol):
+    """Where a chunked reduction writes its forward and inverse fields.
+
+    The reducer is handed one (:class:`~ngff_dreg.io.field_writer.FieldSceneWriter`
+    writes an NGFF 0.6 scene). It must pickle: chunk tasks call it on the
+    workers. Call order: :meth:`begin`, any :meth:`write_chunk` and quality
+    calls, then :meth:`finish`.
+    """
+
+    @property
+    def url(self) -> str:
+        """Where the fields go (for task names and messages)."""
+        ...
+
+    @property
+    def forward_name(self) -> str:
+        """Name of the forward (fixed→moving) field."""
+        ...
+
+    @property
+    def inverse_name(self) -> str:
+        """Name of the inverse (moving→fixed) field."""
+        ...
+
+    def begin(
+        self, geometries: Mapping[str, ImageGeometry], *, chunks: Sequence[int] | int = 64
+    ) -> None:
+        """Create the field arrays (one grid per field name)."""
+        ...
+
+    def write_chunk(
+        self, name: str, geometry: ImageGeometry, box: Box, data: npt.NDArray[Any]
+    ) -> None:
+        """Write one block of a field (NGFF layout, world-space vectors)."""
+        ...
+
+    def create_quality_array(
+        self, name: str, shape: Sequence[int], chunks: Sequence[int], dtype: str = "float32"
+    ) -> None:
+        """Create a quality map (e.g. the Jacobian determinant)."""
+        ...
+
+    def write_quality_chunk(self, name: str, box: Box, data: npt.NDArray[Any]) -> None:
+        """Write one block of a quality map."""
+        ...
+
+    def finish(
+        self,
+        affine: Any,
+        geometries: Mapping[str, ImageGeometry],
+        *,
+        n_levels: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the pyramids and the metadata, last."""
+        ...
+
+    def loader(self, name: str, geometry: ImageGeometry) -> Callable[[Box], npt.NDArray[Any]]:
+        """A picklable ``loader(box)`` reading a written field back."""
+        ...
+
+
+@runtime_checkable
+class SupportsTransformPoints(Protocol):
+    """A transform that maps arrays of physical points at once (NumPy)."""
+
+    def transform_points(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(N, ndim)`` physical points (ITK order)."""
+        ...
+
+
+@runtime_checkable
+class SupportsToItk(Protocol):
+    """A transform that can build an equal ``itk.Transform``.
+
+    :meth:`ngff_dreg.transforms.TransformChain.to_itk` also takes
+    ``near_points=``, to build only the part of its field needed near them.
+    """
+
+    def to_itk(self) -> Any:
+        """An equal ``itk.Transform``."""
+        ...
+
+
+@runtime_checkable
+class HasReport(Protocol):
+    """A transform result that carries figures of its own (a reduction's report)."""
+
+    @property
+    def report(self) -> Mapping[str, Any]:
+        """Named figures (Jacobian minimum, inverse residual...)."""
+        ...
+
+
+@runtime_checkable
+class ItkTransformLike(Protocol):
+    """An ``itk.Transform``: maps one point at a time, the ITK way."""
+
+    def TransformPoint(self, point: Sequence[float]) -> Any:
+        """Map one physical point."""
+        ...
+
+
+@runtime_checkable
+class ItkImageLike(Protocol):
+    """An ``itk.Image`` (anything with ITK's image regions)."""
+
+    def GetLargestPossibleRegion(self) -> Any:
+        """The image's largest possible region."""
+        ...
+
+
+@runtime_checkable
+class ItkReaderLike(Protocol):
+    """An ``itk.ImageFileReader``-like reader (itk-dreg's reader type)."""
+
+    def GetOutput(self) -> Any:
+        """The output image (metadata only before ``Update()``)."""
+        ...
+
+
+@runtime_checkable
+class UpdatesOutputInformation(Protocol):
+    """An ITK process object whose output metadata is read on request."""
+
+    def UpdateOutputInformation(self) -> None:
+        """Read the output's metadata (``itk.ImageFileReader`` needs it first)."""
+        ...

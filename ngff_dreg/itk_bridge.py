@@ -29,6 +29,8 @@ __all__ = [
     "itk_to_affine",
     "transform_points",
     "displacement_field_to_itk",
+    "class_name",
+    "is_cubic_bspline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -237,6 +239,24 @@ def itk_to_affine(transform: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[
         matrix = np.asarray(itk.array_from_matrix(transform.GetMatrix()), dtype=np.float64)
         return matrix, np.asarray(transform.GetOffset(), dtype=np.float64)
     raise TypeError(f"{name} is not a linear transform")
+
+
+def class_name(transform: Any) -> str:
+    """ITK class name of an ITK object (``""`` for anything else)."""
+    name = getattr(transform, "GetNameOfClass", None)
+    return str(name()) if callable(name) else ""
+
+
+def is_cubic_bspline(transform: Any) -> bool:
+    """True for a cubic ``itk.BSplineTransform`` (the one :class:`BSplineGrid` copies)."""
+    try:
+        if class_name(transform) != "BSplineTransform":
+            return False
+        import itk
+
+        return int(itk.template(transform)[1][2]) == 3
+    except Exception:
+        return False
 
 
 def transform_points(transform: Any, points: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -39,7 +39,13 @@ from ngff_dreg.errors import (
     ScheduleError,
 )
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.interfaces import BlockRegStatus, RegistrationResult, RegistrationTransformResult
+from ngff_dreg.interfaces import (
+    BlockRegStatus,
+    HasReport,
+    ItkTransformLike,
+    RegistrationResult,
+    RegistrationTransformResult,
+)
 from ngff_dreg.schedule import Schedule, matching_level, resolve_level
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
@@ -383,9 +389,9 @@ def _as_affine(initial: Any, ndim: int, storage_options: Mapping[str, Any] | Non
         from ngff_dreg.io.transform_reader import read_transform
 
         return read_transform(initial, storage_options)
-    arr = np.asarray(initial, dtype=np.float64) if not hasattr(initial, "GetParameters") else None
-    if arr is None:
+    if isinstance(initial, ItkTransformLike):
         return AffineTransform.from_itk(initial)
+    arr = np.asarray(initial, dtype=np.float64)
     if arr.shape == (ndim + 1, ndim + 1):
         return AffineTransform.from_homogeneous(arr)
     if arr.shape == (ndim, ndim + 1):
@@ -768,7 +774,11 @@ def register(
                 ncc_before=before,
                 ncc_after=after.result(),
                 seconds=time.perf_counter() - t0,
-                report=dict(getattr(result.transforms, "report", {}) or {}),
+                report=(
+                    dict(result.transforms.report or {})
+                    if isinstance(result.transforms, HasReport)
+                    else {}
+                ),
             )
             reports.append(rep)
             last_status = status

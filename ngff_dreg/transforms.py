@@ -22,6 +22,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import SupportsTransformPoints
 
 __all__ = [
     "AffineTransform",
@@ -288,7 +289,7 @@ def map_points(transform: Any, points: npt.ArrayLike) -> FloatArray:
     Accepts a :class:`TransformChain`, an :class:`AffineTransform` or any
     ``itk.Transform``.
     """
-    if hasattr(transform, "transform_points"):
+    if isinstance(transform, SupportsTransformPoints):
         return np.asarray(transform.transform_points(points), dtype=np.float64)
     from ngff_dreg.itk_bridge import transform_points
 

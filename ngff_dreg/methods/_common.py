@@ -16,7 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.interfaces import BlockPairRegistrationResult, BlockRegStatus
+from ngff_dreg.interfaces import (
+    BlockPairRegistrationResult,
+    BlockRegStatus,
+    ItkTransformLike,
+    SupportsToItk,
+)
 from ngff_dreg.itk_bridge import geometry_of, image_from_array, metadata_image
 
 __all__ = [
@@ -97,11 +102,10 @@ def as_itk_transform(transform: Any, ndim: int) -> Any:
     """
     if transform is None:
         return identity_transform(ndim)
-    if hasattr(transform, "TransformPoint"):
+    if isinstance(transform, ItkTransformLike):
         return transform
-    to_itk = getattr(transform, "to_itk", None)
-    if callable(to_itk):
-        return to_itk()
+    if isinstance(transform, SupportsToItk):
+        return transform.to_itk()
     raise TypeError(f"cannot use {type(transform).__name__} as an ITK transform")
 
 

@@ -51,9 +51,13 @@ import numpy.typing as npt
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
     BlockRegStatus,
+    HasGeometry,
+    ItkReaderLike,
     LocatedBlockResult,
     ReduceResultsMethod,
     RegistrationTransformResult,
+    SupportsTransformPoints,
+    UpdatesOutputInformation,
 )
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
@@ -284,11 +288,11 @@ class BlockSample:
 
 def _map_block_points(transform: Any, pts: FloatArray) -> FloatArray:
     """Map points through a block transform, vectorised for linear transforms."""
-    if hasattr(transform, "transform_points"):
+    if isinstance(transform, SupportsTransformPoints):
         return np.asarray(transform.transform_points(pts), dtype=np.float64)
-    from ngff_dreg.itk_bridge import itk_to_affine, transform_points
+    from ngff_dreg.itk_bridge import class_name, itk_to_affine, transform_points
 
-    name = transform.GetNameOfClass() if hasattr(transform, "GetNameOfClass") else ""
+    name = class_name(transform)
     if name not in ("DisplacementFieldTransform", "BSplineTransform", "CompositeTransform"):
         try:
             m, o = itk_to_affine(transform)
@@ -348,16 +352,9 @@ def _vectorised(transform: Any) -> Any:
     ITK's ``TransformPoint`` does that one point at a time. Other transforms
     are returned unchanged.
     """
-    if getattr(transform, "GetNameOfClass", None) is None:
-        return transform
-    try:
-        if transform.GetNameOfClass() != "BSplineTransform":
-            return transform
-        import itk
+    from ngff_dreg.itk_bridge import is_cubic_bspline
 
-        if int(itk.template(transform)[1][2]) != 3:
-            return transform
-    except Exception:
+    if not is_cubic_bspline(transform):
         return transform
     from ngff_dreg.methods.bspline import BSplineGrid
 
@@ -601,17 +598,15 @@ class ReduceToDisplacementField(ReduceResultsMethod):
 
 
 def _fixed_geometry(ctor: Any) -> ImageGeometry:
-    geom = getattr(ctor, "geometry", None)
-    if isinstance(geom, ImageGeometry):
-        return geom
+    if isinstance(ctor, HasGeometry) and isinstance(ctor.geometry, ImageGeometry):
+        return ctor.geometry
     reader = ctor()
-    geom = getattr(reader, "geometry", None)
-    if isinstance(geom, ImageGeometry):
-        return geom
+    if isinstance(reader, HasGeometry) and isinstance(reader.geometry, ImageGeometry):
+        return reader.geometry
     from ngff_dreg.itk_bridge import geometry_of
 
-    image = reader.GetOutput() if hasattr(reader, "GetOutput") else reader
-    if hasattr(reader, "UpdateOutputInformation"):
+    image = reader.GetOutput() if isinstance(reader, ItkReaderLike) else reader
+    if isinstance(reader, UpdatesOutputInformation):
         reader.UpdateOutputInformation()
     return geometry_of(image)
 

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
 from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.transforms import TransformChain
 
 __all__ = [
     "Plane",
@@ -389,11 +390,11 @@ def displacement_planes(
     out: list[FloatArray] = []
     for plane in planes:
         pts = plane.points(geometry)
-        fld = getattr(transform, "field", None)
-        if hasattr(transform, "affine") and fld is None:
+        chain = transform if isinstance(transform, TransformChain) else None
+        if chain is not None and chain.field is None:
             disp = np.zeros_like(pts)
-        elif fld is not None and not getattr(transform, "affine_first", False):
-            disp = np.asarray(fld.sample(pts), dtype=np.float64)
+        elif chain is not None and chain.field is not None and not chain.affine_first:
+            disp = np.asarray(chain.field.sample(pts), dtype=np.float64)
         else:
             disp = np.asarray(transform.transform_points(pts), dtype=np.float64) - pts
         out.append(disp[:, ::-1].reshape(*plane.shape, geometry.ndim))

@@ -145,7 +145,7 @@ def write_report(
             "to show the images and the displacement field."
         )
 
-    field_geom = getattr(getattr(transform, "field", None), "geometry", None)
+    field_geom = transform.field.geometry if transform.field is not None else None
     jplanes = jacobian_planes(url, storage_options, field_geom)
     if jplanes is not None:
         hist = jacobian_histogram(url, storage_options)
