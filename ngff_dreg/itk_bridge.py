@@ -31,6 +31,8 @@ __all__ = [
     "displacement_field_to_itk",
     "class_name",
     "is_cubic_bspline",
+    "bspline_parameters",
+    "composite_transform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -257,6 +259,31 @@ def is_cubic_bspline(transform: Any) -> bool:
         return int(itk.template(transform)[1][2]) == 3
     except Exception:
         return False
+
+
+def bspline_parameters(
+    transform: Any,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
+    """``(fixed parameters, parameters, ndim)`` of an ``itk.BSplineTransform`` as arrays."""
+    import itk
+
+    fixed = np.array(transform.GetFixedParameters(), dtype=np.float64)
+    ndim = int(transform.GetInputSpaceDimension())
+    params = np.array(itk.array_from_vnl_vector(transform.GetParameters()), dtype=np.float64)
+    return fixed, params, ndim
+
+
+def composite_transform(transforms: Sequence[Any], ndim: int) -> Any:
+    """``itk.CompositeTransform`` holding ``transforms`` in the order given.
+
+    ITK applies the last-added transform first.
+    """
+    import itk
+
+    composite = itk.CompositeTransform[itk.D, ndim].New()
+    for transform in transforms:
+        composite.AddTransform(transform)
+    return composite
 
 
 def transform_points(transform: Any, points: npt.ArrayLike) -> npt.NDArray[np.float64]:

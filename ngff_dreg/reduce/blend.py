@@ -356,7 +356,7 @@ def _vectorised(transform: Any) -> Any:
 
     if not is_cubic_bspline(transform):
         return transform
-    from ngff_dreg.methods.bspline import BSplineGrid
+    from ngff_dreg.transforms import BSplineGrid
 
     return BSplineGrid.from_itk(transform)
 

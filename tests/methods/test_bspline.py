@@ -10,7 +10,7 @@ import pytest
 
 from ngff_dreg.interfaces import BlockRegStatus
 from ngff_dreg.methods import ItkBSplineRegistration
-from ngff_dreg.methods.bspline import BSplineGrid, bspline_weight_matrix
+from ngff_dreg.transforms import BSplineGrid, bspline_weight_matrix
 
 # physical units; spacing is 0.8-1.3, the deformation peaks at 3 units
 TOL = 0.25
