@@ -65,10 +65,9 @@ def load_template(downsample: int = 1) -> tuple[npt.NDArray[np.float32], ImageGe
         raise DemoDataUnavailableError(
             "the demo volume comes from the nilearn package: pip install 'ngff-dreg[demo]'"
         ) from exc
-    import itk
+    from ngff_dreg.itk_bridge import read_image_array
 
-    image = itk.imread(str(path), itk.F)
-    arr = np.asarray(itk.array_from_image(image), dtype=np.float32)
+    arr = read_image_array(str(path))
     if downsample > 1:
         from scipy import ndimage
 

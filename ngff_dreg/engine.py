@@ -35,16 +35,14 @@ from ngff_dreg.interfaces import (
     ConstructReaderMethod,
     DeclaresItkModules,
     HasChunkShape,
-    HasGeometry,
-    ItkImageLike,
     LocatedBlockResult,
     ReduceResultsMethod,
     RegistrationResult,
     RegistrationTransformResult,
     SupportsBuildGraph,
-    SupportsReadBox,
     SupportsToItk,
 )
+from ngff_dreg.itk_bridge import portable_domain, read_region, reader_geometry
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
 __all__ = [
@@ -52,8 +50,6 @@ __all__ = [
     "RegistrationSchedule",
     "register_images",
     "register_block",
-    "reader_geometry",
-    "read_region",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,35 +111,9 @@ class RegistrationSchedule:
     moving_geometry: ImageGeometry | None = None
 
 
-def reader_geometry(ctor: Any) -> ImageGeometry:
-    """Geometry of the image a reader constructor reads (no voxels loaded)."""
-    if isinstance(ctor, HasGeometry) and isinstance(ctor.geometry, ImageGeometry):
-        return ctor.geometry
-    from ngff_dreg.itk_bridge import geometry_of
-
-    reader = ctor()
-    reader.UpdateOutputInformation()
-    return geometry_of(reader.GetOutput())
-
-
 def _chunk_shape(ctor: Any) -> tuple[int, ...] | None:
     shape = ctor.chunk_shape if isinstance(ctor, HasChunkShape) else None
     return tuple(int(v) for v in shape) if shape is not None else None
-
-
-def read_region(reader: Any, box: Box) -> npt.NDArray[Any]:
-    """Voxels of ``box`` (NumPy order) from an ngff-dreg or ITK-style reader."""
-    if isinstance(reader, SupportsReadBox):
-        return np.asarray(reader.read_box(box))
-    import itk
-
-    from ngff_dreg.itk_bridge import itk_region
-
-    region = itk_region(box)
-    reader.GetOutput().SetRequestedRegion(region)
-    reader.Update()
-    extracted = itk.extract_image_filter(reader.GetOutput(), extraction_region=region)
-    return np.asarray(itk.array_from_image(extracted))
 
 
 def _has_signal(block: npt.NDArray[Any], options: BlockOptions) -> bool:
@@ -317,24 +287,10 @@ def register_block(
     return located(_portable(result))
 
 
-def _portable_domain(domain: Any) -> Any:
-    """The same oriented box as an index-0 metadata image.
-
-    ITK 5.4 loses a non-zero region index when an ``itk.Image`` is pickled,
-    which would move the domain of a result sent between processes.
-    """
-    if not isinstance(domain, ItkImageLike):
-        return domain
-    from ngff_dreg.itk_bridge import geometry_of, metadata_image
-
-    if all(int(i) == 0 for i in domain.GetLargestPossibleRegion().GetIndex()):
-        return domain
-    return metadata_image(geometry_of(domain, "largest"))
-
-
 def _portable(result: BlockPairRegistrationResult) -> BlockPairRegistrationResult:
-    result.transform_domain = _portable_domain(result.transform_domain)
-    result.inv_transform_domain = _portable_domain(result.inv_transform_domain)
+    """Domains that survive pickling (see :func:`~ngff_dreg.itk_bridge.portable_domain`)."""
+    result.transform_domain = portable_domain(result.transform_domain)
+    result.inv_transform_domain = portable_domain(result.inv_transform_domain)
     return result
 
 

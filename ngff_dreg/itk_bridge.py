@@ -1,8 +1,11 @@
 """Conversions between NumPy arrays + :class:`ImageGeometry` and ITK objects.
 
-This is the only core module that imports ``itk`` (block methods excepted).
-Nothing here holds open handles, so everything it builds can be rebuilt on a
-dask worker from plain arrays and parameters.
+This is the only core module that imports ``itk`` (block methods, the worker
+set-up and the pickling fix excepted): images and regions, linear, B-spline,
+displacement-field and composite transforms, reading through any
+``itk.ImageFileReader``-like reader, and ITK file I/O. Nothing here holds open
+handles, so everything it builds can be rebuilt on a dask worker from plain
+arrays and parameters. It imports no ngff-dreg transform class: those call it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import (
+    HasGeometry,
+    ItkImageLike,
+    ItkReaderLike,
+    SupportsReadBox,
+    UpdatesOutputInformation,
+)
 
 __all__ = [
     "preload_itk",
@@ -33,6 +43,14 @@ __all__ = [
     "is_cubic_bspline",
     "bspline_parameters",
     "composite_transform",
+    "reader_geometry",
+    "read_region",
+    "load_region",
+    "portable_domain",
+    "ItkPointMap",
+    "read_image_array",
+    "write_transform_file",
+    "write_vector_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -349,3 +367,105 @@ def as_float_image(image: Any) -> Any:
 def seq(values: Sequence[float]) -> list[float]:
     """Plain float list (ITK setters reject NumPy scalars on some builds)."""
     return [float(v) for v in values]
+
+
+# ------------------------------------------------------------------ readers
+def reader_geometry(ctor: Any) -> ImageGeometry:
+    """Geometry of the image a reader constructor reads (no voxels loaded).
+
+    A constructor or reader with a ``geometry`` (:class:`HasGeometry`) answers
+    directly; an ``itk.ImageFileReader``-like reader is asked for its output's
+    metadata.
+    """
+    if isinstance(ctor, HasGeometry) and isinstance(ctor.geometry, ImageGeometry):
+        return ctor.geometry
+    reader = ctor()
+    if isinstance(reader, HasGeometry) and isinstance(reader.geometry, ImageGeometry):
+        return reader.geometry
+    image = reader.GetOutput() if isinstance(reader, ItkReaderLike) else reader
+    if isinstance(reader, UpdatesOutputInformation):
+        reader.UpdateOutputInformation()
+    return geometry_of(image)
+
+
+def read_region(reader: Any, box: Box) -> npt.NDArray[Any]:
+    """Voxels of ``box`` (NumPy order) from an ngff-dreg or ITK-style reader."""
+    if isinstance(reader, SupportsReadBox):
+        return np.asarray(reader.read_box(box))
+    import itk
+
+    region = itk_region(box)
+    reader.GetOutput().SetRequestedRegion(region)
+    reader.Update()
+    extracted = itk.extract_image_filter(reader.GetOutput(), extraction_region=region)
+    return np.asarray(itk.array_from_image(extracted))
+
+
+def load_region(image: Any, box: Box, data: npt.NDArray[Any]) -> None:
+    """Make ``box`` the buffered and requested region of ``image`` and copy ``data`` in."""
+    import itk
+
+    region = itk_region(box)
+    image.SetBufferedRegion(region)
+    image.SetRequestedRegion(region)
+    image.Allocate()
+    if not box.is_empty:
+        itk.array_view_from_image(image)[...] = data
+
+
+def portable_domain(domain: Any) -> Any:
+    """The same oriented box as an index-0 metadata image.
+
+    ITK 5.4 loses a non-zero region index when an ``itk.Image`` is pickled,
+    which would move the domain of a result sent between processes.
+    """
+    if not isinstance(domain, ItkImageLike):
+        return domain
+    if all(int(i) == 0 for i in domain.GetLargestPossibleRegion().GetIndex()):
+        return domain
+    return metadata_image(geometry_of(domain, "largest"))
+
+
+class ItkPointMap:
+    """An ``itk.Transform`` seen through ``transform_points`` (one point at a time).
+
+    Lets NumPy code evaluate any ITK transform without importing ITK; it
+    pickles with its transform.
+    """
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def transform_points(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(N, ndim)`` physical points through the ITK transform."""
+        return transform_points(self.transform, points)
+
+    def __repr__(self) -> str:
+        return f"ItkPointMap({class_name(self.transform) or type(self.transform).__name__})"
+
+
+# ------------------------------------------------------------------ files
+def read_image_array(path: str) -> npt.NDArray[np.float32]:
+    """Voxels of an image file ITK can read (NIfTI, NRRD...), float32, NumPy order."""
+    import itk
+
+    image = itk.imread(str(path), itk.F)
+    return np.asarray(itk.array_from_image(image), dtype=np.float32)
+
+
+def write_transform_file(transforms: Sequence[Any], path: str) -> None:
+    """Write ITK transforms to an ITK transform file (``.h5``, ``.tfm``...)."""
+    import itk
+
+    itk.transformwrite(list(transforms), path)
+
+
+def write_vector_image(
+    vectors: npt.NDArray[np.float32], geometry: ImageGeometry, path: str
+) -> None:
+    """Write a vector image (``(*shape, ndim)`` components last) placed by ``geometry``."""
+    import itk
+
+    image = itk.image_from_array(vectors, is_vector=True)
+    _apply_geometry(image, geometry)
+    itk.imwrite(image, path)

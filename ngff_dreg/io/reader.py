@@ -312,19 +312,11 @@ class OMEZarrReader:
 
     def Update(self) -> None:
         """Load the output's requested region (clipped to the image)."""
-        import itk
-
-        from ngff_dreg.itk_bridge import box_from_region, itk_region
+        from ngff_dreg.itk_bridge import box_from_region, load_region
 
         out = self.GetOutput()
         box = box_from_region(out.GetRequestedRegion()).clip(self.shape)
-        data = self.read_box(box).astype(np.float32, copy=False)
-        region = itk_region(box)
-        out.SetBufferedRegion(region)
-        out.SetRequestedRegion(region)
-        out.Allocate()
-        if not box.is_empty:
-            itk.array_view_from_image(out)[...] = data
+        load_region(out, box, self.read_box(box).astype(np.float32, copy=False))
 
     def UpdateLargestPossibleRegion(self) -> None:
         """Load the whole level."""

@@ -389,16 +389,12 @@ def export_itk(transform: TransformChain | str, path: str, *, inverse: bool = Fa
         fsspec options for a URL.
 
     """
-    import itk
+    from ngff_dreg.itk_bridge import write_transform_file, write_vector_image
 
     chain = _as_chain(transform, storage_options, inverse)
     if path.endswith((".h5", ".hdf5", ".tfm", ".txt")):
-        itk.transformwrite([chain.to_itk()], path)
+        write_transform_file([chain.to_itk()], path)
         return
     data, geom = total_displacement(chain)
     vectors = np.ascontiguousarray(np.moveaxis(data[::-1], 0, -1), dtype=np.float32)
-    image = itk.image_from_array(vectors, is_vector=True)
-    image.SetSpacing([float(v) for v in geom.spacing])
-    image.SetOrigin([float(v) for v in geom.origin])
-    image.SetDirection(itk.matrix_from_array(geom.direction_matrix.copy()))
-    itk.imwrite(image, path)
+    write_vector_image(vectors, geom, path)

@@ -51,13 +51,10 @@ import numpy.typing as npt
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
     BlockRegStatus,
-    HasGeometry,
-    ItkReaderLike,
     LocatedBlockResult,
     ReduceResultsMethod,
     RegistrationTransformResult,
     SupportsTransformPoints,
-    UpdatesOutputInformation,
 )
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
@@ -546,7 +543,9 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         """
         import dask
 
-        fixed = _fixed_geometry(fixed_reader_ctor)
+        from ngff_dreg.itk_bridge import reader_geometry
+
+        fixed = reader_geometry(fixed_reader_ctor)
         results = list(block_results)
         boxes = [_padded_box(r, fixed) for r in results]
         delayed_results = [dask.delayed(r, pure=False) for r in results]
@@ -595,20 +594,6 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         """The field grid for a fixed geometry."""
         return field_geometry_for(fixed, factor=self.field_spacing_factor,
                                   spacing=self.field_spacing)
-
-
-def _fixed_geometry(ctor: Any) -> ImageGeometry:
-    if isinstance(ctor, HasGeometry) and isinstance(ctor.geometry, ImageGeometry):
-        return ctor.geometry
-    reader = ctor()
-    if isinstance(reader, HasGeometry) and isinstance(reader.geometry, ImageGeometry):
-        return reader.geometry
-    from ngff_dreg.itk_bridge import geometry_of
-
-    image = reader.GetOutput() if isinstance(reader, ItkReaderLike) else reader
-    if isinstance(reader, UpdatesOutputInformation):
-        reader.UpdateOutputInformation()
-    return geometry_of(image)
 
 
 def _padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
