@@ -41,7 +41,7 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "register": "ngff_dreg.pipeline",
-    "StageReport": "ngff_dreg.pipeline",
+    "StageReport": "ngff_dreg.io.output_state",
     "register_images": "ngff_dreg.engine",
     "RegistrationSchedule": "ngff_dreg.engine",
     "BlockOptions": "ngff_dreg.engine",

@@ -17,14 +17,11 @@ skips finished stages and gives the same answer.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +31,6 @@ from ngff_dreg.engine import BlockOptions, register_images
 from ngff_dreg.errors import (
     IncompatibleImagesError,
     InvalidInputDataError,
-    OutputExistsError,
     RegistrationFailedError,
     ScheduleError,
 )
@@ -46,99 +42,22 @@ from ngff_dreg.interfaces import (
     RegistrationResult,
     RegistrationTransformResult,
 )
+from ngff_dreg.io.output_state import (
+    Checkpoints,
+    StageReport,
+    claim_output,
+    fingerprint,
+    output_status,
+    set_status,
+)
 from ngff_dreg.schedule import Schedule, matching_level, resolve_level
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
-__all__ = ["register", "StageReport", "CHECKPOINTS"]
+__all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 RESAMPLED = "moving_resampled"
-MANIFEST_KEY = "ngff_dreg_manifest"
-
-
-@dataclass
-class StageReport:
-    """What one stage did.
-
-    Attributes
-    ----------
-    name:
-        ``"global"`` or ``"stage N"``.
-    fixed_level, moving_level:
-        Pyramid levels used.
-    method:
-        Method name.
-    status:
-        Block status codes (block-grid shaped), ``None`` for the global stage.
-    ncc_before, ncc_after:
-        Normalised cross-correlation of fixed vs warped moving on the global
-        level, before and after the stage.
-    seconds:
-        Wall time.
-    report:
-        The reduction's figures (Jacobian, inverse residual...).
-    resumed:
-        True when loaded from a checkpoint instead of computed.
-
-    """
-
-    name: str
-    fixed_level: int
-    moving_level: int
-    method: str
-    status: npt.NDArray[np.integer[Any]] | None = None
-    ncc_before: float | None = None
-    ncc_after: float | None = None
-    seconds: float = 0.0
-    report: dict[str, Any] = field(default_factory=dict)
-    resumed: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (for the checkpoint manifest)."""
-        return {
-            "name": self.name,
-            "fixed_level": self.fixed_level,
-            "moving_level": self.moving_level,
-            "method": self.method,
-            "status": None if self.status is None else np.asarray(self.status).tolist(),
-            "ncc_before": self.ncc_before,
-            "ncc_after": self.ncc_after,
-            "seconds": self.seconds,
-            "report": _jsonable(self.report),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> StageReport:
-        """Inverse of :meth:`to_json`."""
-        status = d.get("status")
-        return cls(
-            name=d["name"],
-            fixed_level=int(d["fixed_level"]),
-            moving_level=int(d["moving_level"]),
-            method=d["method"],
-            status=None if status is None else np.asarray(status, dtype=np.int8),
-            ncc_before=d.get("ncc_before"),
-            ncc_after=d.get("ncc_after"),
-            seconds=float(d.get("seconds", 0.0)),
-            report=dict(d.get("report", {})),
-            resumed=True,
-        )
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 # --------------------------------------------------------------------------- tasks
@@ -304,73 +223,6 @@ def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
 
 
 # --------------------------------------------------------------------------- driver
-def _fingerprint(parts: Mapping[str, Any]) -> str:
-    blob = json.dumps(_jsonable(parts), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-class _Checkpoints:
-    """The manifest at ``output/checkpoints`` (Zarr group attributes)."""
-
-    def __init__(self, output: str, storage_options: Mapping[str, Any] | None) -> None:
-        self.output = output
-        self.storage_options = storage_options
-
-    def url(self, *parts: str) -> str:
-        from ngff_dreg.io.stores import join_url
-
-        return join_url(self.output, CHECKPOINTS, *parts)
-
-    def _group(self, mode: str) -> Any:
-        import zarr
-
-        from ngff_dreg.io.stores import open_store
-
-        store = open_store(self.output, self.storage_options, read_only=(mode == "r"))
-        return zarr.open_group(store=store, path=CHECKPOINTS, mode=mode, zarr_format=3)
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            group = self._group("r")
-        except Exception:
-            return None
-        manifest = group.attrs.asdict().get(MANIFEST_KEY)
-        return dict(manifest) if isinstance(manifest, Mapping) else None
-
-    def write(self, manifest: Mapping[str, Any]) -> None:
-        group = self._group("a")
-        group.attrs.put({MANIFEST_KEY: _jsonable(manifest)})
-
-
-def _mark_root_incomplete(
-    output: str, storage_options: Mapping[str, Any] | None, wipe: bool
-) -> None:
-    import zarr
-
-    from ngff_dreg.io.field_writer import MARKER_KEY
-    from ngff_dreg.io.stores import open_store
-
-    store = open_store(output, storage_options, read_only=False)
-    root = zarr.open_group(store=store, mode="w" if wipe else "a", zarr_format=3)
-    root.attrs.put({MARKER_KEY: {"status": "incomplete", "version": 1}})
-
-
-def _set_root_status(output: str, storage_options: Mapping[str, Any] | None, status: str) -> None:
-    """Set the output's completion marker, keeping the rest of its attributes."""
-    import zarr
-
-    from ngff_dreg.io.field_writer import MARKER_KEY
-    from ngff_dreg.io.stores import open_store
-
-    store = open_store(output, storage_options, read_only=False)
-    root = zarr.open_group(store=store, mode="r+")
-    attrs = root.attrs.asdict()
-    marker = dict(attrs.get(MARKER_KEY) or {})
-    marker["status"] = status
-    attrs[MARKER_KEY] = marker
-    root.attrs.put(attrs)
-
-
 def _same_location(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` are the same location or one is inside the other."""
     from ngff_dreg.io.stores import location_key
@@ -527,7 +379,6 @@ def register(
         and ``timings``.
 
     """
-    from ngff_dreg.io.field_writer import output_status
     from ngff_dreg.io.multiscale import open_multiscale
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
     from ngff_dreg.io.transform_reader import read_transform
@@ -588,7 +439,7 @@ def register(
     for name, url, c in (("fixed", fixed, g_fixed), ("moving", moving, g_moving)):
         _check_data(name, url, c.level, c().read_box(_full(c.geometry)))
 
-    fingerprint = _fingerprint(
+    run_fingerprint = fingerprint(
         {
             "fixed": fixed,
             "moving": moving,
@@ -600,23 +451,9 @@ def register(
             "masks": [fixed_mask, moving_mask],
         }
     )
-    ckpt = _Checkpoints(output, o_opts)
-    state = output_status(output, o_opts)
-    manifest = ckpt.read() if state in ("complete", "incomplete") else None
-    same_run = not overwrite and manifest is not None and manifest.get("fingerprint") == fingerprint
-    if state in ("complete", "incomplete", "foreign") and not same_run:
-        if not overwrite:
-            raise OutputExistsError(
-                f"{output} already holds {'an ngff-dreg output' if state != 'foreign' else 'data'}"
-                " from another run; pass overwrite=True to replace it"
-            )
-        _mark_root_incomplete(output, o_opts, wipe=True)
-        manifest = None
-    elif state == "absent":
-        _mark_root_incomplete(output, o_opts, wipe=False)
-    if manifest is None or not same_run:
-        manifest = {"fingerprint": fingerprint, "stages": {}, "resampled": False}
-        ckpt.write(manifest)
+    claim = claim_output(output, o_opts, run_fingerprint, overwrite=overwrite)
+    ckpt = Checkpoints(output, o_opts)
+    state, same_run, manifest = claim.state, claim.same_run, claim.manifest
 
     reports: list[StageReport] = []
     timings: dict[str, float] = {}
@@ -648,7 +485,7 @@ def register(
             entry = done.get("global")
             if entry is not None:
                 current = AffineTransform.from_homogeneous(entry["affine"])
-                reports.append(StageReport.from_json(entry["report"]))
+                reports.append(StageReport.from_entry("global", entry))
             else:
                 t0 = time.perf_counter()
                 gs = schedule.global_stage
@@ -703,7 +540,7 @@ def register(
         if same_run and last_key in done and state == "incomplete":
             # Every stage finished earlier; only the resample was interrupted (it marks
             # the finished scene incomplete while it writes).
-            _set_root_status(output, o_opts, "complete")
+            set_status(output, o_opts, "complete")
         final: Any = None
         last_status: Any = np.zeros((0,), dtype=np.int8)
         for i, stage in enumerate(schedule.stages):
@@ -715,7 +552,7 @@ def register(
             entry = done.get(key)
             if entry is not None and output_status(stage_url, o_opts) == "complete":
                 current = read_transform(stage_url, o_opts)
-                rep = StageReport.from_json(entry)
+                rep = StageReport.from_entry(key, entry)
                 reports.append(rep)
                 last_status = rep.status
                 if is_last:
@@ -809,7 +646,7 @@ def register(
 
             t0 = time.perf_counter()
             # Until the image is written the output as a whole is incomplete.
-            _set_root_status(output, o_opts, "incomplete")
+            set_status(output, o_opts, "incomplete")
             apply_transform(
                 moving,
                 fixed,
@@ -824,7 +661,7 @@ def register(
             )
             manifest["resampled"] = True
             ckpt.write(manifest)
-            _set_root_status(output, o_opts, "complete")
+            set_status(output, o_opts, "complete")
             timings["resample"] = time.perf_counter() - t0
     if into_name is not None:
         from ngff_dreg.io.image_transform_writer import write_transform_into_image

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ngff_dreg.demo import make_demo
-from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.transform_reader import read_transform
 
 

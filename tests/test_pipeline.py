@@ -9,7 +9,7 @@ from ngff_dreg.demo import make_demo, point_errors
 from ngff_dreg.errors import IncompatibleImagesError, OutputExistsError
 from ngff_dreg.geometry import Box
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.transform_reader import read_transform
 from ngff_dreg.pipeline import register
@@ -84,9 +84,9 @@ def test_3d_recovers_known_warp_and_refines(pair_3d, run_3d):
     assert final["mean_vox"] < 0.35, final
     assert final["p95_vox"] < 0.8, final
     # Coarse to fine refines: affine-only error > first block stage >= final.
-    from ngff_dreg.pipeline import _Checkpoints
+    from ngff_dreg.io.output_state import Checkpoints
 
-    manifest = _Checkpoints(out, None).read()
+    manifest = Checkpoints(out, None).read()
     affine = AffineTransform.from_homogeneous(manifest["stages"]["global"]["affine"])
     coarse = read_transform(f"{out}/checkpoints/stage_0")
     e_affine = point_errors(affine, truth, geom, mask=mask)["mean_vox"]

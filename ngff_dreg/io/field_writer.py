@@ -52,7 +52,8 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.stores import open_store, redact_url
+from ngff_dreg.io.output_state import MARKER_KEY, marker, output_status, put_marker
+from ngff_dreg.io.stores import redact_url, zarr_array, zarr_group
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "TRANSFORMS_GROUP",
     "FieldSceneWriter",
     "ZarrFieldLoader",
-    "output_status",
     "write_field_scene",
     "frame_of",
 ]
@@ -72,7 +72,6 @@ FORWARD_NAME = "fixed_to_moving"
 INVERSE_NAME = "moving_to_fixed"
 TRANSFORMS_GROUP = "coordinateTransformations"
 FIELD_SYSTEM = "fixed_frame"
-MARKER_KEY = "ngff_dreg"
 NGFF_VERSION = "0.6"
 _SPATIAL_NAMES = {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x")}
 
@@ -87,46 +86,12 @@ def _join(url: str, *parts: str) -> str:
 
 
 def _open_group(url: str, storage_options: Mapping[str, Any] | None, mode: Any) -> Any:
-    import zarr
-
     try:
-        return zarr.open_group(
-            store=open_store(url, storage_options, read_only=(mode == "r")),
-            mode=mode,
-            zarr_format=3,
-        )
+        return zarr_group(url, storage_options, mode=mode, zarr_format=3)
     except FileNotFoundError:
         raise
     except (OSError, PermissionError) as exc:  # network, credentials
         raise StoreAccessError(f"cannot open Zarr group at {url}: {exc}") from exc
-
-
-def output_status(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """State of an output location.
-
-    Returns
-    -------
-    str
-        ``"absent"`` (nothing there), ``"incomplete"`` (an interrupted
-        ngff-dreg write), ``"complete"`` (a finished ngff-dreg scene) or
-        ``"foreign"`` (some other Zarr content).
-
-    """
-    import zarr
-
-    try:
-        group = zarr.open_group(
-            store=open_store(url, storage_options, read_only=True), mode="r"
-        )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return "absent"
-    except Exception:  # an array, v2 data, or unreadable metadata
-        return "foreign"
-    attrs = group.attrs.asdict()
-    marker = attrs.get(MARKER_KEY)
-    if not isinstance(marker, dict):
-        return "foreign" if (attrs or list(group.keys())) else "absent"
-    return "complete" if marker.get("status") == "complete" else "incomplete"
 
 
 # ---------------------------------------------------------------- frames
@@ -190,10 +155,7 @@ class ZarrFieldLoader:
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def _array(self) -> Any:
-        import zarr
-
-        store = open_store(self.url, self.storage_options, read_only=True)
-        return zarr.open_array(store=store, path=self.array_path, mode="r")
+        return zarr_array(self.url, self.array_path, self.storage_options, mode="r")
 
     def __call__(self, box: Box) -> npt.NDArray[np.float64]:
         """Field values over ``box`` (NGFF layout, world components)."""
@@ -367,18 +329,15 @@ class FieldSceneWriter:
             )
         logger.info("writing transform scene to %s (previous state: %s)", redact_url(self.url),
                     status)
-        import zarr
-
-        store = open_store(self.url, self.storage_options, read_only=False)
-        root = zarr.open_group(store=store, mode="a" if status == "incomplete" else "w",
-                               zarr_format=3)
+        root = zarr_group(self.url, self.storage_options,
+                          mode="a" if status == "incomplete" else "w", zarr_format=3)
         # The marker goes first: from here on the output reads as incomplete.
-        root.attrs.put({MARKER_KEY: {"status": "incomplete", "version": 1}})
+        put_marker(root, "incomplete")
         tgroup = root.require_group(TRANSFORMS_GROUP)
         for name, geom in geometries.items():
             frame_of(geom)  # validates the direction
             fgroup = tgroup.require_group(name)
-            fgroup.attrs.put({MARKER_KEY: {"status": "incomplete"}})
+            put_marker(fgroup, "incomplete", versioned=False)
             ch = _chunk_tuple(chunks, geom.ndim)
             fgroup.create_array(
                 "s0", shape=(geom.ndim, *geom.shape), chunks=(geom.ndim, *ch),
@@ -401,13 +360,11 @@ class FieldSceneWriter:
     def write_chunk(self, name: str, geometry: ImageGeometry, box: Box,
                     data: npt.NDArray[Any]) -> None:
         """Write one block of world-space vectors (NGFF layout) of field ``name``."""
-        import zarr
-
         frame = frame_of(geometry)
         if not frame.is_identity:
             data = _rotate_components(data, frame.rotation_zyx.T)
-        store = open_store(self.url, self.storage_options, read_only=False)
-        arr = zarr.open_array(store=store, path=f"{TRANSFORMS_GROUP}/{name}/s0", mode="r+")
+        arr = zarr_array(self.url, f"{TRANSFORMS_GROUP}/{name}/s0", self.storage_options,
+                         mode="r+")
         arr[(slice(None), *box.slices)] = np.asarray(data, dtype=arr.dtype)
 
     def create_quality_array(self, name: str, shape: Sequence[int], chunks: Sequence[int],
@@ -420,19 +377,13 @@ class FieldSceneWriter:
 
     def write_quality_chunk(self, name: str, box: Box, data: npt.NDArray[Any]) -> None:
         """Write one block of the quality array ``quality/<name>``."""
-        import zarr
-
-        store = open_store(self.url, self.storage_options, read_only=False)
-        arr = zarr.open_array(store=store, path=f"quality/{name}", mode="r+")
+        arr = zarr_array(self.url, f"quality/{name}", self.storage_options, mode="r+")
         arr[box.slices] = np.asarray(data, dtype=arr.dtype)
 
     def finish(self, affine: AffineTransform, geometries: Mapping[str, ImageGeometry], *,
                n_levels: int | None = None, extra: Mapping[str, Any] | None = None) -> None:
         """Build the pyramids, then write all metadata; the scene ``zarr.json`` last."""
-        import zarr
-
-        store = open_store(self.url, self.storage_options, read_only=False)
-        root = zarr.open_group(store=store, mode="r+")
+        root = zarr_group(self.url, self.storage_options, mode="r+")
         frames = {name: frame_of(g) for name, g in geometries.items()}
         for name, geom in geometries.items():
             levels = _build_pyramid(root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim, n_levels)
@@ -450,15 +401,12 @@ class FieldSceneWriter:
                                 "axes": _axes(fixed_geom.ndim, fixed_geom.unit)[1:]})
             else:
                 transform[key] = {"path": path, "name": system}
-        marker: dict[str, Any] = {"status": "complete", "version": 1,
-                                  "images": {"fixed": _redacted(self.fixed_url),
-                                             "moving": _redacted(self.moving_url)}}
-        if extra:
-            marker.update(extra)
+        own = marker("complete", images={"fixed": _redacted(self.fixed_url),
+                                         "moving": _redacted(self.moving_url)}, **(extra or {}))
         scene: dict[str, Any] = {"coordinateTransformations": [transform]}
         if systems:
             scene["coordinateSystems"] = systems
-        root.attrs.put({"ome": {"version": NGFF_VERSION, "scene": scene}, MARKER_KEY: marker})
+        root.attrs.put({"ome": {"version": NGFF_VERSION, "scene": scene}, MARKER_KEY: own})
         logger.info("transform scene complete at %s", redact_url(self.url))
 
 

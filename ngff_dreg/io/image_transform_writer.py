@@ -51,8 +51,9 @@ from ngff_dreg.errors import (
     StoreAccessError,
     UnsupportedVersionError,
 )
-from ngff_dreg.io.field_writer import MARKER_KEY, TRANSFORMS_GROUP, iter_chunk_boxes
-from ngff_dreg.io.stores import location_key, open_store, redact_url
+from ngff_dreg.io.field_writer import TRANSFORMS_GROUP, iter_chunk_boxes
+from ngff_dreg.io.output_state import MARKER_KEY, put_marker
+from ngff_dreg.io.stores import location_key, redact_url, zarr_group
 from ngff_dreg.io.transform_reader import read_scene_attributes
 from ngff_dreg.ngff.metadata import (
     check_relative_path,
@@ -194,12 +195,9 @@ def check_into_image(fixed_url: str, name: str, *,
     ``scene_url`` is the run's output: a registration copied from it earlier
     may be replaced (a rerun).
     """
-    import zarr
-
     safe = redact_url(fixed_url)
     try:
-        group = zarr.open_group(store=open_store(fixed_url, storage_options, read_only=True),
-                                mode="r")
+        group = zarr_group(fixed_url, storage_options, mode="r")
     except Exception as exc:
         raise StoreAccessError(f"cannot open {safe}: {exc}") from exc
     _plan(dict(group.attrs.asdict()), safe, name, overwrite, upgrade, scene_url)
@@ -260,8 +258,6 @@ def write_transform_into_image(
     >>> write_transform_into_image("fixed.zarr", "out.zarr", name="moving")  # doctest: +SKIP
 
     """
-    import zarr
-
     scene_opts = scene_storage_options if scene_storage_options is not None else storage_options
     safe_fixed = redact_url(fixed_url)
     scene_attrs = read_scene_attributes(scene_url, scene_opts)
@@ -282,8 +278,7 @@ def write_transform_into_image(
     name = name or default_system_name(images.get("moving"))
 
     try:
-        fixed_store = open_store(fixed_url, storage_options, read_only=False)
-        fixed_group = zarr.open_group(store=fixed_store, mode="r+")
+        fixed_group = zarr_group(fixed_url, storage_options, mode="r+")
     except (OSError, PermissionError) as exc:
         raise StoreAccessError(f"cannot open {safe_fixed} for writing: {exc}") from exc
     except Exception as exc:
@@ -303,15 +298,13 @@ def write_transform_into_image(
     for path in _field_paths(transform):
         check_relative_path(path, redact_url(scene_url), "scene field path")
         mapping[path] = f"{base}/{path.rsplit('/', 1)[-1]}"
-    scene_group = zarr.open_group(store=open_store(scene_url, scene_opts, read_only=True),
-                                  mode="r")
+    scene_group = zarr_group(scene_url, scene_opts, mode="r")
     tgroup = fixed_group.require_group(TRANSFORMS_GROUP)
     reg_group = tgroup.require_group(name)
-    reg_group.attrs.put({MARKER_KEY: {"status": "incomplete"}})
+    put_marker(reg_group, "incomplete", versioned=False)
     for src, dst in mapping.items():
         _copy_group(scene_group, src, fixed_group, dst)
-    reg_group.attrs.put({MARKER_KEY: {"status": "complete",
-                                      "scene": redact_url(scene_url)}})
+    put_marker(reg_group, "complete", versioned=False, scene=redact_url(scene_url))
 
     # 2. The image's metadata last, in one write.
     fwd = _rewrite_paths(transform["forward"], mapping)

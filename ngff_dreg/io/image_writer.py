@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import zarr
 
 from ngff_dreg.errors import (
     InvalidInputDataError,
@@ -26,7 +25,13 @@ from ngff_dreg.errors import (
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.stores import map_store_errors, open_store, redact_url
+from ngff_dreg.io.stores import (
+    destination_state,
+    map_store_errors,
+    open_store,
+    redact_url,
+    zarr_group,
+)
 from ngff_dreg.ngff.metadata import normalize_unit
 
 __all__ = ["write_multiscale", "level_geometries", "multiscale_attributes", "WRITER_VERSIONS"]
@@ -211,23 +216,6 @@ def _downsample(prev: Any, axes: Sequence[int], chunks: Sequence[int], dtype: np
     return x.astype(dtype)
 
 
-def _destination_state(store: Any) -> str:
-    """``"empty"``, ``"zarr"`` (a Zarr node) or ``"foreign"`` (other files)."""
-    from zarr.core.sync import sync
-
-    try:
-        zarr.open(store=store, mode="r")
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-        pass
-    else:
-        return "zarr"
-    try:
-        empty = bool(sync(store.is_empty("")))
-    except FileNotFoundError:
-        empty = True
-    return "empty" if empty else "foreign"
-
-
 def write_multiscale(
     url: str | os.PathLike[str],
     data: Any,
@@ -335,7 +323,7 @@ def write_multiscale(
     fmt = 2 if version == "0.4" else 3
 
     store = open_store(text, storage_options, read_only=False)
-    state = map_store_errors(text, "check destination", lambda: _destination_state(store))
+    state = map_store_errors(text, "check destination", lambda: destination_state(store))
     if state == "foreign":
         raise OutputExistsError(
             f"{safe}: exists and holds data that is not a Zarr group; refusing to replace it"
@@ -344,7 +332,7 @@ def write_multiscale(
         raise OutputExistsError(f"{safe}: a Zarr node exists already; pass overwrite=True")
     root = map_store_errors(
         text, "create group",
-        lambda: zarr.open_group(store=store, mode="w", zarr_format=fmt),  # type: ignore[arg-type]
+        lambda: zarr_group(store, mode="w", zarr_format=fmt),
     )
 
     level = da.asarray(data)

@@ -44,6 +44,9 @@ __all__ = [
     "join_url",
     "open_store",
     "open_group",
+    "zarr_group",
+    "zarr_array",
+    "destination_state",
     "map_store_errors",
 ]
 
@@ -326,3 +329,59 @@ def open_group(
     raise StoreNotFoundError(
         f"{redact_url(text)}: no Zarr group (neither zarr.json nor .zgroup) at this URL"
     ) from last
+
+
+def _store(
+    where: str | os.PathLike[str] | Store, storage_options: Mapping[str, Any] | None, mode: str
+) -> Store:
+    if isinstance(where, Store):
+        return where
+    return open_store(where, storage_options, read_only=(mode == "r"))
+
+
+def zarr_group(
+    where: str | os.PathLike[str] | Store,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    mode: str = "r",
+    path: str | None = None,
+    zarr_format: int | None = None,
+) -> zarr.Group:
+    """``zarr.open_group`` on the store at ``where`` (a URL, or a store already open).
+
+    Unlike :func:`open_group`, errors are zarr's own: the writers and the
+    output-state checks tell "absent" from "foreign" by them.
+    """
+    store = _store(where, storage_options, mode)
+    return zarr.open_group(
+        store=store, path=path, mode=mode, zarr_format=zarr_format  # type: ignore[arg-type]
+    )
+
+
+def zarr_array(
+    where: str | os.PathLike[str] | Store,
+    path: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    mode: str = "r",
+) -> zarr.Array:
+    """``zarr.open_array`` of ``path`` in the store at ``where``."""
+    store = _store(where, storage_options, mode)
+    return zarr.open_array(store=store, path=path, mode=mode)  # type: ignore[arg-type]
+
+
+def destination_state(store: Store) -> str:
+    """``"empty"``, ``"zarr"`` (a Zarr node) or ``"foreign"`` (other files) at a store's root."""
+    from zarr.core.sync import sync
+
+    try:
+        zarr.open(store=store, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        pass
+    else:
+        return "zarr"
+    try:
+        empty = bool(sync(store.is_empty("")))
+    except FileNotFoundError:
+        empty = True
+    return "empty" if empty else "foreign"

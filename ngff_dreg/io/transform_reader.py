@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.errors import IncompleteOutputError, InvalidMetadataError
+from ngff_dreg.errors import InvalidMetadataError
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.field_writer import MARKER_KEY, ZarrFieldLoader
-from ngff_dreg.io.stores import open_store, redact_url
+from ngff_dreg.io.field_writer import ZarrFieldLoader
+from ngff_dreg.io.output_state import require_complete
+from ngff_dreg.io.stores import redact_url, zarr_group
 from ngff_dreg.ngff.metadata import check_relative_path
 from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
 
@@ -95,16 +96,9 @@ def read_scene_attributes(url: str, storage_options: Mapping[str, Any] | None = 
         No ``ome.scene`` is present.
 
     """
-    import zarr
-
-    group = zarr.open_group(store=open_store(url, storage_options, read_only=True), mode="r")
+    group = zarr_group(url, storage_options, mode="r")
     attrs: dict[str, Any] = dict(group.attrs.asdict())
-    marker = attrs.get(MARKER_KEY)
-    if isinstance(marker, dict) and marker.get("status") != "complete":
-        raise IncompleteOutputError(
-            f"{redact_url(url)} is an incomplete ngff-dreg output (interrupted write); "
-            "rerun the writer to complete it"
-        )
+    require_complete(attrs, url)
     scene = attrs.get("ome", {}).get("scene")
     if not isinstance(scene, dict) or not scene.get("coordinateTransformations"):
         raise InvalidMetadataError(f"{redact_url(url)}: no ome.scene.coordinateTransformations")
@@ -175,10 +169,7 @@ def _is_orthonormal(a: AffineTransform) -> bool:
 def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
                 ) -> tuple[int, FloatArray, FloatArray, tuple[int, ...], str | None]:
     """(ndim, scale zyx, translation zyx, shape, unit) of level 0 of a field group."""
-    import zarr
-
-    store = open_store(url, storage_options, read_only=True)
-    group = zarr.open_group(store=store, path=path, mode="r")
+    group = zarr_group(url, storage_options, mode="r", path=path)
     ome: Any = dict(group.attrs.asdict()).get("ome", {})
     try:
         ms = ome["multiscales"][0]
@@ -259,10 +250,7 @@ def _rot_zyx(rot: FloatArray) -> tuple[tuple[float, ...], ...] | None:
 
 
 def _level0_path(url: str, fpath: str, storage_options: Mapping[str, Any] | None) -> str:
-    import zarr
-
-    store = open_store(url, storage_options, read_only=True)
-    group = zarr.open_group(store=store, path=fpath, mode="r")
+    group = zarr_group(url, storage_options, mode="r", path=fpath)
     ome: Any = dict(group.attrs.asdict())["ome"]
     return check_relative_path(ome["multiscales"][0]["datasets"][0].get("path"),
                                f"{redact_url(url)}/{fpath}", "multiscales[0].datasets[0].path")
@@ -316,9 +304,7 @@ def read_transform(url: str, storage_options: Mapping[str, Any] | None = None, *
 def _find_transform(url: str, storage_options: Mapping[str, Any] | None,
                     coordinate_system: str | None) -> Mapping[str, Any]:
     """The stored transform: from a scene, or from inside a fixed image."""
-    import zarr
-
-    group = zarr.open_group(store=open_store(url, storage_options, read_only=True), mode="r")
+    group = zarr_group(url, storage_options, mode="r")
     attrs: dict[str, Any] = dict(group.attrs.asdict())
     ome = attrs.get("ome")
     if isinstance(ome, Mapping) and "multiscales" in ome and "scene" not in ome:

@@ -10,7 +10,7 @@ import logging
 import math
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -19,12 +19,12 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
 from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.io.output_state import MARKER_KEY, Checkpoints, StageReport, stage_reports
 from ngff_dreg.transforms import TransformChain
 
 __all__ = [
     "Plane",
     "SceneInfo",
-    "StageSummary",
     "choose_level",
     "displacement_planes",
     "image_planes",
@@ -45,43 +45,6 @@ MAX_PLANE_EDGE = 512
 
 
 @dataclass
-class StageSummary:
-    """One stage of the run, from the checkpoint manifest.
-
-    Attributes
-    ----------
-    name:
-        ``"global"`` or ``"stage N"``.
-    method:
-        Method name.
-    fixed_level:
-        Fixed pyramid level the stage ran on.
-    seconds:
-        Wall time of the stage.
-    ncc_before, ncc_after:
-        NCC of fixed vs warped moving on the global level.
-    status:
-        Block status codes shaped like the block grid (``None`` for the global stage).
-    report:
-        The reduction's figures (Jacobian, inverse residual...).
-    block_metric:
-        Optional per-block metric map, same shape as ``status``, when the
-        manifest records one (key ``block_metric`` of the stage report).
-
-    """
-
-    name: str
-    method: str
-    fixed_level: int
-    seconds: float
-    ncc_before: float | None
-    ncc_after: float | None
-    status: npt.NDArray[np.int16] | None
-    report: dict[str, Any] = field(default_factory=dict)
-    block_metric: FloatArray | None = None
-
-
-@dataclass
 class SceneInfo:
     """Attributes of an ngff-dreg output scene.
 
@@ -94,7 +57,7 @@ class SceneInfo:
     report:
         The final reduction's figures.
     stages:
-        One :class:`StageSummary` per stage, in run order.
+        One :class:`~ngff_dreg.io.output_state.StageReport` per stage, in run order.
 
     """
 
@@ -102,7 +65,7 @@ class SceneInfo:
     fixed_url: str | None
     moving_url: str | None
     report: dict[str, Any]
-    stages: list[StageSummary]
+    stages: list[StageReport]
 
 
 def read_scene_info(url: str, storage_options: Mapping[str, Any] | None = None) -> SceneInfo:
@@ -126,29 +89,18 @@ def read_scene_info(url: str, storage_options: Mapping[str, Any] | None = None) 
         ``url`` is not a complete ngff-dreg scene.
 
     """
-    import zarr
-
-    from ngff_dreg.io.stores import open_store
     from ngff_dreg.io.transform_reader import read_scene_attributes
-    from ngff_dreg.pipeline import CHECKPOINTS, MANIFEST_KEY
 
     attrs = read_scene_attributes(url, storage_options)
-    own = attrs.get("ngff_dreg", {}) if isinstance(attrs.get("ngff_dreg"), Mapping) else {}
+    own = attrs.get(MARKER_KEY, {}) if isinstance(attrs.get(MARKER_KEY), Mapping) else {}
     images = own.get("images", {}) if isinstance(own.get("images"), Mapping) else {}
-    manifest: Mapping[str, Any] = {}
-    try:
-        store = open_store(url, storage_options, read_only=True)
-        group = zarr.open_group(store=store, path=CHECKPOINTS, mode="r")
-        found = group.attrs.asdict().get(MANIFEST_KEY)
-        if isinstance(found, Mapping):
-            manifest = found
-    except Exception as exc:  # a scene written by hand has no manifest
-        logger.info("no checkpoint manifest in %s (%s)", url, exc)
-    stages = _stage_summaries(manifest.get("stages", {}))
+    # a scene written by hand has no manifest
+    manifest: Mapping[str, Any] = Checkpoints(url, storage_options).read() or {}
+    stages = stage_reports(manifest.get("stages", {}))
     if not stages and own.get("status_map") is not None:
         status = np.asarray(own["status_map"], dtype=np.int16)
-        stages = [StageSummary("final", "?", 0, float("nan"), None, None, status,
-                               dict(own.get("report", {})))]
+        stages = [StageReport("final", 0, 0, "?", status=status, seconds=float("nan"),
+                              report=dict(own.get("report", {})))]
     return SceneInfo(
         url=url,
         fixed_url=images.get("fixed"),
@@ -156,47 +108,6 @@ def read_scene_info(url: str, storage_options: Mapping[str, Any] | None = None) 
         report=dict(own.get("report", {}) or {}),
         stages=stages,
     )
-
-
-def _stage_summaries(done: Mapping[str, Any]) -> list[StageSummary]:
-    out: list[StageSummary] = []
-
-    def order(key: str) -> tuple[int, int]:
-        if key == "global":
-            return (0, 0)
-        tail = key.rsplit("_", 1)[-1]
-        return (1, int(tail) if tail.isdigit() else 0)
-
-    for key in sorted(done, key=order):
-        entry = done[key]
-        rep = entry.get("report", entry) if key == "global" else entry
-        if not isinstance(rep, Mapping):
-            continue
-        status = rep.get("status")
-        inner = dict(rep.get("report", {}) or {})
-        metric = inner.get("block_metric")
-        out.append(
-            StageSummary(
-                name=str(rep.get("name", key)),
-                method=str(rep.get("method", "?")),
-                fixed_level=int(rep.get("fixed_level", 0)),
-                seconds=float(rep.get("seconds", 0.0) or 0.0),
-                ncc_before=_float_or_none(rep.get("ncc_before")),
-                ncc_after=_float_or_none(rep.get("ncc_after")),
-                status=None if status is None else np.asarray(status, dtype=np.int16),
-                report=inner,
-                block_metric=None if metric is None else np.asarray(metric, dtype=np.float64),
-            )
-        )
-    return out
-
-
-def _float_or_none(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def choose_level(geometries: Sequence[ImageGeometry], max_edge: int = MAX_LEVEL_EDGE) -> int:
@@ -402,13 +313,10 @@ def displacement_planes(
 
 
 def _jacobian_array(url: str, storage_options: Mapping[str, Any] | None) -> Any | None:
-    import zarr
-
-    from ngff_dreg.io.stores import open_store
+    from ngff_dreg.io.stores import zarr_array
 
     try:
-        store = open_store(url, storage_options, read_only=True)
-        return zarr.open_array(store=store, path="quality/jacobian", mode="r")
+        return zarr_array(url, "quality/jacobian", storage_options, mode="r")
     except Exception as exc:
         logger.info("no quality/jacobian in %s (%s)", url, exc)
         return None

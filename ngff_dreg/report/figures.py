@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.report.data import ImagePlanes, StageSummary
+from ngff_dreg.io.output_state import StageReport
+from ngff_dreg.report.data import ImagePlanes
 
 __all__ = [
     "block_status_figure",
@@ -238,7 +239,7 @@ def _montage(grid: npt.NDArray[Any], max_slices: int = 12) -> tuple[npt.NDArray[
     return np.concatenate(parts, axis=1), len(sl)
 
 
-def block_status_figure(stages: Sequence[StageSummary], path: Path) -> Path:
+def block_status_figure(stages: Sequence[StageReport], path: Path) -> Path:
     """Per-stage map of block status codes (and per-block metric when recorded).
 
     3D block grids are shown as their z-slices side by side, left to right.
@@ -309,7 +310,7 @@ def _status_name(code: int) -> str:
         return f"code {code}"
 
 
-def timings_figure(stages: Sequence[StageSummary], path: Path) -> Path:
+def timings_figure(stages: Sequence[StageReport], path: Path) -> Path:
     """Wall time per stage (bars) and NCC before/after each stage (markers)."""
     fig = _figure(10.0, 3.6)
     ax_t, ax_n = fig.subplots(1, 2)

@@ -17,7 +17,8 @@ from ngff_zarr.validate import validate
 
 from ngff_dreg.errors import IncompleteOutputError, OutputExistsError
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.field_writer import output_status, write_field_scene
+from ngff_dreg.io.field_writer import write_field_scene
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.transform_reader import read_transform
 from ngff_dreg.reduce import invert_field
 from ngff_dreg.synthetic import small_rotation, smooth_displacement

@@ -26,8 +26,8 @@ from ngff_dreg.errors import (
     ScheduleError,
 )
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.field_writer import output_status
 from ngff_dreg.io.image_writer import write_multiscale
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.pipeline import register
 from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule

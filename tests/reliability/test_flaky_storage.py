@@ -20,8 +20,8 @@ from rel_helpers import field_difference, small_schedule, upload_pair
 
 from ngff_dreg.errors import NgffDregError, StoreAccessError, StoreNotFoundError
 from ngff_dreg.geometry import Box
-from ngff_dreg.io.field_writer import output_status
 from ngff_dreg.io.multiscale import open_multiscale
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.retry import RetryPolicy, retry_transient
 from ngff_dreg.pipeline import register

@@ -28,8 +28,8 @@ from rel_helpers import (
 )
 
 from ngff_dreg.errors import IncompleteOutputError, NgffDregError
-from ngff_dreg.io.field_writer import output_status
 from ngff_dreg.io.multiscale import open_multiscale
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.transform_reader import read_transform
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

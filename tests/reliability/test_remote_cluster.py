@@ -25,7 +25,7 @@ from rel_helpers import (
     wait_for,
 )
 
-from ngff_dreg.io.field_writer import output_status
+from ngff_dreg.io.output_state import output_status
 from ngff_dreg.io.transform_reader import read_transform
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.s3]
