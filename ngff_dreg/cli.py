@@ -10,6 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from ngff_dreg.errors import NgffDregError
+from ngff_dreg.methods import method_names
+
+_METHOD_HELP = f"{', '.join(method_names()[:-1])} or {method_names()[-1]}."
 
 app = typer.Typer(
     name="ngff-dreg",
@@ -174,7 +177,7 @@ def register(
     ] = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="translation, rigid, affine, bspline or elastix."),
+        typer.Option("--method", help=_METHOD_HELP),
     ] = None,
     fast: Annotated[bool, typer.Option("--fast", help="A lighter default schedule.")] = False,
     scheduler: Scheduler = None,

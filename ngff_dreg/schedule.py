@@ -21,6 +21,8 @@ import numpy as np
 
 from ngff_dreg.errors import ScheduleError
 from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.interfaces import BlockPairRegistrationMethod
+from ngff_dreg.methods import make_method, method_names
 
 __all__ = [
     "GlobalStage",
@@ -35,7 +37,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LevelSpec = int | float | str
-METHODS = ("translation", "rigid", "affine", "bspline", "elastix")
+#: Block method names a stage may use (the registry in :mod:`ngff_dreg.methods`).
+METHODS = method_names()
 _UNIT_SUFFIX = re.compile(r"^\s*([0-9.eE+-]+)\s*([a-zA-Zµ]*)\s*$")
 _SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1e6}
 
@@ -120,19 +123,10 @@ class BlockStage:
         if self.field_spacing_factor <= 0:
             raise ScheduleError("field_spacing_factor must be positive")
 
-    def make_method(self) -> Any:
-        """The block method this stage runs."""
-        from ngff_dreg import methods
-
-        opts = dict(self.method_options)
+    def make_method(self) -> BlockPairRegistrationMethod:
+        """The block method this stage runs (from the registry in :mod:`ngff_dreg.methods`)."""
         try:
-            if self.method == "translation":
-                return methods.PhaseCorrelationTranslation(**opts)
-            if self.method in ("rigid", "affine"):
-                return methods.ItkLinearRegistration(kind=self.method, **opts)
-            if self.method == "bspline":
-                return methods.ItkBSplineRegistration(**opts)
-            return methods.ElastixBlockRegistration(**opts)
+            return make_method(self.method, self.method_options)
         except TypeError as exc:
             raise ScheduleError(f"bad options for method {self.method!r}: {exc}") from exc
 
