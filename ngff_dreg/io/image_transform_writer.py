@@ -61,6 +61,7 @@ from ngff_dreg.ngff.metadata import (
     has_field_transform,
     parse_multiscale,
 )
+from ngff_dreg.ngff.transforms import field_paths, rewrite_field_paths
 from ngff_dreg.ngff.upgrade import upgrade_to_06
 
 __all__ = ["check_into_image", "default_system_name", "write_transform_into_image"]
@@ -79,29 +80,6 @@ def default_system_name(moving_url: str | None) -> str:
         base = base.removesuffix(suffix)
     base = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")
     return base or "moving"
-
-
-def _rewrite_paths(t: Any, mapping: dict[str, str]) -> Any:
-    """Copy of transform ``t`` with every field ``path`` renamed through ``mapping``."""
-    if isinstance(t, list):
-        return [_rewrite_paths(x, mapping) for x in t]
-    if not isinstance(t, Mapping):
-        return t
-    out = {k: _rewrite_paths(v, mapping) for k, v in t.items()
-           if k not in ("input", "output")}
-    if t.get("type") in ("displacements", "coordinates"):
-        out["path"] = mapping[str(t["path"])]
-    return out
-
-
-def _field_paths(t: Any) -> list[str]:
-    if isinstance(t, list):
-        return [p for x in t for p in _field_paths(x)]
-    if not isinstance(t, Mapping):
-        return []
-    if t.get("type") in ("displacements", "coordinates"):
-        return [str(t.get("path"))]
-    return [p for k, v in t.items() if k not in ("input", "output") for p in _field_paths(v)]
 
 
 def _copy_group(src_root: Any, src_path: str, dst_root: Any, dst_path: str) -> None:
@@ -295,7 +273,7 @@ def write_transform_into_image(
     base = f"{TRANSFORMS_GROUP}/{name}"
     check_relative_path(base, safe_fixed, "coordinate-system name")
     mapping = {}
-    for path in _field_paths(transform):
+    for path in field_paths(transform):
         check_relative_path(path, redact_url(scene_url), "scene field path")
         mapping[path] = f"{base}/{path.rsplit('/', 1)[-1]}"
     scene_group = zarr_group(scene_url, scene_opts, mode="r")
@@ -307,8 +285,8 @@ def write_transform_into_image(
     put_marker(reg_group, "complete", versioned=False, scene=redact_url(scene_url))
 
     # 2. The image's metadata last, in one write.
-    fwd = _rewrite_paths(transform["forward"], mapping)
-    inv = _rewrite_paths(transform["inverse"], mapping)
+    fwd = rewrite_field_paths(transform["forward"], mapping)
+    inv = rewrite_field_paths(transform["inverse"], mapping)
     if not np.allclose(world, np.eye(world.shape[0]), atol=1e-12):
         fwd = {"type": "sequence", "transformations": [_affine_item(world), fwd]}
         inv = {"type": "sequence", "transformations": [inv, _affine_item(np.linalg.inv(world))]}

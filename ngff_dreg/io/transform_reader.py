@@ -28,6 +28,12 @@ from ngff_dreg.io.field_writer import ZarrFieldLoader
 from ngff_dreg.io.output_state import require_complete
 from ngff_dreg.io.stores import redact_url, zarr_group
 from ngff_dreg.ngff.metadata import check_relative_path
+from ngff_dreg.ngff.transforms import (
+    flatten,
+    reverse_axes,
+    scale_translation,
+    split_at_field,
+)
 from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
 
 __all__ = ["read_transform", "read_scene_attributes", "to_itk_transform", "export_itk"]
@@ -106,59 +112,9 @@ def read_scene_attributes(url: str, storage_options: Mapping[str, Any] | None = 
 
 
 # ------------------------------------------------------------ linear parts
-def _perm(ndim: int) -> FloatArray:
-    """Homogeneous matrix reversing the spatial axes (z,y,x <-> x,y,z)."""
-    p = np.zeros((ndim + 1, ndim + 1))
-    p[:ndim, :ndim] = np.eye(ndim)[::-1]
-    p[ndim, ndim] = 1.0
-    return p
-
-
-def _linear_zyx(t: Mapping[str, Any], ndim: int) -> FloatArray:
-    """Homogeneous ``(ndim+1)^2`` matrix (z,y,x order) of a linear RFC-5 transform."""
-    kind = t.get("type")
-    h = np.eye(ndim + 1)
-    if kind == "identity":
-        return h
-    if kind == "scale":
-        h[:ndim, :ndim] = np.diag(np.asarray(t["scale"], float)[-ndim:])
-        return h
-    if kind == "translation":
-        h[:ndim, ndim] = np.asarray(t["translation"], float)[-ndim:]
-        return h
-    if kind in ("affine", "rotation"):
-        if "path" in t:
-            raise InvalidMetadataError(f"{kind} parameters stored at a path are not supported")
-        m = np.asarray(t[kind], float)
-        if kind == "rotation":
-            h[:ndim, :ndim] = m
-        elif m.shape == (ndim, ndim + 1):
-            h[:ndim, :] = m
-        elif m.shape == (ndim + 1, ndim + 1):
-            h = m.copy()
-        else:
-            raise InvalidMetadataError(f"affine of shape {m.shape} for {ndim} axes")
-        return h
-    if kind == "sequence":
-        for item in t.get("transformations", []):
-            h = _linear_zyx(item, ndim) @ h
-        return h
-    raise InvalidMetadataError(f"unsupported transformation {kind!r} around a field")
-
-
 def _to_itk_affine(h_zyx: FloatArray) -> AffineTransform:
-    ndim = h_zyx.shape[0] - 1
-    p = _perm(ndim)
-    return AffineTransform.from_homogeneous(p @ h_zyx @ p)
-
-
-def _flatten(t: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    if t.get("type") == "sequence":
-        out: list[Mapping[str, Any]] = []
-        for item in t.get("transformations", []):
-            out.extend(_flatten(item))
-        return out
-    return [t]
+    """The ITK-order affine of a homogeneous NumPy-order (z, y, x) matrix."""
+    return AffineTransform.from_homogeneous(reverse_axes(h_zyx))
 
 
 def _is_orthonormal(a: AffineTransform) -> bool:
@@ -183,14 +139,9 @@ def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
             f"{redact_url(url)}/{path}: expected axes [c (displacement), space...], got {kinds}"
         )
     ndim = len(axes) - 1
-    scale = np.ones(ndim + 1)
-    trans = np.zeros(ndim + 1)
-    for t in ds.get("coordinateTransformations", []):
-        for item in _flatten(t):
-            if item.get("type") == "scale":
-                scale = scale * np.asarray(item["scale"], float)
-            elif item.get("type") == "translation":
-                trans = trans * 1.0 + np.asarray(item["translation"], float)
+    where = f"{redact_url(url)}/{path}"
+    scale, trans = scale_translation(ds.get("coordinateTransformations", []), ndim + 1, where,
+                                     "multiscales[0].datasets[0].coordinateTransformations")
     arr: Any = group[check_relative_path(ds.get("path"), f"{redact_url(url)}/{path}",
                                          "multiscales[0].datasets[0].path")]
     shape = tuple(int(s) for s in arr.shape)
@@ -204,18 +155,16 @@ def _field_grid(url: str, path: str, storage_options: Mapping[str, Any] | None
 
 def _chain_from(t: Mapping[str, Any], url: str, storage_options: Mapping[str, Any] | None
                 ) -> TransformChain:
-    items = _flatten(t)
-    where = [i for i, it in enumerate(items) if it.get("type") == "displacements"]
-    if len(where) != 1:
+    safe = redact_url(url)
+    fields = [it for _, it in flatten([t], safe, "transform") if it.get("type") == "displacements"]
+    if len(fields) != 1:
         raise InvalidMetadataError(
-            f"expected exactly one displacements transform, found {len(where)}"
+            f"expected exactly one displacements transform, found {len(fields)}"
         )
-    k = where[0]
-    fpath = check_relative_path(items[k].get("path"), redact_url(url), "displacements.path")
+    fpath = check_relative_path(fields[0].get("path"), safe, "displacements.path")
     ndim, scale, trans, shape, unit = _field_grid(url, fpath, storage_options)
-    pre = _to_itk_affine(_linear_zyx({"type": "sequence", "transformations": items[:k]}, ndim))
-    post = _to_itk_affine(_linear_zyx({"type": "sequence",
-                                       "transformations": items[k + 1:]}, ndim))
+    pre_zyx, _, post_zyx = split_at_field(t, ndim, safe)
+    pre, post = _to_itk_affine(pre_zyx), _to_itk_affine(post_zyx)
     q_origin = trans[::-1]
     spacing = scale[::-1]
     array_path = f"{fpath}/{_level0_path(url, fpath, storage_options)}"

@@ -36,7 +36,6 @@ mapped through that matrix, so origins move with it. Pass
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,10 +48,17 @@ from ngff_dreg.errors import (
     InvalidMetadataError,
     LevelNotFoundError,
     NgffDregError,
-    PathEscapeError,
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.ngff._checks import as_dict, as_list, check_relative_path, err, opt_str
+from ngff_dreg.ngff.transforms import (
+    compose,
+    flatten,
+    has_field_transform,
+    is_routed,
+    ref_name,
+)
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -411,105 +417,6 @@ class Multiscale:
 # ---------------------------------------------------------------------------
 
 
-def _err(url: str, key: str, msg: str) -> InvalidMetadataError:
-    return InvalidMetadataError(f"{url}: metadata key '{key}': {msg}")
-
-
-def _as_dict(value: Any, url: str, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _err(url, key, f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _as_list(value: Any, url: str, key: str, *, non_empty: bool = True) -> list[Any]:
-    if not isinstance(value, (list, tuple)):
-        raise _err(url, key, f"expected a list, got {type(value).__name__}")
-    if non_empty and len(value) == 0:
-        raise _err(url, key, "must not be empty")
-    return list(value)
-
-
-def _opt_str(value: Any, url: str, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _err(url, key, f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _numbers(value: Any, url: str, key: str, n: int | None = None) -> FloatArray:
-    items = _as_list(value, url, key)
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _err(url, key, f"expected numbers, got {v!r}")
-        f = float(v)
-        if not math.isfinite(f):
-            raise _err(url, key, f"values must be finite, got {v!r}")
-        out.append(f)
-    if n is not None and len(out) != n:
-        raise _err(url, key, f"has {len(out)} entries but the image has {n} axes")
-    return np.asarray(out, dtype=np.float64)
-
-
-def _matrix(value: Any, url: str, key: str, rows: int, cols: int) -> FloatArray:
-    items = _as_list(value, url, key)
-    if len(items) != rows:
-        raise _err(url, key, f"expected {rows} rows, got {len(items)}")
-    return np.stack([_numbers(r, url, f"{key}[{i}]", cols) for i, r in enumerate(items)])
-
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-
-
-def check_relative_path(path: Any, url: str, key: str) -> str:
-    """Validate a path found inside NGFF metadata; it must stay inside the store.
-
-    Parameters
-    ----------
-    path:
-        The value found in the metadata.
-    url:
-        The group's URL, for messages.
-    key:
-        The metadata key holding ``path``, for messages.
-
-    Returns
-    -------
-    str
-        The path, normalised (no leading ``./``, no trailing ``/``).
-
-    Raises
-    ------
-    PathEscapeError
-        For absolute paths, URL schemes, drive letters, backslashes or ``..``.
-    InvalidMetadataError
-        If ``path`` is not a non-empty string.
-
-    """
-    if not isinstance(path, str) or not path.strip():
-        raise _err(url, key, f"expected a non-empty relative path, got {path!r}")
-    if (
-        path.startswith(("/", "~"))
-        or "\\" in path
-        or _SCHEME.match(path)
-        or "\x00" in path
-    ):
-        raise PathEscapeError(
-            f"{url}: metadata key '{key}': path {path!r} is absolute or a URL; "
-            "paths must be relative to the group and stay inside the store"
-        )
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise PathEscapeError(
-            f"{url}: metadata key '{key}': path {path!r} contains '..' and could "
-            "escape the store"
-        )
-    if not parts:
-        raise _err(url, key, f"expected a non-empty relative path, got {path!r}")
-    return "/".join(parts)
-
-
 # ---------------------------------------------------------------------------
 # Version and container
 # ---------------------------------------------------------------------------
@@ -549,24 +456,24 @@ def detect_version(attrs: Any, url: str = "<memory>") -> tuple[str, list[Any], s
         When the version is missing or not supported.
 
     """
-    attrs = _as_dict(attrs, url, "attributes")
+    attrs = as_dict(attrs, url, "attributes")
     if "ome" in attrs:
-        ome = _as_dict(attrs["ome"], url, "ome")
+        ome = as_dict(attrs["ome"], url, "ome")
         if "multiscales" not in ome:
-            raise _err(url, "ome.multiscales", "missing: the group is not a multiscale image")
+            raise err(url, "ome.multiscales", "missing: the group is not a multiscale image")
         version = _normalize_version(ome.get("version"), url, "ome.version")
         if version == "0.4":
             raise UnsupportedVersionError(
                 f"{url}: metadata key 'ome.version' = '0.4' inside 'ome': 0.4 metadata "
                 "lives in top-level 'multiscales' (Zarr v2)"
             )
-        return version, _as_list(ome["multiscales"], url, "ome.multiscales"), "ome.multiscales"
+        return version, as_list(ome["multiscales"], url, "ome.multiscales"), "ome.multiscales"
     if "multiscales" in attrs:
-        ms = _as_list(attrs["multiscales"], url, "multiscales")
-        first = _as_dict(ms[0], url, "multiscales[0]")
+        ms = as_list(attrs["multiscales"], url, "multiscales")
+        first = as_dict(ms[0], url, "multiscales[0]")
         version = _normalize_version(first.get("version"), url, "multiscales[0].version")
         return version, ms, "multiscales"
-    raise _err(url, "multiscales", "missing (neither 'multiscales' nor 'ome.multiscales'): "
+    raise err(url, "multiscales", "missing (neither 'multiscales' nor 'ome.multiscales'): "
                "the group is not an OME-Zarr multiscale image")
 
 
@@ -617,9 +524,9 @@ def orientation_matrix(labels: Sequence[str]) -> FloatArray | None:
 
 
 def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
-    items = _as_list(value, url, key)
+    items = as_list(value, url, key)
     if not 2 <= len(items) <= 5:
-        raise _err(url, key, f"must list 2 to 5 axes, got {len(items)}")
+        raise err(url, key, f"must list 2 to 5 axes, got {len(items)}")
     axes = []
     for i, item in enumerate(items):
         k = f"{key}[{i}]"
@@ -627,25 +534,25 @@ def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
             name, typ, unit, orient = item, None, None, None
             typ = "space" if item in ("x", "y", "z") else "time" if item == "t" else "channel"
         else:
-            d = _as_dict(item, url, k)
-            name = _opt_str(d.get("name"), url, f"{k}.name")
+            d = as_dict(item, url, k)
+            name = opt_str(d.get("name"), url, f"{k}.name")
             if not name:
-                raise _err(url, f"{k}.name", "missing or empty")
-            typ = _opt_str(d.get("type"), url, f"{k}.type")
-            unit = _opt_str(d.get("unit"), url, f"{k}.unit")
+                raise err(url, f"{k}.name", "missing or empty")
+            typ = opt_str(d.get("type"), url, f"{k}.type")
+            unit = opt_str(d.get("unit"), url, f"{k}.unit")
             orient = None
             o = d.get("orientation")
             if isinstance(o, Mapping):
-                orient = _opt_str(o.get("value"), url, f"{k}.orientation.value")
+                orient = opt_str(o.get("value"), url, f"{k}.orientation.value")
             elif o is not None:
-                orient = _opt_str(o, url, f"{k}.orientation")
+                orient = opt_str(o, url, f"{k}.orientation")
         axes.append(Axis(name=name, type=typ, unit=unit, orientation=orient))
     names = [a.name for a in axes]
     if len(set(names)) != len(names):
-        raise _err(url, key, f"axis names must be unique, got {names}")
+        raise err(url, key, f"axis names must be unique, got {names}")
     n_space = sum(a.is_spatial for a in axes)
     if not 2 <= n_space <= 3:
-        raise _err(url, key, f"must have 2 or 3 axes of type 'space', got {n_space}")
+        raise err(url, key, f"must have 2 or 3 axes of type 'space', got {n_space}")
     return tuple(axes)
 
 
@@ -667,7 +574,7 @@ def _common_unit(axes: Sequence[Axis], url: str, key: str) -> tuple[str | None, 
         if len(set(units)) == 1:
             logger.warning("%s: spatial unit %r in '%s' is not a known length", url, units[0], key)
             return units[0], {}
-        raise _err(url, f"{key}[].unit", f"mixed units {units} include an unknown length unit")
+        raise err(url, f"{key}[].unit", f"mixed units {units} include an unknown length unit")
     target = norm[-1]
     assert target is not None
     factors = {}
@@ -685,141 +592,25 @@ def _common_unit(axes: Sequence[Axis], url: str, key: str) -> tuple[str | None, 
 # ---------------------------------------------------------------------------
 
 
-def _flatten(items: list[Any], url: str, key: str) -> list[tuple[str, Mapping[str, Any]]]:
-    out: list[tuple[str, Mapping[str, Any]]] = []
-    for i, item in enumerate(items):
-        k = f"{key}[{i}]"
-        d = _as_dict(item, url, k)
-        typ = d.get("type")
-        if not isinstance(typ, str):
-            raise _err(url, f"{k}.type", f"missing or not a string: {typ!r}")
-        if typ == "sequence":
-            sub = _as_list(d.get("transformations"), url, f"{k}.transformations")
-            out.extend(_flatten(sub, url, f"{k}.transformations"))
-        else:
-            out.append((k, d))
-    return out
-
-
-def _homogeneous(
-    key: str, d: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, *, linear_ok: bool
-) -> FloatArray:
-    """``(n+1) x (n+1)`` homogeneous matrix (NumPy axis order) of one transform."""
-    typ = d["type"]
-    h = np.eye(n + 1)
-    if "path" in d and typ in ("scale", "translation", "affine", "rotation"):
-        raise _err(url, f"{key}.path", f"{typ} parameters stored in an array are not supported")
-    if typ == "identity":
-        return h
-    if typ == "scale":
-        s = _numbers(d.get("scale"), url, f"{key}.scale", n)
-        if np.any(s <= 0):
-            raise _err(url, f"{key}.scale", f"scale factors must be > 0, got {s.tolist()}")
-        h[:n, :n] = np.diag(s)
-        return h
-    if typ == "translation":
-        h[:n, n] = _numbers(d.get("translation"), url, f"{key}.translation", n)
-        return h
-    if not linear_ok:
-        raise _err(url, f"{key}.type", f"transform type {typ!r} is not allowed here")
-    ns = len(spatial)
-    if typ == "rotation":
-        raw = d.get("rotation")
-        m_n = len(raw) if isinstance(raw, list) else n
-        size = n if m_n == n else ns
-        r = _matrix(raw, url, f"{key}.rotation", size, size)
-        if not np.allclose(r @ r.T, np.eye(size), atol=1e-6) or np.linalg.det(r) < 0:
-            raise _err(url, f"{key}.rotation", "must be orthonormal with determinant +1")
-        lin, off = r, np.zeros(size)
-    elif typ == "affine":
-        raw = d.get("affine")
-        m_n = len(raw) if isinstance(raw, list) else n
-        size = n if m_n == n else ns
-        a = _matrix(raw, url, f"{key}.affine", size, size + 1)
-        lin, off = a[:, :size], a[:, size]
-    else:
-        raise _err(url, f"{key}.type", f"transform type {typ!r} is not supported by ngff-dreg")
-    if size == n:
-        h[:n, :n] = lin
-        h[:n, n] = off
-    else:  # parameters given for the spatial axes only
-        idx = np.asarray(spatial)
-        h[np.ix_(idx, idx)] = lin
-        h[idx, n] = off
-    return h
-
-
-def _compose(
-    items: list[tuple[str, Mapping[str, Any]]],
-    n: int,
-    spatial: Sequence[int],
-    url: str,
-    *,
-    linear_ok: bool,
-) -> FloatArray:
-    h = np.eye(n + 1)
-    for key, d in items:
-        h = _homogeneous(key, d, n, spatial, url, linear_ok=linear_ok) @ h
-    return h
-
-
 def _dataset_transform(
     ds: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, key: str, version: str
 ) -> tuple[FloatArray, FloatArray, str | None]:
     """Scale and translation of one dataset, plus its 0.6 output system name."""
-    cts = _as_list(ds.get("coordinateTransformations"), url, f"{key}.coordinateTransformations")
-    flat = _flatten(cts, url, f"{key}.coordinateTransformations")
+    cts = as_list(ds.get("coordinateTransformations"), url, f"{key}.coordinateTransformations")
+    flat = flatten(cts, url, f"{key}.coordinateTransformations")
     types = [d["type"] for _, d in flat]
     if version != "0.6" and "scale" not in types:
-        raise _err(url, f"{key}.coordinateTransformations", "must contain a 'scale' transform")
-    h = _compose(flat, n, spatial, url, linear_ok=False)
+        raise err(url, f"{key}.coordinateTransformations", "must contain a 'scale' transform")
+    h = compose(flat, n, spatial, url, linear_ok=False)
     out_name = None
     for i, item in enumerate(cts):
         out = item.get("output") if isinstance(item, Mapping) else None
         if isinstance(out, Mapping):
-            out_name = _opt_str(out.get("name"), url, f"{key}.coordinateTransformations[{i}]"
+            out_name = opt_str(out.get("name"), url, f"{key}.coordinateTransformations[{i}]"
                                 ".output.name")
         elif isinstance(out, str):
             out_name = out
     return np.diag(h)[:n].copy(), h[:n, n].copy(), out_name
-
-
-def _ref_name(ref: Any) -> tuple[str | None, str | None]:
-    """``(name, path)`` of a 0.6 transform ``input``/``output`` (object or string)."""
-    if isinstance(ref, Mapping):
-        name = ref.get("name")
-        path = ref.get("path")
-        return (name if isinstance(name, str) else None, path if isinstance(path, str) else None)
-    if isinstance(ref, str):
-        return ref, None
-    return None, None
-
-
-def _is_routed(item: Any) -> bool:
-    return isinstance(item, Mapping) and ("input" in item or "output" in item)
-
-
-_FIELD_TYPES = ("displacements", "coordinates")
-
-
-def has_field_transform(item: Any) -> bool:
-    """True if a 0.6 transform is (or contains) a ``displacements``/``coordinates`` field.
-
-    Such a transform (for example a registration stored inside an image by
-    :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`)
-    maps to another image's space; it is not part of the image's own geometry.
-    """
-    if not isinstance(item, Mapping):
-        return False
-    typ = item.get("type")
-    if typ in _FIELD_TYPES:
-        return True
-    if typ == "sequence" and isinstance(item.get("transformations"), list):
-        return any(has_field_transform(t) for t in item["transformations"])
-    if typ == "bijection":
-        return has_field_transform(item.get("forward")) or has_field_transform(
-            item.get("inverse"))
-    return False
 
 
 def image_registrations(attrs: Any) -> dict[str, Mapping[str, Any]]:
@@ -855,14 +646,14 @@ def _multiscale_transform_06(
     while target is None or current != target:
         step = None
         for i, item in enumerate(cts):
-            d = _as_dict(item, url, f"{key}[{i}]")
-            in_name, _ = _ref_name(d.get("input"))
-            out_name, out_path = _ref_name(d.get("output"))
+            d = as_dict(item, url, f"{key}[{i}]")
+            in_name, _ = ref_name(d.get("input"))
+            out_name, out_path = ref_name(d.get("output"))
             if i in used or out_path or in_name != current or out_name in (None, current):
                 continue
             if has_field_transform(d):
                 if target is not None and out_name == target:
-                    raise _err(url, f"{key}[{i}]", f"the transform to {target!r} is a "
+                    raise err(url, f"{key}[{i}]", f"the transform to {target!r} is a "
                                "displacement field, not part of the image geometry; read it "
                                "with ngff_dreg.read_transform")
                 continue
@@ -872,12 +663,12 @@ def _multiscale_transform_06(
             break
         i, d, out_name = step
         used.add(i)
-        flat = _flatten([d], url, f"{key}[{i}]")
-        h = _compose(flat, n, spatial, url, linear_ok=True) @ h
+        flat = flatten([d], url, f"{key}[{i}]")
+        h = compose(flat, n, spatial, url, linear_ok=True) @ h
         assert out_name is not None
         current = out_name
     if target is not None and current != target:
-        raise _err(url, key, f"no transform chain from {intrinsic!r} to coordinate system "
+        raise err(url, key, f"no transform chain from {intrinsic!r} to coordinate system "
                    f"{target!r}")
     return h, current
 
@@ -892,14 +683,14 @@ def _factor_direction(
     other = np.asarray([i for i in range(n) if i not in set(spatial)], dtype=int)
     if other.size:
         if np.abs(m[np.ix_(sp, other)]).max() > 1e-12 or np.abs(m[np.ix_(other, sp)]).max() > 1e-12:
-            raise _err(url, key, "transforms mix spatial and non-spatial axes")
+            raise err(url, key, "transforms mix spatial and non-spatial axes")
         sub = m[np.ix_(other, other)]
         if np.abs(sub - np.diag(np.diag(sub))).max() > 1e-12:
-            raise _err(url, key, "transforms mix non-spatial axes")
+            raise err(url, key, "transforms mix non-spatial axes")
     m_sp = m[np.ix_(sp, sp)]
     s_ms = np.linalg.norm(m_sp, axis=0)
     if np.any(s_ms <= 1e-300) or abs(np.linalg.det(m_sp)) < 1e-300:
-        raise _err(url, key, "the spatial part of the transform is singular")
+        raise err(url, key, "the spatial part of the transform is singular")
     r = m_sp / s_ms
     if not np.allclose(r.T @ r, np.eye(len(spatial)), atol=1e-6):
         logger.warning("%s: '%s' includes shear; the ITK direction is not orthonormal", url, key)
@@ -968,42 +759,42 @@ def _parse(
     if name is not None:
         names = [m.get("name") if isinstance(m, Mapping) else None for m in multiscales]
         if name not in names:
-            raise _err(url, f"{prefix}[].name", f"no multiscale named {name!r}; found {names}")
+            raise err(url, f"{prefix}[].name", f"no multiscale named {name!r}; found {names}")
         index = names.index(name)
     key = f"{prefix}[{index}]"
-    ms = _as_dict(multiscales[index], url, key)
+    ms = as_dict(multiscales[index], url, key)
     if version == "0.4" and ms.get("version") not in (None, "0.4"):
         _normalize_version(ms.get("version"), url, f"{key}.version")
 
-    datasets = _as_list(ms.get("datasets"), url, f"{key}.datasets")
+    datasets = as_list(ms.get("datasets"), url, f"{key}.datasets")
     cs_by_name: dict[str, tuple[Axis, ...]] = {}
     if version == "0.6":
         if "axes" in ms and "coordinateSystems" not in ms:
-            raise _err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
+            raise err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
                        "not axes)")
-        systems = _as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
+        systems = as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
         for i, cs in enumerate(systems):
-            d = _as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
-            cs_name = _opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
+            d = as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
+            cs_name = opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
             if not cs_name:
-                raise _err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
+                raise err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
             cs_by_name[cs_name] = _parse_axes(
                 d.get("axes"), url, f"{key}.coordinateSystems[{i}].axes"
             )
-        first_ds = _as_dict(datasets[0], url, f"{key}.datasets[0]")
+        first_ds = as_dict(datasets[0], url, f"{key}.datasets[0]")
         first_cts = first_ds.get("coordinateTransformations")
         intrinsic = None
         if isinstance(first_cts, list):
             for item in first_cts:
                 if isinstance(item, Mapping):
-                    intrinsic = _ref_name(item.get("output"))[0] or intrinsic
+                    intrinsic = ref_name(item.get("output"))[0] or intrinsic
         if intrinsic is None:
             if len(cs_by_name) != 1:
-                raise _err(url, f"{key}.datasets[0].coordinateTransformations[].output",
+                raise err(url, f"{key}.datasets[0].coordinateTransformations[].output",
                            "missing; cannot tell the intrinsic coordinate system")
             intrinsic = next(iter(cs_by_name))
         if intrinsic not in cs_by_name:
-            raise _err(url, f"{key}.coordinateSystems", f"no coordinate system named "
+            raise err(url, f"{key}.coordinateSystems", f"no coordinate system named "
                        f"{intrinsic!r} (the datasets' output)")
         axes = cs_by_name[intrinsic]
         axes_key = f"{key}.coordinateSystems[{intrinsic}].axes"
@@ -1019,14 +810,14 @@ def _parse(
     seen_paths: set[str] = set()
     for i, ds in enumerate(datasets):
         dkey = f"{key}.datasets[{i}]"
-        d = _as_dict(ds, url, dkey)
+        d = as_dict(ds, url, dkey)
         path = check_relative_path(d.get("path"), url, f"{dkey}.path")
         if path in seen_paths:
-            raise _err(url, f"{dkey}.path", f"duplicate dataset path {path!r}")
+            raise err(url, f"{dkey}.path", f"duplicate dataset path {path!r}")
         seen_paths.add(path)
         s, t, out = _dataset_transform(d, n, spatial, url, dkey, version)
         if version == "0.6" and out is not None and out != intrinsic:
-            raise _err(url, f"{dkey}.coordinateTransformations", f"output {out!r} differs from "
+            raise err(url, f"{dkey}.coordinateTransformations", f"output {out!r} differs from "
                        f"the first dataset's {intrinsic!r}")
         levels_raw.append((path, s, t))
 
@@ -1035,25 +826,25 @@ def _parse(
     final_cs = intrinsic
     h = np.eye(n + 1)
     if ms.get("coordinateTransformations") is not None:
-        cts = _as_list(ms["coordinateTransformations"], url, ms_key, non_empty=False)
+        cts = as_list(ms["coordinateTransformations"], url, ms_key, non_empty=False)
         if version == "0.6":
             assert intrinsic is not None
-            routed = [c for c in cts if _is_routed(c)]
-            plain = [c for c in cts if not _is_routed(c)]
+            routed = [c for c in cts if is_routed(c)]
+            plain = [c for c in cts if not is_routed(c)]
             if plain:
-                h = _compose(_flatten(plain, url, ms_key), n, spatial, url, linear_ok=True)
+                h = compose(flatten(plain, url, ms_key), n, spatial, url, linear_ok=True)
             h_chain, final_cs = _multiscale_transform_06(
                 routed, intrinsic, target_cs, n, spatial, url, ms_key
             )
             h = h_chain @ h
         else:
-            h = _compose(_flatten(cts, url, ms_key), n, spatial, url, linear_ok=False)
+            h = compose(flatten(cts, url, ms_key), n, spatial, url, linear_ok=False)
     elif target_cs is not None and target_cs != intrinsic:
-        raise _err(url, ms_key, f"missing; cannot reach coordinate system {target_cs!r}")
+        raise err(url, ms_key, f"missing; cannot reach coordinate system {target_cs!r}")
 
     final_axes = cs_by_name.get(final_cs, axes) if final_cs else axes
     if len(final_axes) != n or [a.is_spatial for a in final_axes] != [a.is_spatial for a in axes]:
-        raise _err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
+        raise err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
                    f"match the intrinsic axes")
     unit, factors = _common_unit(final_axes, url, axes_key)
 
@@ -1099,7 +890,7 @@ def _parse(
         if np.any(scale[sp] <= 0) or not np.all(np.isfinite(scale)) or not np.all(
             np.isfinite(trans)
         ):
-            raise _err(url, f"{key}.datasets[].coordinateTransformations",
+            raise err(url, f"{key}.datasets[].coordinateTransformations",
                        f"level {path!r} has an invalid scale {scale.tolist()}")
         levels.append(Level(path, tuple(float(v) for v in scale), tuple(float(v) for v in trans)))
 

@@ -26,37 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from ngff_dreg.errors import InvalidMetadataError, UnsupportedVersionError
+from ngff_dreg.errors import UnsupportedVersionError
 from ngff_dreg.ngff.metadata import detect_version, parse_multiscale
+from ngff_dreg.ngff.transforms import scale_translation
 
 __all__ = ["PHYSICAL_SYSTEM", "upgrade_to_06"]
 
 PHYSICAL_SYSTEM = "physical"
-
-
-def _scale_translation(items: Any, n: int, url: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Compose a 0.5 list of ``scale``/``translation`` into ``x -> s*x + t``."""
-    s = np.ones(n)
-    t = np.zeros(n)
-    if items is None:
-        return s, t
-    if not isinstance(items, list):
-        raise InvalidMetadataError(f"{url}: metadata key '{key}' must be a list")
-    for i, item in enumerate(items):
-        typ = item.get("type") if isinstance(item, Mapping) else None
-        if typ == "scale":
-            sc = np.asarray(item["scale"], dtype=float)
-            s, t = s * sc, t * sc
-        elif typ == "translation":
-            t = t + np.asarray(item["translation"], dtype=float)
-        elif typ == "identity":
-            continue
-        else:
-            raise InvalidMetadataError(
-                f"{url}: metadata key '{key}[{i}]' has type {typ!r}; NGFF 0.5 allows only "
-                "scale and translation here"
-            )
-    return s, t
 
 
 def upgrade_to_06(attrs: Mapping[str, Any], url: str = "<memory>") -> dict[str, Any]:
@@ -98,11 +74,11 @@ def upgrade_to_06(attrs: Mapping[str, Any], url: str = "<memory>") -> dict[str, 
         key = f"ome.multiscales[{k}]"
         axes = ms["axes"]
         n = len(axes)
-        s_ms, t_ms = _scale_translation(ms.get("coordinateTransformations"), n, url,
+        s_ms, t_ms = scale_translation(ms.get("coordinateTransformations"), n, url,
                                         f"{key}.coordinateTransformations")
         datasets = []
         for i, ds in enumerate(ms["datasets"]):
-            s, t = _scale_translation(ds.get("coordinateTransformations"), n, url,
+            s, t = scale_translation(ds.get("coordinateTransformations"), n, url,
                                       f"{key}.datasets[{i}].coordinateTransformations")
             s, t = s * s_ms, t * s_ms + t_ms
             scale = {"type": "scale", "scale": [float(v) for v in s]}
