@@ -62,7 +62,7 @@ _TASK_NAME = [""]
 
 def _instrument() -> None:
     """Record the working-memory peak of every reduction task."""
-    import ngff_dreg.reduce._graph as graph_mod
+    import ngff_dreg.reduce.graph as graph_mod
 
     for name in dir(graph_mod):
         if not (name.startswith("_t_") or name == "_loader_field"):

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import RegistrationTransformResult
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
@@ -254,12 +254,9 @@ def apply_transform(
                                          opts(fixed_storage_options)).geometry
     chain = _resolve(transform, opts(transform_storage_options))
     dtype = np.dtype(moving_ctor.dtype)
-    if chunks is None:
-        ch = (64,) * fixed.ndim if fixed.ndim == 3 else (256,) * fixed.ndim
-    elif isinstance(chunks, int):
-        ch = (int(chunks),) * fixed.ndim
-    else:
-        ch = tuple(int(c) for c in chunks)
+    default = 64 if fixed.ndim == 3 else 256
+    ch = tuple(int(c) for c in one_per_axis(default if chunks is None else chunks, fixed.ndim,
+                                             "chunks"))
     ch = tuple(min(c, n) for c, n in zip(ch, fixed.shape))
     template = da.empty(fixed.shape, chunks=ch, dtype=bool)
 

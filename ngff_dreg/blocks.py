@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from ngff_dreg.geometry import Box, ImageGeometry, grid_points
+from ngff_dreg.geometry import Box, ImageGeometry, grid_points, one_per_axis
 from ngff_dreg.interfaces import BlockInfo
 
 __all__ = [
+    "NO_BLOCK",
     "BlockPlan",
     "align_block_shape",
     "axis_chunks",
     "plan_blocks",
     "padding_for",
     "moving_region",
+    "status_grid",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Status-grid value where the grid has no block result.
+NO_BLOCK = -1
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,11 @@ def align_block_shape(
     image.
     """
     ndim = len(image_shape)
-    req = [default] * ndim if requested is None else [int(v) for v in requested]
-    if len(req) == 1 and ndim > 1:
-        req = req * ndim
-    if len(req) != ndim:
-        raise ValueError(f"block size {requested} does not have {ndim} entries")
+    req = (
+        [default] * ndim
+        if requested is None
+        else [int(v) for v in one_per_axis(requested, ndim, "block size")]
+    )
     if any(v <= 0 for v in req):
         raise ValueError(f"block size must be positive, got {requested}")
     out = []
@@ -113,12 +119,8 @@ def padding_for(
     ndim = len(block_shape)
     if overlap_factors is None:
         factors = [0.0] * ndim
-    elif isinstance(overlap_factors, (int, float)):
-        factors = [float(overlap_factors)] * ndim
     else:
-        factors = [float(f) for f in overlap_factors]
-    if len(factors) != ndim:
-        raise ValueError(f"overlap_factors {overlap_factors} does not have {ndim} entries")
+        factors = [float(f) for f in one_per_axis(overlap_factors, ndim, "overlap_factors")]
     if any(f < 0 for f in factors):
         raise ValueError(f"overlap factors must be >= 0, got {overlap_factors}")
     return tuple(int(math.ceil(b * f * 0.5)) for b, f in zip(block_shape, factors))
@@ -180,14 +182,35 @@ def moving_region(
     frac = float(inside.mean())
     if frac < min_inside_fraction:
         return None, frac
-    pad = (
-        [int(pad_voxels)] * moving_geometry.ndim
-        if isinstance(pad_voxels, (int, np.integer))
-        else [int(p) for p in pad_voxels]
-    )
+    pad = [int(p) for p in one_per_axis(pad_voxels, moving_geometry.ndim, "pad_voxels")]
     lo = np.floor(midx.min(axis=0)).astype(int)
     hi = np.ceil(midx.max(axis=0)).astype(int) + 1
     box = Box(tuple(lo), tuple(hi)).pad(pad).clip(moving_geometry.shape)
     if box.is_empty:
         return None, frac
     return box, frac
+
+
+def status_grid(
+    entries: Iterable[tuple[Sequence[int], int]], shape: Sequence[int] | None = None
+) -> npt.NDArray[np.int16]:
+    """Block status codes arranged on the block grid (:data:`NO_BLOCK` where none).
+
+    Parameters
+    ----------
+    entries:
+        ``(chunk_index, status)`` of each block result (NumPy order).
+    shape:
+        The block grid's shape; by default the smallest grid holding every
+        entry (``(0,)`` without entries).
+
+    """
+    items = [(tuple(int(i) for i in idx), int(s)) for idx, s in entries]
+    if shape is None:
+        if not items:
+            return np.zeros((0,), dtype=np.int16)
+        shape = tuple(int(v) + 1 for v in np.max([i for i, _ in items], axis=0))
+    out = np.full(tuple(int(n) for n in shape), NO_BLOCK, dtype=np.int16)
+    for idx, s in items:
+        out[idx] = s
+    return out

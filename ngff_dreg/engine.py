@@ -24,7 +24,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from ngff_dreg._pickling import register_module_reducers
-from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks
+from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks, status_grid
 from ngff_dreg.errors import IncompatibleImagesError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
@@ -311,15 +311,14 @@ def _coerce_result(result: Any) -> BlockPairRegistrationResult:
         )
 
 
-def _status_grid(grid_shape: tuple[int, ...], *results: LocatedBlockResult) -> npt.NDArray[np.int8]:
-    status = np.full(grid_shape, int(BlockRegStatus.FAILURE), dtype=np.int8)
-    for r in results:
-        status[r.fixed_info.chunk_index] = int(r.result.status)
-    return status
+def _status_grid(
+    grid_shape: tuple[int, ...], *results: LocatedBlockResult
+) -> npt.NDArray[np.int16]:
+    return status_grid(((r.fixed_info.chunk_index, r.result.status) for r in results), grid_shape)
 
 
 def _compose(
-    transforms: RegistrationTransformResult, status: npt.NDArray[np.int8]
+    transforms: RegistrationTransformResult, status: npt.NDArray[np.int16]
 ) -> RegistrationResult:
     return RegistrationResult(transforms=transforms, status=status)
 

@@ -17,13 +17,40 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ImageGeometry", "Box", "grid_points"]
+__all__ = ["ImageGeometry", "Box", "chunk_boxes", "grid_points", "one_per_axis"]
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
+
+
+def one_per_axis(value: T | Sequence[T], ndim: int, what: str) -> tuple[T, ...]:
+    """``value`` once per axis: the one normalisation of per-axis arguments.
+
+    A single value (or a one-entry sequence) is repeated ``ndim`` times; any
+    other sequence must have ``ndim`` entries. ``what`` names the argument in
+    the ``ValueError`` raised otherwise.
+
+    Examples
+    --------
+    >>> one_per_axis(64, 3, "block size")
+    (64, 64, 64)
+    >>> one_per_axis((32, 64), 2, "chunks")
+    (32, 64)
+
+    """
+    if np.ndim(value) == 0:
+        return (value,) * ndim  # type: ignore[return-value]
+    items: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
+    if len(items) == 1 and ndim > 1:
+        return items * ndim
+    if len(items) != ndim:
+        raise ValueError(f"{what} {value} does not have {ndim} entries")
+    return items
 
 
 def _as_tuple(values: Sequence[float] | npt.ArrayLike) -> tuple[float, ...]:
@@ -267,3 +294,12 @@ def grid_points(box: Box, per_axis: int = 5) -> FloatArray:
         axes.append(np.unique(np.linspace(a, b - 1, n)))
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=-1)
+
+
+def chunk_boxes(shape: Sequence[int], chunks: Sequence[int]) -> list[Box]:
+    """Boxes of a regular chunk grid over ``shape`` (NumPy order), in C order."""
+    ranges = [range(0, int(n), int(c)) for n, c in zip(shape, chunks)]
+    return [
+        Box(tuple(s), tuple(min(a + c, n) for a, c, n in zip(s, chunks, shape)))
+        for s in itertools.product(*ranges)
+    ]

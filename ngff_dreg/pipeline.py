@@ -34,7 +34,7 @@ from ngff_dreg.errors import (
     RegistrationFailedError,
     ScheduleError,
 )
-from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.geometry import ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import (
     BlockRegStatus,
     HasReport,
@@ -379,6 +379,7 @@ def register(
         and ``timings``.
 
     """
+    from ngff_dreg.io.field_writer import FieldSceneWriter
     from ngff_dreg.io.multiscale import open_multiscale
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
     from ngff_dreg.io.transform_reader import read_transform
@@ -564,14 +565,13 @@ def register(
                 continue
             t0 = time.perf_counter()
             f_ctor, m_ctor = ctor(fixed, f_opts, f_level), ctor(moving, m_opts, m_level)
+            writer = FieldSceneWriter(
+                stage_url, o_opts, overwrite=True, fixed_url=fixed, moving_url=moving
+            )
             reducer = ReduceToDisplacementField(
                 field_spacing_factor=stage.field_spacing_factor,
-                output=stage_url,
-                storage_options=o_opts,
-                overwrite=True,
                 compute_inverse=True,
-                fixed_url=fixed,
-                moving_url=moving,
+                writer=writer,
             )
             stage_plan = register_images(
                 fixed_reader_ctor=f_ctor,
@@ -689,7 +689,7 @@ def _default_global(levels: Sequence[ImageGeometry]) -> int:
 
 
 def _block_shape(block: int | tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    return (int(block),) * ndim if isinstance(block, int) else tuple(int(b) for b in block)
+    return tuple(int(b) for b in one_per_axis(block, ndim, "block_size"))
 
 
 def _status_counts(status: npt.NDArray[Any]) -> str:

@@ -45,13 +45,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError
-from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes, one_per_axis
 from ngff_dreg.io.output_state import MARKER_KEY, marker, output_status, put_marker
 from ngff_dreg.io.stores import redact_url, zarr_array, zarr_group
 from ngff_dreg.transforms import AffineTransform, TransformChain
@@ -289,6 +289,9 @@ class FieldSceneWriter:
 
     """
 
+    forward_name: ClassVar[str] = FORWARD_NAME
+    inverse_name: ClassVar[str] = INVERSE_NAME
+
     url: str
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     overwrite: bool = False
@@ -338,7 +341,7 @@ class FieldSceneWriter:
             frame_of(geom)  # validates the direction
             fgroup = tgroup.require_group(name)
             put_marker(fgroup, "incomplete", versioned=False)
-            ch = _chunk_tuple(chunks, geom.ndim)
+            ch = tuple(int(c) for c in one_per_axis(chunks, geom.ndim, "chunks"))
             fgroup.create_array(
                 "s0", shape=(geom.ndim, *geom.shape), chunks=(geom.ndim, *ch),
                 dtype=dtype, fill_value=0.0, overwrite=True,
@@ -415,15 +418,6 @@ def _redacted(url: str | None) -> str | None:
     return None if url is None else redact_url(url)
 
 
-def _chunk_tuple(chunks: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
-    if isinstance(chunks, int):
-        return (int(chunks),) * ndim
-    out = tuple(int(c) for c in chunks)
-    if len(out) != ndim:
-        raise ValueError(f"chunks {out} must have {ndim} entries")
-    return out
-
-
 def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> list[str]:
     """Write 2x-averaged levels s1.. one output chunk at a time; return all level names.
 
@@ -446,7 +440,7 @@ def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> lis
             dtype=src.dtype, fill_value=0.0, overwrite=True,
             dimension_names=list(src.metadata.dimension_names),
         )
-        for box in iter_chunk_boxes(out_shape, chunks):
+        for box in chunk_boxes(out_shape, chunks):
             fine = Box(tuple(2 * a for a in box.start), tuple(2 * b for b in box.stop))
             data = np.asarray(src[(slice(None), *fine.slices)], dtype=np.float64)
             shp = [data.shape[0]]
@@ -511,18 +505,7 @@ def write_field_scene(
     if inverse is not None and inverse.field is not None:
         fields[INVERSE_NAME] = inverse.field
     for name, fld in fields.items():
-        ch = _chunk_tuple(chunks, fld.ndim)
-        for box in iter_chunk_boxes(fld.geometry.shape, ch):
+        ch = tuple(int(c) for c in one_per_axis(chunks, fld.ndim, "chunks"))
+        for box in chunk_boxes(fld.geometry.shape, ch):
             writer.write_chunk(name, fld.geometry, box, fld.read(box))
     writer.finish(transform.affine, geoms, n_levels=n_levels)
-
-
-def iter_chunk_boxes(shape: Sequence[int], chunks: Sequence[int]) -> list[Box]:
-    """Boxes of a regular chunk grid over ``shape`` (NumPy order), C order."""
-    import itertools
-
-    ranges = [range(0, int(n), int(c)) for n, c in zip(shape, chunks)]
-    return [
-        Box(tuple(s), tuple(min(a + c, n) for a, c, n in zip(s, chunks, shape)))
-        for s in itertools.product(*ranges)
-    ]

@@ -51,7 +51,8 @@ from ngff_dreg.errors import (
     StoreAccessError,
     UnsupportedVersionError,
 )
-from ngff_dreg.io.field_writer import TRANSFORMS_GROUP, iter_chunk_boxes
+from ngff_dreg.geometry import chunk_boxes
+from ngff_dreg.io.field_writer import TRANSFORMS_GROUP
 from ngff_dreg.io.output_state import MARKER_KEY, put_marker
 from ngff_dreg.io.stores import location_key, redact_url, zarr_group
 from ngff_dreg.io.transform_reader import read_scene_attributes
@@ -92,7 +93,7 @@ def _copy_group(src_root: Any, src_path: str, dst_root: Any, dst_path: str) -> N
             fill_value=arr.fill_value, overwrite=True,
             dimension_names=arr.metadata.dimension_names,
         )
-        for box in iter_chunk_boxes(arr.shape, arr.chunks):
+        for box in chunk_boxes(arr.shape, arr.chunks):
             out[box.slices] = arr[box.slices]
     dst.attrs.put(dict(src.attrs.asdict()))
 

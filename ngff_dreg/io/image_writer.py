@@ -24,7 +24,7 @@ from ngff_dreg.errors import (
     OutputExistsError,
     UnsupportedVersionError,
 )
-from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.geometry import ImageGeometry, one_per_axis
 from ngff_dreg.io.stores import (
     destination_state,
     map_store_errors,
@@ -299,15 +299,15 @@ def write_multiscale(
             f"{safe}: NGFF {version} cannot store a non-identity direction; use version='0.6'"
         )
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
-    if isinstance(chunks, (int, np.integer)):
-        chunks = (int(chunks),) * ndim
-    chunk_shape = (
-        _default_chunks(geometry.shape)
-        if chunks is None
-        else tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, geometry.shape))
-    )
-    if len(chunk_shape) != ndim:
-        raise InvalidInputDataError(f"{safe}: chunks {chunks} must have {ndim} entries")
+    try:
+        chunk_shape = (
+            _default_chunks(geometry.shape)
+            if chunks is None
+            else tuple(max(1, min(int(c), int(s)))
+                       for c, s in zip(one_per_axis(chunks, ndim, "chunks"), geometry.shape))
+        )
+    except ValueError as exc:
+        raise InvalidInputDataError(f"{safe}: {exc}") from exc
     axes = _resolve_downsample_axes(downsample_axes, ndim)
     if n_levels is None:
         n_levels = _default_levels(geometry.shape, chunk_shape, axes)

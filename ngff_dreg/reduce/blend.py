@@ -1,6 +1,10 @@
-"""Blend per-block transforms into one dense displacement field, chunk by chunk.
+"""Kernels of the reduction (pure NumPy): block samples, cosine blending, hole filling, fold.
 
-The reduction runs as a dask graph with three kinds of small tasks:
+Each function here works on arrays, boxes and NumPy-evaluable transforms
+(:class:`~ngff_dreg.interfaces.SupportsTransformPoints`) only; the dask
+wrappers that call them, one task per kernel call, are in
+:mod:`ngff_dreg.reduce.graph`. The reduction runs as a graph with three kinds
+of small tasks:
 
 1. **block tasks** (one per block): sample the block's residual
    ``r_b(x) = T_b(x) - x`` on the field-grid nodes inside its padded domain,
@@ -12,7 +16,8 @@ The reduction runs as a dask graph with three kinds of small tasks:
    convolution, fold the initial transform in, and write the chunk once;
 3. **inverse / quality tasks** per chunk (see :mod:`ngff_dreg.reduce.inverse`
    and :mod:`ngff_dreg.reduce.quality`), then one finalising task that writes
-   the metadata and returns the :class:`BlendedTransformResult`.
+   the metadata and returns the
+   :class:`~ngff_dreg.reduce.result.BlendedTransformResult`.
 
 Hole filling. Each successful block also contributes its *edge-extended*
 samples with a wide weight ``v_b(d)`` that decays smoothly (cosine) to zero at
@@ -39,69 +44,41 @@ computed by reading only the part of ``D_prev`` the chunk needs.
 
 from __future__ import annotations
 
-import logging
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.interfaces import (
-    BlockRegStatus,
-    LocatedBlockResult,
-    ReduceResultsMethod,
-    RegistrationTransformResult,
-    SupportsTransformPoints,
-)
-from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
+from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
+from ngff_dreg.interfaces import BlockRegStatus, SupportsTransformPoints
+from ngff_dreg.transforms import AffineTransform, map_points
 
 __all__ = [
-    "ReduceToDisplacementField",
-    "BlendedTransformResult",
+    "FILL_BETA",
+    "WEIGHT_FLOOR",
     "BlockSample",
-    "sample_block",
     "blend_chunk",
+    "block_sample",
+    "box_bounds",
+    "domain_bounds",
     "field_geometry_for",
-    "linear_part",
+    "fill_nodes",
+    "fill_reach",
+    "fold_chunk",
+    "node_range",
+    "node_ratio",
+    "quality_factor",
 ]
 
-logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 
 #: Amplitude of the hole-filling weights (where the primary weights vanish).
 FILL_BETA = 1.0
 #: Smallest primary weight inside a block's domain (keeps Σw > 0 there).
 WEIGHT_FLOOR = 1e-6
-
-
-@dataclass
-class BlendedTransformResult(RegistrationTransformResult):
-    """A :class:`RegistrationTransformResult` with the reduction's quality report.
-
-    Attributes
-    ----------
-    report:
-        Figures: ``inverse_residual_max``/``_p95`` (physical units, and
-        ``_vox`` in fixed voxels), ``jacobian_min``, ``folded_fraction``,
-        ``max_displacement``, ``n_blocks``, ``n_success``, ``field_shape``.
-    status_map:
-        Block status codes shaped like the block grid (NumPy order).
-    jacobian:
-        Jacobian-determinant map of ``x ↦ x + D_tot(x)`` on the field grid (in
-        memory when no ``output`` was given, else ``None``: it is stored at
-        ``<output>/quality/jacobian``).
-    field_geometry:
-        Grid of the forward and inverse fields.
-
-    """
-
-    report: dict[str, Any] = field(default_factory=dict)
-    status_map: npt.NDArray[np.integer[Any]] | None = None
-    jacobian: npt.NDArray[np.float32] | None = None
-    field_geometry: ImageGeometry | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -122,36 +99,19 @@ def field_geometry_for(fixed: ImageGeometry, *, factor: float | Sequence[float] 
     if spacing is not None:
         sp = np.asarray(spacing, dtype=np.float64)
     else:
-        f = np.broadcast_to(np.asarray(4 if factor is None else factor, dtype=np.float64),
-                            (fixed.ndim,))
-        sp = np.asarray(fixed.spacing) * f
+        f = one_per_axis(4 if factor is None else factor, fixed.ndim, "field_spacing_factor")
+        sp = np.asarray(fixed.spacing) * np.asarray(f, dtype=np.float64)
     if sp.shape != (fixed.ndim,) or np.any(sp <= 0):
         raise ValueError(f"field spacing must be {fixed.ndim} positive values, got {sp}")
     return fixed.with_spacing(tuple(sp))
 
 
-def linear_part(transform: Any, ndim: int) -> AffineTransform:
-    """The affine ``A`` a total field is expressed after (see module docstring)."""
-    if transform is None:
-        return AffineTransform.identity(ndim)
-    if isinstance(transform, TransformChain):
-        return transform.affine
-    if isinstance(transform, AffineTransform):
-        return transform
-    try:
-        from ngff_dreg.itk_bridge import itk_to_affine
-
-        return AffineTransform.from_arrays(*itk_to_affine(transform))
-    except (TypeError, AttributeError):
-        return AffineTransform.identity(ndim)
-
-
-def _ratio(fixed: ImageGeometry, fgeom: ImageGeometry) -> FloatArray:
+def node_ratio(fixed: ImageGeometry, fgeom: ImageGeometry) -> FloatArray:
     """Field spacing / fixed spacing, NumPy order (field node j ↔ fixed index j·ratio)."""
     return (np.asarray(fgeom.spacing) / np.asarray(fixed.spacing))[::-1]
 
 
-def _node_range(lo: FloatArray, hi: FloatArray, ratio: FloatArray,
+def node_range(lo: FloatArray, hi: FloatArray, ratio: FloatArray,
                 shape: Sequence[int]) -> Box:
     """Field nodes needed to interpolate anywhere in ``[lo, hi]`` (fixed index, NumPy order).
 
@@ -164,25 +124,20 @@ def _node_range(lo: FloatArray, hi: FloatArray, ratio: FloatArray,
     return Box(tuple(a), tuple(b)).clip(shape)
 
 
-def _box_bounds(box: Box) -> tuple[FloatArray, FloatArray]:
+def box_bounds(box: Box) -> tuple[FloatArray, FloatArray]:
     """Continuous index extent (voxel edges) of a voxel box."""
     return np.asarray(box.start, float) - 0.5, np.asarray(box.stop, float) - 0.5
 
 
-def _domain_bounds(domain: Any, fixed: ImageGeometry) -> tuple[FloatArray, FloatArray]:
-    """Continuous fixed-index bounds (NumPy order) of an oriented domain image."""
-    import itertools
-
-    from ngff_dreg.itk_bridge import geometry_of
-
-    g = geometry_of(domain)
-    corners = np.asarray(list(itertools.product(*[(-0.5, n - 0.5) for n in g.shape])))
-    pts = g.array_index_to_physical(corners)
+def domain_bounds(domain: ImageGeometry, fixed: ImageGeometry) -> tuple[FloatArray, FloatArray]:
+    """Continuous fixed-index bounds (NumPy order) of an oriented domain grid."""
+    corners = np.asarray(list(itertools.product(*[(-0.5, n - 0.5) for n in domain.shape])))
+    pts = domain.array_index_to_physical(corners)
     idx = fixed.physical_to_index(pts)[:, ::-1]
     return idx.min(axis=0), idx.max(axis=0)
 
 
-def _fill_reach(lo: FloatArray, hi: FloatArray, fixed: ImageGeometry,
+def fill_reach(lo: FloatArray, hi: FloatArray, fixed: ImageGeometry,
                 fill_distance: float) -> float:
     """Physical reach of a block's hole-filling weight."""
     extent = (hi - lo) * np.asarray(fixed.spacing)[::-1]
@@ -235,7 +190,7 @@ class BlockSample:
     reach:
         Physical reach of the hole-filling weight.
     transform:
-        The block transform (``None`` unless SUCCESS).
+        The block transform, evaluable with NumPy (``None`` unless SUCCESS).
 
     """
 
@@ -248,7 +203,7 @@ class BlockSample:
     pad_hi: FloatArray
     quality: float
     reach: float
-    transform: Any = None
+    transform: SupportsTransformPoints | None = None
 
     @property
     def ok(self) -> bool:
@@ -261,7 +216,7 @@ class BlockSample:
         axes = [np.arange(a, b) for a, b in zip(box.start, box.stop)]
         mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fgeom.ndim)
         pts = fgeom.array_index_to_physical(mesh.astype(np.float64))
-        moved = _map_block_points(self.transform, pts)
+        moved = np.asarray(self.transform.transform_points(pts), dtype=np.float64)
         return (moved - pts)[:, ::-1].T.reshape((fgeom.ndim, *box.shape))
 
     def weight_at(self, box: Box, ratio: FloatArray) -> FloatArray:
@@ -283,83 +238,66 @@ class BlockSample:
         return np.maximum(weight, WEIGHT_FLOOR) * self.quality
 
 
-def _map_block_points(transform: Any, pts: FloatArray) -> FloatArray:
-    """Map points through a block transform, vectorised for linear transforms."""
-    if isinstance(transform, SupportsTransformPoints):
-        return np.asarray(transform.transform_points(pts), dtype=np.float64)
-    from ngff_dreg.itk_bridge import class_name, itk_to_affine, transform_points
-
-    name = class_name(transform)
-    if name not in ("DisplacementFieldTransform", "BSplineTransform", "CompositeTransform"):
-        try:
-            m, o = itk_to_affine(transform)
-        except (TypeError, AttributeError):
-            pass
-        else:
-            return pts @ m.T + o
-    return transform_points(transform, pts)
-
-
-def sample_block(located: LocatedBlockResult, block_box: Box | None,
-                 fixed: ImageGeometry, fgeom: ImageGeometry, *,
-                 use_quality: bool = False, fill_distance: float = 1.0) -> BlockSample:
+def block_sample(
+    status: int,
+    chunk_index: tuple[int, ...],
+    core: Box,
+    block_box: Box | None,
+    domain: ImageGeometry | None,
+    transform: SupportsTransformPoints | None,
+    metric: float | None,
+    fixed: ImageGeometry,
+    fgeom: ImageGeometry,
+    *,
+    use_quality: bool = False,
+    fill_distance: float = 1.0,
+) -> BlockSample:
     """Summarise one block result for the field-chunk tasks.
 
     Parameters
     ----------
-    located:
-        The block result and where it came from.
+    status, chunk_index:
+        The block's status code and grid index.
+    core:
+        The unpadded block (fixed voxel indices, NumPy order).
     block_box:
-        Padded fixed box (voxel indices, NumPy order) of the block; the
-        domain used is the result's ``transform_domain`` clipped to it.
-        ``None``: the domain alone (or the unpadded block).
+        Padded fixed box of the block; the domain used is ``domain`` clipped
+        to it. ``None``: the domain alone (or the unpadded block).
+    domain:
+        Grid of the result's ``transform_domain`` (``None``: no domain).
+    transform:
+        The block transform (used when ``status`` is SUCCESS).
+    metric:
+        The block's final metric (for quality weighting).
     fixed, fgeom:
         Fixed-level geometry and field grid.
     use_quality:
-        Multiply the weight by :func:`quality_factor` of the result's metric.
+        Multiply the weight by :func:`quality_factor` of ``metric``.
     fill_distance:
         Hole-filling reach in multiples of the block extent.
 
     """
-    res = located.result
-    core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
-    lo, hi = _box_bounds(block_box if block_box is not None else core)
-    if res.transform_domain is not None:
-        dlo, dhi = _domain_bounds(res.transform_domain, fixed)
+    lo, hi = box_bounds(block_box if block_box is not None else core)
+    if domain is not None:
+        dlo, dhi = domain_bounds(domain, fixed)
         if block_box is None:
             lo, hi = dlo, dhi
         else:
             lo, hi = np.maximum(lo, dlo), np.minimum(hi, dhi)
-    nodes = _node_range(lo, hi, _ratio(fixed, fgeom), fgeom.shape)
-    clo, chi = _box_bounds(core)
-    quality = quality_factor(res.metric) if use_quality else 1.0
-    status = int(res.status)
+    nodes = node_range(lo, hi, node_ratio(fixed, fgeom), fgeom.shape)
+    clo, chi = box_bounds(core)
+    quality = quality_factor(metric) if use_quality else 1.0
     return BlockSample(
-        status, located.fixed_info.chunk_index, nodes, lo, hi,
+        status, chunk_index, nodes, lo, hi,
         np.maximum(clo - lo, 0.0), np.maximum(hi - chi, 0.0), quality,
-        _fill_reach(lo, hi, fixed, fill_distance),
-        _vectorised(res.transform) if status == BlockRegStatus.SUCCESS else None,
+        fill_reach(lo, hi, fixed, fill_distance),
+        transform if status == BlockRegStatus.SUCCESS else None,
     )
 
 
-def _vectorised(transform: Any) -> Any:
-    """A cubic ``itk.BSplineTransform`` as a NumPy :class:`BSplineGrid` (the same map).
-
-    The chunk tasks evaluate block transforms at every field node they cover;
-    ITK's ``TransformPoint`` does that one point at a time. Other transforms
-    are returned unchanged.
-    """
-    from ngff_dreg.itk_bridge import is_cubic_bspline
-
-    if not is_cubic_bspline(transform):
-        return transform
-    from ngff_dreg.transforms import BSplineGrid
-
-    return BSplineGrid.from_itk(transform)
-
-
 # ---------------------------------------------------------------- chunk task
-def _fill_nodes(reach: float, fspacing_zyx: FloatArray) -> npt.NDArray[np.int64]:
+def fill_nodes(reach: float, fspacing_zyx: FloatArray) -> npt.NDArray[np.int64]:
+    """Field nodes (per axis, NumPy order) a hole-filling weight of ``reach`` spans."""
     return np.ceil(reach / fspacing_zyx).astype(np.int64) + 1
 
 
@@ -381,7 +319,7 @@ def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
 
     """
     ndim = fgeom.ndim
-    ratio = _ratio(fixed, fgeom)
+    ratio = node_ratio(fixed, fgeom)
     sp = np.asarray(fgeom.spacing)[::-1]
     good = [s for s in samples if s.ok]
     num = np.zeros((ndim, *chunk.shape))
@@ -401,7 +339,7 @@ def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
         fnum = np.zeros_like(num)
         fden = np.zeros(chunk.shape)
         for s in good:
-            ext = chunk.intersect(s.nodes.pad(tuple(_fill_nodes(s.reach, sp))))
+            ext = chunk.intersect(s.nodes.pad(tuple(fill_nodes(s.reach, sp))))
             if ext.is_empty:
                 continue
             d2 = np.zeros(ext.shape)
@@ -435,7 +373,8 @@ def blend_chunk(chunk: Box, samples: Iterable[BlockSample], fgeom: ImageGeometry
     return residual, den
 
 
-def fold_chunk(chunk: Box, residual: FloatArray, fgeom: ImageGeometry, initial: Any,
+def fold_chunk(chunk: Box, residual: FloatArray, fgeom: ImageGeometry,
+               initial: SupportsTransformPoints | None,
                affine: AffineTransform) -> FloatArray:
     """Total field ``A⁻¹(I(x + r(x))) - x`` on the chunk's nodes (NGFF layout)."""
     if initial is None:
@@ -452,157 +391,3 @@ def fold_chunk(chunk: Box, residual: FloatArray, fgeom: ImageGeometry, initial: 
     moved = map_points(initial, pts + r_itk)
     back = affine.inverse().transform_points(moved)
     return (back - pts)[:, ::-1].T.reshape((ndim, *chunk.shape))
-
-
-# ---------------------------------------------------------------- the method
-@dataclass
-class ReduceToDisplacementField(ReduceResultsMethod):
-    """Reduce block results to one dense fixed→moving displacement field (+ inverse).
-
-    Parameters
-    ----------
-    field_spacing_factor:
-        Field grid spacing as a multiple of the fixed level spacing.
-    field_spacing:
-        Physical field spacing (ITK order); overrides the factor.
-    output:
-        Zarr URL of the NGFF scene group the fields are written to (see
-        :mod:`ngff_dreg.io.field_writer`). ``None``: keep the field in memory
-        (small cases).
-    storage_options:
-        fsspec options for ``output`` (never logged).
-    field_chunk:
-        Field chunk shape in nodes (per axis or one value).
-    use_quality:
-        Weight blocks by :func:`quality_factor` of their metric.
-    fill_distance:
-        Reach of hole filling from a successful block, in padded-block extents
-        (0.5 fills a single failed block completely from two or more
-        neighbours; larger values reach across bigger holes at the price of
-        more dependencies per field chunk).
-    compute_inverse:
-        Also compute the inverse field by fixed-point iteration.
-    inverse_iterations:
-        Maximum fixed-point iterations per chunk.
-    overwrite:
-        Replace a complete existing ``output``.
-    n_levels:
-        Pyramid levels of the written fields (``None``: automatic).
-    scheduler:
-        dask scheduler used by :meth:`__call__` (``"threads"`` or ``"synchronous"``).
-
-    Examples
-    --------
-    >>> reduce = ReduceToDisplacementField(field_spacing_factor=4)
-    >>> result = reduce(block_results=results, fixed_reader_ctor=ctor,
-    ...                 initial_transform=None)  # doctest: +SKIP
-    >>> result.report["inverse_residual_p95"]  # doctest: +SKIP
-
-    """
-
-    field_spacing_factor: float | Sequence[float] = 4
-    field_spacing: Sequence[float] | None = None
-    output: str | None = None
-    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
-    field_chunk: int | Sequence[int] = 64
-    use_quality: bool = False
-    fill_distance: float = 0.5
-    compute_inverse: bool = True
-    inverse_iterations: int = 30
-    overwrite: bool = False
-    n_levels: int | None = None
-    scheduler: str = "threads"
-    fixed_url: str | None = None
-    moving_url: str | None = None
-
-    # -- itk-dreg entry point ------------------------------------------
-    def __call__(
-        self,
-        block_results: Iterable[LocatedBlockResult],
-        fixed_reader_ctor: Any,
-        initial_transform: Any,
-        **kwargs: Any,
-    ) -> BlendedTransformResult:
-        """Reduce in-process (the itk-dreg way), running the chunked graph locally.
-
-        Parameters
-        ----------
-        block_results:
-            Located block results.
-        fixed_reader_ctor:
-            Fixed reader constructor; its ``geometry`` attribute, or
-            ``geometry_of(fixed_reader_ctor().GetOutput())``, gives the grid.
-        initial_transform:
-            Fixed→moving transform the block transforms act before.
-
-        Returns
-        -------
-        BlendedTransformResult
-            Total fixed→moving transform (initial folded in), inverse and report.
-
-        """
-        import dask
-
-        from ngff_dreg.itk_bridge import reader_geometry
-
-        fixed = reader_geometry(fixed_reader_ctor)
-        results = list(block_results)
-        boxes = [_padded_box(r, fixed) for r in results]
-        delayed_results = [dask.delayed(r, pure=False) for r in results]
-        graph = self.build_graph(delayed_results, boxes, fixed, initial_transform)
-        return graph.compute(scheduler=self.scheduler)
-
-    # -- engine entry point ----------------------------------------------
-    def build_graph(
-        self,
-        block_results: Sequence[Any],
-        block_boxes: Sequence[Box],
-        fixed_geometry: ImageGeometry,
-        initial_transform: Any,
-        **kwargs: Any,
-    ) -> Any:
-        """Build the chunked reduction graph.
-
-        Parameters
-        ----------
-        block_results:
-            ``dask.delayed`` objects resolving to :class:`LocatedBlockResult`
-            (or the results themselves).
-        block_boxes:
-            Padded fixed box of each block (voxel indices at the fixed level,
-            NumPy order), known at build time, so each field chunk depends only
-            on the blocks that can reach it.
-        fixed_geometry:
-            Fixed image geometry at the registered level.
-        initial_transform:
-            Fixed→moving transform the block transforms act before.
-
-        Returns
-        -------
-        dask.delayed.Delayed
-            Resolves to a :class:`BlendedTransformResult`.
-
-        """
-        from ngff_dreg.reduce._graph import build_reduction_graph
-
-        if len(block_results) != len(block_boxes):
-            raise ValueError("block_results and block_boxes must have the same length")
-        return build_reduction_graph(self, list(block_results), list(block_boxes),
-                                     fixed_geometry, initial_transform)
-
-    def field_geometry(self, fixed: ImageGeometry) -> ImageGeometry:
-        """The field grid for a fixed geometry."""
-        return field_geometry_for(fixed, factor=self.field_spacing_factor,
-                                  spacing=self.field_spacing)
-
-
-def _padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
-    """Padded fixed box of a concrete result: its domain's box, else the block."""
-    core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
-    dom = located.result.transform_domain
-    if dom is None:
-        return core
-    lo, hi = _domain_bounds(dom, fixed)
-    box = Box(tuple(np.floor(lo + 0.5 + 1e-6).astype(int)),
-              tuple(np.ceil(hi + 0.5 - 1e-6).astype(int)))
-    return Box(tuple(np.minimum(box.start, core.start)), tuple(np.maximum(box.stop, core.stop)))

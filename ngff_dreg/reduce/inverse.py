@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.geometry import Box
+from ngff_dreg.geometry import Box, chunk_boxes
 from ngff_dreg.transforms import DisplacementField, TransformChain
 
 __all__ = ["invert_chunk", "inverse_residuals", "invert_field"]
@@ -126,12 +126,10 @@ def inverse_residuals(chunk: Box, forward: TransformChain, inverse: TransformCha
 def invert_field(forward: DisplacementField, *, iterations: int = 30,
                  chunk: int = 64) -> DisplacementField:
     """In-memory inverse field of a (small) forward field, chunk by chunk."""
-    from ngff_dreg.io.field_writer import iter_chunk_boxes
-
     data = forward.read()
     maxd = float(np.linalg.norm(data, axis=0).max()) if data.size else 0.0
     out = np.empty_like(data)
-    for box in iter_chunk_boxes(forward.geometry.shape, (chunk,) * forward.ndim):
+    for box in chunk_boxes(forward.geometry.shape, (chunk,) * forward.ndim):
         out[(slice(None), *box.slices)] = invert_chunk(box, forward, maxd,
                                                        iterations=iterations)[0]
     return DisplacementField(forward.geometry, data=out)

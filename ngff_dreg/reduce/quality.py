@@ -1,8 +1,6 @@
-"""Quality maps of a displacement field: Jacobian determinant and block status."""
+"""Quality kernel of a displacement field (pure NumPy): the Jacobian determinant."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +8,7 @@ import numpy.typing as npt
 from ngff_dreg.geometry import Box
 from ngff_dreg.transforms import DisplacementField
 
-__all__ = ["jacobian_chunk", "status_map"]
+__all__ = ["jacobian_chunk"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -43,15 +41,3 @@ def jacobian_chunk(chunk: Box, field: DisplacementField) -> FloatArray:
     jac = np.moveaxis(phys, (0, 1), (-2, -1)) + np.eye(ndim)
     det = np.linalg.det(jac)
     return np.asarray(det[chunk.relative_to(outer)])
-
-
-def status_map(entries: Iterable[tuple[Sequence[int], int]]) -> npt.NDArray[np.int16]:
-    """Block status codes arranged on the block grid (``-1`` where no block)."""
-    items = [(tuple(int(i) for i in idx), int(s)) for idx, s in entries]
-    if not items:
-        return np.zeros((0,), dtype=np.int16)
-    shape = tuple(int(v) + 1 for v in np.max([i for i, _ in items], axis=0))
-    out = np.full(shape, -1, dtype=np.int16)
-    for idx, s in items:
-        out[idx] = s
-    return out

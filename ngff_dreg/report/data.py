@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
-from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes
 from ngff_dreg.io.output_state import MARKER_KEY, Checkpoints, StageReport, stage_reports
 from ngff_dreg.transforms import TransformChain
 
@@ -379,8 +379,6 @@ def jacobian_histogram(
     arr = _jacobian_array(url, storage_options)
     if arr is None:
         return None
-    from ngff_dreg.io.field_writer import iter_chunk_boxes
-
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros(bins, dtype=np.int64)
     n = 0
@@ -392,7 +390,7 @@ def jacobian_histogram(
     while math.prod(step) > 8_000_000:
         k = int(np.argmax(step))
         step[k] = max(1, step[k] // 2)
-    for box in iter_chunk_boxes(arr.shape, step):
+    for box in chunk_boxes(arr.shape, step):
         v = np.asarray(arr[box.slices], dtype=np.float64).ravel()
         v = v[np.isfinite(v)]
         if v.size == 0:

@@ -286,7 +286,7 @@ def test_plain_itk_dreg_call_with_itk_initial_transforms(blocks_factory):
 def test_bspline_blocks_are_evaluated_exactly_like_itk(blocks_factory, ctor_factory, oblique):
     """B-spline block results are evaluated with NumPy (BSplineGrid) and match ITK."""
     from ngff_dreg.itk_bridge import image_from_array
-    from ngff_dreg.reduce.blend import sample_block
+    from ngff_dreg.reduce.graph import sample_block
     from ngff_dreg.transforms import BSplineGrid
 
     fixed = _geometry(3, oblique)

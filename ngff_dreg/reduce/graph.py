@@ -1,17 +1,22 @@
-"""The dask graph of :class:`~ngff_dreg.reduce.blend.ReduceToDisplacementField`.
+"""The reduction's dask graph: one thin task per kernel call, and the builder.
 
 Task layout (B blocks, C field chunks)::
 
     sample-<b>      B tasks   BlockSample of one block (small arrays)
-    status-<b>      B tasks   (chunk_index, status) — for the status map
+    status-<b>      B tasks   (chunk_index, status) — for the status grid
     blend-<c>       C tasks   blend + fold + write forward chunk c; deps: blocks reaching c
     fwd-ready       1 task    barrier + stats (max |D|), no field data
     invert-<c>      C tasks   inverse chunk c (reads D with a halo), written once
     check-<c>       C tasks   Jacobian chunk c and inverse residuals at random points
-    finalize        1 task    pyramids + metadata (zarr) / assembly (memory), result
+    finalize        1 task    pyramids + metadata (writer) / assembly (memory), result
 
-Only in the in-memory mode (``output=None``) is a whole field ever held by one
-task (``assemble-*``), which is the point of that mode.
+The kernels (:mod:`~ngff_dreg.reduce.blend`, :mod:`~ngff_dreg.reduce.inverse`,
+:mod:`~ngff_dreg.reduce.quality`) are pure NumPy. The tasks here adapt what
+they are given to them: ITK block transforms and domains become NumPy-evaluable
+objects (:func:`sample_block`), and field chunks go to the
+:class:`~ngff_dreg.interfaces.FieldWriter` the reducer was handed. Only in the
+in-memory mode (no writer) is a whole field ever held by one task
+(``assemble-*``), which is the point of that mode.
 """
 
 from __future__ import annotations
@@ -23,54 +28,133 @@ import numpy as np
 from dask import delayed
 from dask.base import tokenize
 
-from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.interfaces import BlockRegStatus
+from ngff_dreg.blocks import status_grid
+from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes, one_per_axis
+from ngff_dreg.interfaces import (
+    BlockRegStatus,
+    FieldWriter,
+    LocatedBlockResult,
+    SupportsTransformPoints,
+)
+from ngff_dreg.itk_bridge import ItkPointMap, class_name, geometry_of, is_cubic_bspline
 from ngff_dreg.reduce.blend import (
-    BlendedTransformResult,
     BlockSample,
-    _box_bounds,
-    _fill_nodes,
-    _fill_reach,
-    _node_range,
-    _ratio,
     blend_chunk,
+    block_sample,
+    box_bounds,
+    domain_bounds,
+    fill_nodes,
+    fill_reach,
     fold_chunk,
-    linear_part,
-    sample_block,
+    node_range,
+    node_ratio,
 )
 from ngff_dreg.reduce.inverse import inverse_residuals, invert_chunk
-from ngff_dreg.reduce.quality import jacobian_chunk, status_map
-from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
+from ngff_dreg.reduce.quality import jacobian_chunk
+from ngff_dreg.reduce.result import BlendedTransformResult
+from ngff_dreg.transforms import AffineTransform, BSplineGrid, DisplacementField, TransformChain
 
 if TYPE_CHECKING:
-    from ngff_dreg.reduce.blend import ReduceToDisplacementField
+    from ngff_dreg.reduce.reducer import ReduceToDisplacementField
+
+__all__ = ["build_reduction_graph", "linear_part", "padded_box", "sample_block"]
 
 logger = logging.getLogger(__name__)
 
+#: ITK transforms evaluated point by point (no matrix form).
+_NONLINEAR = ("DisplacementFieldTransform", "BSplineTransform", "CompositeTransform")
 
-def _chunk_boxes(shape: tuple[int, ...], chunk: Any) -> list[Box]:
-    from ngff_dreg.io.field_writer import iter_chunk_boxes
 
-    if isinstance(chunk, (int, np.integer)):
-        return iter_chunk_boxes(shape, (int(chunk),) * len(shape))
-    ch = tuple(int(c) for c in chunk)
-    return iter_chunk_boxes(shape, ch)
+# ------------------------------------------------------------------ adapters
+def numpy_transform(transform: Any) -> SupportsTransformPoints:
+    """A block transform the kernels can evaluate with NumPy (the same map).
+
+    ngff-dreg transforms pass through; a cubic ``itk.BSplineTransform``
+    becomes a :class:`~ngff_dreg.transforms.BSplineGrid` and a linear ITK
+    transform an :class:`~ngff_dreg.transforms.AffineTransform` (vectorised);
+    any other ITK transform is evaluated point by point.
+    """
+    if isinstance(transform, SupportsTransformPoints):
+        return transform
+    if is_cubic_bspline(transform):
+        return BSplineGrid.from_itk(transform)
+    if class_name(transform) not in _NONLINEAR:
+        try:
+            return AffineTransform.from_itk(transform)
+        except (TypeError, AttributeError):
+            pass
+    return ItkPointMap(transform)
+
+
+def pointwise(transform: Any) -> Any:
+    """``transform`` made evaluable by the kernels without changing its arithmetic."""
+    if transform is None or isinstance(transform, SupportsTransformPoints):
+        return transform
+    return ItkPointMap(transform)
+
+
+def linear_part(transform: Any, ndim: int) -> AffineTransform:
+    """The affine ``A`` a total field is expressed after (see :mod:`~ngff_dreg.reduce.blend`)."""
+    if transform is None:
+        return AffineTransform.identity(ndim)
+    if isinstance(transform, TransformChain):
+        return transform.affine
+    if isinstance(transform, AffineTransform):
+        return transform
+    try:
+        return AffineTransform.from_itk(transform)
+    except (TypeError, AttributeError):
+        return AffineTransform.identity(ndim)
+
+
+def sample_block(located: LocatedBlockResult, block_box: Box | None,
+                 fixed: ImageGeometry, fgeom: ImageGeometry, *,
+                 use_quality: bool = False, fill_distance: float = 1.0) -> BlockSample:
+    """Summarise one block result for the field-chunk tasks.
+
+    The result's domain (an ITK image) and transform (ITK or ngff-dreg) are
+    turned into a grid and a NumPy-evaluable map, then handed to the kernel
+    :func:`~ngff_dreg.reduce.blend.block_sample` (see it for the parameters).
+    """
+    res = located.result
+    status = int(res.status)
+    domain = geometry_of(res.transform_domain) if res.transform_domain is not None else None
+    transform = numpy_transform(res.transform) if status == BlockRegStatus.SUCCESS else None
+    core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
+    return block_sample(status, located.fixed_info.chunk_index, core, block_box, domain,
+                        transform, res.metric, fixed, fgeom, use_quality=use_quality,
+                        fill_distance=fill_distance)
+
+
+def padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
+    """Padded fixed box of a concrete result: its domain's box, else the block."""
+    core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
+    dom = located.result.transform_domain
+    if dom is None:
+        return core
+    lo, hi = domain_bounds(geometry_of(dom), fixed)
+    box = Box(tuple(np.floor(lo + 0.5 + 1e-6).astype(int)),
+              tuple(np.ceil(hi + 0.5 - 1e-6).astype(int)))
+    return Box(tuple(np.minimum(box.start, core.start)), tuple(np.maximum(box.stop, core.stop)))
 
 
 # ------------------------------------------------------------------ tasks
 def _t_sample(located: Any, box: Box, fixed: ImageGeometry, fgeom: ImageGeometry,
               use_quality: bool, fill_distance: float) -> BlockSample:
+    """Kernel :func:`~ngff_dreg.reduce.blend.block_sample`, on one located result."""
     return sample_block(located, box, fixed, fgeom, use_quality=use_quality,
                         fill_distance=fill_distance)
 
 
 def _t_status(sample: BlockSample) -> tuple[tuple[int, ...], int]:
+    """``(chunk_index, status)`` of one block, for the status grid."""
     return sample.chunk_index, sample.status
 
 
 def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed: ImageGeometry,
-             initial: Any, affine: AffineTransform, writer: Any, prep: Any
+             initial: Any, affine: AffineTransform, writer: FieldWriter | None, prep: Any
              ) -> dict[str, Any]:
+    """Kernels :func:`blend_chunk` and :func:`fold_chunk`; the chunk is written once."""
     residual, coverage = blend_chunk(chunk, samples, fgeom, fixed)
     total = fold_chunk(chunk, residual, fgeom, initial, affine)
     norm = np.linalg.norm(total, axis=0)
@@ -82,15 +166,14 @@ def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed
         "n": int(coverage.size),
     }
     if writer is not None:
-        from ngff_dreg.io.field_writer import FORWARD_NAME
-
-        writer.write_chunk(FORWARD_NAME, fgeom, chunk, total)
+        writer.write_chunk(writer.forward_name, fgeom, chunk, total)
     else:
         stats["data"] = total.astype(np.float32)
     return stats
 
 
 def _t_ready(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Barrier after the forward chunks: their summed figures (no field data)."""
     return {
         "max_disp": max((s["max_disp"] for s in stats), default=0.0),
         "max_resid": max((s["max_resid"] for s in stats), default=0.0),
@@ -101,6 +184,7 @@ def _t_ready(stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _t_assemble(parts: list[dict[str, Any]], fgeom: ImageGeometry, key: str = "data"
                 ) -> DisplacementField:
+    """The in-memory mode's whole field, from its chunks."""
     data = np.zeros((fgeom.ndim, *fgeom.shape), dtype=np.float32)
     for p in parts:
         data[(slice(None), *p["box"].slices)] = p[key]
@@ -108,21 +192,21 @@ def _t_assemble(parts: list[dict[str, Any]], fgeom: ImageGeometry, key: str = "d
 
 
 def _t_invert(chunk: Box, forward: DisplacementField, ready: dict[str, Any], iterations: int,
-              writer: Any) -> dict[str, Any]:
+              writer: FieldWriter | None) -> dict[str, Any]:
+    """Kernel :func:`~ngff_dreg.reduce.inverse.invert_chunk`; the chunk is written once."""
     u, change = invert_chunk(chunk, forward, ready["max_disp"], iterations=iterations)
     out: dict[str, Any] = {"box": chunk, "change": change}
     if writer is not None:
-        from ngff_dreg.io.field_writer import INVERSE_NAME
-
-        writer.write_chunk(INVERSE_NAME, forward.geometry, chunk, u)
+        writer.write_chunk(writer.inverse_name, forward.geometry, chunk, u)
     else:
         out["data"] = u.astype(np.float32)
     return out
 
 
 def _t_check(chunk: Box, forward: DisplacementField, inverse: DisplacementField | None,
-             affine: AffineTransform, within: tuple[Any, Any], writer: Any,
+             affine: AffineTransform, within: tuple[Any, Any], writer: FieldWriter | None,
              inv_ready: Any) -> dict[str, Any]:
+    """Kernels :func:`jacobian_chunk` and :func:`inverse_residuals` on one chunk."""
     jac = jacobian_chunk(chunk, forward)
     out: dict[str, Any] = {
         "box": chunk,
@@ -143,21 +227,22 @@ def _t_check(chunk: Box, forward: DisplacementField, inverse: DisplacementField 
     return out
 
 
-def _t_prepare(writer: Any, geoms: dict[str, ImageGeometry], chunks: tuple[int, ...]) -> bool:
+def _t_prepare(writer: FieldWriter, geoms: dict[str, ImageGeometry],
+               chunks: tuple[int, ...]) -> bool:
+    """Create the output's arrays before any chunk is written."""
     writer.begin(geoms, chunks=chunks)
     fgeom = next(iter(geoms.values()))
     writer.create_quality_array("jacobian", fgeom.shape, chunks)
     return True
 
 
-def _t_finalize(reducer: ReduceToDisplacementField, fgeom: ImageGeometry,
+def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
                 affine: AffineTransform, fixed: ImageGeometry, ready: dict[str, Any],
                 inv_parts: list[dict[str, Any]] | None, checks: list[dict[str, Any]],
-                statuses: list[tuple[tuple[int, ...], int]], writer: Any,
+                statuses: list[tuple[tuple[int, ...], int]], writer: FieldWriter | None,
                 forward_mem: DisplacementField | None) -> BlendedTransformResult:
-    from ngff_dreg.io.field_writer import FORWARD_NAME, INVERSE_NAME
-
-    smap = status_map(statuses)
+    """Report, status grid, pyramids and metadata (written last); the result record."""
+    smap = status_grid(statuses)
     n_success = sum(1 for _, s in statuses if s == BlockRegStatus.SUCCESS)
     report: dict[str, Any] = {
         "n_blocks": len(statuses),
@@ -179,17 +264,17 @@ def _t_finalize(reducer: ReduceToDisplacementField, fgeom: ImageGeometry,
         report["inverse_residual_p95_vox"] = report["inverse_residual_p95"] / vox
         report["inverse_last_change"] = max((p["change"] for p in inv_parts), default=0.0)
     jac_map = None
-    geoms = {FORWARD_NAME: fgeom}
-    if inv_parts is not None:
-        geoms[INVERSE_NAME] = fgeom
     if writer is not None:
+        geoms = {writer.forward_name: fgeom}
+        if inv_parts is not None:
+            geoms[writer.inverse_name] = fgeom
         if smap.size:
             writer.create_quality_array("block_status", smap.shape, smap.shape, dtype="int16")
             writer.write_quality_chunk("block_status", Box.full(smap.shape), smap)
-        writer.finish(affine, geoms, n_levels=reducer.n_levels,
+        writer.finish(affine, geoms, n_levels=n_levels,
                       extra={"report": report, "status_map": smap.tolist()})
-        forward = DisplacementField(fgeom, loader=writer.loader(FORWARD_NAME, fgeom))
-        inverse = (DisplacementField(fgeom, loader=writer.loader(INVERSE_NAME, fgeom))
+        forward = DisplacementField(fgeom, loader=writer.loader(writer.forward_name, fgeom))
+        inverse = (DisplacementField(fgeom, loader=writer.loader(writer.inverse_name, fgeom))
                    if inv_parts is not None else None)
     else:
         assert forward_mem is not None
@@ -212,40 +297,38 @@ def _t_finalize(reducer: ReduceToDisplacementField, fgeom: ImageGeometry,
 
 
 # ------------------------------------------------------------------ builder
-def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: list[Any],
-                          block_boxes: list[Box], fixed: ImageGeometry,
-                          initial: Any) -> Any:
-    """See :meth:`ReduceToDisplacementField.build_graph`."""
-    from ngff_dreg.io.field_writer import FORWARD_NAME, INVERSE_NAME, FieldSceneWriter
+def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWriter | None,
+                          block_results: list[Any], block_boxes: list[Box],
+                          fixed: ImageGeometry, initial: Any) -> Any:
+    """Wire the reduction's tasks (see the module docstring) into one delayed result.
 
+    ``writer`` is where the fields go (``None``: they stay in memory); see
+    :meth:`ReduceToDisplacementField.build_graph` for the rest.
+    """
     fgeom = reducer.field_geometry(fixed)
     ndim = fixed.ndim
     affine = linear_part(initial, ndim)
-    ch = reducer.field_chunk
-    chunks = (int(ch),) * ndim if isinstance(ch, (int, np.integer)) else tuple(int(c) for c in ch)
-    boxes = _chunk_boxes(fgeom.shape, chunks)
-    token = tokenize(reducer.output, fixed, fgeom, chunks, len(block_boxes),
-                     [tuple(b.start) + tuple(b.stop) for b in block_boxes])
+    chunks = tuple(int(c) for c in one_per_axis(reducer.field_chunk, ndim, "field_chunk"))
+    boxes = chunk_boxes(fgeom.shape, chunks)
+    token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks,
+                     len(block_boxes), [tuple(b.start) + tuple(b.stop) for b in block_boxes])
 
-    writer = None
     prep: Any = None
-    if reducer.output is not None:
-        writer = FieldSceneWriter(reducer.output, reducer.storage_options, reducer.overwrite,
-                                  fixed_url=reducer.fixed_url, moving_url=reducer.moving_url)
-        geoms = {FORWARD_NAME: fgeom}
+    if writer is not None:
+        geoms = {writer.forward_name: fgeom}
         if reducer.compute_inverse:
-            geoms[INVERSE_NAME] = fgeom
+            geoms[writer.inverse_name] = fgeom
         prep = delayed(_t_prepare, pure=True)(writer, geoms, chunks,
                                               dask_key_name=f"prepare-{token}")
 
     if initial is not None:  # one key, shared by every chunk task
-        initial = delayed(initial, pure=False)
+        initial = delayed(pointwise(initial), pure=False)
 
     # block tasks
     samples = []
     statuses = []
     reach_boxes = []
-    ratio = _ratio(fixed, fgeom)
+    ratio = node_ratio(fixed, fgeom)
     sp = np.asarray(fgeom.spacing)[::-1]
     for i, (res, box) in enumerate(zip(block_results, block_boxes)):
         s = delayed(_t_sample, pure=True)(res, box, fixed, fgeom, reducer.use_quality,
@@ -253,10 +336,10 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
                                           dask_key_name=f"sample-{token}-{i}")
         samples.append(s)
         statuses.append(delayed(_t_status, pure=True)(s, dask_key_name=f"status-{token}-{i}"))
-        lo, hi = _box_bounds(box)
-        nodes = _node_range(lo, hi, ratio, fgeom.shape)
-        reach = _fill_reach(lo, hi, fixed, reducer.fill_distance)
-        reach_boxes.append(nodes.pad(tuple(_fill_nodes(reach, sp))))
+        lo, hi = box_bounds(box)
+        nodes = node_range(lo, hi, ratio, fgeom.shape)
+        reach = fill_reach(lo, hi, fixed, reducer.fill_distance)
+        reach_boxes.append(nodes.pad(tuple(fill_nodes(reach, sp))))
 
     # blend tasks: each depends only on the blocks that can reach its chunk
     blends = []
@@ -269,7 +352,7 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
 
     if writer is not None:
         forward: Any = delayed(_loader_field, pure=True)(
-            fgeom, writer.loader(FORWARD_NAME, fgeom), ready,
+            fgeom, writer.loader(writer.forward_name, fgeom), ready,
             dask_key_name=f"fwd-field-{token}")
         forward_mem = None
     else:
@@ -287,7 +370,7 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
         ]
         if writer is not None:
             inverse = delayed(_loader_field, pure=True)(
-                fgeom, writer.loader(INVERSE_NAME, fgeom), inv_parts,
+                fgeom, writer.loader(writer.inverse_name, fgeom), inv_parts,
                 dask_key_name=f"inv-field-{token}")
         else:
             inverse = delayed(_t_assemble, pure=True)(inv_parts, fgeom,
@@ -299,7 +382,7 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, block_results: lis
         for c, cbox in enumerate(boxes)
     ]
     return delayed(_t_finalize, pure=True)(
-        reducer, fgeom, affine, fixed, ready, inv_parts, checks, statuses, writer,
+        reducer.n_levels, fgeom, affine, fixed, ready, inv_parts, checks, statuses, writer,
         forward_mem, dask_key_name=f"finalize-{token}")
 
 
