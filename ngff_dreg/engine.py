@@ -44,6 +44,7 @@ from ngff_dreg.interfaces import (
 )
 from ngff_dreg.itk_bridge import portable_domain, read_region, reader_geometry
 from ngff_dreg.transforms import AffineTransform, TransformChain
+from ngff_dreg.validate import has_signal
 
 __all__ = [
     "BlockOptions",
@@ -116,20 +117,6 @@ def _chunk_shape(ctor: Any) -> tuple[int, ...] | None:
     return tuple(int(v) for v in shape) if shape is not None else None
 
 
-def _has_signal(block: npt.NDArray[Any], options: BlockOptions) -> bool:
-    if block.size == 0:
-        return False
-    values = np.asarray(block, dtype=np.float32)
-    if not np.all(np.isfinite(values)):
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
-        return False
-    if options.signal_threshold is None:
-        return True
-    return float((values > options.signal_threshold).mean()) >= options.min_signal_fraction
-
-
 def _mask_covers(mask_ctor: Any, geometry: ImageGeometry, box: Box) -> bool:
     """True when the mask has a non-zero voxel in ``box`` of an image of ``geometry``.
 
@@ -200,7 +187,9 @@ def register_block(
         fixed_geometry = reader_geometry(fixed_reader_ctor)
         fixed = read_region(fixed_reader, plan.padded)
         inner = fixed[plan.box.relative_to(plan.padded)]
-        if not _has_signal(inner, options):
+        if not has_signal(
+            inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
+        ):
             return located(
                 BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "no signal")
             )

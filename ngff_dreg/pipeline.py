@@ -30,7 +30,6 @@ import numpy.typing as npt
 from ngff_dreg.engine import BlockOptions, register_images
 from ngff_dreg.errors import (
     IncompatibleImagesError,
-    InvalidInputDataError,
     RegistrationFailedError,
     ScheduleError,
 )
@@ -50,8 +49,9 @@ from ngff_dreg.io.output_state import (
     output_status,
     set_status,
 )
-from ngff_dreg.schedule import Schedule, matching_level, resolve_level
+from ngff_dreg.schedule import Schedule, check_schedule_levels, matching_level, resolve_level
 from ngff_dreg.transforms import AffineTransform, TransformChain
+from ngff_dreg.validate import check_level_data, check_overlap
 
 __all__ = ["register"]
 
@@ -67,27 +67,6 @@ def _level_arrays(fixed_ctor: Any, moving_ctor: Any) -> tuple[Any, Any]:
     f = fixed_ctor().read_box(Box.full(fixed_ctor.geometry.shape)).astype(np.float32)
     m = moving_ctor().read_box(Box.full(moving_ctor.geometry.shape)).astype(np.float32)
     return f, m
-
-
-def _check_data(name: str, url: str, level: int, arr: npt.NDArray[Any]) -> None:
-    if arr.size == 0:
-        raise InvalidInputDataError(f"{name} image {url} level {level} is empty")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        frac = 1.0 - float(finite.mean())
-        if frac > 0.5:
-            raise InvalidInputDataError(
-                f"{name} image {url} level {level}: {frac:.0%} of voxels are NaN or infinite"
-            )
-        logger.warning(
-            "%s image level %d: %.1f%% NaN/inf voxels read as 0", name, level, 100 * frac
-        )
-    vals = np.nan_to_num(arr[::4, ::4] if arr.ndim == 2 else arr[::2, ::2, ::2])
-    if float(vals.max()) - float(vals.min()) <= 1e-12 * max(1.0, abs(float(vals.max()))):
-        raise InvalidInputDataError(
-            f"{name} image {url} level {level} is constant ({float(vals.max())}): "
-            "nothing to register"
-        )
 
 
 def _centre_of_mass(arr: npt.NDArray[np.float32], geom: ImageGeometry) -> npt.NDArray[np.float64]:
@@ -419,9 +398,7 @@ def register(
     schedule = schedule or Schedule.default(fixed_geoms)
     if not schedule.stages:
         raise ScheduleError("the schedule has no block stage")
-    _check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], initial_transform)
-    from ngff_dreg.validate import check_schedule_levels
-
+    check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], initial_transform)
     check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
 
     def ctor(url: str, opts: Any, level: int) -> OMEZarrReaderConstructor:
@@ -438,7 +415,7 @@ def register(
     gm_level = matching_level(moving_geoms, fixed_geoms[g_level].spacing)
     g_fixed, g_moving = ctor(fixed, f_opts, g_level), ctor(moving, m_opts, gm_level)
     for name, url, c in (("fixed", fixed, g_fixed), ("moving", moving, g_moving)):
-        _check_data(name, url, c.level, c().read_box(_full(c.geometry)))
+        check_level_data(name, url, c.level, c().read_box(_full(c.geometry)))
 
     run_fingerprint = fingerprint(
         {
@@ -709,25 +686,6 @@ def _initial_only(fixed_ctor: Any, moving_ctor: Any, initializer: str) -> Affine
     if initializer == "centers":
         return _centres_translation(fg, mg)
     return AffineTransform.identity(fg.ndim)
-
-
-def _check_overlap(
-    fixed: str, moving: str, fg: ImageGeometry, mg: ImageGeometry, initial: Any
-) -> None:
-    """Physical extents must meet unless an initial transform is given."""
-    if initial is not None:
-        return
-    flo, fhi = fg.physical_bounds()
-    mlo, mhi = mg.physical_bounds()
-    pad_f = np.abs(fg.index_to_physical_matrix).sum(axis=1)
-    pad_m = np.abs(mg.index_to_physical_matrix).sum(axis=1)
-    if np.any(flo - pad_f > mhi + pad_m) or np.any(mlo - pad_m > fhi + pad_f):
-        raise IncompatibleImagesError(
-            f"fixed {fixed} spans {np.round(flo, 3).tolist()}..{np.round(fhi, 3).tolist()} "
-            f"and moving {moving} spans {np.round(mlo, 3).tolist()}.."
-            f"{np.round(mhi, 3).tolist()} (physical): "
-            "they do not overlap. Pass initial_transform= (or --initial) to bring them together."
-        )
 
 
 class _NoBar:

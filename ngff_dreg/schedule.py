@@ -31,6 +31,8 @@ __all__ = [
     "LevelSpec",
     "resolve_level",
     "matching_level",
+    "default_global_level",
+    "check_schedule_levels",
     "METHODS",
 ]
 
@@ -331,3 +333,34 @@ def matching_level(levels: Sequence[ImageGeometry], spacing: Sequence[float]) ->
         penalty = 0.0 if s <= target * 1.05 else 1.0
         scores.append((penalty, abs(math.log(s / target))))
     return min(range(len(levels)), key=lambda i: scores[i])
+
+
+def check_schedule_levels(
+    schedule: Schedule, fixed_levels: Sequence[ImageGeometry], fixed_url: str
+) -> list[int]:
+    """Resolve every block stage's level up front (before any output is written).
+
+    Parameters
+    ----------
+    schedule:
+        The schedule.
+    fixed_levels:
+        Geometries of the fixed pyramid, finest first.
+    fixed_url:
+        For the error message.
+
+    Returns
+    -------
+    list of int
+        The fixed level index of each block stage.
+
+    Raises
+    ------
+    LevelNotFoundError, ScheduleError
+        A stage names a level the fixed image does not have.
+
+    """
+    return [
+        resolve_level(fixed_levels, stage.level, what=f"fixed image {fixed_url}")
+        for stage in schedule.stages
+    ]

@@ -23,6 +23,7 @@ from ngff_dreg.interfaces import (
     SupportsToItk,
 )
 from ngff_dreg.itk_bridge import geometry_of, image_from_array, metadata_image
+from ngff_dreg.validate import has_variation
 
 __all__ = [
     "METRICS",
@@ -32,7 +33,6 @@ __all__ = [
     "identity_transform",
     "as_itk_transform",
     "resample_into",
-    "has_signal",
     "max_displacement",
     "displacement_bound",
     "success",
@@ -130,21 +130,6 @@ def resample_into(moving: Any, reference: Any, transform: Any, default_value: fl
     return resampler.GetOutput()
 
 
-def has_signal(array: npt.NDArray[Any], min_std: float = 1e-6) -> bool:
-    """True when ``array`` is finite somewhere and not (nearly) constant."""
-    values = np.asarray(array)
-    if values.dtype.kind != "f":
-        values = values.astype(np.float64)
-    finite_mask = np.isfinite(values)
-    # no copy when every value is finite (the usual case); sums in float64
-    finite = values.reshape(-1) if finite_mask.all() else values[finite_mask]
-    if finite.size < 8:
-        return False
-    std = float(finite.std(dtype=np.float64))
-    scale = max(abs(float(finite.max())), abs(float(finite.min())), 1e-30)
-    return std > min_std * scale and std > 0.0
-
-
 def normalised_intensity(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Zero-mean, unit-variance copy of ``array`` (NaN/inf set to the mean)."""
     a = np.asarray(array, dtype=np.float64)
@@ -204,14 +189,14 @@ def buffered_pair(
     import itk
 
     fixed = buffered_float_image(fixed_subimage)
-    if not has_signal(itk.array_view_from_image(fixed)):
+    if not has_variation(itk.array_view_from_image(fixed)):
         return (
             fixed,
             None,
             failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal"),
         )
     moving = buffered_float_image(moving_subimage)
-    if not has_signal(itk.array_view_from_image(moving)):
+    if not has_variation(itk.array_view_from_image(moving)):
         return (
             fixed,
             moving,

@@ -35,12 +35,12 @@ from ngff_dreg.methods._common import (
     check_levels,
     checked_result,
     failure,
-    has_signal,
     make_metric,
     resample_into,
 )
 from ngff_dreg.methods.itk_linear import run_v4_registration
 from ngff_dreg.transforms import bspline_weight_matrix
+from ngff_dreg.validate import has_variation
 
 __all__ = ["ItkBSplineRegistration", "warp_moving"]
 
@@ -275,7 +275,7 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
         warped_img = warp_moving(moving, fixed, initial)
         warped = np.asarray(itk.array_view_from_image(warped_img), dtype=np.float64)
         valid = np.isfinite(warped)
-        if valid.mean() < 0.25 or not has_signal(warped[valid]):
+        if valid.mean() < 0.25 or not has_variation(warped[valid]):
             return None, f"moving region covers {100 * valid.mean():.0f}% of the block"
         fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
         bound = 0.5 * float(np.linalg.norm((np.asarray(geom.size) - 1) * np.asarray(geom.spacing)))

@@ -22,9 +22,9 @@ from ngff_dreg.methods._common import (
     buffered_float_image,
     checked_result,
     failure,
-    has_signal,
     resample_into,
 )
+from ngff_dreg.validate import has_variation
 
 __all__ = ["PhaseCorrelationTranslation", "phase_correlation_shift"]
 
@@ -205,14 +205,14 @@ class PhaseCorrelationTranslation(BlockPairRegistrationMethod):
         ndim = fixed_subimage.GetImageDimension()
         fixed = buffered_float_image(fixed_subimage)
         fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
-        if not has_signal(fixed_arr):
+        if not has_variation(fixed_arr):
             return failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal")
         moving = buffered_float_image(moving_subimage)
         initial = as_itk_transform(initial_transform, ndim)
         warped = resample_into(moving, fixed, initial, default_value=float("nan"))
         warped_arr = np.asarray(itk.array_view_from_image(warped), dtype=np.float64)
         valid = np.isfinite(warped_arr)
-        if valid.mean() < 0.25 or not has_signal(warped_arr[valid]):
+        if valid.mean() < 0.25 or not has_variation(warped_arr[valid]):
             return failure(
                 BlockRegStatus.OUT_OF_BOUNDS,
                 f"block {block_info.chunk_index}: moving region covers "

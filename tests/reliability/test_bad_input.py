@@ -107,7 +107,7 @@ def test_sparse_nans_are_read_as_zero_with_a_warning(
     rng = np.random.default_rng(1)
     data[rng.random(data.shape) < 0.002] = np.nan
     moving = _write(str(tmp_path / "nans.zarr"), data)
-    with caplog.at_level(logging.WARNING, logger="ngff_dreg.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="ngff_dreg.validate"):
         result = register(
             small_pair.fixed, moving, str(tmp_path / "out.zarr"), schedule=small_schedule(),
             client=dask_client, progress=False,
@@ -166,7 +166,7 @@ def test_int64_with_a_modest_range_is_accepted(tmp_path: Path) -> None:
 
 def test_missing_level_is_found_by_the_up_front_check(small_pair: Any) -> None:
     from ngff_dreg.io.multiscale import open_multiscale
-    from ngff_dreg.validate import check_schedule_levels
+    from ngff_dreg.schedule import check_schedule_levels
 
     geoms = [lv.geometry for lv in open_multiscale(small_pair.fixed).levels]
     ok = Schedule(GlobalStage(level=0), [BlockStage(level=1), BlockStage(level=1.0)])
