@@ -39,7 +39,7 @@ def test_local_cluster_workers_get_the_malloc_settings() -> None:
     import os
     from contextlib import ExitStack
 
-    from ngff_dreg.pipeline import _client_context
+    from ngff_dreg.cluster import client_context
 
     env = worker.worker_spawn_environ()
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
@@ -48,7 +48,7 @@ def test_local_cluster_workers_get_the_malloc_settings() -> None:
     # a value left in the environment by an earlier cluster must not win
     os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
     with ExitStack() as stack:
-        client = _client_context("local:1", stack)
+        client = client_context("local:1", stack)
         seen = client.run(
             lambda: {k: os.environ.get(k) for k in worker.WORKER_MALLOC_ENV}
         )

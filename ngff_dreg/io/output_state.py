@@ -37,6 +37,7 @@ __all__ = [
     "CHECKPOINTS",
     "MANIFEST_KEY",
     "MARKER_KEY",
+    "RESAMPLED",
     "Checkpoints",
     "OutputClaim",
     "StageReport",
@@ -61,6 +62,8 @@ MARKER_VERSION = 1
 CHECKPOINTS = "checkpoints"
 #: Attribute of the checkpoints group holding the manifest.
 MANIFEST_KEY = "ngff_dreg_manifest"
+#: Group below an output holding the resampled moving image.
+RESAMPLED = "moving_resampled"
 
 
 # ------------------------------------------------------------------ the marker

@@ -1,0 +1,180 @@
+"""One block stage of the pipeline: register blocks, reduce them to a field, score and checkpoint.
+
+:class:`BlockStageRunner` plans the stage with the engine
+(:func:`~ngff_dreg.engine.register_images`) from the transform composed so
+far, hands the reducer (:class:`~ngff_dreg.reduce.ReduceToDisplacementField`)
+a :class:`~ngff_dreg.io.field_writer.FieldSceneWriter` for the stage's scene
+(under ``output/checkpoints``, or ``output`` itself for the last stage),
+computes it on the run's client, scores the NCC on the global level and
+records the stage in the manifest. A stage finished by an earlier run with the
+same arguments is read back instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ngff_dreg.cluster import compute_stage
+from ngff_dreg.engine import register_images
+from ngff_dreg.errors import RegistrationFailedError
+from ngff_dreg.geometry import one_per_axis
+from ngff_dreg.global_stage import ncc_at_level
+from ngff_dreg.interfaces import (
+    BlockRegStatus,
+    HasReport,
+    RegistrationResult,
+    RegistrationTransformResult,
+)
+from ngff_dreg.io.field_writer import FieldSceneWriter
+from ngff_dreg.io.output_state import StageReport, output_status
+from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.reduce import ReduceToDisplacementField
+from ngff_dreg.schedule import BlockStage
+from ngff_dreg.transforms import AffineTransform
+
+if TYPE_CHECKING:
+    from ngff_dreg.run import Run
+
+__all__ = ["BlockStageRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+def _status_counts(status: npt.NDArray[Any]) -> str:
+    vals, counts = np.unique(status, return_counts=True)
+    return ", ".join(f"{BlockRegStatus(int(v)).name}={c}" for v, c in zip(vals, counts))
+
+
+@dataclass
+class BlockStageRunner:
+    """Runs (or resumes) block stage ``index`` of a :class:`~ngff_dreg.run.Run`.
+
+    Attributes
+    ----------
+    index:
+        Position of the stage in the schedule.
+    stage:
+        The stage.
+    is_last:
+        The last stage writes the run's output scene itself.
+
+    """
+
+    index: int
+    stage: BlockStage
+    is_last: bool
+
+    @property
+    def key(self) -> str:
+        """The stage's manifest key."""
+        return f"stage_{self.index}"
+
+    def __call__(self, run: Run) -> None:
+        """Advance ``run.current`` by this stage and record its report."""
+        if run.current is None:
+            run.current = AffineTransform.identity(run.inputs.ndim)
+        url = run.inputs.output if self.is_last else run.checkpoints.url(self.key)
+        if self._resume(run, url):
+            return
+        t0 = time.perf_counter()
+        f_level, m_level = run.inputs.levels(self.stage)
+        result = self._compute(run, url, f_level, m_level)
+        status = np.asarray(result.status)
+        n_ok = int((status == BlockRegStatus.SUCCESS).sum())
+        if n_ok == 0:
+            raise RegistrationFailedError(
+                f"stage {self.index} (fixed level {f_level}): no block registered "
+                f"(statuses {_status_counts(status)}); check the images overlap or pass an "
+                "initial transform"
+            )
+        previous, run.current = run.current, result.transforms.transform
+        rep = self._report(run, result, previous, f_level, m_level, t0)
+        run.last_status = status
+        run.timings[self.key] = rep.seconds
+        run.record(self.key, rep.to_json(), rep)
+        logger.info(
+            "stage %d (level %d): %d/%d blocks, NCC %.3f -> %.3f in %.1fs",
+            self.index, f_level, n_ok, status.size, rep.ncc_before or 0, rep.ncc_after or 0,
+            rep.seconds,
+        )
+        if self.is_last:
+            run.final = result.transforms
+        run.stage_done(rep)
+
+    def _resume(self, run: Run, url: str) -> bool:
+        """Read the stage back when an earlier run finished it (and its scene is complete)."""
+        entry = run.done.get(self.key)
+        if entry is None or output_status(url, run.inputs.o_opts) != "complete":
+            return False
+        opts = run.inputs.o_opts
+        run.current = read_transform(url, opts)
+        rep = StageReport.from_entry(self.key, entry)
+        run.reports.append(rep)
+        if rep.status is not None:
+            run.last_status = rep.status
+        if self.is_last:
+            run.final = RegistrationTransformResult(
+                transform=run.current, inv_transform=read_transform(url, opts, inverse=True)
+            )
+        return True
+
+    def _compute(self, run: Run, url: str, f_level: int, m_level: int) -> RegistrationResult:
+        """Plan the stage with the engine and compute it on the run's client."""
+        inputs, stage = run.inputs, self.stage
+        writer = FieldSceneWriter(
+            url, inputs.o_opts, overwrite=True, fixed_url=inputs.fixed, moving_url=inputs.moving
+        )
+        reducer = ReduceToDisplacementField(
+            field_spacing_factor=stage.field_spacing_factor, compute_inverse=True, writer=writer
+        )
+        planned = register_images(
+            fixed_reader_ctor=inputs.reader("fixed", f_level),
+            moving_reader_ctor=inputs.reader("moving", m_level),
+            block_registration_method=stage.make_method(),
+            reduce_method=reducer,
+            initial_transform=run.current,
+            fixed_chunk_size=tuple(
+                int(b) for b in one_per_axis(stage.block_size, inputs.ndim, "block_size")
+            ),
+            overlap_factors=stage.overlap,
+            block_options=run.block_options(f_level, m_level),
+        )
+        desc = f"stage {self.index} (level {f_level})"
+        return compute_stage(run.client, planned, inputs.options.progress, desc)
+
+    def _report(
+        self,
+        run: Run,
+        result: RegistrationResult,
+        previous: Any,
+        f_level: int,
+        m_level: int,
+        t0: float,
+    ) -> StageReport:
+        """The stage's report; the NCC before is the previous stage's after, when known."""
+        g_fixed, g_moving = run.inputs.global_readers()
+        last = run.reports[-1].ncc_after if run.reports else None
+        before = (
+            last
+            if last is not None
+            else run.client.submit(ncc_at_level, g_fixed, g_moving, previous).result()
+        )
+        after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current)
+        transforms = result.transforms
+        return StageReport(
+            f"stage {self.index}",
+            f_level,
+            m_level,
+            self.stage.method,
+            status=np.asarray(result.status),
+            ncc_before=before,
+            ncc_after=after.result(),
+            seconds=time.perf_counter() - t0,
+            report=dict(transforms.report or {}) if isinstance(transforms, HasReport) else {},
+        )

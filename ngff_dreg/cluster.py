@@ -1,0 +1,119 @@
+"""The dask client a run uses, and computing a planned stage on it with progress bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from typing import Any, Protocol
+
+from ngff_dreg.engine import RegistrationSchedule
+from ngff_dreg.errors import ScheduleError
+from ngff_dreg.interfaces import RegistrationResult
+from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK
+from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
+
+__all__ = ["ProgressBar", "client_context", "compute_stage", "progress_bar"]
+
+logger = logging.getLogger(__name__)
+
+
+def client_context(client: Any, stack: ExitStack) -> Any:
+    """The dask client to use: the given one, an address, or a new LocalCluster.
+
+    Parameters
+    ----------
+    client:
+        A ``distributed.Client`` (used as is), a scheduler address
+        (``"tcp://host:8786"``), ``"local:N"`` (N local single-threaded worker
+        processes) or ``None`` (one per core).
+    stack:
+        Clusters and clients started here close with it.
+
+    Raises
+    ------
+    ScheduleError
+        A ``local:N`` with N < 1.
+
+    """
+    from distributed import Client, LocalCluster
+
+    n_workers: int | None = None
+    if client is None:
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        n_workers = max(1, len(affinity) if affinity else os.cpu_count() or 1)
+    elif isinstance(client, str) and client.startswith("local:"):
+        try:
+            n_workers = int(client.split(":", 1)[1])
+        except ValueError:
+            n_workers = 0
+        if n_workers < 1:
+            raise ScheduleError(f"--scheduler {client!r}: expected local:N with N >= 1")
+    if n_workers is not None:
+        # One single-threaded process per core: ITK then runs one thread per task.
+        with worker_spawn_settings():
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                )
+            )
+        client = stack.enter_context(Client(cluster, set_as_default=False))
+        # What the default block method needs of ITK loads in every worker at
+        # once; the global stage's worker loads the rest of it.
+        warm_up_workers(client, modules=NUMPY_ENGINE_ITK)
+    elif isinstance(client, str):
+        client = stack.enter_context(Client(client, set_as_default=False))
+    link = getattr(client, "dashboard_link", None)
+    if link:
+        logging.getLogger("ngff_dreg.dashboard").info("dask dashboard: %s", link)
+    return client
+
+
+class ProgressBar(Protocol):
+    """What the pipeline uses of a ``tqdm`` bar."""
+
+    def update(self, n: int = 1) -> Any:
+        """Advance by ``n``."""
+        ...
+
+    def close(self) -> None:
+        """Finish the bar."""
+        ...
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, total: int, desc: str, unit: str = "stage") -> ProgressBar:
+    """A ``tqdm`` bar (terminal or Jupyter), or one that shows nothing."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    bar: ProgressBar = tqdm(total=total, desc=desc, unit=unit, leave=True)
+    return bar
+
+
+def compute_stage(
+    client: Any, schedule: RegistrationSchedule, progress: bool, desc: str
+) -> RegistrationResult:
+    """Compute a planned block stage on ``client`` with a per-block progress bar."""
+    from distributed import as_completed
+
+    futures = client.compute([*schedule.block_results, schedule.registration_result])
+    blocks, final = futures[:-1], futures[-1]
+    bar = progress_bar(progress, len(blocks), desc, unit="block")
+    for _ in as_completed(blocks, loop=client.loop):
+        bar.update(1)
+    bar.close()
+    result: RegistrationResult = final.result()
+    return result

@@ -1,0 +1,433 @@
+"""One registration run: what it reads (checked before anything is written) and what it has done.
+
+:func:`open_inputs` opens the two pyramids, resolves the schedule's levels,
+checks the data and converts the initial transform, once, into
+:class:`RunInputs`. A :class:`Run` is then handed from stage runner to stage
+runner (:mod:`ngff_dreg.global_stage`, :mod:`ngff_dreg.block_stage`): the
+transform composed so far, the stage reports, the checkpoint manifest and the
+dask client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ngff_dreg.engine import BlockOptions
+from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import ItkTransformLike, RegistrationResult, RegistrationTransformResult
+from ngff_dreg.io.multiscale import open_multiscale
+from ngff_dreg.io.output_state import (
+    Checkpoints,
+    OutputClaim,
+    StageReport,
+    fingerprint,
+    set_status,
+)
+from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.stores import location_key
+from ngff_dreg.schedule import (
+    BlockStage,
+    Schedule,
+    check_schedule_levels,
+    default_global_level,
+    matching_level,
+    resolve_level,
+)
+from ngff_dreg.transforms import AffineTransform, TransformChain
+from ngff_dreg.validate import check_level_data, check_overlap
+
+__all__ = ["Run", "RunInputs", "RunOptions", "as_initial_transform", "open_inputs", "open_masks"]
+
+StorageOptions = dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every keyword of :func:`ngff_dreg.register` (the URLs aside).
+
+    Attributes
+    ----------
+    schedule:
+        A :class:`~ngff_dreg.schedule.Schedule`, a path to a TOML/YAML
+        schedule, or ``None`` for :meth:`Schedule.default` adapted to the
+        fixed pyramid.
+    client:
+        A ``dask.distributed.Client``, a scheduler address
+        (``"tcp://host:8786"``), ``"local:N"``, or ``None`` to start a
+        process-based LocalCluster sized to the machine.
+    storage_options:
+        fsspec options for every URL; the specific ``*_storage_options``
+        override them per URL. Never logged.
+    fixed_storage_options, moving_storage_options, output_storage_options:
+        See ``storage_options``.
+    initial_transform:
+        Skip the automatic start: an ``itk`` linear transform, an
+        ``(ndim+1)²`` matrix, an :class:`~ngff_dreg.transforms.AffineTransform`,
+        a :class:`~ngff_dreg.transforms.TransformChain`, or the URL of an NGFF
+        transform scene.
+    resample:
+        Also write the moving image resampled into fixed space at
+        ``output/moving_resampled``.
+    overwrite:
+        Start afresh, replacing whatever is at ``output``. Without it, an
+        output left by an interrupted run with the same arguments is resumed,
+        and any other existing output is an error.
+    progress:
+        Show progress bars (terminal or Jupyter).
+    signal_threshold:
+        Fixed blocks with under 5 % of voxels above this value are skipped
+        as background.
+    fixed_mask, moving_mask:
+        URLs of OME-Zarr label/mask images (e.g. ``fixed.ome.zarr/labels/brain``)
+        in the same physical space as their image; blocks outside the masks are
+        skipped (``NO_SIGNAL``) before any moving voxel is read. Their storage
+        options are those of the fixed/moving image.
+    channel, time_index:
+        Index of the channel / time point to register.
+    on_stage_done:
+        Optional callback ``f(stage_report)`` after each stage (tests use it
+        to interrupt a run).
+    into_fixed:
+        Also write the transform into the fixed image's own group, as an NGFF
+        0.6 transform from its intrinsic coordinate system to a new one named
+        after the moving image (or this string). Checked before the run starts.
+        See :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`.
+    upgrade_fixed:
+        With ``into_fixed``, allow rewriting a 0.5 fixed image's metadata as
+        0.6 (arrays untouched; the old metadata is kept).
+
+    """
+
+    schedule: Schedule | str | None = None
+    client: Any = None
+    storage_options: Mapping[str, Any] | None = None
+    fixed_storage_options: Mapping[str, Any] | None = None
+    moving_storage_options: Mapping[str, Any] | None = None
+    output_storage_options: Mapping[str, Any] | None = None
+    initial_transform: Any = None
+    resample: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    signal_threshold: float | None = None
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
+    channel: int = 0
+    time_index: int = 0
+    on_stage_done: Callable[[StageReport], Any] | None = None
+    into_fixed: bool | str = False
+    upgrade_fixed: bool = False
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> RunOptions:
+        """The options named in ``namespace`` (``register``'s ``locals()``)."""
+        return cls(**{f.name: namespace[f.name] for f in fields(cls)})
+
+    def storage(self, specific: Mapping[str, Any] | None) -> StorageOptions:
+        """``storage_options`` overridden by one URL's own options (``None`` if empty)."""
+        return {**dict(self.storage_options or {}), **dict(specific or {})} or None
+
+
+@dataclass
+class RunInputs:
+    """What a run reads, opened and checked.
+
+    Attributes
+    ----------
+    fixed, moving, output:
+        The URLs.
+    options:
+        The run's options.
+    f_opts, m_opts, o_opts:
+        Storage options of each URL.
+    fixed_geoms, moving_geoms:
+        Geometry of every pyramid level (the moving one in the fixed unit).
+    unit:
+        The unit both pyramids are read in.
+    schedule:
+        The schedule, loaded or defaulted.
+    g_level, gm_level:
+        Fixed and moving levels of the global stage (and of every stage's NCC).
+    g_fixed, g_moving:
+        Reader constructors of those levels (their metadata read once).
+    initial:
+        The initial transform, converted once (``None``: none given).
+    into_name:
+        Coordinate-system name for ``into_fixed`` (``None``: not requested).
+
+    """
+
+    fixed: str
+    moving: str
+    output: str
+    options: RunOptions
+    f_opts: StorageOptions
+    m_opts: StorageOptions
+    o_opts: StorageOptions
+    fixed_geoms: list[ImageGeometry]
+    moving_geoms: list[ImageGeometry]
+    unit: str | None
+    schedule: Schedule
+    g_level: int = 0
+    gm_level: int = 0
+    g_fixed: OMEZarrReaderConstructor | None = None
+    g_moving: OMEZarrReaderConstructor | None = None
+    initial: Any = None
+    into_name: str | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions."""
+        return self.fixed_geoms[0].ndim
+
+    def reader(self, which: str, level: int) -> OMEZarrReaderConstructor:
+        """Reader constructor of one level of the fixed or the moving image."""
+        url, opts = (self.fixed, self.f_opts) if which == "fixed" else (self.moving, self.m_opts)
+        return OMEZarrReaderConstructor(
+            url, level=level, storage_options=opts, channel=self.options.channel,
+            time=self.options.time_index, unit=self.unit,
+        )
+
+    def global_readers(self) -> tuple[OMEZarrReaderConstructor, OMEZarrReaderConstructor]:
+        """Fixed and moving readers of the global level (the NCC is scored there)."""
+        if self.g_fixed is None or self.g_moving is None:
+            self.g_fixed = self.reader("fixed", self.g_level)
+            self.g_moving = self.reader("moving", self.gm_level)
+        return self.g_fixed, self.g_moving
+
+    def levels(self, stage: BlockStage) -> tuple[int, int]:
+        """Fixed and moving level of a block stage."""
+        f_level = resolve_level(self.fixed_geoms, stage.level, what=f"fixed image {self.fixed}")
+        return f_level, matching_level(self.moving_geoms, self.fixed_geoms[f_level].spacing)
+
+    def fingerprint(self) -> str:
+        """The run's identity: a rerun with the same one resumes."""
+        o = self.options
+        return fingerprint(
+            {
+                "fixed": self.fixed,
+                "moving": self.moving,
+                "schedule": self.schedule.to_dict(),
+                "channel": o.channel,
+                "time": o.time_index,
+                "initial": repr(self.initial),
+                "threshold": o.signal_threshold,
+                "masks": [o.fixed_mask, o.moving_mask],
+            }
+        )
+
+
+def as_initial_transform(
+    initial: Any, ndim: int, storage_options: Mapping[str, Any] | None
+) -> AffineTransform | TransformChain | None:
+    """A user's initial transform as an :class:`AffineTransform` or :class:`TransformChain`."""
+    if initial is None:
+        return None
+    if isinstance(initial, (AffineTransform, TransformChain)):
+        return initial
+    if isinstance(initial, str):
+        from ngff_dreg.io.transform_reader import read_transform
+
+        return read_transform(initial, storage_options)
+    if isinstance(initial, ItkTransformLike):
+        return AffineTransform.from_itk(initial)
+    arr = np.asarray(initial, dtype=np.float64)
+    if arr.shape == (ndim + 1, ndim + 1):
+        return AffineTransform.from_homogeneous(arr)
+    if arr.shape == (ndim, ndim + 1):
+        return AffineTransform.from_arrays(arr[:, :ndim], arr[:, ndim])
+    raise ScheduleError(f"initial transform matrix must be {ndim + 1}x{ndim + 1}, got {arr.shape}")
+
+
+def _same_location(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` are the same location or one is inside the other."""
+    na, nb = location_key(a), location_key(b)
+    return na == nb or na.startswith(nb + "/") or nb.startswith(na + "/")
+
+
+def _into_name(fixed: str, moving: str, output: str, options: RunOptions) -> str | None:
+    """The coordinate-system name for ``into_fixed``, checked before the run starts."""
+    if not options.into_fixed:
+        return None
+    from ngff_dreg.io.image_transform_writer import check_into_image, default_system_name
+
+    into = options.into_fixed
+    name = into if isinstance(into, str) else default_system_name(moving)
+    check_into_image(fixed, name, storage_options=options.storage(options.fixed_storage_options),
+                     overwrite=options.overwrite, upgrade=options.upgrade_fixed,
+                     scene_url=output)
+    return name
+
+
+def _pyramids(
+    fixed: str, moving: str, f_opts: StorageOptions, m_opts: StorageOptions
+) -> tuple[list[ImageGeometry], list[ImageGeometry], str | None]:
+    """Level geometries of both images, the moving one in the fixed image's unit."""
+    fms = open_multiscale(fixed, f_opts)
+    mms = open_multiscale(moving, m_opts)
+    if fms.ndim != mms.ndim:
+        raise IncompatibleImagesError(
+            f"fixed image {fixed} is {fms.ndim}-D but moving image {moving} is {mms.ndim}-D"
+        )
+    unit = fms.levels[0].geometry.unit or mms.levels[0].geometry.unit
+    moving_ms = open_multiscale(moving, m_opts, unit=unit) if unit else mms
+    return [lvl.geometry for lvl in fms.levels], [lvl.geometry for lvl in moving_ms.levels], unit
+
+
+def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> RunInputs:
+    """Open and check everything a run reads; nothing is written.
+
+    Raises
+    ------
+    IncompatibleImagesError
+        The output is (inside) an input, the images differ in dimension or do
+        not overlap.
+    ScheduleError, LevelNotFoundError
+        The schedule has no block stage or names a missing level.
+    InvalidInputDataError
+        A global-level image is empty, mostly NaN or constant.
+
+    """
+    f_opts = options.storage(options.fixed_storage_options)
+    m_opts = options.storage(options.moving_storage_options)
+    o_opts = options.storage(options.output_storage_options)
+    for url in (fixed, moving):
+        if _same_location(url, output):
+            raise IncompatibleImagesError(
+                f"output {output} is (inside) input {url}: write the transform somewhere else"
+            )
+    into_name = _into_name(fixed, moving, output, options)
+    fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts)
+    schedule = options.schedule
+    if isinstance(schedule, str):
+        schedule = Schedule.load(schedule)
+    schedule = schedule or Schedule.default(fixed_geoms)
+    if not schedule.stages:
+        raise ScheduleError("the schedule has no block stage")
+    check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
+    check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
+    inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
+                       moving_geoms, unit, schedule, into_name=into_name)
+    gs = schedule.global_stage
+    inputs.g_level = (
+        resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
+        if gs is not None and gs.level is not None
+        else default_global_level(fixed_geoms, 48)
+    )
+    inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
+    for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
+        check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
+    inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+    return inputs
+
+
+MaskLevels = dict[str, tuple[str, StorageOptions, list[ImageGeometry]]]
+
+
+def open_masks(inputs: RunInputs) -> MaskLevels:
+    """Level geometries of the fixed and moving masks that were given."""
+    o = inputs.options
+    return {
+        name: (url, opts, [lvl.geometry for lvl in open_multiscale(url, opts, unit=inputs.unit)
+                           .levels])
+        for name, url, opts in (("fixed", o.fixed_mask, inputs.f_opts),
+                                ("moving", o.moving_mask, inputs.m_opts))
+        if url is not None
+    }
+
+
+@dataclass
+class Run:
+    """A registration run in progress, handed from stage runner to stage runner.
+
+    Attributes
+    ----------
+    inputs:
+        What the run reads.
+    client:
+        The dask client the stages run on.
+    claim:
+        The output's state before the run, and the manifest being updated.
+    masks:
+        :func:`open_masks` of the run.
+    current:
+        The fixed→moving transform composed so far (``None`` before any).
+    final:
+        The last block stage's forward and inverse transforms.
+    last_status:
+        The last block stage's status grid.
+    reports, timings:
+        One :class:`StageReport` per stage, wall times by stage key.
+
+    """
+
+    inputs: RunInputs
+    client: Any
+    claim: OutputClaim
+    masks: MaskLevels = field(default_factory=dict)
+    current: Any = None
+    final: RegistrationTransformResult | None = None
+    last_status: npt.NDArray[np.integer[Any]] = field(
+        default_factory=lambda: np.zeros((0,), dtype=np.int16)
+    )
+    reports: list[StageReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"global": 0.0})
+    checkpoints: Checkpoints = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.checkpoints = Checkpoints(self.inputs.output, self.inputs.o_opts)
+        if self.current is None:
+            self.current = self.inputs.initial
+
+    @property
+    def done(self) -> dict[str, Any]:
+        """Manifest entries of the finished stages, by key."""
+        stages: dict[str, Any] = self.claim.manifest["stages"]
+        return stages
+
+    def record(self, key: str, entry: Mapping[str, Any], report: StageReport) -> None:
+        """Keep a finished stage's report and checkpoint it in the manifest."""
+        self.reports.append(report)
+        self.done[key] = dict(entry)
+        self.checkpoints.write(self.claim.manifest)
+
+    def stage_done(self, report: StageReport) -> None:
+        """Tell the caller a stage finished (``on_stage_done``)."""
+        if self.inputs.options.on_stage_done:
+            self.inputs.options.on_stage_done(report)
+
+    def complete_finished_output(self) -> None:
+        """Mark complete again a same-run output whose every stage is finished.
+
+        Only the resample was interrupted then (it marks the finished scene
+        incomplete while it writes).
+        """
+        last_key = f"stage_{len(self.inputs.schedule.stages) - 1}"
+        if self.claim.same_run and last_key in self.done and self.claim.state == "incomplete":
+            set_status(self.inputs.output, self.inputs.o_opts, "complete")
+
+    def block_options(self, f_level: int, m_level: int) -> BlockOptions:
+        """Engine settings of a block stage: the signal threshold, and masks at matching levels."""
+        masks: dict[str, Any] = {}
+        for name, (url, opts, geoms) in self.masks.items():
+            levels = self.inputs.fixed_geoms if name == "fixed" else self.inputs.moving_geoms
+            spacing = levels[f_level if name == "fixed" else m_level].spacing
+            masks[f"{name}_mask"] = OMEZarrReaderConstructor(
+                url, level=matching_level(geoms, spacing), storage_options=opts,
+                unit=self.inputs.unit,
+            )
+        return BlockOptions(signal_threshold=self.inputs.options.signal_threshold, **masks)
+
+    def result(self, t_start: float) -> RegistrationResult:
+        """The run's :class:`RegistrationResult` (total wall time from ``t_start``)."""
+        self.timings["total"] = time.perf_counter() - t_start
+        if self.final is None:
+            raise RegistrationFailedError("the run produced no transform")
+        return RegistrationResult(transforms=self.final, status=self.last_status,
+                                  levels=self.reports, timings=self.timings)
