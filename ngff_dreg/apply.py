@@ -237,7 +237,6 @@ def apply_transform(
 
     """
     import dask
-    import dask.array as da
 
     from ngff_dreg.io.image_writer import write_multiscale
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
@@ -258,16 +257,7 @@ def apply_transform(
     ch = tuple(int(c) for c in one_per_axis(default if chunks is None else chunks, fixed.ndim,
                                              "chunks"))
     ch = tuple(min(c, n) for c, n in zip(ch, fixed.shape))
-    template = da.empty(fixed.shape, chunks=ch, dtype=bool)
-
-    def block(_: Any, block_info: Any = None, tx: Any = None) -> npt.NDArray[Any]:
-        loc = block_info[None]["array-location"]
-        box = Box(tuple(a for a, _ in loc), tuple(b for _, b in loc))
-        return warp_chunk(box, fixed, tx, moving_ctor, order=order, fill_value=fill_value,
-                          dtype=dtype)
-
-    warped = da.map_blocks(block, template, dtype=dtype, tx=chain,
-                           meta=np.empty((0,) * fixed.ndim, dtype))
+    warped = _warped(fixed, chain, moving_ctor, ch, order, fill_value, dtype)
     logger.info("resampling %d chunks of %s into fixed space", warped.npartitions, fixed.shape)
     if compute:
         ctx = dask.config.set(scheduler=scheduler) if scheduler is not None else _null()
@@ -276,6 +266,30 @@ def apply_transform(
                              chunks=ch, storage_options=opts(output_storage_options),
                              overwrite=overwrite, name="resampled", dtype=dtype)
     return fixed
+
+
+def _warped(
+    fixed: ImageGeometry,
+    chain: Any,
+    moving_ctor: Any,
+    chunks: tuple[int, ...],
+    order: int,
+    fill_value: float,
+    dtype: np.dtype[Any],
+) -> Any:
+    """The moving image in fixed space as a lazy dask array, one :func:`warp_chunk` per chunk."""
+    import dask.array as da
+
+    template = da.empty(fixed.shape, chunks=chunks, dtype=bool)
+
+    def block(_: Any, block_info: Any = None, tx: Any = None) -> npt.NDArray[Any]:
+        loc = block_info[None]["array-location"]
+        box = Box(tuple(a for a, _ in loc), tuple(b for _, b in loc))
+        return warp_chunk(box, fixed, tx, moving_ctor, order=order, fill_value=fill_value,
+                          dtype=dtype)
+
+    return da.map_blocks(block, template, dtype=dtype, tx=chain,
+                         meta=np.empty((0,) * fixed.ndim, dtype))
 
 
 class _null:

@@ -42,7 +42,7 @@ from ngff_dreg.interfaces import (
     SupportsBuildGraph,
     SupportsToItk,
 )
-from ngff_dreg.itk_bridge import portable_domain, read_region, reader_geometry
+from ngff_dreg.itk_bridge import image_from_array, portable_domain, read_region, reader_geometry
 from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import has_signal
 
@@ -152,6 +152,92 @@ def _map_points(transform: Any) -> Any:
     return lambda pts: map_points(transform, pts)
 
 
+@dataclass
+class _PreparedBlock:
+    """What a block method is called with (besides the block info)."""
+
+    fixed_image: Any
+    moving_image: Any
+    initial: Any
+
+
+def _failed(status: BlockRegStatus, message: str) -> BlockPairRegistrationResult:
+    return BlockPairRegistrationResult.failed(status, message)
+
+
+def _method_initial(
+    method: BlockPairRegistrationMethod, initial: Any, geometry: ImageGeometry, padded: Box
+) -> Any:
+    """The initial transform as the method takes it: unconverted, or an ``itk.Transform``."""
+    if (
+        isinstance(method, AcceptsNgffTransforms)
+        and method.accepts_ngff_transforms
+        and isinstance(initial, (AffineTransform, TransformChain))
+    ):
+        return initial  # the method applies it itself
+    near = geometry.sample_points(padded, per_axis=3)
+    return _as_itk_transform(initial, near)
+
+
+def _prepare_block(
+    plan: BlockPlan,
+    fixed_reader_ctor: ConstructReaderMethod,
+    moving_reader_ctor: ConstructReaderMethod,
+    method: BlockPairRegistrationMethod,
+    initial_transform: Any,
+    options: BlockOptions,
+) -> _PreparedBlock | BlockPairRegistrationResult:
+    """Read the padded fixed block and the moving region it maps to, as ITK images.
+
+    A block skipped on the way (no signal, outside a mask or the moving image)
+    is returned as its failed result; the moving image is read last.
+    """
+    fixed_reader = fixed_reader_ctor()
+    fixed_geometry = reader_geometry(fixed_reader_ctor)
+    fixed = read_region(fixed_reader, plan.padded)
+    inner = fixed[plan.box.relative_to(plan.padded)]
+    if not has_signal(
+        inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
+    ):
+        return _failed(BlockRegStatus.NO_SIGNAL, "no signal")
+    if options.fixed_mask is not None and not _mask_covers(
+        options.fixed_mask, fixed_geometry, plan.padded
+    ):
+        return _failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
+    moving_geometry = reader_geometry(moving_reader_ctor)
+    pad = options.moving_pad_voxels
+    if pad is None:
+        pad = max(4, *(p - b for p, b in zip(plan.padded.shape, plan.box.shape)))
+    mbox, inside = moving_region(
+        fixed_geometry,
+        plan.padded,
+        moving_geometry,
+        _map_points(initial_transform),
+        per_axis=options.points_per_axis,
+        pad_voxels=pad,
+    )
+    if mbox is None:
+        return _failed(
+            BlockRegStatus.OUT_OF_BOUNDS,
+            f"only {inside:.0%} of the block maps inside the moving image",
+        )
+    if options.moving_mask is not None and not _mask_covers(
+        options.moving_mask, moving_geometry, mbox
+    ):
+        return _failed(BlockRegStatus.NO_SIGNAL, "outside the moving mask")
+    moving_reader = moving_reader_ctor()
+    moving = read_region(moving_reader, mbox)
+    if not np.all(np.isfinite(fixed)) or not np.all(np.isfinite(moving)):
+        fixed = np.nan_to_num(fixed.astype(np.float32, copy=False))
+        moving = np.nan_to_num(moving.astype(np.float32, copy=False))
+    fixed_image = image_from_array(
+        fixed.astype(np.float32, copy=False), fixed_geometry, plan.padded, requested=plan.box
+    )
+    moving_image = image_from_array(moving.astype(np.float32, copy=False), moving_geometry, mbox)
+    initial = _method_initial(method, initial_transform, fixed_geometry, plan.padded)
+    return _PreparedBlock(fixed_image, moving_image, initial)
+
+
 def register_block(
     plan: BlockPlan,
     fixed_reader_ctor: ConstructReaderMethod,
@@ -166,16 +252,12 @@ def register_block(
     Reads only the padded fixed block and the moving region it maps to. A block
     with no signal is skipped before the moving image is read.
     """
-    from ngff_dreg.itk_bridge import image_from_array
     from ngff_dreg.worker import prepare_worker
 
     t0 = time.perf_counter()
     name = f"block {plan.info.chunk_index}"
-    modules = (
-        block_registration_method.itk_modules
-        if isinstance(block_registration_method, DeclaresItkModules)
-        else None
-    )
+    method = block_registration_method
+    modules = method.itk_modules if isinstance(method, DeclaresItkModules) else None
     prepare_worker(options.itk_threads, modules=modules)
 
     def located(result: BlockPairRegistrationResult) -> LocatedBlockResult:
@@ -183,94 +265,29 @@ def register_block(
         return LocatedBlockResult(result=result, fixed_info=plan.info)
 
     try:
-        fixed_reader = fixed_reader_ctor()
-        fixed_geometry = reader_geometry(fixed_reader_ctor)
-        fixed = read_region(fixed_reader, plan.padded)
-        inner = fixed[plan.box.relative_to(plan.padded)]
-        if not has_signal(
-            inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
-        ):
-            return located(
-                BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "no signal")
-            )
-        if options.fixed_mask is not None and not _mask_covers(
-            options.fixed_mask, fixed_geometry, plan.padded
-        ):
-            return located(
-                BlockPairRegistrationResult.failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
-            )
-        moving_geometry = reader_geometry(moving_reader_ctor)
-        pad = options.moving_pad_voxels
-        if pad is None:
-            pad = max(4, *(p - b for p, b in zip(plan.padded.shape, plan.box.shape)))
-        mbox, inside = moving_region(
-            fixed_geometry,
-            plan.padded,
-            moving_geometry,
-            _map_points(initial_transform),
-            per_axis=options.points_per_axis,
-            pad_voxels=pad,
+        prepared = _prepare_block(
+            plan, fixed_reader_ctor, moving_reader_ctor, method, initial_transform, options
         )
-        if mbox is None:
-            return located(
-                BlockPairRegistrationResult.failed(
-                    BlockRegStatus.OUT_OF_BOUNDS,
-                    f"only {inside:.0%} of the block maps inside the moving image",
-                )
-            )
-        if options.moving_mask is not None and not _mask_covers(
-            options.moving_mask, moving_geometry, mbox
-        ):
-            return located(
-                BlockPairRegistrationResult.failed(
-                    BlockRegStatus.NO_SIGNAL, "outside the moving mask"
-                )
-            )
-        moving_reader = moving_reader_ctor()
-        moving = read_region(moving_reader, mbox)
-        if not np.all(np.isfinite(fixed)) or not np.all(np.isfinite(moving)):
-            fixed = np.nan_to_num(fixed.astype(np.float32, copy=False))
-            moving = np.nan_to_num(moving.astype(np.float32, copy=False))
-        fixed_image = image_from_array(
-            fixed.astype(np.float32, copy=False), fixed_geometry, plan.padded, requested=plan.box
-        )
-        moving_image = image_from_array(
-            moving.astype(np.float32, copy=False), moving_geometry, mbox
-        )
-        if (
-            isinstance(block_registration_method, AcceptsNgffTransforms)
-            and block_registration_method.accepts_ngff_transforms
-            and isinstance(initial_transform, (AffineTransform, TransformChain))
-        ):
-            itk_initial = initial_transform  # the method applies it itself
-        else:
-            near = fixed_geometry.sample_points(plan.padded, per_axis=3)
-            itk_initial = _as_itk_transform(initial_transform, near)
     except Exception as exc:  # I/O or set-up failure: report, do not stop the run
         worker_logger.warning("%s: could not prepare block: %s", name, exc)
-        return located(
-            BlockPairRegistrationResult.failed(
-                BlockRegStatus.FAILURE, f"{type(exc).__name__}: {exc}"
-            )
-        )
+        return located(_failed(BlockRegStatus.FAILURE, f"{type(exc).__name__}: {exc}"))
+    if isinstance(prepared, BlockPairRegistrationResult):
+        return located(prepared)
     try:
-        result = block_registration_method(
-            fixed_image, moving_image, itk_initial, plan.info, **method_kwargs
+        result = method(
+            prepared.fixed_image, prepared.moving_image, prepared.initial, plan.info,
+            **method_kwargs,
         )
     except Exception as exc:
         worker_logger.warning(
             "%s: block method %s raised %s: %s",
             name,
-            type(block_registration_method).__name__,
+            type(method).__name__,
             type(exc).__name__,
             exc,
         )
         logger.debug("%s traceback:\n%s", name, traceback.format_exc())
-        return located(
-            BlockPairRegistrationResult.failed(
-                BlockRegStatus.METHOD_ERROR, f"{type(exc).__name__}: {exc}"
-            )
-        )
+        return located(_failed(BlockRegStatus.METHOD_ERROR, f"{type(exc).__name__}: {exc}"))
     if not isinstance(result, BlockPairRegistrationResult):
         result = _coerce_result(result)
     return located(_portable(result))
@@ -331,6 +348,95 @@ def _coarsen_for_graph_size(
     return coarser
 
 
+def _block_grid(
+    fixed_reader_ctor: Any,
+    fixed_geometry: ImageGeometry,
+    moving_geometry: ImageGeometry,
+    fixed_chunk_size: Sequence[int] | None,
+    overlap_factors: Sequence[float] | float | None,
+) -> tuple[tuple[int, ...], list[BlockPlan], tuple[tuple[int, ...], ...]]:
+    """``(block shape, block plans, dask-style chunks)`` of a stage; shapes are checked."""
+    if fixed_geometry.ndim != moving_geometry.ndim:
+        raise IncompatibleImagesError(
+            f"fixed image is {fixed_geometry.ndim}-D but moving image is "
+            f"{moving_geometry.ndim}-D; both need the same spatial dimensionality"
+        )
+    if fixed_geometry.ndim not in (2, 3):
+        raise IncompatibleImagesError(
+            f"{fixed_geometry.ndim}-D images are not supported (2-D or 3-D)"
+        )
+    chunk = _chunk_shape(fixed_reader_ctor)
+    try:
+        block = align_block_shape(fixed_chunk_size, chunk, fixed_geometry.shape)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from exc
+    block = _coarsen_for_graph_size(fixed_geometry.shape, block, chunk)
+    try:
+        plans, chunks = plan_blocks(fixed_geometry.shape, block, overlap_factors)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from exc
+    logger.info(
+        "planned %d blocks (grid %s, block %s, overlap %s)",
+        len(plans),
+        tuple(len(c) for c in chunks),
+        block,
+        overlap_factors,
+    )
+    return block, plans, chunks
+
+
+def _block_tasks(
+    plans: list[BlockPlan],
+    shared: dict[str, Any],
+    options: BlockOptions,
+    kwargs: dict[str, Any],
+    token: str,
+) -> list[Delayed]:
+    """One :func:`register_block` task per block, named after its grid index."""
+    return [
+        dask.delayed(register_block, pure=True)(
+            plan,
+            options=options,
+            method_kwargs=kwargs,
+            dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
+            **shared,
+        )
+        for plan in plans
+    ]
+
+
+def _reduction(
+    reduce_method: ReduceResultsMethod,
+    block_results: list[Delayed],
+    plans: list[BlockPlan],
+    fixed_geometry: ImageGeometry,
+    fixed_reader_ctor: Any,
+    initial_transform: Any,
+    shared: dict[str, Any],
+    token: str,
+    kwargs: dict[str, Any],
+) -> Delayed:
+    """The reduce node: a reducer's own graph, or one itk-dreg style call on every result."""
+    if isinstance(reduce_method, SupportsBuildGraph):
+        graph: Delayed = reduce_method.build_graph(
+            block_results=block_results,
+            block_boxes=[p.padded for p in plans],
+            fixed_geometry=fixed_geometry,
+            initial_transform=initial_transform,
+            fixed_reader_ctor=fixed_reader_ctor,
+            **kwargs,
+        )
+        return graph
+    call: Delayed = dask.delayed(reduce_method, pure=True)(
+        block_results=block_results,
+        fixed_reader_ctor=shared["fixed_reader_ctor"],
+        initial_transform=shared["initial_transform"],
+        dask_key_name=f"reduce-{token}",
+        **kwargs,
+    )
+    return call
+
+
 def register_images(
     fixed_reader_ctor: ConstructReaderMethod,
     moving_reader_ctor: ConstructReaderMethod,
@@ -388,35 +494,10 @@ def register_images(
     options = block_options or BlockOptions()
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     moving_geometry = reader_geometry(moving_reader_ctor)
-    if fixed_geometry.ndim != moving_geometry.ndim:
-        raise IncompatibleImagesError(
-            f"fixed image is {fixed_geometry.ndim}-D but moving image is "
-            f"{moving_geometry.ndim}-D; both need the same spatial dimensionality"
-        )
-    if fixed_geometry.ndim not in (2, 3):
-        raise IncompatibleImagesError(
-            f"{fixed_geometry.ndim}-D images are not supported (2-D or 3-D)"
-        )
-    chunk = _chunk_shape(fixed_reader_ctor)
-    try:
-        block = align_block_shape(fixed_chunk_size, chunk, fixed_geometry.shape)
-    except ValueError as exc:
-        raise ScheduleError(str(exc)) from exc
-    block = _coarsen_for_graph_size(fixed_geometry.shape, block, chunk)
-    try:
-        plans, chunks = plan_blocks(fixed_geometry.shape, block, overlap_factors)
-    except ValueError as exc:
-        raise ScheduleError(str(exc)) from exc
-    fixed_da = da.empty(fixed_geometry.shape, chunks=chunks, dtype=np.float32)
-    grid_shape = tuple(len(c) for c in chunks)
-    logger.info(
-        "planned %d blocks (grid %s, block %s, overlap %s)",
-        len(plans),
-        grid_shape,
-        block,
-        overlap_factors,
+    block, plans, chunks = _block_grid(
+        fixed_reader_ctor, fixed_geometry, moving_geometry, fixed_chunk_size, overlap_factors
     )
-
+    grid_shape = tuple(len(c) for c in chunks)
     token = tokenize(
         fixed_reader_ctor,
         moving_reader_ctor,
@@ -433,33 +514,9 @@ def register_images(
         "block_registration_method": dask.delayed(block_registration_method, pure=True),
         "initial_transform": dask.delayed(initial_transform, pure=True),
     }
-    block_results = [
-        dask.delayed(register_block, pure=True)(
-            plan,
-            options=options,
-            method_kwargs=kwargs,
-            dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-            **shared,
-        )
-        for plan in plans
-    ]
-    if isinstance(reduce_method, SupportsBuildGraph):
-        reduced = reduce_method.build_graph(
-            block_results=block_results,
-            block_boxes=[p.padded for p in plans],
-            fixed_geometry=fixed_geometry,
-            initial_transform=initial_transform,
-            fixed_reader_ctor=fixed_reader_ctor,
-            **kwargs,
-        )
-    else:
-        reduced = dask.delayed(reduce_method, pure=True)(
-            block_results=block_results,
-            fixed_reader_ctor=shared["fixed_reader_ctor"],
-            initial_transform=shared["initial_transform"],
-            dask_key_name=f"reduce-{token}",
-            **kwargs,
-        )
+    block_results = _block_tasks(plans, shared, options, kwargs, token)
+    reduced = _reduction(reduce_method, block_results, plans, fixed_geometry, fixed_reader_ctor,
+                         initial_transform, shared, token, kwargs)
     status = dask.delayed(_status_grid, pure=True)(
         grid_shape, *block_results, dask_key_name=f"block-status-{token}"
     )
@@ -468,7 +525,7 @@ def register_images(
     )
     return RegistrationSchedule(
         registration_result=result,
-        fixed_da=fixed_da,
+        fixed_da=da.empty(fixed_geometry.shape, chunks=chunks, dtype=np.float32),
         blocks=plans,
         block_results=block_results,
         fixed_geometry=fixed_geometry,

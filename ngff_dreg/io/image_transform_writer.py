@@ -239,21 +239,7 @@ def write_transform_into_image(
     """
     scene_opts = scene_storage_options if scene_storage_options is not None else storage_options
     safe_fixed = redact_url(fixed_url)
-    scene_attrs = read_scene_attributes(scene_url, scene_opts)
-    marker = scene_attrs.get(MARKER_KEY) or {}
-    images = marker.get("images") or {}
-    recorded = images.get("fixed")
-    if recorded and location_key(str(recorded)) != location_key(redact_url(fixed_url)):
-        raise IncompatibleImagesError(
-            f"{redact_url(scene_url)} registers fixed image {redact_url(recorded)}, "
-            f"not {safe_fixed}"
-        )
-    transform = scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
-    if transform.get("type") != "bijection":
-        raise InvalidMetadataError(
-            f"{redact_url(scene_url)}: the scene's transform is not a bijection; "
-            "only a forward+inverse registration can be written into an image"
-        )
+    transform, images = _scene_registration(scene_url, scene_opts, fixed_url)
     name = name or default_system_name(images.get("moving"))
 
     try:
@@ -265,12 +251,59 @@ def write_transform_into_image(
     attrs = dict(fixed_group.attrs.asdict())
     version, new_attrs, intrinsic, world, ours = _plan(attrs, safe_fixed, name, overwrite,
                                                        upgrade, scene_url)
-    ome = new_attrs["ome"]
-    ms = ome["multiscales"][0]
-    systems = list(ms.get("coordinateSystems", []))
-    cts = list(ms.get("coordinateTransformations", []) or [])
-
     # 1. Fields first, in a group marked incomplete.
+    mapping = _copy_fields(fixed_group, safe_fixed, scene_url, scene_opts, transform, name)
+    # 2. The image's metadata last, in one write.
+    ms = new_attrs["ome"]["multiscales"][0]
+    _add_registration(ms, transform, mapping, world, intrinsic, name, ours)
+    own = dict(new_attrs.get(MARKER_KEY) or {})
+    if version == "0.5" and "previous_ome" not in own:
+        own["previous_ome"] = attrs["ome"]
+    regs = dict(own.get("registrations") or {})
+    regs[name] = {"scene": redact_url(scene_url),
+                  "moving": redact_url(images["moving"]) if images.get("moving") else None}
+    own["registrations"] = regs
+    new_attrs[MARKER_KEY] = own
+    fixed_group.attrs.put(new_attrs)
+    logger.info("wrote the registration into %s as coordinate system %r%s", safe_fixed, name,
+                " (metadata upgraded 0.5 -> 0.6)" if version == "0.5" else "")
+    return name
+
+
+def _scene_registration(
+    scene_url: str, scene_opts: Mapping[str, Any] | None, fixed_url: str
+) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The scene's bijection and recorded images, checked to register ``fixed_url``."""
+    scene_attrs = read_scene_attributes(scene_url, scene_opts)
+    marker = scene_attrs.get(MARKER_KEY) or {}
+    images = marker.get("images") or {}
+    recorded = images.get("fixed")
+    if recorded and location_key(str(recorded)) != location_key(redact_url(fixed_url)):
+        raise IncompatibleImagesError(
+            f"{redact_url(scene_url)} registers fixed image {redact_url(recorded)}, "
+            f"not {redact_url(fixed_url)}"
+        )
+    transform = scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
+    if transform.get("type") != "bijection":
+        raise InvalidMetadataError(
+            f"{redact_url(scene_url)}: the scene's transform is not a bijection; "
+            "only a forward+inverse registration can be written into an image"
+        )
+    return transform, images
+
+
+def _copy_fields(
+    fixed_group: Any,
+    safe_fixed: str,
+    scene_url: str,
+    scene_opts: Mapping[str, Any] | None,
+    transform: Mapping[str, Any],
+    name: str,
+) -> dict[str, str]:
+    """Copy the scene's fields below the image, marked incomplete until done.
+
+    Returns the new path of each field (scene path -> image path).
+    """
     base = f"{TRANSFORMS_GROUP}/{name}"
     check_relative_path(base, safe_fixed, "coordinate-system name")
     mapping = {}
@@ -284,8 +317,21 @@ def write_transform_into_image(
     for src, dst in mapping.items():
         _copy_group(scene_group, src, fixed_group, dst)
     put_marker(reg_group, "complete", versioned=False, scene=redact_url(scene_url))
+    return mapping
 
-    # 2. The image's metadata last, in one write.
+
+def _add_registration(
+    ms: dict[str, Any],
+    transform: Mapping[str, Any],
+    mapping: Mapping[str, str],
+    world: np.ndarray,
+    intrinsic: str,
+    name: str,
+    ours: list[int],
+) -> None:
+    """Add (or replace) the coordinate system ``name`` and its bijection in a multiscale."""
+    systems = list(ms.get("coordinateSystems", []))
+    cts = list(ms.get("coordinateTransformations", []) or [])
     fwd = rewrite_field_paths(transform["forward"], mapping)
     inv = rewrite_field_paths(transform["inverse"], mapping)
     if not np.allclose(world, np.eye(world.shape[0]), atol=1e-12):
@@ -298,15 +344,3 @@ def write_transform_into_image(
     cts = [c for i, c in enumerate(cts) if i not in ours] + [entry]
     ms["coordinateSystems"] = systems
     ms["coordinateTransformations"] = cts
-    own = dict(new_attrs.get(MARKER_KEY) or {})
-    if version == "0.5" and "previous_ome" not in own:
-        own["previous_ome"] = attrs["ome"]
-    regs = dict(own.get("registrations") or {})
-    regs[name] = {"scene": redact_url(scene_url),
-                  "moving": redact_url(images["moving"]) if images.get("moving") else None}
-    own["registrations"] = regs
-    new_attrs[MARKER_KEY] = own
-    fixed_group.attrs.put(new_attrs)
-    logger.info("wrote the registration into %s as coordinate system %r%s", safe_fixed, name,
-                " (metadata upgraded 0.5 -> 0.6)" if version == "0.5" else "")
-    return name

@@ -278,42 +278,13 @@ def write_multiscale(
         The store cannot be written.
 
     """
-    import dask.array as da
-
     text = os.fspath(url)
     safe = redact_url(text)
     version = str(version)
-    if version not in WRITER_VERSIONS:
-        raise UnsupportedVersionError(
-            f"{safe}: cannot write NGFF version {version!r}; choose one of {WRITER_VERSIONS}"
-        )
-    ndim = len(getattr(data, "shape", ()))
-    if ndim not in (2, 3):
-        raise InvalidInputDataError(f"{safe}: data must be 2D or 3D (spatial only), got {ndim}D")
-    if tuple(data.shape) != tuple(geometry.shape):
-        raise InvalidInputDataError(
-            f"{safe}: data shape {tuple(data.shape)} differs from geometry shape {geometry.shape}"
-        )
-    if not geometry.is_axis_aligned and version != "0.6":
-        raise InvalidMetadataError(
-            f"{safe}: NGFF {version} cannot store a non-identity direction; use version='0.6'"
-        )
+    chunk_shape, axes, n_levels = _check_arguments(
+        safe, data, geometry, version, n_levels, chunks, downsample_axes
+    )
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
-    try:
-        chunk_shape = (
-            _default_chunks(geometry.shape)
-            if chunks is None
-            else tuple(max(1, min(int(c), int(s)))
-                       for c, s in zip(one_per_axis(chunks, ndim, "chunks"), geometry.shape))
-        )
-    except ValueError as exc:
-        raise InvalidInputDataError(f"{safe}: {exc}") from exc
-    axes = _resolve_downsample_axes(downsample_axes, ndim)
-    if n_levels is None:
-        n_levels = _default_levels(geometry.shape, chunk_shape, axes)
-    if int(n_levels) < 1:
-        raise InvalidInputDataError(f"{safe}: n_levels must be >= 1, got {n_levels}")
-    n_levels = int(n_levels)
     if geometry.unit is None:
         logger.warning("%s: geometry has no unit; axes are written without 'unit'", safe)
 
@@ -334,7 +305,71 @@ def write_multiscale(
         text, "create group",
         lambda: zarr_group(store, mode="w", zarr_format=fmt),
     )
+    _write_levels(root, text, data, geoms, paths, axes, chunk_shape, out_dtype, fmt)
 
+    # Metadata last: a group without it is an interrupted write.
+    map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
+    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)
+
+
+def _check_arguments(
+    safe: str,
+    data: Any,
+    geometry: ImageGeometry,
+    version: str,
+    n_levels: int | None,
+    chunks: Sequence[int] | int | None,
+    downsample_axes: Sequence[int | str] | None,
+) -> tuple[tuple[int, ...], list[int], int]:
+    """``(chunk shape, downsampled axes, number of levels)`` of a write, all checked."""
+    if version not in WRITER_VERSIONS:
+        raise UnsupportedVersionError(
+            f"{safe}: cannot write NGFF version {version!r}; choose one of {WRITER_VERSIONS}"
+        )
+    ndim = len(getattr(data, "shape", ()))
+    if ndim not in (2, 3):
+        raise InvalidInputDataError(f"{safe}: data must be 2D or 3D (spatial only), got {ndim}D")
+    if tuple(data.shape) != tuple(geometry.shape):
+        raise InvalidInputDataError(
+            f"{safe}: data shape {tuple(data.shape)} differs from geometry shape {geometry.shape}"
+        )
+    if not geometry.is_axis_aligned and version != "0.6":
+        raise InvalidMetadataError(
+            f"{safe}: NGFF {version} cannot store a non-identity direction; use version='0.6'"
+        )
+    try:
+        chunk_shape = (
+            _default_chunks(geometry.shape)
+            if chunks is None
+            else tuple(max(1, min(int(c), int(s)))
+                       for c, s in zip(one_per_axis(chunks, ndim, "chunks"), geometry.shape))
+        )
+    except ValueError as exc:
+        raise InvalidInputDataError(f"{safe}: {exc}") from exc
+    axes = _resolve_downsample_axes(downsample_axes, ndim)
+    if n_levels is None:
+        n_levels = _default_levels(geometry.shape, chunk_shape, axes)
+    if int(n_levels) < 1:
+        raise InvalidInputDataError(f"{safe}: n_levels must be >= 1, got {n_levels}")
+    return chunk_shape, axes, int(n_levels)
+
+
+def _write_levels(
+    root: Any,
+    text: str,
+    data: Any,
+    geoms: Sequence[ImageGeometry],
+    paths: Sequence[str],
+    axes: Sequence[int],
+    chunk_shape: tuple[int, ...],
+    out_dtype: np.dtype[Any],
+    fmt: int,
+) -> None:
+    """Write level 0, then each coarser level from the one stored before it."""
+    import dask.array as da
+
+    safe = redact_url(text)
+    ndim = len(chunk_shape)
     level = da.asarray(data)
     if level.dtype != out_dtype:
         if np.issubdtype(out_dtype, np.integer) and not np.issubdtype(level.dtype, np.integer):
@@ -367,7 +402,3 @@ def write_multiscale(
         )
         prev_stored = da.from_array(arr, chunks=level_chunks)
         logger.debug("%s: wrote level %s shape %s", safe, path, g.shape)
-
-    # Metadata last: a group without it is an interrupted write.
-    map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
-    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)

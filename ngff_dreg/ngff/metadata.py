@@ -751,9 +751,8 @@ def parse_multiscale(
         raise InvalidMetadataError(f"{url}: malformed multiscales metadata: {exc}") from exc
 
 
-def _parse(
-    attrs: Any, url: str, name: str | None, target_cs: str | None, use_orientation: bool
-) -> Multiscale:
+def _select(attrs: Any, url: str, name: str | None) -> tuple[str, Mapping[str, Any], str]:
+    """``(version, multiscale, key)`` of the multiscale called ``name`` (the first by default)."""
     version, multiscales, prefix = detect_version(attrs, url)
     index = 0
     if name is not None:
@@ -765,47 +764,49 @@ def _parse(
     ms = as_dict(multiscales[index], url, key)
     if version == "0.4" and ms.get("version") not in (None, "0.4"):
         _normalize_version(ms.get("version"), url, f"{key}.version")
+    return version, ms, key
 
-    datasets = as_list(ms.get("datasets"), url, f"{key}.datasets")
+
+def _axes_06(
+    ms: Mapping[str, Any], datasets: list[Any], url: str, key: str
+) -> tuple[dict[str, tuple[Axis, ...]], str]:
+    """0.6 coordinate systems by name, and the intrinsic one (the datasets' output)."""
+    if "axes" in ms and "coordinateSystems" not in ms:
+        raise err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
+                  "not axes)")
     cs_by_name: dict[str, tuple[Axis, ...]] = {}
-    if version == "0.6":
-        if "axes" in ms and "coordinateSystems" not in ms:
-            raise err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
-                       "not axes)")
-        systems = as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
-        for i, cs in enumerate(systems):
-            d = as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
-            cs_name = opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
-            if not cs_name:
-                raise err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
-            cs_by_name[cs_name] = _parse_axes(
-                d.get("axes"), url, f"{key}.coordinateSystems[{i}].axes"
-            )
-        first_ds = as_dict(datasets[0], url, f"{key}.datasets[0]")
-        first_cts = first_ds.get("coordinateTransformations")
-        intrinsic = None
-        if isinstance(first_cts, list):
-            for item in first_cts:
-                if isinstance(item, Mapping):
-                    intrinsic = ref_name(item.get("output"))[0] or intrinsic
-        if intrinsic is None:
-            if len(cs_by_name) != 1:
-                raise err(url, f"{key}.datasets[0].coordinateTransformations[].output",
-                           "missing; cannot tell the intrinsic coordinate system")
-            intrinsic = next(iter(cs_by_name))
-        if intrinsic not in cs_by_name:
-            raise err(url, f"{key}.coordinateSystems", f"no coordinate system named "
-                       f"{intrinsic!r} (the datasets' output)")
-        axes = cs_by_name[intrinsic]
-        axes_key = f"{key}.coordinateSystems[{intrinsic}].axes"
-    else:
-        axes = _parse_axes(ms.get("axes"), url, f"{key}.axes")
-        axes_key = f"{key}.axes"
-        intrinsic = None
+    systems = as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
+    for i, cs in enumerate(systems):
+        d = as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
+        cs_name = opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
+        if not cs_name:
+            raise err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
+        cs_by_name[cs_name] = _parse_axes(
+            d.get("axes"), url, f"{key}.coordinateSystems[{i}].axes"
+        )
+    first_ds = as_dict(datasets[0], url, f"{key}.datasets[0]")
+    first_cts = first_ds.get("coordinateTransformations")
+    intrinsic = None
+    if isinstance(first_cts, list):
+        for item in first_cts:
+            if isinstance(item, Mapping):
+                intrinsic = ref_name(item.get("output"))[0] or intrinsic
+    if intrinsic is None:
+        if len(cs_by_name) != 1:
+            raise err(url, f"{key}.datasets[0].coordinateTransformations[].output",
+                      "missing; cannot tell the intrinsic coordinate system")
+        intrinsic = next(iter(cs_by_name))
+    if intrinsic not in cs_by_name:
+        raise err(url, f"{key}.coordinateSystems", f"no coordinate system named "
+                  f"{intrinsic!r} (the datasets' output)")
+    return cs_by_name, intrinsic
 
-    n = len(axes)
-    spatial = [i for i, a in enumerate(axes) if a.is_spatial]
 
+def _dataset_levels(
+    datasets: list[Any], n: int, spatial: Sequence[int], url: str, key: str, version: str,
+    intrinsic: str | None,
+) -> list[tuple[str, FloatArray, FloatArray]]:
+    """``(path, scale, translation)`` of every dataset, paths checked."""
     levels_raw: list[tuple[str, FloatArray, FloatArray]] = []
     seen_paths: set[str] = set()
     for i, ds in enumerate(datasets):
@@ -818,11 +819,16 @@ def _parse(
         s, t, out = _dataset_transform(d, n, spatial, url, dkey, version)
         if version == "0.6" and out is not None and out != intrinsic:
             raise err(url, f"{dkey}.coordinateTransformations", f"output {out!r} differs from "
-                       f"the first dataset's {intrinsic!r}")
+                      f"the first dataset's {intrinsic!r}")
         levels_raw.append((path, s, t))
+    return levels_raw
 
-    # Multiscales-level transforms.
-    ms_key = f"{key}.coordinateTransformations"
+
+def _multiscale_matrix(
+    ms: Mapping[str, Any], version: str, intrinsic: str | None, target_cs: str | None,
+    n: int, spatial: Sequence[int], url: str, ms_key: str,
+) -> tuple[FloatArray, str | None]:
+    """The composed multiscales-level transform and the coordinate system it ends in."""
     final_cs = intrinsic
     h = np.eye(n + 1)
     if ms.get("coordinateTransformations") is not None:
@@ -841,14 +847,14 @@ def _parse(
             h = compose(flatten(cts, url, ms_key), n, spatial, url, linear_ok=False)
     elif target_cs is not None and target_cs != intrinsic:
         raise err(url, ms_key, f"missing; cannot reach coordinate system {target_cs!r}")
+    return h, final_cs
 
-    final_axes = cs_by_name.get(final_cs, axes) if final_cs else axes
-    if len(final_axes) != n or [a.is_spatial for a in final_axes] != [a.is_spatial for a in axes]:
-        raise err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
-                   f"match the intrinsic axes")
-    unit, factors = _common_unit(final_axes, url, axes_key)
 
-    # RFC-4 anatomical orientation labels.
+def _orient(
+    h: FloatArray, final_axes: Sequence[Axis], spatial: Sequence[int], n: int, url: str,
+    use_orientation: bool,
+) -> tuple[FloatArray, tuple[str, ...] | None]:
+    """Apply RFC-4 anatomical orientation labels (when no rotation/affine is given)."""
     labels = [a.orientation for a in (final_axes[i] for i in spatial)]
     orientation: tuple[str, ...] | None = None
     if any(lb is not None for lb in labels):
@@ -871,12 +877,16 @@ def _parse(
                 g = np.eye(n + 1)
                 g[np.ix_(spatial, spatial)] = o_np
                 h = g @ h
+    return h, orientation
 
-    m, b, r, s_ms = _factor_direction(h, n, spatial, url, ms_key)
+
+def _levels(
+    levels_raw: list[tuple[str, FloatArray, FloatArray]], m: FloatArray, b: FloatArray,
+    s_ms: FloatArray, spatial: Sequence[int], factors: Mapping[int, float],
+    unit_scale: FloatArray, url: str, key: str,
+) -> list[Level]:
+    """Every level's physical scale and translation, checked."""
     sp = np.asarray(spatial)
-    unit_scale = np.ones(n)
-    for i, f in factors.items():
-        unit_scale[i] = f
     levels = []
     for path, s_ds, t_ds in levels_raw:
         scale = np.diag(m) * s_ds
@@ -891,9 +901,43 @@ def _parse(
             np.isfinite(trans)
         ):
             raise err(url, f"{key}.datasets[].coordinateTransformations",
-                       f"level {path!r} has an invalid scale {scale.tolist()}")
+                      f"level {path!r} has an invalid scale {scale.tolist()}")
         levels.append(Level(path, tuple(float(v) for v in scale), tuple(float(v) for v in trans)))
+    return levels
 
+
+def _parse(
+    attrs: Any, url: str, name: str | None, target_cs: str | None, use_orientation: bool
+) -> Multiscale:
+    version, ms, key = _select(attrs, url, name)
+    datasets = as_list(ms.get("datasets"), url, f"{key}.datasets")
+    cs_by_name: dict[str, tuple[Axis, ...]] = {}
+    intrinsic: str | None = None
+    if version == "0.6":
+        cs_by_name, intrinsic = _axes_06(ms, datasets, url, key)
+        axes = cs_by_name[intrinsic]
+        axes_key = f"{key}.coordinateSystems[{intrinsic}].axes"
+    else:
+        axes = _parse_axes(ms.get("axes"), url, f"{key}.axes")
+        axes_key = f"{key}.axes"
+    n = len(axes)
+    spatial = [i for i, a in enumerate(axes) if a.is_spatial]
+    levels_raw = _dataset_levels(datasets, n, spatial, url, key, version, intrinsic)
+
+    ms_key = f"{key}.coordinateTransformations"
+    h, final_cs = _multiscale_matrix(ms, version, intrinsic, target_cs, n, spatial, url, ms_key)
+    final_axes = cs_by_name.get(final_cs, axes) if final_cs else axes
+    if len(final_axes) != n or [a.is_spatial for a in final_axes] != [a.is_spatial for a in axes]:
+        raise err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
+                  f"match the intrinsic axes")
+    unit, factors = _common_unit(final_axes, url, axes_key)
+    h, orientation = _orient(h, final_axes, spatial, n, url, use_orientation)
+
+    m, b, r, s_ms = _factor_direction(h, n, spatial, url, ms_key)
+    unit_scale = np.ones(n)
+    for i, f in factors.items():
+        unit_scale[i] = f
+    levels = _levels(levels_raw, m, b, s_ms, spatial, factors, unit_scale, url, key)
     direction_itk = r[::-1, ::-1]
     ms_name = ms.get("name")
     world: tuple[tuple[float, ...], ...] | None = None

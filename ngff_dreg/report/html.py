@@ -24,6 +24,7 @@ from ngff_dreg.report.data import (
     read_scene_info,
     versions,
 )
+from ngff_dreg.transforms import TransformChain
 
 __all__ = ["REPORT_DIR", "ReportLocationError", "write_report"]
 
@@ -111,8 +112,25 @@ def write_report(
     transform = read_transform(url, storage_options)
     sections: list[str] = []
     notes: list[str] = []
-    unit: str | None = None
+    _image_sections(fixed_url, moving_url, transform, storage_options, folder, sections, notes)
+    _quality_sections(url, transform, info, storage_options, folder, sections, notes)
+    page = _page(info, fixed_url, moving_url, sections, notes, versions())
+    index = folder / "index.html"
+    index.write_text(page, encoding="utf-8")
+    logger.info("report written to %s", index)
+    return index
 
+
+def _image_sections(
+    fixed_url: str | None,
+    moving_url: str | None,
+    transform: TransformChain,
+    storage_options: Mapping[str, Any] | None,
+    folder: Path,
+    sections: list[str],
+    notes: list[str],
+) -> None:
+    """The before/after and displacement figures (needs both image URLs)."""
     if fixed_url and moving_url:
         planes, fgeom, level = image_planes(fixed_url, moving_url, transform, storage_options)
         unit = fgeom.unit
@@ -145,6 +163,17 @@ def write_report(
             "to show the images and the displacement field."
         )
 
+
+def _quality_sections(
+    url: str,
+    transform: TransformChain,
+    info: SceneInfo,
+    storage_options: Mapping[str, Any] | None,
+    folder: Path,
+    sections: list[str],
+    notes: list[str],
+) -> None:
+    """The Jacobian, block-status and timing figures."""
     field_geom = transform.field.geometry if transform.field is not None else None
     jplanes = jacobian_planes(url, storage_options, field_geom)
     if jplanes is not None:
@@ -180,11 +209,6 @@ def write_report(
             "after it.",
         )
     )
-    page = _page(info, fixed_url, moving_url, sections, notes, versions())
-    index = folder / "index.html"
-    index.write_text(page, encoding="utf-8")
-    logger.info("report written to %s", index)
-    return index
 
 
 def _fmt_seq(values: Sequence[float]) -> str:
