@@ -139,10 +139,11 @@ def _mask_covers(mask_ctor: Any, geometry: ImageGeometry, box: Box) -> bool:
 
 def _as_itk_transform(transform: Any, near_points: npt.NDArray[np.float64]) -> Any:
     if isinstance(transform, SupportsToItk):
+        to_itk: Any = transform.to_itk  # a TransformChain also takes near_points=
         try:
-            return transform.to_itk(near_points=near_points)
+            return to_itk(near_points=near_points)
         except TypeError:
-            return transform.to_itk()
+            return to_itk()
     return transform
 
 

@@ -17,7 +17,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,10 +25,9 @@ import numpy.typing as npt
 __all__ = ["ImageGeometry", "Box", "chunk_boxes", "grid_points", "one_per_axis"]
 
 FloatArray = npt.NDArray[np.float64]
-T = TypeVar("T")
 
 
-def one_per_axis(value: T | Sequence[T], ndim: int, what: str) -> tuple[T, ...]:
+def one_per_axis(value: Any, ndim: int, what: str) -> tuple[Any, ...]:
     """``value`` once per axis: the one normalisation of per-axis arguments.
 
     A single value (or a one-entry sequence) is repeated ``ndim`` times; any
@@ -44,8 +43,8 @@ def one_per_axis(value: T | Sequence[T], ndim: int, what: str) -> tuple[T, ...]:
 
     """
     if np.ndim(value) == 0:
-        return (value,) * ndim  # type: ignore[return-value]
-    items: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
+        return (value,) * ndim
+    items: tuple[Any, ...] = tuple(value)
     if len(items) == 1 and ndim > 1:
         return items * ndim
     if len(items) != ndim:
@@ -141,13 +140,15 @@ class ImageGeometry:
     def index_to_physical(self, index: npt.ArrayLike) -> FloatArray:
         """Map continuous indices (``(..., ndim)``, ITK order) to physical points."""
         idx = np.asarray(index, dtype=np.float64)
-        return idx @ self.index_to_physical_matrix.T + np.asarray(self.origin)
+        points: FloatArray = idx @ self.index_to_physical_matrix.T + np.asarray(self.origin)
+        return points
 
     def physical_to_index(self, points: npt.ArrayLike) -> FloatArray:
         """Map physical points (``(..., ndim)``) to continuous ITK-order indices."""
         pts = np.asarray(points, dtype=np.float64) - np.asarray(self.origin)
         inv = np.linalg.inv(self.index_to_physical_matrix)
-        return pts @ inv.T
+        index: FloatArray = pts @ inv.T
+        return index
 
     def array_index_to_physical(self, index_zyx: npt.ArrayLike) -> FloatArray:
         """Map NumPy-order indices (``(..., ndim)``) to physical points."""
@@ -161,7 +162,7 @@ class ImageGeometry:
         return ImageGeometry(
             shape=box.shape,
             spacing=self.spacing,
-            origin=self.index_to_physical(start_xyz),
+            origin=tuple(self.index_to_physical(start_xyz)),
             direction=self.direction,
             unit=self.unit,
         )

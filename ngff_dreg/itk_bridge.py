@@ -217,7 +217,9 @@ def geometry_of(image: Any, region: str = "largest", unit: str | None = None) ->
     direction = np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64)
     start = np.asarray(box.start[::-1], dtype=np.float64)
     origin = origin + direction @ (spacing * start)
-    return ImageGeometry(box.shape, spacing, origin, direction, unit)
+    return ImageGeometry(
+        box.shape, tuple(spacing), tuple(origin), tuple(map(tuple, direction)), unit
+    )
 
 
 def affine_to_itk(matrix: npt.ArrayLike, translation: npt.ArrayLike) -> Any:

@@ -7,6 +7,7 @@ fixed→moving transform is known.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +70,7 @@ def textured_phantom(
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r2 = sum(g**2 / 0.8**2 for g in grids)
+    r2 = cast(npt.NDArray[np.float64], sum(g**2 / 0.8**2 for g in grids))
     img = 0.3 * (r2 < 1.0).astype(np.float64)
     for _ in range(blobs):
         c = rng.uniform(-0.75, 0.75, len(shape))
@@ -83,7 +84,8 @@ def textured_phantom(
     img = ndimage.gaussian_filter(img, 1.0)
     img -= img.min()
     img /= img.max() or 1.0
-    return img.astype(np.float32)
+    out: npt.NDArray[np.float32] = img.astype(np.float32)
+    return out
 
 
 def warp_to_fixed(

@@ -142,6 +142,7 @@ def multiscale_attributes(
             trans = [float(v) for v in reversed((np.asarray(g.spacing) - s0) / 2.0)]
         else:
             trans = [float(v) for v in reversed(g.origin)]
+        ct: list[dict[str, Any]]
         if version == "0.6":
             ct = [{
                 "type": "sequence",
@@ -320,7 +321,7 @@ def _check_arguments(
     n_levels: int | None,
     chunks: Sequence[int] | int | None,
     downsample_axes: Sequence[int | str] | None,
-) -> tuple[tuple[int, ...], list[int], int]:
+) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """``(chunk shape, downsampled axes, number of levels)`` of a write, all checked."""
     if version not in WRITER_VERSIONS:
         raise UnsupportedVersionError(

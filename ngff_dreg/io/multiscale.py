@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -243,7 +244,7 @@ def open_multiscale(
     dtype = None
     for i in range(len(multiscale.levels)):
         info, arrays[i] = retry_transient(
-            lambda i=i: read_level_info(group, multiscale, i, text),
+            functools.partial(read_level_info, group, multiscale, i, text),
             f"{safe}: read level {i} metadata",
         )
         if dtype is not None and info.dtype != dtype:

@@ -97,7 +97,7 @@ def set_status(url: str, storage_options: Mapping[str, Any] | None, status: str)
     """Set the output's marker status, keeping the rest of its attributes."""
     root = zarr_group(url, storage_options, mode="r+")
     attrs = root.attrs.asdict()
-    found = dict(attrs.get(MARKER_KEY) or {})
+    found: dict[str, Any] = dict(attrs.get(MARKER_KEY) or {})  # type: ignore[arg-type]
     found["status"] = status
     attrs[MARKER_KEY] = found
     root.attrs.put(attrs)

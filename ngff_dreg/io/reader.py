@@ -85,7 +85,7 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
 
     url: str
     level: int | str = 0
-    storage_options: dict[str, Any] | None = None
+    storage_options: Mapping[str, Any] | None = None
     channel: int = 0
     time: int = 0
     unit: str | None = None

@@ -91,7 +91,7 @@ class RetryPolicy:
     def wait(self, attempt: int) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max_wait, self.backoff * 2 ** (attempt - 1))
-        return base * (1.0 + self.jitter * random.random())
+        return float(base * (1.0 + self.jitter * random.random()))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -367,7 +367,7 @@ def zarr_array(
 ) -> zarr.Array:
     """``zarr.open_array`` of ``path`` in the store at ``where``."""
     store = _store(where, storage_options, mode)
-    return zarr.open_array(store=store, path=path, mode=mode)  # type: ignore[arg-type]
+    return zarr.open_array(store=store, path=path, mode=mode)
 
 
 def destination_state(store: Store) -> str:

@@ -259,7 +259,8 @@ def _find_transform(url: str, storage_options: Mapping[str, Any] | None,
     if isinstance(ome, Mapping) and "multiscales" in ome and "scene" not in ome:
         return _image_transform(attrs, url, coordinate_system)
     scene_attrs = read_scene_attributes(url, storage_options)
-    return scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
+    found: Mapping[str, Any] = scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
+    return found
 
 
 def _as_chain(transform: TransformChain | str, storage_options: Mapping[str, Any] | None,

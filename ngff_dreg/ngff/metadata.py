@@ -530,6 +530,10 @@ def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
     axes = []
     for i, item in enumerate(items):
         k = f"{key}[{i}]"
+        name: str | None
+        typ: str | None
+        unit: str | None
+        orient: str | None
         if isinstance(item, str):  # pre-0.4 style; tolerated for spatial names
             name, typ, unit, orient = item, None, None, None
             typ = "space" if item in ("x", "y", "z") else "time" if item == "t" else "channel"
@@ -546,7 +550,7 @@ def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
                 orient = opt_str(o.get("value"), url, f"{k}.orientation.value")
             elif o is not None:
                 orient = opt_str(o, url, f"{k}.orientation")
-        axes.append(Axis(name=name, type=typ, unit=unit, orientation=orient))
+        axes.append(Axis(name=str(name), type=typ, unit=unit, orientation=orient))
     names = [a.name for a in axes]
     if len(set(names)) != len(names):
         raise err(url, key, f"axis names must be unique, got {names}")

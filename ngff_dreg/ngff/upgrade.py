@@ -81,8 +81,11 @@ def upgrade_to_06(attrs: Mapping[str, Any], url: str = "<memory>") -> dict[str, 
             s, t = scale_translation(ds.get("coordinateTransformations"), n, url,
                                       f"{key}.datasets[{i}].coordinateTransformations")
             s, t = s * s_ms, t * s_ms + t_ms
-            scale = {"type": "scale", "scale": [float(v) for v in s]}
-            ref = {"input": {"path": ds["path"]}, "output": {"name": PHYSICAL_SYSTEM}}
+            scale: dict[str, Any] = {"type": "scale", "scale": [float(v) for v in s]}
+            ref: dict[str, Any] = {
+                "input": {"path": ds["path"]}, "output": {"name": PHYSICAL_SYSTEM}
+            }
+            ct: dict[str, Any]
             if np.any(t != 0):
                 ct = {"type": "sequence", **ref, "transformations": [
                     scale, {"type": "translation", "translation": [float(v) for v in t]}]}

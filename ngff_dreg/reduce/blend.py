@@ -108,7 +108,8 @@ def field_geometry_for(fixed: ImageGeometry, *, factor: float | Sequence[float] 
 
 def node_ratio(fixed: ImageGeometry, fgeom: ImageGeometry) -> FloatArray:
     """Field spacing / fixed spacing, NumPy order (field node j ↔ fixed index j·ratio)."""
-    return (np.asarray(fgeom.spacing) / np.asarray(fixed.spacing))[::-1]
+    ratio: FloatArray = (np.asarray(fgeom.spacing) / np.asarray(fixed.spacing))[::-1]
+    return ratio
 
 
 def node_range(lo: FloatArray, hi: FloatArray, ratio: FloatArray,
@@ -216,6 +217,8 @@ class BlockSample:
         axes = [np.arange(a, b) for a, b in zip(box.start, box.stop)]
         mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fgeom.ndim)
         pts = fgeom.array_index_to_physical(mesh.astype(np.float64))
+        if self.transform is None:
+            raise ValueError(f"block {self.chunk_index} has no transform to sample")
         moved = np.asarray(self.transform.transform_points(pts), dtype=np.float64)
         return (moved - pts)[:, ::-1].T.reshape((fgeom.ndim, *box.shape))
 

@@ -127,7 +127,8 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         boxes = [padded_box(r, fixed) for r in results]
         delayed_results = [dask.delayed(r, pure=False) for r in results]
         graph = self.build_graph(delayed_results, boxes, fixed, initial_transform)
-        return graph.compute(scheduler=self.scheduler)
+        result: BlendedTransformResult = graph.compute(scheduler=self.scheduler)
+        return result
 
     # -- engine entry point ----------------------------------------------
     def build_graph(
