@@ -1,0 +1,184 @@
+"""The Schedule dataclass: TOML/YAML/JSON round trips, level specs, defaults, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ngff_dreg.errors import LevelNotFoundError, ScheduleError
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.methods import ItkBSplineRegistration, ItkLinearRegistration, method_names
+from ngff_dreg.schedule import (
+    METHODS,
+    BlockStage,
+    GlobalStage,
+    Schedule,
+    check_schedule_levels,
+    default_global_level,
+    matching_level,
+    resolve_level,
+)
+
+
+def _pyramid(shape: tuple[int, ...] = (160, 192, 176), spacing: float = 1.0,
+             levels: int = 4) -> list[ImageGeometry]:
+    """Level geometries of a 2x pyramid (spacing in micrometres)."""
+    out = []
+    for k in range(levels):
+        f = 2**k
+        out.append(ImageGeometry(tuple(max(1, s // f) for s in shape), (spacing * f,) * 3,
+                                 (0.0,) * 3, unit="micrometer"))
+    return out
+
+
+def _schedule() -> Schedule:
+    return Schedule(
+        GlobalStage(level="8um", kinds=("rigid", "affine"), metric="correlation", iterations=50),
+        [
+            BlockStage(level=2, block_size=(32, 48, 64), overlap=0.25, method="affine",
+                       method_options={"iterations": 10}, field_spacing_factor=2.0),
+            BlockStage(level="1um", block_size=64, overlap=0.5, method="bspline",
+                       method_options={"mesh_size": [3, 4, 5], "bending": 0.1}),
+        ],
+    )
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".yml", ".json"])
+def test_save_load_round_trip(tmp_path: Path, suffix: str) -> None:
+    sched = _schedule()
+    path = tmp_path / f"schedule{suffix}"
+    sched.save(path)
+    again = Schedule.load(path)
+    assert again == sched
+    assert again.to_dict() == sched.to_dict()
+    assert again.stages[0].block_size == (32, 48, 64)  # tuples survive the file format
+    assert again.global_stage is not None and again.global_stage.kinds == ("rigid", "affine")
+
+
+def test_no_global_stage_round_trips(tmp_path: Path) -> None:
+    sched = Schedule(None, [BlockStage(level=0)])
+    assert "global" not in sched.to_dict()
+    sched.save(tmp_path / "s.toml")
+    assert Schedule.load(tmp_path / "s.toml").global_stage is None
+    assert Schedule.from_dict({"global": False, "stages": []}).global_stage is None
+
+
+def test_written_files_read_by_hand(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(
+        '[global]\nlevel = "4um"\n\n[[stages]]\nlevel = 1\nblock_size = 48\n'
+        'method = "translation"\n'
+    )
+    sched = Schedule.load(tmp_path / "s.toml")
+    assert sched.global_stage == GlobalStage(level="4um")
+    assert sched.stages == [BlockStage(level=1, block_size=48, method="translation")]
+    (tmp_path / "s.yaml").write_text("stages:\n  - level: 0um\n    overlap: 0.0\n")
+    assert Schedule.load(tmp_path / "s.yaml").stages[0].overlap == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[[stages]]\nblock = 3\n", "unknown key"),
+        ("[[stages]]\nmethod = 'magic'\n", "magic"),
+        ("[[stages]]\noverlap = 2.5\n", "overlap"),
+        ("[global]\ninitializer = 'guess'\n", "initializer"),
+        ("[global]\nkinds = ['bspline']\n", "kind"),
+        ("stages = 3\n", "invalid schedule"),
+        ("not toml at all [", "cannot parse"),
+    ],
+)
+def test_bad_files_raise_schedule_errors(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ScheduleError, match=match):
+        Schedule.load(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ScheduleError, match="cannot read"):
+        Schedule.load(tmp_path / "missing.toml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ScheduleError, match="mapping"):
+        Schedule.load(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [(0, 0), (3, 3), ("2", 2), (" 1 ", 1), ("4um", 2), ("4.0", 2), (4.0, 2), ("4.0 um", 2),
+     ("0.004mm", 2), ("4000nm", 2), ("1µm", 0), ("7.5", 3), (100.0, 3), (0.1, 0)],
+)
+def test_level_specs(spec: object, expected: int) -> None:
+    levels = _pyramid()  # spacings 1, 2, 4, 8 µm
+    assert resolve_level(levels, spec) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        (4, LevelNotFoundError, "no level 4"),
+        ("9", LevelNotFoundError, "no level 9"),
+        (True, ScheduleError, "not valid"),
+        ("fast", ScheduleError, "neither an index nor a spacing"),
+        ("4parsec", ScheduleError, "unknown unit suffix"),
+        ("-2um", ScheduleError, "positive"),
+        (0.0, ScheduleError, "positive"),
+    ],
+)
+def test_bad_level_specs(spec: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        resolve_level(_pyramid(), spec, what="fixed image x")  # type: ignore[arg-type]
+
+
+def test_matching_level_prefers_the_finest_level_not_coarser_than_needed() -> None:
+    moving = _pyramid(spacing=1.5)  # 1.5, 3, 6, 12 µm
+    assert matching_level(moving, (2.0, 2.0, 2.0)) == 0  # 1.5 <= 2 beats 3 > 2.1
+    assert matching_level(moving, (3.0, 3.0, 3.0)) == 1
+    assert matching_level(moving, (100.0,)) == 3
+    assert matching_level(moving, (0.1,)) == 0
+
+
+def test_default_schedule_adapts_to_the_pyramid() -> None:
+    levels = _pyramid(levels=4)
+    sched = Schedule.default(levels)
+    assert sched.global_stage is not None
+    g = sched.global_stage.level
+    assert g == default_global_level(levels, 48) == 1  # level 2 has an axis under 48
+    assert [s.level for s in sched.stages] == [0]
+    deep = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4))
+    assert deep.global_stage is not None and deep.global_stage.level == 3
+    assert [s.level for s in deep.stages] == [1, 0]
+    assert all(s.method == "bspline" for s in deep.stages)
+    assert deep.stages[-1].method_options["control_point_spacing"] == 16.0
+    fast = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4), fast=True)
+    assert [s.level for s in fast.stages] == [0]
+    assert fast.stages[0].method_options["iterations"] == 15
+    tiny = Schedule.default(_pyramid(shape=(20, 20, 20), levels=1))
+    assert tiny.global_stage is not None and tiny.global_stage.level == 0
+    assert [s.level for s in tiny.stages] == [0]
+
+
+def test_stage_methods_come_from_the_registry() -> None:
+    assert METHODS == method_names() == ("translation", "rigid", "affine", "bspline", "elastix")
+    rigid = BlockStage(method="rigid", method_options={"iterations": 7}).make_method()
+    assert isinstance(rigid, ItkLinearRegistration) and rigid.kind == "rigid"
+    assert rigid.iterations == 7
+    assert isinstance(BlockStage().make_method(), ItkBSplineRegistration)
+    with pytest.raises(ScheduleError, match="bad options for method 'bspline'"):
+        BlockStage(method_options={"no_such_option": 1}).make_method()
+
+
+def test_block_stage_checks_its_fields() -> None:
+    assert BlockStage(block_size=[16, 32, 64]).block_size == (16, 32, 64)
+    with pytest.raises(ScheduleError, match="field_spacing_factor"):
+        BlockStage(field_spacing_factor=0)
+    with pytest.raises(ScheduleError, match="overlap"):
+        BlockStage(overlap=-0.1)
+
+
+def test_schedule_levels_are_checked_before_a_run() -> None:
+    levels = _pyramid()
+    assert check_schedule_levels(_schedule(), levels, "fixed.zarr") == [2, 0]
+    bad = Schedule(None, [BlockStage(level=7)])
+    with pytest.raises(LevelNotFoundError, match=r"fixed image fixed\.zarr"):
+        check_schedule_levels(bad, levels, "fixed.zarr")
