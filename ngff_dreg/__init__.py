@@ -1,8 +1,16 @@
 """ngff-dreg: distributed coarse-to-fine registration of OME-Zarr images.
 
-The contract (plug-in ABCs, records, errors, geometry) is imported eagerly;
-everything that pulls in zarr, dask or ITK is re-exported lazily, so
-``import ngff_dreg`` stays cheap.
+The package follows the data: **read** (:mod:`~ngff_dreg.ngff`,
+:mod:`~ngff_dreg.io`), **plan** (:mod:`~ngff_dreg.schedule`,
+:mod:`~ngff_dreg.blocks`), **register blocks** (:mod:`~ngff_dreg.methods`,
+:mod:`~ngff_dreg.engine`), **reduce** (:mod:`~ngff_dreg.reduce`), **write**
+(:mod:`~ngff_dreg.io`), driven coarse to fine by :func:`register`
+(:mod:`~ngff_dreg.pipeline`). The plug-in contract is
+:mod:`~ngff_dreg.interfaces`.
+
+This module only re-exports. The contract (plug-in ABCs, records, errors,
+geometry) is imported eagerly; everything that pulls in zarr, dask or ITK is
+re-exported lazily, so ``import ngff_dreg`` stays cheap.
 """
 
 import importlib
@@ -41,8 +49,10 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "register": "ngff_dreg.pipeline",
+    "RunOptions": "ngff_dreg.run",
     "StageReport": "ngff_dreg.io.output_state",
     "register_images": "ngff_dreg.engine",
+    "output_status": "ngff_dreg.io.output_state",
     "RegistrationSchedule": "ngff_dreg.engine",
     "BlockOptions": "ngff_dreg.engine",
     "Schedule": "ngff_dreg.schedule",

@@ -1,4 +1,4 @@
-"""The block grid over the fixed image, overlap padding, and moving regions.
+"""Plan the blocks: the grid over the fixed image, overlap padding, moving regions, status grid.
 
 Pure NumPy: no I/O and no ITK. Blocks follow the fixed level's storage chunks
 so every read is chunk-aligned; a thin last block along an axis is merged into

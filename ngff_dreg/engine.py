@@ -1,8 +1,9 @@
-"""Build the dask graph of one block-registration stage: ``register_images``.
+"""Register blocks: the dask graph of one block stage (``register_images``, itk-dreg's entry).
 
-The graph knows only the plug-in interfaces (:mod:`ngff_dreg.interfaces`). One
-task per fixed block reads its padded fixed block and the matching moving
-region, calls the block method, and returns a picklable
+The graph knows only the plug-in interfaces (:mod:`ngff_dreg.interfaces`),
+never a concrete method or reducer; optional capabilities are the Protocols
+declared there. One task per fixed block reads its padded fixed block and the
+matching moving region, calls the block method, and returns a picklable
 :class:`~ngff_dreg.interfaces.LocatedBlockResult`. The reduction then turns the
 block results into one transform. A failed block is a status, never a crash.
 """

@@ -1,4 +1,4 @@
-"""The registration schedule: which levels, blocks, overlap and methods.
+"""Plan the run: the schedule of levels, blocks, overlap and methods, coarse to fine.
 
 A :class:`Schedule` is a small dataclass that round-trips through TOML or
 YAML. Levels are named by NGFF level index (``0`` = finest) or by physical

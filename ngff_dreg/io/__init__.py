@@ -1,4 +1,12 @@
-"""OME-Zarr input/output: stores, multiscale images, readers and writers.
+"""OME-Zarr input/output: the only layer that touches zarr and fsspec.
+
+:mod:`~ngff_dreg.io.stores` opens every store and group; readers
+(:mod:`~ngff_dreg.io.multiscale`, :mod:`~ngff_dreg.io.reader`,
+:mod:`~ngff_dreg.io.transform_reader`) and writers
+(:mod:`~ngff_dreg.io.field_writer`, :mod:`~ngff_dreg.io.image_writer`,
+:mod:`~ngff_dreg.io.image_transform_writer`) build on it, and
+:mod:`~ngff_dreg.io.output_state` owns an output's completion marker,
+checkpoint manifest and stage reports.
 
 The main entry points are re-exported lazily (importing ``ngff_dreg.io`` does
 not import zarr, dask or itk):
@@ -8,6 +16,7 @@ not import zarr, dask or itk):
 * :func:`write_multiscale`
 * :func:`to_dask`, :func:`to_xarray`
 * :func:`open_store`, :func:`open_group`, :func:`redact_url`, :func:`redact_options`
+* :func:`output_status`
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ _EXPORTS = {
     "open_group": "ngff_dreg.io.stores",
     "redact_url": "ngff_dreg.io.stores",
     "redact_options": "ngff_dreg.io.stores",
+    "output_status": "ngff_dreg.io.output_state",
 }
 
 __all__ = sorted(_EXPORTS)
