@@ -66,6 +66,9 @@ Examples::
     python benchmarks/accuracy_suite.py --set all --append
     python benchmarks/accuracy_suite.py --set tuning --methods default,elastix \\
         --schedule cand.toml --label cand1     # elastix from the cache
+    python benchmarks/accuracy_suite.py --merge a.json,b.json --append   # runs split in two
+
+An interrupted run leaves what it finished in ``<out>.partial.json``.
 """
 
 from __future__ import annotations
@@ -445,8 +448,15 @@ def table_rows(results: dict, split: str) -> tuple[list[dict], dict[str, dict]]:
     return rows, summary
 
 
+def _grid_text(g: dict, unit: str) -> str:
+    return ("×".join(str(n) for n in g["shape"][::-1]) + " @ "
+            + "×".join(f"{v:g}" for v in g["spacing"]) + f" {unit}")
+
+
 def markdown(results: dict) -> str:
-    """The Markdown section: header, one table per set, medians of the ratios."""
+    """The Markdown section: header, cases, one table per set, medians of the ratios."""
+    from accuracy_cases import get_spec
+
     m = results["meta"]
     lines = [
         f"Measured {m['date']} with the code at commit `{m['commit']}` on {m['host']} "
@@ -467,6 +477,17 @@ def markdown(results: dict) -> str:
         "mapping; `peak MB`: the method's whole process tree. Reference rows (elastix, ants) "
         "come from the per-case cache when marked † (measured earlier, same code and case).",
     ]
+    lines += ["", "#### Cases", "", "| case | split | fixed grid | moving grid | storage | "
+              "max warp | max total | truth det J min | what it tests |", "|" + "---|" * 9]
+    for name, c in results["cases"].items():
+        fg, mg = c["fixed_geometry"], c["moving_geometry"]
+        unit = _UNITS.get(c["unit"], c["unit"] or "")
+        spec = get_spec(name.removesuffix("-reduced"))
+        lines.append(f"| {name} | {c['split']} | {_grid_text(fg, unit)} | "
+                     f"{_grid_text(mg, unit)} | {spec.dtype}, {spec.writer} | "
+                     f"{c['truth_max_warp']:.2f} {unit} | "
+                     f"{c['truth_max_total']:.2f} {unit} | {c['truth_jacobian_min']:.2f} | "
+                     f"{c['tests']} |")
     for split in ("tuning", "validation"):
         rows, summary = table_rows(results, split)
         if not rows:
@@ -498,8 +519,11 @@ def _identity_row(case: Case) -> dict:
 
 
 def run_suite(names: list[str], methods: list[str], label: str | None, args: argparse.Namespace,
-              root: Path) -> dict:
-    """Generate the cases, run every method, score; the results dict."""
+              root: Path, partial: Path | None = None) -> dict:
+    """Generate the cases, run every method, score; the results dict.
+
+    With ``partial``, the results so far are written there after every case.
+    """
     from accuracy_cases import get_spec, make_case
 
     vers = versions()
@@ -537,6 +561,9 @@ def run_suite(names: list[str], methods: list[str], label: str | None, args: arg
                       f"{_fmt(row.get('seconds'), '.1f')} s"
                       + (" (cached)" if row.get("cached") else ""), flush=True)
         results["cases"][case.name] = entry
+        if partial is not None:  # what is done survives an interrupted run
+            results["meta"]["load_after"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+            partial.write_text(json.dumps(results, indent=1, default=str))
     results["meta"]["load_after"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     return results
 
@@ -646,8 +673,11 @@ def main() -> None:
         methods.append("schedule")
     if "schedule" in methods and not args.schedule:
         raise SystemExit("method 'schedule' needs --schedule FILE")
-    res = run_suite([n.strip() for n in names], methods, args.label, args, root)
+    partial = (args.out or root / "results" / "suite-run.json").with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    res = run_suite([n.strip() for n in names], methods, args.label, args, root, partial)
     emit(res, args, root)
+    partial.unlink(missing_ok=True)
 
 
 def merge(paths: list[Path]) -> dict:
