@@ -45,3 +45,33 @@ def jacobian_stats(field: np.ndarray, spacing: np.ndarray, slab: int = 8) -> dic
         folded += int((det <= 0).sum())
         total += det.size
     return {"jacobian_min": det_min, "folded_fraction": folded / max(total, 1)}
+
+
+def det_jacobian_lattice(mapped: np.ndarray, lattice_shape: tuple[int, ...],
+                         spacing: np.ndarray, mask: np.ndarray | None = None
+                         ) -> dict[str, float]:
+    """det J of a point map known only by its values on a regular lattice.
+
+    The same finite differences for every method (whatever its transform
+    model): ``mapped`` holds ``phi(x)`` (ITK order, physical) at the lattice
+    nodes, flattened in NumPy order; ``J[i, j] = d phi_i / d x_j`` by central
+    differences (one-sided at the lattice edges, like ``np.gradient``) with
+    ``spacing`` (ITK order). Min and folded fraction (det J <= 0) are taken
+    over the nodes where ``mask`` is true (all nodes without one).
+    """
+    ndim = len(lattice_shape)
+    phi = np.asarray(mapped, dtype=np.float64).reshape(*lattice_shape, ndim)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    sel = np.ones(lattice_shape, bool) if mask is None else np.asarray(mask, bool)
+    if not sel.any():
+        return {"jacobian_min": float("nan"), "folded_fraction": float("nan")}
+    jac = np.zeros((int(sel.sum()), ndim, ndim))
+    for i in range(ndim):
+        for j in range(ndim):
+            axis = ndim - 1 - j
+            if lattice_shape[axis] > 1:
+                jac[:, i, j] = np.gradient(phi[..., i], spacing[j], axis=axis)[sel]
+            elif i == j:
+                jac[:, i, j] = 1.0
+    det = np.linalg.det(jac)
+    return {"jacobian_min": float(det.min()), "folded_fraction": float((det <= 0).mean())}

@@ -1,0 +1,698 @@
+"""Accuracy-suite cases: real images, a known fixed→moving truth, written as OME-Zarr.
+
+Every case is a fixed/moving pair made from a *real* image that ships inside a
+PyPI wheel (nothing is downloaded at run time; see ``docs/DATA.md``):
+
+* ``mni``: the MNI ICBM152 2009a T1 template, 1 mm (nilearn wheel);
+* ``epi``: volume 0 of nibabel's ``tests/data/example4d.nii.gz``, a real
+  128×96×24 echo-planar (fMRI) volume at 2×2×2.2 mm (nibabel wheel);
+* ``mni2d``: axial slice 90 of the MNI T1 (1 mm);
+* ``ihc``: scikit-image's immunohistochemistry micrograph (colonic glands,
+  512×512), as grey levels with the tissue bright (scikit-image wheel).
+
+The moving image is the real image (on its own grid, possibly cropped or
+averaged to thicker slices); the fixed image is ``fixed(x) = moving(T(x))``
+with the known fixed→moving map ``T(x) = A(x + u(x))``:
+
+* ``u`` is a cubic B-spline displacement whose coefficients lie on a regular
+  control grid (spacing in physical units, e.g. 20 mm) that covers the fixed
+  domain with two nodes to spare, so ``u`` is evaluated *exactly* (it is the
+  spline itself, not an interpolation of a sampled field); its coefficients
+  are scaled so that ``max |u|`` over the fixed grid is the case's amplitude;
+* ``A`` is a rotation about a seeded random axis (3D) through the fixed
+  domain's centre, an isotropic scale and a translation.
+
+The source is interpolated with cubic B-splines (``scipy.ndimage`` spline
+coefficients), so the truth is not smeared by linear interpolation. Where the
+fixed grid is coarser than the source along an axis (anisotropic or larger
+voxels), each fixed voxel is the mean of ``k`` sub-samples along that axis
+(``k = ceil(fixed spacing / source spacing)``): a boxcar slice profile, i.e.
+proper anti-aliasing, as a thick optical or MR slice integrates the object.
+Appearance changes are applied *after* warping (fixed only, except noise,
+which both acquisitions get): a smooth multiplicative bias field, a
+non-linear monotone intensity remap, Gaussian noise; then storage as float32
+or uint16 (``rint(v × 4095)``, a 12-bit range).
+
+Scoring data written per case (deterministic from the case's seed):
+``eval_index.npy`` (20 000 random fixed foreground voxels, NumPy order, whose
+truth image lies inside the moving image), ``jac_mask.npy`` (foreground of
+the Jacobian lattice: every ``jac_stride``-th fixed voxel) and ``truth.npz``.
+``meta.json`` is written last, with a hash of the case definition; a case is
+regenerated only when it is missing or its definition changed.
+
+``make_case(name, root, reduced=True)`` writes the 2 mm (2D: 2 px)
+downsampled variant of a case (the same physical deformation; sources
+anti-aliased before decimation) for a fast pytest subset; ``REDUCED_CASES``
+names the cases meant for it.
+
+Needs: numpy, scipy, itk (MNI reading), nilearn, nibabel, scikit-image,
+ngff-zarr (the ``mni-ngffzarr`` case), zarr, dask.
+
+Run ``python benchmarks/accuracy_cases.py --list`` or ``--make NAME`` by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+_HERE = Path(__file__).resolve().parent
+for _p in (_HERE.parent, _HERE):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from jacobian import det_jacobian_lattice  # noqa: E402
+
+from ngff_dreg.geometry import ImageGeometry  # noqa: E402
+
+FloatArray = npt.NDArray[np.float64]
+
+#: where the suite caches its cases (and the references' results)
+DEFAULT_ROOT = Path("/work/suite-data")
+#: evaluation points per case
+N_EVAL = 20000
+#: uint16 storage: v in [0, 1] becomes rint(v × U16_SCALE) (a 12-bit range)
+U16_SCALE = 4095.0
+#: bumped when the generator changes in a way that alters the written data
+GENERATOR_VERSION = 1
+
+
+# ------------------------------------------------------------------- definitions
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case: source image, known deformation, appearance and geometry.
+
+    Lengths are physical (the source's unit: mm, or µm for ``ihc``) unless
+    named ``*_vox`` (voxels of the source's finest spacing).
+    """
+
+    name: str
+    split: str  # "tuning" | "validation" | "selfcheck"
+    image: str  # "mni" | "epi" | "mni2d" | "ihc"
+    tests: str  # what the case tests, one line
+    seed: int
+    rotation_deg: float = 0.0
+    translation_vox: float = 0.0
+    #: explicit translation vector (physical, ITK order); wins over translation_vox
+    translation: tuple[float, ...] | None = None
+    scale: float = 0.0  # isotropic: the affine scales by (1 + scale)
+    bspline_grid: float | None = None  # control-point spacing, physical
+    bspline_amp_vox: float = 0.0  # max |u| in source voxels
+    bspline_amp: float | None = None  # max |u| physical; wins over bspline_amp_vox
+    noise: float = 0.0  # Gaussian sigma / mean foreground intensity (both images)
+    bias: float = 0.0  # multiplicative bias field exp(b), |b| <= log(1 + bias)
+    remap: str | None = None  # "gamma" (v^0.6) or "log" (log1p(6v)/log 7)
+    dtype: str = "float32"  # storage: "float32" | "uint16"
+    #: fixed grid spacing (ITK order) if it differs from the source's
+    fixed_spacing: tuple[float, ...] | None = None
+    fixed_origin_shift: tuple[float, ...] | None = None  # physical, ITK order
+    #: moving averaged to this spacing (ITK order; integer multiples of the source's)
+    moving_spacing: tuple[float, ...] | None = None
+    #: keep this fraction of the moving image along ``crop_axis`` (NumPy axis)
+    moving_crop: float = 1.0
+    crop_axis: int = 1
+    writer: str = "ngff-dreg"  # or "ngff-zarr" (c, z, y, x)
+    #: write_multiscale downsample_axes (None: all)
+    downsample_axes: tuple[str, ...] | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimension of the case."""
+        return 2 if self.image in ("mni2d", "ihc") else 3
+
+    def digest(self, reduced: bool) -> str:
+        """Hash of the definition (and generator version): changes force regeneration."""
+        text = json.dumps([dataclasses.asdict(self), reduced, GENERATOR_VERSION, N_EVAL],
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+CASES: tuple[CaseSpec, ...] = (
+    # ---------------------------------------------------------------- tuning (10)
+    CaseSpec("mni-headline", "tuning", "mni",
+             "issue #11 headline: MNI T1 1 mm, 3° rotation, 4 mm translation, "
+             "B-spline on a 20 mm grid, max 4.8 mm", seed=11, rotation_deg=3.0,
+             translation=(2.4, -2.4, 2.2), bspline_grid=20.0, bspline_amp=4.8),
+    CaseSpec("mni-fine10", "tuning", "mni",
+             "fine anatomy-scale warp: 10 mm grid, 2.5 vox; 2° rotation; 3 % noise",
+             seed=12, rotation_deg=2.0, translation_vox=3.0, bspline_grid=10.0,
+             bspline_amp_vox=2.5, noise=0.03),
+    CaseSpec("mni-bias-remap", "tuning", "mni",
+             "appearance: ±25 % bias field and gamma-0.6 intensity remap; 20 mm grid, "
+             "4 vox; 5° rotation, -4 % scale", seed=13, rotation_deg=5.0,
+             translation_vox=5.0, scale=-0.04, bspline_grid=20.0, bspline_amp_vox=4.0,
+             bias=0.25, remap="gamma"),
+    CaseSpec("mni-u16", "tuning", "mni",
+             "uint16 storage (12-bit range) of the pair that mni-f32 stores as float32",
+             seed=14, rotation_deg=4.0, translation_vox=6.0, bspline_grid=20.0,
+             bspline_amp_vox=3.0, noise=0.02, dtype="uint16"),
+    CaseSpec("mni-f32", "tuning", "mni",
+             "float32 storage of the mni-u16 pair (intensity invariance)",
+             seed=14, rotation_deg=4.0, translation_vox=6.0, bspline_grid=20.0,
+             bspline_amp_vox=3.0, noise=0.02, dtype="float32"),
+    CaseSpec("mni-aniso4", "tuning", "mni",
+             "lightsheet-like anisotropy: both images 1×1×4 mm (boxcar slices), pyramid "
+             "halves x/y only; 20 mm grid, 4 vox; 6° rotation", seed=15, rotation_deg=6.0,
+             translation_vox=5.0, bspline_grid=20.0, bspline_amp_vox=4.0, noise=0.02,
+             fixed_spacing=(1.0, 1.0, 4.0), moving_spacing=(1.0, 1.0, 4.0),
+             downsample_axes=("y", "x")),
+    CaseSpec("mni-grids", "tuning", "mni",
+             "different grids: fixed 1.25 mm with a shifted origin, moving 1 mm; "
+             "20 mm grid, 4 vox; 3° rotation, 8 vox translation", seed=16,
+             rotation_deg=3.0, translation_vox=8.0, bspline_grid=20.0, bspline_amp_vox=4.0,
+             fixed_spacing=(1.25, 1.25, 1.25), fixed_origin_shift=(3.7, -6.2, 5.1)),
+    CaseSpec("epi", "tuning", "epi",
+             "second real 3D image: EPI 2×2×2.2 mm, 20 mm grid, 3 vox; 5° rotation; "
+             "2 % noise", seed=17, rotation_deg=5.0, translation_vox=4.0,
+             bspline_grid=20.0, bspline_amp_vox=3.0, noise=0.02),
+    CaseSpec("mni2d-headline", "tuning", "mni2d",
+             "issue #11 2D row: axial MNI slice 1 mm, 3° rotation, 4 mm translation, "
+             "20 mm grid, max 4.8 mm", seed=18, rotation_deg=3.0, translation=(2.8, -2.9),
+             bspline_grid=20.0, bspline_amp=4.8),
+    CaseSpec("mni2d-fine", "tuning", "mni2d",
+             "2D fine warp: 10 mm grid, 2 vox; 8° rotation, +5 % scale; bias 20 %, "
+             "3 % noise", seed=19, rotation_deg=8.0, translation_vox=6.0, scale=0.05,
+             bspline_grid=10.0, bspline_amp_vox=2.0, bias=0.2, noise=0.03),
+    # ------------------------------------------------------------ validation (5)
+    CaseSpec("mni-coarse40", "validation", "mni",
+             "large smooth warp: 40 mm grid, 8 vox; 10° rotation, 10 vox translation, "
+             "+5 % scale", seed=21, rotation_deg=10.0, translation_vox=10.0, scale=0.05,
+             bspline_grid=40.0, bspline_amp_vox=8.0),
+    CaseSpec("mni-ngffzarr", "validation", "mni",
+             "as users write it: ngff-zarr, c,z,y,x uint16, z spacing 3 mm (both images); "
+             "3° rotation, 4 mm translation, 20 mm grid, max 4.8 mm", seed=22,
+             rotation_deg=3.0, translation=(-2.0, 3.0, 1.8), bspline_grid=20.0,
+             bspline_amp=4.8, dtype="uint16", fixed_spacing=(1.0, 1.0, 3.0),
+             moving_spacing=(1.0, 1.0, 3.0), writer="ngff-zarr"),
+    CaseSpec("mni-crop80", "validation", "mni",
+             "partial overlap: moving cropped to 80 % along y; 20 mm grid, 5 vox; "
+             "4° rotation, log remap", seed=23, rotation_deg=4.0, translation_vox=4.0,
+             bspline_grid=20.0, bspline_amp_vox=5.0, remap="log", moving_crop=0.8,
+             crop_axis=1),
+    CaseSpec("epi-coarse40", "validation", "epi",
+             "EPI with a 40 mm grid, 5 vox; 8° rotation, -5 % scale, ±20 % bias",
+             seed=24, rotation_deg=8.0, translation_vox=6.0, scale=-0.05, bspline_grid=40.0,
+             bspline_amp_vox=5.0, bias=0.2),
+    CaseSpec("ihc2d", "validation", "ihc",
+             "2D micrograph (IHC), 51 µm grid (10 % of the extent), 6 px; 7° rotation, "
+             "10 px translation; gamma remap, 3 % noise", seed=25, rotation_deg=7.0,
+             translation_vox=10.0, bspline_grid=51.2, bspline_amp_vox=6.0, remap="gamma",
+             noise=0.03),
+)
+
+#: convention checks of ``accuracy_suite.py --selfcheck`` (not part of the suite)
+SELFCHECK_CASES: tuple[CaseSpec, ...] = (
+    CaseSpec("selfcheck-translation", "selfcheck", "mni",
+             "pure known translation (+6, -4, +3) mm, same grids", seed=1,
+             translation=(6.0, -4.0, 3.0)),
+    CaseSpec("selfcheck-grids", "selfcheck", "mni",
+             "pure known translation (-5, +3, +4) mm; fixed 2.5×2.5×5 mm with a shifted "
+             "origin, moving 2 mm", seed=2, translation=(-5.0, 3.0, 4.0),
+             fixed_spacing=(2.5, 2.5, 5.0), fixed_origin_shift=(4.0, -3.0, 6.0)),
+)
+
+#: cases meant for the reduced pytest subset
+REDUCED_CASES = ("mni-headline", "mni2d-headline", "mni-aniso4")
+
+_ALL = {c.name: c for c in CASES + SELFCHECK_CASES}
+
+
+def case_names(split: str = "all") -> list[str]:
+    """Names of the suite's cases in ``split`` (``tuning``, ``validation`` or ``all``)."""
+    return [c.name for c in CASES if split == "all" or c.split == split]
+
+
+def get_spec(name: str) -> CaseSpec:
+    """The definition of case ``name`` (suite or selfcheck)."""
+    try:
+        return _ALL[name]
+    except KeyError:
+        raise ValueError(f"unknown case {name!r}; choose from {sorted(_ALL)}") from None
+
+
+# ----------------------------------------------------------------------- sources
+def _source(image: str, reduced: bool, selfcheck: bool) -> tuple[np.ndarray, ImageGeometry]:
+    """The real source image as float32 in [0, 1] (NumPy order) and its geometry."""
+    factor = 2 if (reduced or selfcheck) else 1
+    if image in ("mni", "mni2d"):
+        from ngff_dreg.demo import load_template
+
+        arr, _ = load_template(1)
+        if image == "mni2d":
+            arr = arr[90]
+        spacing = (1.0,) * arr.ndim
+        unit = "millimeter"
+    elif image == "epi":
+        import nibabel as nib
+
+        path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+        img = nib.load(str(path))
+        vol = np.asarray(img.dataobj[..., 0], dtype=np.float32)  # x, y, z
+        arr = np.ascontiguousarray(vol.transpose(2, 1, 0))
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        unit = "millimeter"
+    elif image == "ihc":
+        import skimage.data
+        from skimage.color import rgb2gray
+
+        arr = 1.0 - rgb2gray(skimage.data.immunohistochemistry()).astype(np.float32)
+        spacing = (1.0, 1.0)
+        unit = "micrometer"
+    else:
+        raise ValueError(f"unknown image {image!r}")
+    arr = np.asarray(arr, dtype=np.float32)
+    lo, hi = np.percentile(arr, [0.0, 99.9])
+    arr = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+    if factor > 1:
+        arr = ndimage.gaussian_filter(arr, 0.5 * factor)[(slice(None, None, factor),) * arr.ndim]
+        spacing = tuple(s * factor for s in spacing)
+        # voxel i of the decimated image sits where voxel factor*i of the source was
+    return arr.astype(np.float32), ImageGeometry(arr.shape, spacing, (0.0,) * arr.ndim,
+                                                 unit=unit)
+
+
+# -------------------------------------------------------------------------- truth
+@dataclass
+class CaseTruth:
+    """The exact fixed→moving map ``T(x) = A(x + u(x))`` of a case.
+
+    ``A(p) = matrix @ p + offset``; ``u`` is the cubic B-spline with
+    coefficients ``coef`` (``(ndim, *grid)``, components in ITK order, grid in
+    NumPy order) on nodes ``coef_origin + coef_spacing * k`` (ITK order).
+    """
+
+    matrix: FloatArray
+    offset: FloatArray
+    coef: FloatArray | None = None
+    coef_origin: FloatArray | None = None
+    coef_spacing: FloatArray | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Dimension."""
+        return int(self.matrix.shape[0])
+
+    def displacement(self, pts: FloatArray) -> FloatArray:
+        """``u(pts)``, exact spline evaluation (zero without a B-spline part)."""
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, self.ndim)
+        if self.coef is None:
+            return np.zeros_like(pts)
+        assert self.coef_origin is not None and self.coef_spacing is not None
+        idx = ((pts - self.coef_origin) / self.coef_spacing)[:, ::-1]
+        return np.stack([ndimage.map_coordinates(self.coef[c], idx.T, order=3,
+                                                 prefilter=False, mode="nearest")
+                         for c in range(self.ndim)], axis=1)
+
+    def transform_points(self, pts: npt.ArrayLike) -> FloatArray:
+        """Map fixed physical points ``(N, ndim)`` (ITK order) to moving points."""
+        p = np.asarray(pts, dtype=np.float64).reshape(-1, self.ndim)
+        out = np.empty_like(p)
+        for s in range(0, len(p), 1 << 19):
+            q = p[s:s + (1 << 19)]
+            out[s:s + len(q)] = (q + self.displacement(q)) @ self.matrix.T + self.offset
+        return out
+
+    def save(self, path: Path) -> None:
+        """Write as ``.npz``."""
+        arrays = {"matrix": self.matrix, "offset": self.offset}
+        if self.coef is not None:
+            arrays.update(coef=self.coef, coef_origin=self.coef_origin,
+                          coef_spacing=self.coef_spacing)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> CaseTruth:
+        """Read :meth:`save` output."""
+        z = np.load(path)
+        if "coef" in z:
+            return cls(z["matrix"], z["offset"], z["coef"], z["coef_origin"], z["coef_spacing"])
+        return cls(z["matrix"], z["offset"])
+
+
+def _rotation(ndim: int, degrees: float, rng: np.random.Generator) -> FloatArray:
+    """A rotation by ``degrees`` (3D: about a random unit axis; Rodrigues)."""
+    th = math.radians(degrees)
+    if ndim == 2:
+        return np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k)
+
+
+def _fixed_points(geom: ImageGeometry, stride: int = 1) -> FloatArray:
+    """Physical points of every ``stride``-th fixed voxel."""
+    axes = [np.arange(0, n, stride, dtype=np.float64) for n in geom.shape]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, geom.ndim)
+    return geom.array_index_to_physical(idx)
+
+
+def make_truth(spec: CaseSpec, fixed: ImageGeometry, source: ImageGeometry,
+               full_voxel: float) -> CaseTruth:
+    """The case's truth on the fixed domain (``full_voxel``: the full-size source voxel)."""
+    rng = np.random.default_rng(spec.seed)
+    nd = spec.ndim
+    lo, hi = fixed.physical_bounds()
+    centre = (np.asarray(lo) + np.asarray(hi)) / 2.0
+    rot = _rotation(nd, spec.rotation_deg, rng) * (1.0 + spec.scale)
+    if spec.translation is not None:
+        t = np.asarray(spec.translation, dtype=np.float64)
+    else:
+        d = rng.standard_normal(nd)
+        t = d / np.linalg.norm(d) * spec.translation_vox * full_voxel
+    offset = centre - rot @ centre + t
+    truth = CaseTruth(rot, offset)
+    if spec.bspline_grid:
+        g = float(spec.bspline_grid)
+        origin = np.asarray(lo) - 2 * g
+        n = np.ceil((np.asarray(hi) - np.asarray(lo)) / g).astype(int) + 5  # ITK order
+        coef = rng.standard_normal((nd, *n[::-1]))
+        truth.coef, truth.coef_origin = coef, origin
+        truth.coef_spacing = np.full(nd, g)
+        amp = spec.bspline_amp if spec.bspline_amp is not None \
+            else spec.bspline_amp_vox * full_voxel
+        peak = float(np.linalg.norm(truth.displacement(_fixed_points(fixed, 2)), axis=1).max())
+        truth.coef = coef * (amp / peak)
+    return truth
+
+
+# ------------------------------------------------------------------ resampling
+def _sampler(source: np.ndarray, sgeom: ImageGeometry) -> Callable[[FloatArray], np.ndarray]:
+    """Cubic B-spline interpolant of ``source`` at physical points; 0 outside."""
+    coef = ndimage.spline_filter(source.astype(np.float64), order=3, mode="mirror")
+    shape = np.asarray(source.shape)
+
+    def f(pts: FloatArray) -> np.ndarray:
+        idx = sgeom.physical_to_index(pts)[:, ::-1]
+        inside = np.all((idx >= -0.5) & (idx <= shape - 0.5), axis=1)
+        val = ndimage.map_coordinates(coef, idx.T, order=3, mode="mirror", prefilter=False)
+        return np.where(inside, np.clip(val, 0.0, None), 0.0)
+
+    return f
+
+
+def resample(f: Callable[[FloatArray], np.ndarray], geom: ImageGeometry, fine: ImageGeometry,
+             transform: Callable[[FloatArray], FloatArray] | None) -> np.ndarray:
+    """``mean over sub-samples of f(transform(x))`` for every voxel of ``geom``.
+
+    Along an axis where ``geom`` is coarser than ``fine`` (the source), a voxel
+    averages ``k = ceil(ratio)`` evenly spaced sub-samples across its width
+    (boxcar anti-aliasing); elsewhere it is one sample at the voxel centre.
+    """
+    k = [max(1, math.ceil(g / s - 1e-6)) for g, s in zip(geom.spacing, fine.spacing)]
+    subs = [((np.arange(kk) + 0.5) / kk - 0.5) for kk in k]  # ITK order, index units
+    offsets = np.stack(np.meshgrid(*subs, indexing="ij"), -1).reshape(-1, geom.ndim)
+    out = np.zeros(geom.shape, dtype=np.float64)
+    plane = int(np.prod(geom.shape[1:]))
+    rows = max(1, (1 << 20) // plane)
+    for z0 in range(0, geom.shape[0], rows):
+        z1 = min(geom.shape[0], z0 + rows)
+        axes = [np.arange(z0, z1, dtype=np.float64)] + [
+            np.arange(n, dtype=np.float64) for n in geom.shape[1:]]
+        idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, geom.ndim)[:, ::-1]
+        acc = np.zeros(len(idx))
+        for off in offsets:
+            pts = geom.index_to_physical(idx + off)
+            acc += f(transform(pts) if transform is not None else pts)
+        out[z0:z1] = (acc / len(offsets)).reshape((z1 - z0, *geom.shape[1:]))
+    return out
+
+
+# ------------------------------------------------------------------ appearance
+def bias_field(geom: ImageGeometry, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth multiplicative field ``exp(b)``, ``|b| <= log(1 + amount)``.
+
+    ``b`` sums four random low-frequency cosines (wavelengths 1–2 image extents).
+    """
+    pts = _fixed_points(geom).reshape(*geom.shape, geom.ndim)
+    lo, hi = geom.physical_bounds()
+    ext = np.asarray(hi) - np.asarray(lo)
+    b = np.zeros(geom.shape)
+    for _ in range(4):
+        k = rng.standard_normal(geom.ndim)
+        k = k / np.linalg.norm(k) * 2 * math.pi / (rng.uniform(1.0, 2.0) * float(ext.max()))
+        b += np.cos(pts @ k + rng.uniform(0, 2 * math.pi))
+    b *= math.log(1.0 + amount) / max(float(np.abs(b).max()), 1e-9)
+    return np.exp(b)
+
+
+def remap(v: np.ndarray, kind: str | None) -> np.ndarray:
+    """A non-linear monotone intensity remap of ``v >= 0`` (``None``: unchanged)."""
+    if kind is None:
+        return v
+    if kind == "gamma":
+        return np.power(np.clip(v, 0.0, None), 0.6)
+    if kind == "log":
+        return np.log1p(6.0 * np.clip(v, 0.0, None)) / math.log(7.0)
+    raise ValueError(f"unknown remap {kind!r}")
+
+
+def _noise(v: np.ndarray, sigma_rel: float, mask: np.ndarray,
+           rng: np.random.Generator) -> np.ndarray:
+    ref = float(v[mask].mean()) if mask.any() else 1.0
+    return np.clip(v + rng.standard_normal(v.shape) * sigma_rel * ref, 0.0, None)
+
+
+# ----------------------------------------------------------------------- writing
+def _write(url: Path, data: np.ndarray, geom: ImageGeometry, spec: CaseSpec) -> None:
+    """Store one image as OME-Zarr with the case's dtype and writer."""
+    if spec.dtype == "uint16":
+        data = np.clip(np.rint(data * U16_SCALE), 0, 65535).astype(np.uint16)
+    else:
+        data = data.astype(np.float32)
+    if spec.writer == "ngff-zarr":
+        import ngff_zarr as nz
+
+        dims = ["c", *"zyx"[3 - geom.ndim:]]
+        names = dims[1:]
+        sp = dict(zip(names, geom.spacing[::-1]))
+        tr = dict(zip(names, geom.origin[::-1]))
+        img = nz.to_ngff_image(data[None], dims=dims, scale=sp, translation=tr,
+                               axes_units={n: geom.unit or "millimeter" for n in names},
+                               name=url.stem)
+        ms = nz.to_multiscales(img, scale_factors=[2, 4], chunks=64)
+        nz.to_ngff_zarr(str(url), ms, overwrite=True)
+        return
+    from ngff_dreg.io.image_writer import write_multiscale
+
+    write_multiscale(str(url), data, geom, chunks=64 if geom.ndim == 3 else 256,
+                     overwrite=True, name=url.stem, downsample_axes=spec.downsample_axes)
+
+
+# ------------------------------------------------------------------------ a case
+@dataclass
+class Case:
+    """A generated case, as the suite uses it."""
+
+    spec: CaseSpec
+    root: Path
+    fixed: str
+    moving: str
+    geometry: ImageGeometry  # fixed, level 0
+    moving_geometry: ImageGeometry
+    truth: CaseTruth
+    eval_index: np.ndarray  # (N, ndim) NumPy-order fixed voxel indices
+    jac_stride: tuple[int, ...]  # NumPy order
+    jac_mask: np.ndarray  # foreground of the Jacobian lattice
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Case name (``…-reduced`` for the reduced variant)."""
+        return str(self.meta.get("name", self.spec.name))
+
+    @property
+    def eval_points(self) -> FloatArray:
+        """Physical points (ITK order) where errors are scored."""
+        return self.geometry.array_index_to_physical(self.eval_index)
+
+    def jac_points(self) -> FloatArray:
+        """Physical points of the Jacobian lattice, flattened (lattice in NumPy order)."""
+        return _lattice(self.geometry, self.jac_stride)
+
+    @property
+    def jac_spacing(self) -> FloatArray:
+        """Physical spacing of the Jacobian lattice, ITK order."""
+        return np.asarray(self.geometry.spacing) * np.asarray(self.jac_stride[::-1])
+
+
+def _geom_json(g: ImageGeometry) -> dict:
+    return {"shape": list(g.shape), "spacing": list(g.spacing), "origin": list(g.origin),
+            "unit": g.unit}
+
+
+def _geom_from(d: dict) -> ImageGeometry:
+    return ImageGeometry(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]),
+                         unit=d.get("unit"))
+
+
+def _grid(spec: CaseSpec, sgeom: ImageGeometry, spacing: tuple[float, ...] | None,
+          shift: tuple[float, ...] | None) -> ImageGeometry:
+    """A grid covering the source's extent at ``spacing`` (ITK order), origin shifted.
+
+    Voxel 0's centre sits half a voxel inside the source's outer edge, so a
+    boxcar voxel covers whole source voxels when the ratio is an integer.
+    """
+    if spacing is None and shift is None:
+        return sgeom
+    sp = np.asarray(spacing if spacing is not None else sgeom.spacing, dtype=np.float64)
+    ssp = np.asarray(sgeom.spacing)
+    edge = np.asarray(sgeom.origin) - ssp / 2.0  # outer edge of the source, ITK order
+    extent = ssp * np.asarray(sgeom.size)
+    size = np.floor(extent / sp + 1e-6).astype(int)
+    origin = edge + sp / 2.0 + (np.asarray(shift) if shift is not None else 0.0)
+    return ImageGeometry(tuple(size[::-1]), tuple(sp), tuple(origin), unit=sgeom.unit)
+
+
+def _jac_stride(geom: ImageGeometry) -> tuple[int, ...]:
+    """Lattice stride per NumPy axis: about 2 of the finest spacing in 3D, 1 in 2D."""
+    if geom.ndim == 2:
+        return (1, 1)
+    fine = min(geom.spacing)
+    return tuple(max(1, round(2 * fine / s)) for s in geom.spacing[::-1])
+
+
+def _load_case(spec: CaseSpec, out: Path, meta: dict) -> Case:
+    z = np.load(out / "jac_mask.npy")
+    return Case(spec, out, str(out / "fixed.ome.zarr"), str(out / "moving.ome.zarr"),
+                _geom_from(meta["fixed_geometry"]), _geom_from(meta["moving_geometry"]),
+                CaseTruth.load(out / "truth.npz"), np.load(out / "eval_index.npy"),
+                tuple(meta["jac_stride"]), z, meta)
+
+
+def make_case(name: str, root: Path | str = DEFAULT_ROOT, *, reduced: bool = False,
+              overwrite: bool = False) -> Case:
+    """Write (or reuse) case ``name`` under ``root``; ``reduced``: the 2 mm variant."""
+    spec = get_spec(name)
+    root = Path(root)
+    tag = f"{name}-reduced" if reduced else name
+    out = root / tag
+    digest = spec.digest(reduced)
+    meta_path = out / "meta.json"
+    if meta_path.exists() and not overwrite:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("digest") == digest:
+            return _load_case(spec, out, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    selfcheck = spec.split == "selfcheck"
+    src, sgeom = _source(spec.image, reduced, selfcheck)
+    full_voxel = min(sgeom.spacing) / (2 if (reduced or selfcheck) else 1)
+
+    def scaled(sp: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if sp is None or not reduced:
+            return sp
+        return tuple(max(a, b) for a, b in zip(sp, sgeom.spacing))
+
+    fgeom = _grid(spec, sgeom, scaled(spec.fixed_spacing), spec.fixed_origin_shift)
+    mgeom = _grid(spec, sgeom, scaled(spec.moving_spacing), None)
+    truth = make_truth(spec, fgeom, sgeom, full_voxel)
+    f = _sampler(src, sgeom)
+    clean_fixed = resample(f, fgeom, sgeom, truth.transform_points)
+    moving = src.astype(np.float64) if mgeom == sgeom else resample(f, mgeom, sgeom, None)
+    if spec.moving_crop < 1.0:
+        ax = spec.crop_axis
+        n = moving.shape[ax]
+        keep = int(round(n * spec.moving_crop))
+        start = (n - keep) // 2
+        sl = [slice(None)] * moving.ndim
+        sl[ax] = slice(start, start + keep)
+        moving = moving[tuple(sl)]
+        origin = list(mgeom.origin)
+        origin[mgeom.ndim - 1 - ax] += start * mgeom.spacing[mgeom.ndim - 1 - ax]
+        mgeom = ImageGeometry(moving.shape, mgeom.spacing, tuple(origin), unit=mgeom.unit)
+    # scoring: fixed foreground whose truth image lies inside the moving image
+    thr = 0.1 * float(np.percentile(clean_fixed, 99))
+    fg = clean_fixed > thr
+    allpts = _fixed_points(fgeom)
+    mapped_all = truth.transform_points(allpts)
+    mi = mgeom.physical_to_index(mapped_all)[:, ::-1]
+    inside = np.all((mi >= 0) & (mi <= np.asarray(mgeom.shape) - 1), axis=1)
+    valid = fg & inside.reshape(fgeom.shape)
+    rng = np.random.default_rng(spec.seed + 1000)
+    cand = np.argwhere(valid)
+    pick = np.sort(rng.choice(len(cand), size=min(N_EVAL, len(cand)), replace=False))
+    eval_index = cand[pick].astype(np.float64)
+    stride = _jac_stride(fgeom)
+    jac_mask = valid[tuple(slice(None, None, s) for s in stride)]
+    # appearance, after warping
+    arng = np.random.default_rng(spec.seed + 2000)
+    fixed = clean_fixed
+    if spec.bias:
+        fixed = fixed * bias_field(fgeom, spec.bias, arng)
+    fixed = remap(fixed, spec.remap)
+    if spec.noise:
+        fixed = _noise(fixed, spec.noise, fg, arng)
+        moving = _noise(moving, spec.noise, moving > thr, arng)
+    _write(out / "fixed.ome.zarr", fixed, fgeom, spec)
+    _write(out / "moving.ome.zarr", moving, mgeom, spec)
+    truth.save(out / "truth.npz")
+    np.save(out / "eval_index.npy", eval_index)
+    np.save(out / "jac_mask.npy", jac_mask)
+    lattice = _lattice(fgeom, stride)
+    jac = det_jacobian_lattice(truth.transform_points(lattice), jac_mask.shape,
+                               np.asarray(fgeom.spacing) * np.asarray(stride[::-1]), jac_mask)
+    u = truth.displacement(lattice)
+    meta = {
+        "name": tag, "split": spec.split, "digest": digest, "reduced": reduced,
+        "spec": dataclasses.asdict(spec),
+        "fixed_geometry": _geom_json(fgeom), "moving_geometry": _geom_json(mgeom),
+        "jac_stride": list(stride), "n_eval": int(len(eval_index)),
+        "foreground_voxels": int(valid.sum()),
+        # on the Jacobian lattice (every ~2 mm)
+        "truth_max_warp": float(np.linalg.norm(u, axis=1).max()) if len(u) else 0.0,
+        "truth_max_total": float(np.linalg.norm(mapped_all - allpts, axis=1).max()),
+        "truth_jacobian_min": jac["jacobian_min"],
+        "truth_folded_fraction": jac["folded_fraction"],
+        "generation_seconds": time.perf_counter() - t0,
+    }
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return _load_case(spec, out, meta)
+
+
+def _lattice(geom: ImageGeometry, stride: tuple[int, ...]) -> FloatArray:
+    axes = [np.arange(0, n, s, dtype=np.float64) for n, s in zip(geom.shape, stride)]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, geom.ndim)
+    return geom.array_index_to_physical(idx)
+
+
+def main() -> None:
+    """List the cases, or write some."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--make", default=None, help="comma list of case names, or 'all'")
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--reduced", action="store_true")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args()
+    if args.list or not args.make:
+        for c in CASES + SELFCHECK_CASES:
+            print(f"{c.name:22s} {c.split:10s} {c.tests}")
+    if args.make:
+        names = case_names() if args.make == "all" else args.make.split(",")
+        for n in names:
+            case = make_case(n.strip(), args.root, reduced=args.reduced,
+                             overwrite=args.overwrite)
+            m = case.meta
+            print(f"{case.name}: fixed {m['fixed_geometry']['shape']} "
+                  f"{m['fixed_geometry']['spacing']}, moving {m['moving_geometry']['shape']}, "
+                  f"warp max {m['truth_max_warp']:.2f}, total max {m['truth_max_total']:.2f}, "
+                  f"truth det J min {m['truth_jacobian_min']:.3f}, "
+                  f"{m['n_eval']} points, {m['generation_seconds']:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
