@@ -43,8 +43,9 @@ the mapped points (≈ 1 when the point mapping runs in the right direction).
 cases (same grids; different spacings and origins, anisotropic) and fails
 unless every method's mean mapped shift is within 0.25 voxel of the true one
 (a reversed direction misses by twice the shift), its median error is below
-one voxel (a wrong spacing or origin costs many) and, for the references, its own warped image agrees with the
-moving image sampled at its mapped points (NCC > 0.95).
+one voxel (a wrong spacing or origin costs many) and, for the references, its
+own warped image agrees with the moving image sampled at its mapped points
+(NCC > 0.95).
 
 Outputs: a JSON of everything (``--out``; per case, per method, with
 versions, git commit, load average and date) and a Markdown section (tuning
@@ -212,7 +213,7 @@ def child_ngff(fixed: str, moving: str, points: Path, result: Path, workers: int
     """ngff-dreg via its Python API; points mapped by the transform read back."""
     import ngff_dreg
     from ngff_dreg.io.multiscale import open_multiscale
-    from ngff_dreg.plan import Schedule
+    from ngff_dreg.schedule import Schedule
 
     geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]
     sched = Schedule.load(schedule) if schedule else Schedule.default(geoms, fast=fast)
