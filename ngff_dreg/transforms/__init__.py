@@ -18,6 +18,8 @@ An equal ``itk.Transform`` is built on demand (``to_itk``), through
 from ngff_dreg.transforms.affine import AffineTransform
 from ngff_dreg.transforms.bspline import (
     BSplineGrid,
+    apply_axes,
+    axis_basis,
     bspline_weight_matrix,
     cubic_weights,
     grid_coordinates,
@@ -31,6 +33,8 @@ __all__ = [
     "DisplacementField",
     "FieldLoader",
     "TransformChain",
+    "apply_axes",
+    "axis_basis",
     "bspline_weight_matrix",
     "cubic_weights",
     "grid_coordinates",

@@ -8,13 +8,23 @@ no ITK (only :meth:`BSplineGrid.from_itk` reads an ITK transform, through
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BSplineGrid", "bspline_weight_matrix", "cubic_weights", "grid_coordinates"]
+from ngff_dreg.geometry import ImageGeometry
+
+__all__ = [
+    "BSplineGrid",
+    "apply_axes",
+    "axis_basis",
+    "bspline_weight_matrix",
+    "cubic_weights",
+    "grid_coordinates",
+]
 
 
 def cubic_weights(t: np.ndarray) -> np.ndarray:
@@ -25,6 +35,44 @@ def cubic_weights(t: np.ndarray) -> np.ndarray:
     w2 = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
     w3 = t3 / 6.0
     return np.stack([w0, w1, w2, w3], axis=1)
+
+
+def axis_basis(g: npt.ArrayLike, n_nodes: int) -> npt.NDArray[np.float64]:
+    """Dense ``(len(g), n_nodes)`` cubic B-spline weights at grid coordinates ``g``.
+
+    ITK's convention: nodes ``floor(g) - 1 .. floor(g) + 2`` support a point;
+    coordinates are clamped to the valid region ``[1, n_nodes - 2)``.
+    """
+    lo, hi = 1.0, float(n_nodes) - 2.0
+    gg = np.clip(np.asarray(g, dtype=np.float64), lo, np.nextafter(hi, -np.inf))
+    base = np.floor(gg).astype(np.int64) - 1
+    w = cubic_weights(gg - np.floor(gg))
+    out = np.zeros((len(gg), n_nodes))
+    rows = np.arange(len(gg))
+    for k in range(4):
+        out[rows, base + k] = w[:, k]
+    return out
+
+
+def apply_axes(arr: npt.NDArray[np.float64],
+               mats: Sequence[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """``arr`` with its axis ``k`` multiplied by ``mats[k]`` (``out_k = M_k @ in_k``).
+
+    The tensor-product evaluation of a B-spline on a lattice: with ``mats``
+    the per-axis weights (:func:`axis_basis`), coefficients become values at
+    every lattice point. 2-D and 3-D arrays use plain matrix products.
+    """
+    if arr.ndim == 2:
+        return np.asarray(mats[0] @ arr @ mats[1].T)
+    if arr.ndim == 3:
+        a, b, _ = arr.shape
+        t = arr.reshape(a * b, -1) @ mats[2].T
+        t = mats[1] @ t.reshape(a, b, -1)
+        y, x = t.shape[1], t.shape[2]
+        return np.asarray((mats[0] @ t.reshape(a, y * x)).reshape(-1, y, x))
+    for m in mats:
+        arr = np.tensordot(arr, m, axes=([0], [1]))
+    return arr
 
 
 def grid_coordinates(
@@ -148,6 +196,43 @@ class BSplineGrid:
                     w = w * weights[a][:, off[a]]
                 acc += w[:, None] * self.coefficients[first + int(off @ strides)]
             out[s : s + batch][inside] = acc
+        return out
+
+    def displacement_on_grid(self, grid: ImageGeometry) -> npt.NDArray[np.float64]:
+        """``T(x) - x`` at every node of ``grid``: ``(ndim, *grid.shape)``, NGFF layout.
+
+        When ``grid`` shares the B-spline grid's direction the weights are a
+        tensor product of per-axis matrices and the whole lattice costs a few
+        matrix products (:func:`apply_axes`); otherwise the points are
+        evaluated one by one (:meth:`displacement`). Equal to
+        :meth:`displacement` at the same points (identity outside the valid
+        region) either way.
+        """
+        ndim = self.ndim
+        fp = self.fixed_parameters
+        size = fp[:ndim].astype(np.int64)
+        origin, spacing = fp[ndim : 2 * ndim], fp[2 * ndim : 3 * ndim]
+        to_index = np.linalg.inv(fp[3 * ndim :].reshape(ndim, ndim) * spacing[None, :])
+        bases = []
+        for a in range(ndim):  # NumPy axis a
+            line = np.zeros((grid.shape[a], ndim))
+            line[:, a] = np.arange(grid.shape[a])
+            coords = (grid.array_index_to_physical(line) - origin) @ to_index.T
+            others = [k for k in range(ndim) if k != ndim - 1 - a]
+            if others and float(np.ptp(coords[:, others], axis=0).max()) > 1e-6:
+                pts = grid.array_index_to_physical(
+                    np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"),
+                             -1).reshape(-1, ndim).astype(np.float64))
+                return self.displacement(pts)[:, ::-1].T.reshape((ndim, *grid.shape))
+            g = coords[:, ndim - 1 - a]
+            n = int(size[ndim - 1 - a])
+            inside = (g >= 1.0 - 1e-9) & (g <= n - 2.0 + 1e-9)
+            bases.append(axis_basis(g, n) * inside[:, None])
+        sizes_np = tuple(int(v) for v in size[::-1])
+        out = np.empty((ndim, *grid.shape))
+        for k in range(ndim):  # ITK component k is NGFF component ndim - 1 - k
+            coef = np.ascontiguousarray(self.coefficients[:, k]).reshape(sizes_np)
+            out[ndim - 1 - k] = apply_axes(coef, bases)
         return out
 
     def transform_points(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
