@@ -75,6 +75,7 @@ _LAZY = {
     "DisplacementField": "ngff_dreg.transforms",
     "TransformChain": "ngff_dreg.transforms",
     "ItkBSplineRegistration": "ngff_dreg.methods",
+    "BSplineGaussNewton": "ngff_dreg.methods",
     "ItkLinearRegistration": "ngff_dreg.methods",
     "PhaseCorrelationTranslation": "ngff_dreg.methods",
     "ElastixBlockRegistration": "ngff_dreg.methods",

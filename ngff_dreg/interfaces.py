@@ -153,6 +153,11 @@ class BlockPairRegistrationResult:
         Optional final metric value (lower is better), used as a quality weight.
     message:
         Optional human-readable note (the error text for METHOD_ERROR).
+    figures:
+        Optional named figures measured by the method on the block's own
+        level (ngff-dreg's methods report ``ncc_before``/``ncc_after`` on
+        held-out samples and the number of ``samples``); the reduction
+        aggregates them into the stage's report.
 
     """
 
@@ -163,6 +168,7 @@ class BlockPairRegistrationResult:
     status: BlockRegStatus
     metric: float | None = None
     message: str = ""
+    figures: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.status = BlockRegStatus(int(self.status))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ngff_dreg.interfaces import BlockPairRegistrationMethod
     from ngff_dreg.methods.bspline import ItkBSplineRegistration
+    from ngff_dreg.methods.bspline_gn import BSplineGaussNewton
     from ngff_dreg.methods.elastix import ElastixBlockRegistration, ElastixNotAvailableError
     from ngff_dreg.methods.itk_linear import ItkLinearRegistration
     from ngff_dreg.methods.translation import (
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
+    "BSplineGaussNewton",
     "ElastixBlockRegistration",
     "ElastixNotAvailableError",
     "ItkBSplineRegistration",
@@ -93,8 +95,13 @@ _SPECS = (
     ),
     MethodSpec(
         "bspline",
+        "ngff_dreg.methods.bspline_gn:BSplineGaussNewton",
+        "cubic B-spline per block fitted by Gauss-Newton (the default)",
+    ),
+    MethodSpec(
+        "bspline-lbfgs",
         "ngff_dreg.methods.bspline:ItkBSplineRegistration",
-        "cubic B-spline per block (NumPy engine by default)",
+        "cubic B-spline per block: L-BFGS on sampled NCC, or ITK v4 (Mattes MI)",
     ),
     MethodSpec(
         "elastix",
@@ -129,6 +136,7 @@ def make_method(
 
 
 _LAZY = {
+    "BSplineGaussNewton": "ngff_dreg.methods.bspline_gn",
     "ElastixBlockRegistration": "ngff_dreg.methods.elastix",
     "ElastixNotAvailableError": "ngff_dreg.methods.elastix",
     "ItkBSplineRegistration": "ngff_dreg.methods.bspline",

@@ -47,14 +47,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import BlockRegStatus, SupportsTransformPoints
-from ngff_dreg.transforms import AffineTransform, map_points
+from ngff_dreg.transforms import AffineTransform, BSplineGrid, map_points
 
 __all__ = [
     "FILL_BETA",
@@ -71,6 +71,7 @@ __all__ = [
     "node_range",
     "node_ratio",
     "quality_factor",
+    "stage_figures",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -192,6 +193,9 @@ class BlockSample:
         Physical reach of the hole-filling weight.
     transform:
         The block transform, evaluable with NumPy (``None`` unless SUCCESS).
+    figures:
+        The method's own figures for the block (see
+        :attr:`~ngff_dreg.interfaces.BlockPairRegistrationResult.figures`).
 
     """
 
@@ -205,6 +209,7 @@ class BlockSample:
     quality: float
     reach: float
     transform: SupportsTransformPoints | None = None
+    figures: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -213,7 +218,13 @@ class BlockSample:
                 and not self.nodes.is_empty)
 
     def residual_at(self, box: Box, fgeom: ImageGeometry) -> FloatArray:
-        """``T_b(x) - x`` (NGFF layout) at the field nodes of ``box``."""
+        """``T_b(x) - x`` (NGFF layout) at the field nodes of ``box``.
+
+        A B-spline block transform is evaluated on the whole node lattice at
+        once (:meth:`~ngff_dreg.transforms.BSplineGrid.displacement_on_grid`).
+        """
+        if isinstance(self.transform, BSplineGrid):
+            return self.transform.displacement_on_grid(fgeom.sub(box.slices))
         axes = [np.arange(a, b) for a, b in zip(box.start, box.stop)]
         mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fgeom.ndim)
         pts = fgeom.array_index_to_physical(mesh.astype(np.float64))
@@ -254,6 +265,7 @@ def block_sample(
     *,
     use_quality: bool = False,
     fill_distance: float = 1.0,
+    figures: dict[str, float] | None = None,
 ) -> BlockSample:
     """Summarise one block result for the field-chunk tasks.
 
@@ -278,6 +290,8 @@ def block_sample(
         Multiply the weight by :func:`quality_factor` of ``metric``.
     fill_distance:
         Hole-filling reach in multiples of the block extent.
+    figures:
+        The method's figures for the block, passed through.
 
     """
     lo, hi = box_bounds(block_box if block_box is not None else core)
@@ -295,7 +309,27 @@ def block_sample(
         np.maximum(clo - lo, 0.0), np.maximum(hi - chi, 0.0), quality,
         fill_reach(lo, hi, fixed, fill_distance),
         transform if status == BlockRegStatus.SUCCESS else None,
+        dict(figures or {}),
     )
+
+
+def stage_figures(figures: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The stage's NCC before/after: the blocks' figures weighted by their sample counts.
+
+    Only blocks that report both ``ncc_before`` and ``ncc_after`` count;
+    empty when none does (a method that reports no figures).
+    """
+    num_b = num_a = den = 0.0
+    blocks = 0
+    for f in figures:
+        b, a = f.get("ncc_before"), f.get("ncc_after")
+        if b is None or a is None or not (math.isfinite(b) and math.isfinite(a)):
+            continue
+        w = float(f.get("samples", 1.0))
+        num_b, num_a, den, blocks = num_b + w * b, num_a + w * a, den + w, blocks + 1
+    if den <= 0:
+        return {}
+    return {"ncc_before": num_b / den, "ncc_after": num_a / den, "blocks_measured": blocks}
 
 
 # ---------------------------------------------------------------- chunk task

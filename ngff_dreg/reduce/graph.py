@@ -48,6 +48,7 @@ from ngff_dreg.reduce.blend import (
     fold_chunk,
     node_range,
     node_ratio,
+    stage_figures,
 )
 from ngff_dreg.reduce.inverse import inverse_residuals, invert_chunk
 from ngff_dreg.reduce.quality import jacobian_chunk
@@ -121,9 +122,11 @@ def sample_block(located: LocatedBlockResult, block_box: Box | None,
     domain = geometry_of(res.transform_domain) if res.transform_domain is not None else None
     transform = numpy_transform(res.transform) if status == BlockRegStatus.SUCCESS else None
     core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
+    figures = getattr(res, "figures", None)  # itk-dreg's own result records have none
     return block_sample(status, located.fixed_info.chunk_index, core, block_box, domain,
                         transform, res.metric, fixed, fgeom, use_quality=use_quality,
-                        fill_distance=fill_distance)
+                        fill_distance=fill_distance,
+                        figures=figures if isinstance(figures, dict) else None)
 
 
 def padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
@@ -146,9 +149,9 @@ def _t_sample(located: Any, box: Box, fixed: ImageGeometry, fgeom: ImageGeometry
                         fill_distance=fill_distance)
 
 
-def _t_status(sample: BlockSample) -> tuple[tuple[int, ...], int]:
-    """``(chunk_index, status)`` of one block, for the status grid."""
-    return sample.chunk_index, sample.status
+def _t_status(sample: BlockSample) -> tuple[tuple[int, ...], int, dict[str, float]]:
+    """``(chunk_index, status, figures)`` of one block, for the status grid and report."""
+    return sample.chunk_index, sample.status, sample.figures
 
 
 def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed: ImageGeometry,
@@ -239,11 +242,12 @@ def _t_prepare(writer: FieldWriter, geoms: dict[str, ImageGeometry],
 def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
                 affine: AffineTransform, fixed: ImageGeometry, ready: dict[str, Any],
                 inv_parts: list[dict[str, Any]] | None, checks: list[dict[str, Any]],
-                statuses: list[tuple[tuple[int, ...], int]], writer: FieldWriter | None,
+                statuses: list[tuple[tuple[int, ...], int, dict[str, float]]],
+                writer: FieldWriter | None,
                 forward_mem: DisplacementField | None) -> BlendedTransformResult:
     """Report, status grid, pyramids and metadata (written last); the result record."""
-    smap = status_grid(statuses)
-    n_success = sum(1 for _, s in statuses if s == BlockRegStatus.SUCCESS)
+    smap = status_grid([(index, s) for index, s, _ in statuses])
+    n_success = sum(1 for _, s, _ in statuses if s == BlockRegStatus.SUCCESS)
     report: dict[str, Any] = {
         "n_blocks": len(statuses),
         "n_success": n_success,
@@ -254,6 +258,7 @@ def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
         "uncovered_fraction": ready["uncovered"] / max(ready["n"], 1),
         "jacobian_min": min((c["jac_min"] for c in checks), default=1.0),
         "folded_fraction": sum(c["folded"] for c in checks) / max(sum(c["n"] for c in checks), 1),
+        **stage_figures(f for _, s, f in statuses if s == BlockRegStatus.SUCCESS),
     }
     if inv_parts is not None:
         vox = float(min(fixed.spacing))

@@ -12,7 +12,8 @@ from ngff_dreg.interfaces import BlockPairRegistrationMethod
 
 
 def test_registry_builds_every_method() -> None:
-    assert methods.method_names() == ("translation", "rigid", "affine", "bspline", "elastix")
+    assert methods.method_names() == ("translation", "rigid", "affine", "bspline",
+                                      "bspline-lbfgs", "elastix")
     for name, spec in methods.METHODS.items():
         assert spec.name == name and spec.summary
         cls = spec.cls()
@@ -45,4 +46,5 @@ def test_cli_help_lists_the_registered_methods() -> None:
 
     res = CliRunner().invoke(app, ["register", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0
-    assert "translation, rigid, affine, bspline or elastix" in res.output
+    assert "translation, rigid, affine, bspline, bspline-lbfgs or elastix" in " ".join(
+        res.output.split())

@@ -1,0 +1,84 @@
+"""BSplineGaussNewton (the default block method) recovers known deformations per block."""
+
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from ngff_dreg.interfaces import BlockRegStatus
+from ngff_dreg.methods import BSplineGaussNewton, make_method
+
+# physical units; spacing is 0.8-1.3, the deformation peaks at 3 units
+TOL = 0.25
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize(
+    "direction_deg, init_field",
+    [(0.0, 0.0), (12.0, 2.0)],
+    ids=["aligned", "rotated+deformable-init"],
+)
+def test_recovers_smooth_warp(synth, ndim, direction_deg, init_field) -> None:
+    init = synth.rotation_about(ndim, -3.0, np.zeros(ndim), shift=(2.0, -1.0, 1.5)[:ndim])
+    pair = synth.make_pair(
+        ndim,
+        field_max=3.0,
+        initial=init,
+        initial_field_max=init_field,
+        direction_deg=direction_deg,
+        block=48 if ndim == 3 else 128,
+    )
+    identity_err = pair.errors(synth.AffineTransform.identity(ndim).to_itk())
+    assert identity_err.max() > 1.5
+    method = BSplineGaussNewton(mesh_size=4, shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0),
+                                iterations=15, intensity="affine", gain_degree=0, bending=1e-4)
+    result = method(pair.fixed, pair.moving, pair.initial, pair.info)
+    assert result.status == BlockRegStatus.SUCCESS, result.message
+    assert result.transform.GetNameOfClass() == "BSplineTransform"
+    err = pair.errors(result.transform)
+    assert err.max() < TOL, (err.max(), err.mean())
+    assert err.mean() < TOL / 2
+    assert result.figures["ncc_after"] > max(0.95, result.figures["ncc_before"])
+    assert result.figures["samples"] > 100
+    assert tuple(result.transform_domain.GetLargestPossibleRegion().GetSize()) == tuple(
+        pair.fixed.GetBufferedRegion().GetSize()
+    )
+
+
+def test_default_options_handle_the_same_warp(synth) -> None:
+    """The schedule's defaults (piecewise intensity, quadratic gain) on a plain pair."""
+    pair = synth.make_pair(3, field_max=3.0, block=48)
+    result = BSplineGaussNewton(mesh_size=4, shrink_factors=(2, 1),
+                                smoothing_sigmas=(1.0, 0.0))(pair.fixed, pair.moving,
+                                                             pair.initial, pair.info)
+    assert result.status == BlockRegStatus.SUCCESS, result.message
+    err = pair.errors(result.transform)
+    assert err.max() < 1.5 * TOL, (err.max(), err.mean())
+
+
+def test_unrelated_moving_block_is_refused(synth) -> None:
+    """Noise against texture: the held-out data term does not improve, so LOW_QUALITY."""
+    import itk
+
+    pair = synth.make_pair(2, field_max=2.0, block=96)
+    noise = np.random.default_rng(5).standard_normal(
+        itk.array_view_from_image(pair.moving).shape).astype(np.float32)
+    moving = itk.image_from_array(noise)
+    moving.CopyInformation(pair.moving)
+    moving.SetBufferedRegion(pair.moving.GetBufferedRegion())
+    result = BSplineGaussNewton(mesh_size=4)(pair.fixed, moving, pair.initial, pair.info)
+    assert result.status == BlockRegStatus.LOW_QUALITY, result
+
+
+def test_registered_as_the_bspline_method_and_pickles() -> None:
+    method = make_method("bspline", {"control_point_spacing": 10.0, "bending": 0.01})
+    assert isinstance(method, BSplineGaussNewton)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        back = pickle.loads(dumps(method))
+        assert back == method
+    assert method.mesh_for((41, 81), (1.0, 0.5)) == [4, 4]
+    with pytest.raises(ValueError, match="intensity"):
+        BSplineGaussNewton(intensity="mutual")
