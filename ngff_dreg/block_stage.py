@@ -5,7 +5,8 @@
 far, hands the reducer (:class:`~ngff_dreg.reduce.ReduceToDisplacementField`)
 a :class:`~ngff_dreg.io.field_writer.FieldSceneWriter` for the stage's scene
 (under ``output/checkpoints``, or ``output`` itself for the last stage),
-computes it on the run's client, scores the NCC on the global level and
+computes it on the run's client, scores the NCC (on the stage's level when the
+method measures it, else on the global level) and
 records the stage in the manifest. A stage finished by an earlier run with the
 same arguments is read back instead.
 """
@@ -130,8 +131,11 @@ class BlockStageRunner:
         writer = FieldSceneWriter(
             url, inputs.o_opts, overwrite=True, fixed_url=inputs.fixed, moving_url=inputs.moving
         )
+        # Only the output's transform needs its inverse; a checkpointed stage is
+        # read back as the next stage's start, which is a forward map.
         reducer = ReduceToDisplacementField(
-            field_spacing_factor=stage.field_spacing_factor, compute_inverse=True, writer=writer
+            field_spacing_factor=stage.field_spacing_factor, compute_inverse=self.is_last,
+            writer=writer,
         )
         planned = register_images(
             fixed_reader_ctor=inputs.reader("fixed", f_level),
@@ -157,16 +161,25 @@ class BlockStageRunner:
         m_level: int,
         t0: float,
     ) -> StageReport:
-        """The stage's report; the NCC before is the previous stage's after, when known."""
-        g_fixed, g_moving = run.inputs.global_readers()
-        last = run.reports[-1].ncc_after if run.reports else None
-        before = (
-            last
-            if last is not None
-            else run.client.submit(ncc_at_level, g_fixed, g_moving, previous).result()
-        )
-        after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current)
+        """The stage's report.
+
+        The NCC before/after is measured on the stage's own level when the
+        block method reports it (held-out samples of every block, weighted by
+        their number); otherwise on the global level, where the NCC before is
+        the previous stage's after when known.
+        """
         transforms = result.transforms
+        figures = dict(transforms.report or {}) if isinstance(transforms, HasReport) else {}
+        before, after = figures.get("ncc_before"), figures.get("ncc_after")
+        if before is None or after is None:
+            g_fixed, g_moving = run.inputs.global_readers()
+            last = run.reports[-1].ncc_after if run.reports else None
+            before = (
+                last
+                if last is not None
+                else run.client.submit(ncc_at_level, g_fixed, g_moving, previous).result()
+            )
+            after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current).result()
         return StageReport(
             f"stage {self.index}",
             f_level,
@@ -174,7 +187,7 @@ class BlockStageRunner:
             self.stage.method,
             status=np.asarray(result.status),
             ncc_before=before,
-            ncc_after=after.result(),
+            ncc_after=after,
             seconds=time.perf_counter() - t0,
-            report=dict(transforms.report or {}) if isinstance(transforms, HasReport) else {},
+            report=figures,
         )

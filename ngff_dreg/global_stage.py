@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import BlockInfo, BlockRegStatus
 from ngff_dreg.io.output_state import StageReport
@@ -31,7 +32,7 @@ from ngff_dreg.worker import prepare_worker
 if TYPE_CHECKING:
     from ngff_dreg.run import Run
 
-__all__ = ["GlobalStageRunner", "global_alignment", "ncc_at_level"]
+__all__ = ["GlobalStageRunner", "global_alignment", "global_stage_task", "ncc_at_level"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ def _centre_of_mass(arr: npt.NDArray[np.float32], geom: ImageGeometry) -> npt.ND
     return geom.array_index_to_physical(np.asarray(com_zyx))
 
 
+def _start(fixed: npt.NDArray[np.float32], fg: ImageGeometry, moving: npt.NDArray[np.float32],
+           mg: ImageGeometry, initial: AffineTransform | None, initializer: str
+           ) -> AffineTransform:
+    """Where the global stage starts: ``initial``, or the initializer's transform."""
+    if initial is not None:
+        return initial
+    if initializer == "none":
+        return AffineTransform.identity(fg.ndim)
+    if initializer == "moments":
+        cf, cm = _centre_of_mass(fixed, fg), _centre_of_mass(moving, mg)
+        return AffineTransform.from_arrays(np.eye(fg.ndim), cm - cf)
+    return _centres_translation(fg, mg)
+
+
 def global_alignment(
     fixed_ctor: Any,
     moving_ctor: Any,
@@ -67,28 +82,47 @@ def global_alignment(
     kinds: Sequence[str],
     metric: str,
     iterations: int,
+    method: str = "gauss-newton",
 ) -> AffineTransform:
     """Whole-level linear registration (runs in one task).
 
     Starts from ``initial`` or the ``initializer`` (``"moments"``, ``"centers"``
-    or ``"none"``), then runs each of ``kinds`` with ITK v4 on the two whole
-    levels. A stage that fails or lowers the NCC is skipped. Returns the
-    fixed→moving affine.
+    or ``"none"``), then runs each of ``kinds`` on the two whole levels: with
+    ``method="gauss-newton"``, :func:`~ngff_dreg.fitting.linear_gn.linear_fit`
+    (NumPy; ``metric`` is not used), with ``"itk"`` ITK v4 and ``metric``. Returns
+    the fixed→moving affine.
     """
-    prepare_worker()
     fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
     fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
-    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    return _align_arrays(fixed, fixed_ctor.geometry, moving, moving_ctor.geometry, initial,
+                         initializer, kinds, metric, iterations, method)
+
+
+def _align_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+                  moving: npt.NDArray[np.float32], mg: ImageGeometry,
+                  initial: AffineTransform | None, initializer: str, kinds: Sequence[str],
+                  metric: str, iterations: int, method: str) -> AffineTransform:
+    """:func:`global_alignment` on arrays already read."""
+    current = _start(fixed, fg, moving, mg, initial, initializer)
+    if method == "gauss-newton":
+        smallest = min(fg.shape)
+        sigmas = tuple(s for s, f in ((2.0, 4), (1.0, 2), (0.0, 1)) if smallest // f >= 8) \
+            or (0.0,)
+        strides = tuple(2 if s >= 2 else 1 for s in sigmas)
+        fit = linear_fit(np.asarray(fixed, np.float64), fg, np.asarray(moving, np.float64), mg,
+                         current.A, current.t, kinds=kinds, sigmas=sigmas, strides=strides,
+                         iterations=iterations)
+        return AffineTransform.from_arrays(fit.matrix, fit.translation)
+    return _itk_alignment(fixed, fg, moving, mg, current, kinds, metric, iterations)
+
+
+def _itk_alignment(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+                   moving: npt.NDArray[np.float32], mg: ImageGeometry,
+                   current: AffineTransform, kinds: Sequence[str], metric: str,
+                   iterations: int) -> AffineTransform:
+    """ITK v4 linear stages, each kept only when it does not lower the NCC."""
+    prepare_worker()
     ndim = fg.ndim
-    if initial is not None:
-        current = initial
-    elif initializer == "none":
-        current = AffineTransform.identity(ndim)
-    elif initializer == "moments":
-        cf, cm = _centre_of_mass(fixed, fg), _centre_of_mass(moving, mg)
-        current = AffineTransform.from_arrays(np.eye(ndim), cm - cf)
-    else:
-        current = _centres_translation(fg, mg)
     fimg = image_from_array(fixed, fg, Box.full(fg.shape))
     mimg = image_from_array(moving, mg, Box.full(mg.shape))
     info = BlockInfo((0,) * ndim, Box.full(fg.shape).slices)
@@ -127,6 +161,23 @@ def global_alignment(
             continue
         current, best = candidate, score
     return current
+
+
+def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
+                      ) -> tuple[AffineTransform, float, float]:
+    """The global stage in one task: its affine, and the NCC before and after it.
+
+    Both levels are read once; the NCC before is that of the initializer's
+    starting transform without the moments (the images as they lie).
+    """
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    affine = _align_arrays(fixed, fg, moving, mg, None, stage.initializer, stage.kinds,
+                           stage.metric, stage.iterations, stage.method)
+    before = _ncc_arrays(fixed, fg, moving, mg,
+                         _initial_only(fixed_ctor, moving_ctor, stage.initializer))
+    return affine, before, _ncc_arrays(fixed, fg, moving, mg, affine)
 
 
 def _ncc_arrays(
@@ -206,14 +257,10 @@ class GlobalStageRunner:
         t0 = time.perf_counter()
         gs, inputs = self.stage, run.inputs
         g_fixed, g_moving = inputs.global_readers()
-        fut = run.client.submit(global_alignment, g_fixed, g_moving, None, gs.initializer,
-                                gs.kinds, gs.metric, gs.iterations, pure=False)
-        run.current = fut.result()
-        before = run.client.submit(ncc_at_level, g_fixed, g_moving,
-                                   _initial_only(g_fixed, g_moving, gs.initializer))
-        after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current)
+        fut = run.client.submit(global_stage_task, g_fixed, g_moving, gs, pure=False)
+        run.current, ncc_before, ncc_after = fut.result()
         rep = StageReport("global", inputs.g_level, inputs.gm_level, "+".join(gs.kinds),
-                          ncc_before=before.result(), ncc_after=after.result(),
+                          ncc_before=ncc_before, ncc_after=ncc_after,
                           seconds=time.perf_counter() - t0)
         run.record(self.key, {"affine": run.current.homogeneous.tolist(),
                               "report": rep.to_json()}, rep)

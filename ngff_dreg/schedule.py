@@ -33,6 +33,8 @@ __all__ = [
     "matching_level",
     "default_global_level",
     "check_schedule_levels",
+    "CONTROL_FRACTIONS",
+    "GLOBAL_METHODS",
     "METHODS",
 ]
 
@@ -43,6 +45,9 @@ LevelSpec = int | float | str
 METHODS = method_names()
 _UNIT_SUFFIX = re.compile(r"^\s*([0-9.eE+-]+)\s*([a-zA-Zµ]*)\s*$")
 _SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1e6}
+
+
+GLOBAL_METHODS = ("gauss-newton", "itk")
 
 
 @dataclass
@@ -59,10 +64,15 @@ class GlobalStage:
         ``"none"``.
     kinds:
         Linear stages run in order (``"translation"``, ``"rigid"``, ``"affine"``).
+    method:
+        ``"gauss-newton"`` (NumPy, :func:`~ngff_dreg.fitting.linear_gn.linear_fit`:
+        the intensity model of the block stages, no ITK needed) or ``"itk"``
+        (ITK v4 with ``metric``).
     metric:
-        ``"mattes"`` (multimodal), ``"correlation"`` or ``"meansquares"``.
+        For ``method="itk"``: ``"mattes"`` (multimodal), ``"correlation"`` or
+        ``"meansquares"``.
     iterations:
-        Maximum iterations per stage and resolution.
+        Maximum iterations per kind and resolution.
     min_size:
         See ``level``.
 
@@ -71,6 +81,7 @@ class GlobalStage:
     level: LevelSpec | None = None
     initializer: str = "moments"
     kinds: tuple[str, ...] = ("rigid", "affine")
+    method: str = "gauss-newton"
     metric: str = "mattes"
     iterations: int = 200
     min_size: int = 48
@@ -84,6 +95,10 @@ class GlobalStage:
         for k in self.kinds:
             if k not in ("translation", "rigid", "affine"):
                 raise ScheduleError(f"global stage kind {k!r} is not translation, rigid or affine")
+        if self.method not in GLOBAL_METHODS:
+            raise ScheduleError(
+                f"global method {self.method!r} is not one of {', '.join(GLOBAL_METHODS)}"
+            )
 
 
 @dataclass
@@ -210,53 +225,75 @@ class Schedule:
     # -- defaults -----------------------------------------------------------
     @classmethod
     def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False) -> Schedule:
-        """A schedule adapted to the fixed pyramid's depth and size.
+        """A schedule adapted to the fixed image's physical extent and pyramid.
 
-        Global rigid+affine on the coarsest level with ≥ 48 voxels per axis,
-        then B-spline blocks on up to two finer levels ending at level 0
-        (``fast``: the finest block level only, coarser grid, fewer iterations).
+        1. Global rigid then affine (Gauss-Newton) on the coarsest level with
+           at least 48 voxels per axis.
+        2. Two B-spline block stages (:class:`~ngff_dreg.methods.BSplineGaussNewton`)
+           whose control points are spaced by a fixed fraction of the image's
+           largest physical extent (:data:`CONTROL_FRACTIONS`: about 16 then
+           10 mm over a human head). Deformations have an anatomical scale, so
+           the same object sampled twice as finely gets the same physical
+           schedule. Each stage runs on the coarsest level that still gives a
+           control cell 8 (then 10) voxels along the finest axis, with a
+           sample lattice of about 4.5 samples per cell and axis.
+        3. Every block maps moving to fixed intensities piecewise linearly
+           with a quadratic gain (remaps and bias fields do not bias the
+           fit), and is refused when it does not improve held-out samples.
 
-        The coarser block level carries most of the deformation: control
-        points every 12 of its voxels, two in-block resolutions and a light
-        bending penalty. The finest level refines it: control points every 16
-        voxels (elastix's default final grid), one resolution, a stronger
-        bending penalty. Every block checks its metric on fresh samples and is
-        refused (filled from its neighbours) when the fit did not improve it.
+        The fields are stored at a fifth (last stage) or an eighth
+        (intermediate) of the control spacing, so their linear interpolation
+        loses little of the B-spline. ``fast``: one pass per stage on a 1.5x
+        sparser lattice and fewer iterations.
         """
         g_level = default_global_level(fixed_levels, 48)
-        finer = list(range(g_level - 1, -1, -1))
-        block_levels = finer[-2:] if finer else [0]
-        if fast:
-            block_levels = block_levels[-1:]
+        base = fixed_levels[0]
+        extent = float(np.max((np.asarray(base.size) - 1) * np.asarray(base.spacing)))
         stages = []
-        for i, lvl in enumerate(block_levels):
-            finest = i == len(block_levels) - 1
-            geom = fixed_levels[lvl]
-            spacing = float(max(geom.spacing))
-            opts: dict[str, Any] = {"ridge": 0.01, "validation_samples": 10000, "iterations": 20}
-            if finest and len(block_levels) > 1:
-                opts.update(
-                    control_point_spacing=16.0 * spacing,
-                    shrink_factors=[1],
-                    smoothing_sigmas=[0.0],
-                    bending=0.1,
-                )
-            else:
-                cps = (16.0 if fast else 12.0) * spacing
-                opts.update(control_point_spacing=cps, bending=0.01)
+        for i, fraction in enumerate(CONTROL_FRACTIONS):
+            finest = i == len(CONTROL_FRACTIONS) - 1
+            cps = fraction * extent
+            level = _level_for(fixed_levels, cps / (10.0 if finest else 8.0))
+            geom = fixed_levels[level]
+            cps_vox = cps / float(min(geom.spacing))
+            stride = max(1, round(cps_vox / 4.5 * (1.5 if fast else 1.0)))
+            passes = [stride] if finest or fast else [2 * stride, stride]
+            sigmas = [0.5] if finest or fast else [1.0, 0.5]
+            block = _default_block(geom.shape)
+            opts: dict[str, Any] = {
+                "control_point_spacing": round(cps, 6),
+                "shrink_factors": passes,
+                "smoothing_sigmas": sigmas,
+                "iterations": 6 if fast else (8 if finest else 10),
+                "bending": DEFAULT_BENDING,
+            }
             stages.append(
                 BlockStage(
-                    level=lvl,
-                    block_size=_default_block(geom.shape),
-                    overlap=0.5,
+                    level=level,
+                    block_size=block,
+                    overlap=round(float(min(0.5, max(0.25, 3.0 * cps_vox / block))), 2),
                     method="bspline",
                     method_options=opts,
-                    field_spacing_factor=4.0 if finest else 2.0,
+                    field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))),
                 )
             )
-        if fast:
-            stages[0].method_options.update(iterations=15)
-        return cls(global_stage=GlobalStage(level=g_level), stages=stages)
+        return cls(global_stage=GlobalStage(level=g_level, iterations=30), stages=stages)
+
+
+#: Control-point spacings of the default block stages, as fractions of the
+#: fixed image's largest physical extent.
+CONTROL_FRACTIONS = (0.07, 0.045)
+#: Bending weight of the default block stages (measured in control cells).
+DEFAULT_BENDING = 0.003
+
+
+def _level_for(levels: Sequence[ImageGeometry], spacing: float) -> int:
+    """Coarsest level whose finest spacing is at most ``spacing`` (else level 0)."""
+    best = 0
+    for i, g in enumerate(levels):
+        if float(min(g.spacing)) <= spacing * 1.05:
+            best = i
+    return best
 
 
 def _known(klass: type, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,14 @@ import pytest
 
 from ngff_dreg.errors import LevelNotFoundError, ScheduleError
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.methods import ItkBSplineRegistration, ItkLinearRegistration, method_names
+from ngff_dreg.methods import (
+    BSplineGaussNewton,
+    ItkBSplineRegistration,
+    ItkLinearRegistration,
+    method_names,
+)
 from ngff_dreg.schedule import (
+    CONTROL_FRACTIONS,
     METHODS,
     BlockStage,
     GlobalStage,
@@ -144,26 +150,50 @@ def test_default_schedule_adapts_to_the_pyramid() -> None:
     assert sched.global_stage is not None
     g = sched.global_stage.level
     assert g == default_global_level(levels, 48) == 1  # level 2 has an axis under 48
-    assert [s.level for s in sched.stages] == [0]
+    assert sched.global_stage.method == "gauss-newton"
+    # control points at fixed fractions of the largest extent (191 µm)
+    cps = [s.method_options["control_point_spacing"] for s in sched.stages]
+    assert cps == pytest.approx([f * 191.0 for f in CONTROL_FRACTIONS])
+    assert [s.level for s in sched.stages] == [0, 0]  # 13 µm cells: 8 voxels need level 0
     deep = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4))
     assert deep.global_stage is not None and deep.global_stage.level == 3
     assert [s.level for s in deep.stages] == [1, 0]
     assert all(s.method == "bspline" for s in deep.stages)
-    assert deep.stages[-1].method_options["control_point_spacing"] == 16.0
+    assert isinstance(deep.stages[0].make_method(), BSplineGaussNewton)
+    # the finest stage's field keeps a fifth of its control spacing
+    last = deep.stages[-1]
+    assert last.field_spacing_factor == round(last.method_options["control_point_spacing"] / 5)
     fast = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4), fast=True)
-    assert [s.level for s in fast.stages] == [0]
-    assert fast.stages[0].method_options["iterations"] == 15
+    assert [s.level for s in fast.stages] == [1, 0]
+    for f, d in zip(fast.stages, deep.stages):
+        assert len(f.method_options["shrink_factors"]) == 1
+        assert f.method_options["shrink_factors"][0] > d.method_options["shrink_factors"][-1]
+        assert f.method_options["iterations"] < d.method_options["iterations"]
     tiny = Schedule.default(_pyramid(shape=(20, 20, 20), levels=1))
     assert tiny.global_stage is not None and tiny.global_stage.level == 0
-    assert [s.level for s in tiny.stages] == [0]
+    assert [s.level for s in tiny.stages] == [0, 0]
+
+
+def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
+    """The same object sampled twice as finely gets the same physical schedule."""
+    coarse = Schedule.default(_pyramid(shape=(200, 240, 220), spacing=1.0, levels=4))
+    fine = Schedule.default(_pyramid(shape=(400, 480, 440), spacing=0.5, levels=5))
+    coarse_levels = _pyramid(shape=(200, 240, 220), spacing=1.0, levels=4)
+    fine_levels = _pyramid(shape=(400, 480, 440), spacing=0.5, levels=5)
+    for a, b in zip(coarse.stages, fine.stages):
+        assert a.method_options["control_point_spacing"] == pytest.approx(
+            b.method_options["control_point_spacing"], rel=0.01)
+        assert coarse_levels[a.level].spacing == fine_levels[b.level].spacing
 
 
 def test_stage_methods_come_from_the_registry() -> None:
-    assert METHODS == method_names() == ("translation", "rigid", "affine", "bspline", "elastix")
+    assert METHODS == method_names() == ("translation", "rigid", "affine", "bspline",
+                                         "bspline-lbfgs", "elastix")
     rigid = BlockStage(method="rigid", method_options={"iterations": 7}).make_method()
     assert isinstance(rigid, ItkLinearRegistration) and rigid.kind == "rigid"
     assert rigid.iterations == 7
-    assert isinstance(BlockStage().make_method(), ItkBSplineRegistration)
+    assert isinstance(BlockStage().make_method(), BSplineGaussNewton)
+    assert isinstance(BlockStage(method="bspline-lbfgs").make_method(), ItkBSplineRegistration)
     with pytest.raises(ScheduleError, match="bad options for method 'bspline'"):
         BlockStage(method_options={"no_such_option": 1}).make_method()
 
