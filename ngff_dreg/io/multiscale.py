@@ -101,7 +101,8 @@ def read_level_info(
         return group[lv.path]
 
     try:
-        arr = map_read_errors(join_url(url, lv.path), f"open level array ('{key}')", get)
+        meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
+        arr = map_read_errors(join_url(url, lv.path, meta), f"open level array ('{key}')", get)
     except (KeyError, FileNotFoundError) as exc:
         raise LevelNotFoundError(
             f"{redact_url(url)}: metadata key '{key}' = {lv.path!r}: no array at that path"

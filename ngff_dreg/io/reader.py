@@ -243,7 +243,9 @@ class OMEZarrReader:
 
             def op() -> Any:
                 group = open_group(self._ctor.url, self._ctor.storage_options)
-                return map_read_errors(url, "open level array", lambda: group[path])
+                meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
+                return map_read_errors(join_url(url, meta), "open level array",
+                                       lambda: group[path])
 
             # Transient store failures are retried with backoff (ngff_dreg.io.retry).
             self._array = retry_transient(op, f"opening {redact_url(url)}")

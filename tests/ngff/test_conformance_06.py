@@ -236,7 +236,7 @@ def test_additional_transforms_after_the_multiscale_transform_compose_in_order()
     ms = parse_multiscale(image("zyx", [1.0, 1.0, 1.0], [_to("out", seq)], systems), url=URL)
     # point p -> 2 (p + t), then reversed axes
     p = np.array([1.0, 2.0, 3.0])
-    want = (2 * (p + [5.0, 10.0, 15.0]))[::-1]
+    want = (2 * (p + np.array([5.0, 10.0, 15.0])))[::-1]
     np.testing.assert_allclose(_physical(ms, 0, p.tolist()), want)
 
 
