@@ -21,6 +21,7 @@ import numpy.typing as npt
 from ngff_dreg.errors import InvalidInputDataError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
+from ngff_dreg.io.consistency import check_unchanged
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
 from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.stores import (
@@ -248,7 +249,9 @@ class OMEZarrReader:
                                        lambda: group[path])
 
             # Transient store failures are retried with backoff (ngff_dreg.io.retry).
-            self._array = retry_transient(op, f"opening {redact_url(url)}")
+            arr = retry_transient(op, f"opening {redact_url(url)}")
+            check_unchanged(arr, self._meta.info, url)
+            self._array = arr
         return self._array
 
     def read_box(self, box: Box) -> npt.NDArray[Any]:
