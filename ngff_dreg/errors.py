@@ -15,6 +15,7 @@ __all__ = [
     "LevelNotFoundError",
     "StoreAccessError",
     "StoreNotFoundError",
+    "StoreChangedError",
     "PathEscapeError",
     "IncompatibleImagesError",
     "InvalidInputDataError",
@@ -50,6 +51,10 @@ class StoreAccessError(NgffDregError, OSError):
 
 class StoreNotFoundError(StoreAccessError, FileNotFoundError):
     """No Zarr group or array exists at the given URL."""
+
+
+class StoreChangedError(NgffDregError, RuntimeError):
+    """The data changed between planning a run and reading it (an array replaced)."""
 
 
 class PathEscapeError(InvalidMetadataError):

@@ -55,6 +55,25 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(("file", "key", "value"), [
+    ("0/zarr.json", "shape", [48, "x", 48]),        # a level array's metadata
+    ("zarr.json", "zarr_format", 9),                # the group's own metadata
+])
+def test_corrupt_metadata_is_one_line_naming_the_file(small_pair, tmp_path, file, key, value):
+    import json
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(small_pair.fixed, bad)
+    doc = json.loads((bad / file).read_text())
+    doc[key] = value
+    (bad / file).write_text(json.dumps(doc))
+    proc = _cli("info", str(bad))
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ngff-dreg: error:"), proc.stderr
+    assert f"{bad}/{file}" in lines[0], lines[0]
+
+
 def test_into_fixed_05_without_upgrade_is_a_one_line_error(small_pair, tmp_path):
     out = tmp_path / "out.zarr"
     proc = _cli("register", small_pair.fixed, small_pair.moving, "-o", str(out),

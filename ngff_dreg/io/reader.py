@@ -21,11 +21,12 @@ import numpy.typing as npt
 from ngff_dreg.errors import InvalidInputDataError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
+from ngff_dreg.io.consistency import check_unchanged
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
 from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.stores import (
     join_url,
-    map_store_errors,
+    map_read_errors,
     open_group,
     redact_options,
     redact_url,
@@ -243,10 +244,14 @@ class OMEZarrReader:
 
             def op() -> Any:
                 group = open_group(self._ctor.url, self._ctor.storage_options)
-                return map_store_errors(url, "open level array", lambda: group[path])
+                meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
+                return map_read_errors(join_url(url, meta), "open level array",
+                                       lambda: group[path])
 
             # Transient store failures are retried with backoff (ngff_dreg.io.retry).
-            self._array = retry_transient(op, f"opening {redact_url(url)}")
+            arr = retry_transient(op, f"opening {redact_url(url)}")
+            check_unchanged(arr, self._meta.info, url)
+            self._array = arr
         return self._array
 
     def read_box(self, box: Box) -> npt.NDArray[Any]:
@@ -287,7 +292,8 @@ class OMEZarrReader:
         url = join_url(self.url, self._meta.info.path)
         what = f"read box {box.start}-{box.stop}"
         out = retry_transient(
-            lambda: map_store_errors(url, what, lambda: arr[tuple(sel)]),
+            lambda: map_read_errors(url, what, lambda: arr[tuple(sel)],
+                                    error=InvalidInputDataError),
             f"{redact_url(url)}: {what}",
         )
         data = np.asarray(out)

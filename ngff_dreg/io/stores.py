@@ -35,6 +35,7 @@ from ngff_dreg.errors import (
 
 __all__ = [
     "REMOTE_SCHEMES",
+    "map_read_errors",
     "redact_url",
     "redact_options",
     "redact_text",
@@ -238,6 +239,31 @@ def map_store_errors(url: str, what: str, func: Callable[[], T]) -> T:
         raise
 
 
+def map_read_errors(
+    url: str, what: str, func: Callable[[], T], *,
+    error: type[NgffDregError] = InvalidMetadataError,
+) -> T:
+    """Like :func:`map_store_errors`, and any other failure of a read becomes ``error``.
+
+    Corrupt or unsupported Zarr metadata or chunks make zarr, numcodecs and
+    the JSON decoder raise their own errors (``TypeError``, ``ValueError``,
+    ``MetadataValidationError``, ``UnknownCodecError``, ``JSONDecodeError``...);
+    here they become one ngff-dreg error naming ``url`` and ``what``.
+    ``KeyError`` (a missing child node) is left to the caller, which knows
+    which metadata key named it.
+    """
+    try:
+        return map_store_errors(url, what, func)
+    except (NgffDregError, KeyError):
+        raise
+    except Exception as exc:
+        detail = redact_text(f"{type(exc).__name__}: {exc}")
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        raise error(f"{redact_url(url)}: cannot {what}: corrupt or unsupported Zarr "
+                    f"metadata or data ({detail})") from exc
+
+
 def open_store(
     url: str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None = None,
@@ -320,12 +346,18 @@ def open_group(
     formats: tuple[int | None, ...] = (3, 2) if mode == "r" else (None,)
     last: BaseException | None = None
     for fmt in formats:
+        meta = {3: "zarr.json", 2: ".zgroup"}.get(fmt or 0, "group metadata")
         try:
-            return map_store_errors(text, "open group", functools.partial(op, fmt))
+            return map_read_errors(join_url(text, meta), "open group", functools.partial(op, fmt))
         except StoreNotFoundError as exc:
             last = exc
-        except zarr.errors.BaseZarrError as exc:
+        except KeyError as exc:
             last = exc
+        except InvalidMetadataError as exc:
+            if isinstance(exc.__cause__, zarr.errors.NodeNotFoundError):
+                last = exc
+                continue
+            raise
     raise StoreNotFoundError(
         f"{redact_url(text)}: no Zarr group (neither zarr.json nor .zgroup) at this URL"
     ) from last
