@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ngff_dreg.cluster import worker_addresses
 from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -450,7 +451,8 @@ class Run:
                 url, level=matching_level(geoms, spacing), storage_options=opts,
                 unit=self.inputs.unit, cache=self.inputs.cache_token,
             )
-        return BlockOptions(signal_threshold=self.inputs.options.signal_threshold, **masks)
+        return BlockOptions(signal_threshold=self.inputs.options.signal_threshold,
+                            workers=worker_addresses(self.client), **masks)
 
     def result(self, t_start: float) -> RegistrationResult:
         """The run's :class:`RegistrationResult` (total wall time from ``t_start``)."""
