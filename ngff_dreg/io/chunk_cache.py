@@ -234,7 +234,7 @@ class CachingStore(WrapperStore[Store]):
         piece = piece_id(key, byte_range)
         held = self.cache.get(self.scope, piece)
         if held is not None:
-            record_hit(self.image, len(held))
+            record_hit(self.image, key, len(held))
             return prototype.buffer.from_bytes(held)
         buf = await self._store.get(key, prototype, byte_range)
         if buf is not None:

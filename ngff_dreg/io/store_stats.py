@@ -91,7 +91,9 @@ class StoreCounts:
     metadata_requests, metadata_bytes:
         The same for metadata objects.
     cache_hits, cache_hit_bytes:
-        Reads answered by the chunk cache (no request made).
+        Chunk reads answered by the chunk cache (no request made).
+    metadata_cache_hits:
+        Metadata reads answered by the cache.
     missing:
         Requests for objects that do not exist (chunks never written, probes).
     pieces:
@@ -107,6 +109,7 @@ class StoreCounts:
     metadata_bytes: int = 0
     cache_hits: int = 0
     cache_hit_bytes: int = 0
+    metadata_cache_hits: int = 0
     missing: int = 0
     pieces: dict[str, int] = field(default_factory=dict)
     metadata_objects: dict[str, int] = field(default_factory=dict)
@@ -129,6 +132,7 @@ class StoreCounts:
         self.metadata_bytes += other.metadata_bytes
         self.cache_hits += other.cache_hits
         self.cache_hit_bytes += other.cache_hit_bytes
+        self.metadata_cache_hits += other.metadata_cache_hits
         self.missing += other.missing
         self.pieces.update(other.pieces)
         self.metadata_objects.update(other.metadata_objects)
@@ -156,6 +160,7 @@ class StoreCounts:
             ),
             "cache_hits": self.cache_hits,
             "cache_hit_bytes": self.cache_hit_bytes,
+            "metadata_cache_hits": self.metadata_cache_hits,
             "missing": self.missing,
         }
 
@@ -187,12 +192,15 @@ def record_fetch(image: str, key: str, byte_range: Any, nbytes: int | None) -> N
             row.pieces[piece_id(key, byte_range)] = nbytes
 
 
-def record_hit(image: str, nbytes: int) -> None:
-    """Count one read answered by the chunk cache."""
+def record_hit(image: str, key: str, nbytes: int) -> None:
+    """Count one read of ``key`` answered by the chunk cache."""
     with _LOCK:
         row = _row(image)
-        row.cache_hits += 1
-        row.cache_hit_bytes += nbytes
+        if is_metadata_key(key):
+            row.metadata_cache_hits += 1
+        else:
+            row.cache_hits += 1
+            row.cache_hit_bytes += nbytes
 
 
 def take_counts(reset: bool = True) -> tuple[str, dict[str, StoreCounts]]:
