@@ -162,7 +162,16 @@ class StoreCounts:
             "cache_hit_bytes": self.cache_hit_bytes,
             "metadata_cache_hits": self.metadata_cache_hits,
             "missing": self.missing,
+            "arrays": sorted({_array_of(k) for k in self.pieces}),
         }
+
+
+def _array_of(piece: str) -> str:
+    """The array path of a chunk piece (``"0/c/1/2/3[0:10]"`` -> ``"0"``)."""
+    key = piece.split("[", 1)[0]
+    if "/c/" in key:
+        return key.split("/c/", 1)[0]
+    return key.rsplit("/", 1)[0] if "/" in key else ""
 
 
 _COUNTS: dict[str, StoreCounts] = {}
