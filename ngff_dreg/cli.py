@@ -247,7 +247,7 @@ def register(
             into_fixed=(into_fixed_name or True) if (into_fixed or into_fixed_name) else False,
             upgrade_fixed=upgrade_fixed,
         )
-        _print_summary(result)
+        _print_summary(result, verbose)
         typer.echo(f"transform written to {output}")
         if into_fixed or into_fixed_name:
             typer.echo(f"and into {fixed} (coordinate system "
@@ -256,7 +256,7 @@ def register(
         _fail(exc, verbose)
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: Any, verbose: int = 0) -> None:
     for rep in result.levels:
         ncc = ""
         if rep.ncc_before is not None and rep.ncc_after is not None:
@@ -276,6 +276,11 @@ def _print_summary(result: Any) -> None:
     total = result.timings.get("total")
     if total is not None:
         typer.echo(f"total {total:.1f}s")
+    if verbose >= 1 and getattr(result, "io", None):
+        from ngff_dreg.io.store_stats import format_summary
+
+        for line in format_summary(result.io):  # store I/O per stage and per image
+            typer.echo(line)
 
 
 @app.command()

@@ -52,6 +52,7 @@ __all__ = [
     "RegistrationSchedule",
     "register_images",
     "register_block",
+    "block_placement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ class BlockOptions:
         ``labels/`` image at a matching level). A block whose padded fixed
         region holds no mask voxel, or whose moving region holds none, is
         skipped as ``NO_SIGNAL`` (the moving image is then never read).
+    workers:
+        Addresses of the cluster's workers. When given, the block grid is cut
+        into as many contiguous slabs (along its longest axis) and each slab's
+        tasks prefer one worker, so neighbouring blocks, which share the
+        storage chunks of their halos, are read by the same process and its
+        chunk cache (:mod:`ngff_dreg.io.chunk_cache`). Other workers may still
+        take a task when theirs is busy. Empty: dask places tasks freely.
 
     """
 
@@ -95,6 +103,7 @@ class BlockOptions:
     itk_threads: int | None = None
     fixed_mask: Any = None
     moving_mask: Any = None
+    workers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -394,17 +403,45 @@ def _block_tasks(
     kwargs: dict[str, Any],
     token: str,
 ) -> list[Delayed]:
-    """One :func:`register_block` task per block, named after its grid index."""
-    return [
-        dask.delayed(register_block, pure=True)(
-            plan,
-            options=options,
-            method_kwargs=kwargs,
-            dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-            **shared,
+    """One :func:`register_block` task per block, named after its grid index.
+
+    With ``options.workers``, each task prefers the worker of its slab
+    (:func:`block_placement`).
+    """
+    places = block_placement([p.info.chunk_index for p in plans], len(options.workers))
+    tasks = []
+    for plan, place in zip(plans, places):
+        hint: dict[str, Any] = (
+            {"workers": [options.workers[place]], "allow_other_workers": True}
+            if options.workers else {}
         )
-        for plan in plans
-    ]
+        with dask.annotate(**hint):
+            tasks.append(dask.delayed(register_block, pure=True)(
+                plan,
+                options=options,
+                method_kwargs=kwargs,
+                dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
+                **shared,
+            ))
+    return tasks
+
+
+def block_placement(indices: Sequence[tuple[int, ...]], n_workers: int) -> list[int]:
+    """The worker (``0..n_workers-1``) of each block: contiguous slabs of the block grid.
+
+    Blocks are ranked with the grid's longest axis varying slowest, and the
+    ranking is cut into ``n_workers`` runs of (nearly) equal length, so each
+    worker gets a slab (or a run of rows) and shares halo chunks with at most
+    two other workers.
+    """
+    if n_workers <= 1 or not indices:
+        return [0] * len(indices)
+    grid = np.asarray(indices).max(axis=0) + 1
+    order = np.argsort(-grid, kind="stable")  # longest axis first
+    keys = [tuple(int(idx[a]) for a in order) for idx in indices]
+    rank = {k: r for r, k in enumerate(sorted(set(keys)))}
+    n = len(rank)
+    return [min(n_workers - 1, rank[k] * n_workers // n) for k in keys]
 
 
 def _reduction(

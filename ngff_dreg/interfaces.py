@@ -234,6 +234,13 @@ class RegistrationResult:
         coarse-to-fine pipeline; empty for a single ``register_images`` run.
     timings:
         Wall time of each stage in seconds.
+    io:
+        Store I/O of the run, filled by the pipeline:
+        ``{"run": {"total": figures, "images": {url: figures}}, "stages":
+        {stage: ...}}``, where figures count requests, bytes fetched, the
+        distinct chunk pieces and bytes behind them, their ratio ``reread``,
+        metadata requests per object and cache hits
+        (:meth:`ngff_dreg.io.store_stats.StoreCounts.summary`).
 
     """
 
@@ -241,6 +248,7 @@ class RegistrationResult:
     status: npt.NDArray[np.integer[Any]]
     levels: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
 
 
 class ConstructReaderMethod(ABC):

@@ -313,3 +313,21 @@ def test_masks_skip_blocks_before_reading_moving():
     # The moving image was read for the four masked-in blocks only.
     assert len(moving_ctor.reads) == 4
     assert g.shape == (64, 64, 64)
+
+
+def test_block_placement_gives_each_worker_a_contiguous_slab() -> None:
+    from itertools import product
+
+    from ngff_dreg.engine import block_placement
+
+    indices = list(product(range(2), range(4), range(3)))  # longest grid axis: 1
+    places = block_placement(indices, 2)
+    assert sorted(set(places)) == [0, 1] and places.count(0) == places.count(1) == 12
+    for idx, w in zip(indices, places):
+        assert w == (0 if idx[1] < 2 else 1)  # cut along the longest axis
+    assert block_placement(indices, 1) == [0] * len(indices)
+    many = block_placement(indices, 5)  # more workers than slabs: runs of rows
+    assert sorted(set(many)) == [0, 1, 2, 3, 4]
+    # axes ranked longest first (4, then 3, then 2): worker numbers never go down
+    ranked = [many[indices.index(i)] for i in sorted(indices, key=lambda t: (t[1], t[2], t[0]))]
+    assert ranked == sorted(ranked)

@@ -218,6 +218,7 @@ def open_multiscale(
     name: str | None = None,
     unit: str | None = None,
     coordinate_system: str | None = None,
+    cache: str | None = None,
 ) -> MultiscaleImage:
     """Open the OME-Zarr multiscale image at ``url`` (read-only).
 
@@ -235,6 +236,10 @@ def open_multiscale(
     coordinate_system:
         0.6 only: target coordinate system (see
         :func:`~ngff_dreg.ngff.metadata.parse_multiscale`).
+    cache:
+        A cache token: metadata and chunks are then read through this
+        process's chunk cache (see :func:`~ngff_dreg.io.stores.open_store`),
+        so opening the same image again in the same run fetches nothing.
 
     Returns
     -------
@@ -255,7 +260,7 @@ def open_multiscale(
     safe = redact_url(text)
 
     def load() -> tuple[Any, Any]:
-        group = open_group(text, storage_options, mode="r")
+        group = open_group(text, storage_options, mode="r", cache=cache)
         return group, map_read_errors(text, "read attributes", lambda: group.attrs.asdict())
 
     # Metadata reads ride out transient store failures like chunk reads do.
