@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask
@@ -93,9 +93,16 @@ class BlockOptions:
         storage chunks of their halos, are read by the same process and its
         chunk cache (:mod:`ngff_dreg.io.chunk_cache`). Other workers may still
         take a task when theirs is busy. Empty: dask places tasks freely.
+    skip_blank_blocks:
+        Skip (``NO_SIGNAL``) a fixed block with too little signal (see
+        ``signal_threshold`` and ``min_signal_fraction``) instead of calling
+        the block method on it. Off by default, as in itk-dreg, whose
+        ``register_images`` calls the method on every block;
+        :func:`ngff_dreg.register` turns it on.
 
     """
 
+    skip_blank_blocks: bool = False
     signal_threshold: float | None = None
     min_signal_fraction: float = 0.05
     moving_pad_voxels: int | None = None
@@ -207,7 +214,7 @@ def _prepare_block(
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     fixed = read_region(fixed_reader, plan.padded)
     inner = fixed[plan.box.relative_to(plan.padded)]
-    if not has_signal(
+    if options.skip_blank_blocks and not has_signal(
         inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
     ):
         return _failed(BlockRegStatus.NO_SIGNAL, "no signal")
@@ -260,8 +267,11 @@ def register_block(
 ) -> LocatedBlockResult:
     """Register one fixed block; every failure becomes a status.
 
-    Reads only the padded fixed block and the moving region it maps to. A block
-    with no signal is skipped before the moving image is read.
+    Reads only the padded fixed block and the moving region it maps to. With
+    ``options.skip_blank_blocks``, a block with no signal is skipped before the
+    moving image is read. The method is called with keywords only
+    (``fixed_subimage``, ``moving_subimage``, ``initial_transform``,
+    ``block_info``, then ``method_kwargs``), exactly as itk-dreg calls it.
     """
     from ngff_dreg.worker import prepare_worker
 
@@ -285,8 +295,12 @@ def register_block(
     if isinstance(prepared, BlockPairRegistrationResult):
         return located(prepared)
     try:
+        # Keywords, as itk-dreg calls it: methods may declare ``__call__(self, **kwargs)``.
         result = method(
-            prepared.fixed_image, prepared.moving_image, prepared.initial, plan.info,
+            fixed_subimage=prepared.fixed_image,
+            moving_subimage=prepared.moving_image,
+            initial_transform=prepared.initial,
+            block_info=plan.info,
             **method_kwargs,
         )
     except Exception as exc:
@@ -476,6 +490,18 @@ def _reduction(
     return call
 
 
+def _options(block_options: BlockOptions | None, skip_blank_blocks: bool | None) -> BlockOptions:
+    options = block_options or BlockOptions()
+    if skip_blank_blocks is not None:
+        options = replace(options, skip_blank_blocks=bool(skip_blank_blocks))
+    return options
+
+
+def _shared_inputs(**inputs: Any) -> dict[str, Delayed]:
+    """Each input once in the graph, shared by every block task (and the reduction)."""
+    return {name: dask.delayed(value, pure=True) for name, value in inputs.items()}
+
+
 def register_images(
     fixed_reader_ctor: ConstructReaderMethod,
     moving_reader_ctor: ConstructReaderMethod,
@@ -486,6 +512,7 @@ def register_images(
     overlap_factors: Sequence[float] | float | None = None,
     *,
     block_options: BlockOptions | None = None,
+    skip_blank_blocks: bool | None = None,
     **kwargs: Any,
 ) -> RegistrationSchedule:
     """Plan block-wise registration of a moving image onto a fixed image.
@@ -517,7 +544,12 @@ def register_images(
         Total overlap as a fraction of the block length per axis, split evenly
         over both sides; cropped at the image edge.
     block_options:
-        Engine settings (signal threshold, padding, ITK threads).
+        Engine settings (signal threshold, padding, ITK threads, masks).
+    skip_blank_blocks:
+        Skip blocks without signal instead of calling the block method on
+        them (``NO_SIGNAL``). ``None``: as ``block_options`` says, which by
+        default is ``False``: like itk-dreg, the method is called on every
+        block that maps into the moving image. Not passed to the methods.
     **kwargs:
         Passed to the block method and the reduce method, as in itk-dreg.
 
@@ -530,7 +562,7 @@ def register_images(
 
     """
     register_module_reducers()
-    options = block_options or BlockOptions()
+    options = _options(block_options, skip_blank_blocks)
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     moving_geometry = reader_geometry(moving_reader_ctor)
     block, plans, chunks = _block_grid(
@@ -547,12 +579,12 @@ def register_images(
         options,
         kwargs,
     )
-    shared = {
-        "fixed_reader_ctor": dask.delayed(fixed_reader_ctor, pure=True),
-        "moving_reader_ctor": dask.delayed(moving_reader_ctor, pure=True),
-        "block_registration_method": dask.delayed(block_registration_method, pure=True),
-        "initial_transform": dask.delayed(initial_transform, pure=True),
-    }
+    shared = _shared_inputs(
+        fixed_reader_ctor=fixed_reader_ctor,
+        moving_reader_ctor=moving_reader_ctor,
+        block_registration_method=block_registration_method,
+        initial_transform=initial_transform,
+    )
     block_results = _block_tasks(plans, shared, options, kwargs, token)
     reduced = _reduction(reduce_method, block_results, plans, fixed_geometry, fixed_reader_ctor,
                          initial_transform, shared, token, kwargs)

@@ -442,7 +442,7 @@ class Run:
             set_status(self.inputs.output, self.inputs.o_opts, "complete")
 
     def block_options(self, f_level: int, m_level: int) -> BlockOptions:
-        """Engine settings of a block stage: the signal threshold, and masks at matching levels."""
+        """Engine settings of a block stage: blank blocks skipped, the signal threshold, masks."""
         masks: dict[str, Any] = {}
         for name, (url, opts, geoms) in self.masks.items():
             levels = self.inputs.fixed_geoms if name == "fixed" else self.inputs.moving_geoms
@@ -451,8 +451,12 @@ class Run:
                 url, level=matching_level(geoms, spacing), storage_options=opts,
                 unit=self.inputs.unit, cache=self.inputs.cache_token,
             )
-        return BlockOptions(signal_threshold=self.inputs.options.signal_threshold,
-                            workers=worker_addresses(self.client), **masks)
+        return BlockOptions(
+            skip_blank_blocks=True,
+            signal_threshold=self.inputs.options.signal_threshold,
+            workers=worker_addresses(self.client),
+            **masks,
+        )
 
     def result(self, t_start: float) -> RegistrationResult:
         """The run's :class:`RegistrationResult` (total wall time from ``t_start``)."""
