@@ -1,4 +1,4 @@
-"""The ``ngff-dreg`` command line: register, apply, info, demo, report."""
+"""The ``ngff-dreg`` command line: register, apply, export, info, demo, report."""
 
 from __future__ import annotations
 
@@ -319,6 +319,46 @@ def apply(
             scheduler=client,
         )
         typer.echo(f"resampled image written to {output}")
+    except Exception as exc:
+        _fail(exc, verbose)
+
+
+@app.command()
+def export(
+    output: Annotated[
+        str, typer.Argument(help="Registration output (the NGFF 0.6 scene register wrote).")
+    ],
+    transform_file: Annotated[
+        Path,
+        typer.Argument(
+            help="Local file to write: .h5/.hdf5/.tfm/.txt (ITK composite transform: affine + "
+            "displacement field) or .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image).",
+        ),
+    ],
+    inverse: Annotated[
+        bool, typer.Option("--inverse", help="Export the moving->fixed inverse.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing file.")
+    ] = False,
+    anon: Anon = False,
+    endpoint_url: Endpoint = None,
+    profile: Profile = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Export the fixed->moving transform for ITK tools (3D Slicer, ANTs, elastix)."""
+    _setup_logging(verbose)
+    try:
+        from ngff_dreg.export import export_transform
+
+        written = export_transform(
+            output,
+            transform_file,
+            inverse=inverse,
+            storage_options=_storage_options(anon, endpoint_url, profile),
+            overwrite=overwrite,
+        )
+        typer.echo(f"{'inverse' if inverse else 'transform'} written to {written}")
     except Exception as exc:
         _fail(exc, verbose)
 

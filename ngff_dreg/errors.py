@@ -23,6 +23,7 @@ __all__ = [
     "IncompleteOutputError",
     "ScheduleError",
     "RegistrationFailedError",
+    "UnsupportedFormatError",
 ]
 
 
@@ -83,3 +84,7 @@ class ScheduleError(NgffDregError, ValueError):
 
 class RegistrationFailedError(NgffDregError, RuntimeError):
     """Registration could not produce a transform (e.g. every block failed)."""
+
+
+class UnsupportedFormatError(NgffDregError, ValueError):
+    """A file format or destination ngff-dreg cannot write (e.g. an unknown extension)."""
