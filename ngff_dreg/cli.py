@@ -346,7 +346,7 @@ def export(
     profile: Profile = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Export the fixed->moving transform for ITK tools (3D Slicer, ANTs, elastix)."""
+    """Export the transform as an ITK transform file or a displacement field image."""
     _setup_logging(verbose)
     try:
         from ngff_dreg.export import export_transform

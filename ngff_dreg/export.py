@@ -1,4 +1,4 @@
-"""Write a registration's transform as files ITK tools read (3D Slicer, ANTs, elastix).
+"""Write a registration's transform as files ITK-based tools read (3D Slicer, ANTs).
 
 :func:`export_transform` reads the NGFF 0.6 transform of a registration output
 (a scene written by :func:`ngff_dreg.register`, or a fixed image holding one)
