@@ -266,7 +266,13 @@ class ConstructReaderMethod(ABC):
 
 
 class BlockPairRegistrationMethod(ABC):
-    """Registers one fixed block against the matching moving region."""
+    """Registers one fixed block against the matching moving region.
+
+    The engine calls it as itk-dreg does, with keywords only:
+    ``method(fixed_subimage=..., moving_subimage=..., initial_transform=...,
+    block_info=..., **kwargs)``, so a method may declare just
+    ``__call__(self, **kwargs)``.
+    """
 
     @abstractmethod
     def __call__(
