@@ -175,7 +175,12 @@ def test_default_schedule_adapts_to_the_pyramid() -> None:
 
 
 def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
-    """The same object sampled twice as finely gets the same physical schedule."""
+    """The same object sampled twice as finely gets the same physical schedule.
+
+    The first stage runs on the level of the same spacing; the last runs on
+    level 0 of each (where the accuracy is measured), with the same physical
+    control spacing and the same physical sample stride.
+    """
     coarse = Schedule.default(_pyramid(shape=(200, 240, 220), spacing=1.0, levels=4))
     fine = Schedule.default(_pyramid(shape=(400, 480, 440), spacing=0.5, levels=5))
     coarse_levels = _pyramid(shape=(200, 240, 220), spacing=1.0, levels=4)
@@ -183,7 +188,13 @@ def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
     for a, b in zip(coarse.stages, fine.stages):
         assert a.method_options["control_point_spacing"] == pytest.approx(
             b.method_options["control_point_spacing"], rel=0.01)
-        assert coarse_levels[a.level].spacing == fine_levels[b.level].spacing
+    first_c, first_f = coarse.stages[0], fine.stages[0]
+    assert coarse_levels[first_c.level].spacing == fine_levels[first_f.level].spacing
+    last_c, last_f = coarse.stages[-1], fine.stages[-1]
+    assert last_c.level == last_f.level == 0
+    stride_c = last_c.method_options["shrink_factors"][-1] * coarse_levels[0].spacing[0]
+    stride_f = last_f.method_options["shrink_factors"][-1] * fine_levels[0].spacing[0]
+    assert stride_c == pytest.approx(stride_f, rel=0.25)
 
 
 def test_stage_methods_come_from_the_registry() -> None:
