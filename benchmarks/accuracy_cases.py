@@ -100,7 +100,7 @@ class CaseSpec:
 
     name: str
     split: str  # "tuning" | "validation" | "selfcheck"
-    image: str  # "mni" | "epi" | "mni2d" | "ihc" | "cell"
+    image: str  # "mni" | "epi" | "mni2d" | "ihc" | "cell" | "retina"
     tests: str  # what the case tests, one line
     seed: int
     rotation_deg: float = 0.0
@@ -130,7 +130,7 @@ class CaseSpec:
     @property
     def ndim(self) -> int:
         """Spatial dimension of the case."""
-        return 2 if self.image in ("mni2d", "ihc", "cell") else 3
+        return 2 if self.image in ("mni2d", "ihc", "cell", "retina") else 3
 
     def digest(self, reduced: bool) -> str:
         """Hash of the definition (and generator version): changes force regeneration."""
@@ -140,7 +140,7 @@ class CaseSpec:
 
 
 CASES: tuple[CaseSpec, ...] = (
-    # ---------------------------------------------------------------- tuning (11)
+    # ---------------------------------------------------------------- tuning (12)
     CaseSpec("mni-headline", "tuning", "mni",
              "issue #11 headline: MNI T1 1 mm, 3° rotation, 4 mm translation, "
              "B-spline on a 20 mm grid, max 4.8 mm", seed=11, rotation_deg=3.0,
@@ -191,6 +191,11 @@ CASES: tuple[CaseSpec, ...] = (
              "remap, 2 % noise", seed=26,
              rotation_deg=5.0, translation_vox=8.0, bspline_grid=5.9, bspline_amp_vox=5.0,
              remap="log", noise=0.02),
+    CaseSpec("retina2d", "tuning", "retina",
+             "2D fundus photograph (green channel, 1411×1411 px at 10 µm), 1.4 mm grid "
+             "(10 % of the extent), 6 px; 6° rotation, 10 px translation; gamma remap, "
+             "2 % noise", seed=27, rotation_deg=6.0, translation_vox=10.0,
+             bspline_grid=1411.0, bspline_amp_vox=6.0, remap="gamma", noise=0.02),
     # ------------------------------------------------------------ validation (5)
     CaseSpec("mni-coarse40", "validation", "mni",
              "large smooth warp: 40 mm grid, 8 vox; 10° rotation, 10 vox translation, "
@@ -281,6 +286,12 @@ def _source(image: str, reduced: bool, selfcheck: bool) -> tuple[np.ndarray, Ima
 
         arr = skimage.data.cell().astype(np.float32)
         spacing = (0.107, 0.107)  # the pixel spacing its docstring gives
+        unit = "micrometer"
+    elif image == "retina":
+        import skimage.data
+
+        arr = skimage.data.retina()[..., 1].astype(np.float32)  # green: the vessels
+        spacing = (10.0, 10.0)  # about a fundus camera's sampling
         unit = "micrometer"
     else:
         raise ValueError(f"unknown image {image!r}")
