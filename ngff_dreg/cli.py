@@ -1,4 +1,4 @@
-"""The ``ngff-dreg`` command line: register, apply, info, demo, report."""
+"""The ``ngff-dreg`` command line: register, apply, transform-points, info, demo, report."""
 
 from __future__ import annotations
 
@@ -473,6 +473,49 @@ def report(
             storage_options=_storage_options(anon, endpoint_url, profile),
         )
         typer.echo(f"report written to {page}")
+    except Exception as exc:
+        _fail(exc, verbose)
+
+
+@app.command("transform-points")
+def transform_points(
+    transform: Annotated[str, typer.Argument(help="NGFF transform scene written by register.")],
+    points: Annotated[str, typer.Argument(help="CSV or Parquet table with columns x,y,z (or "
+                                          "x,y) in physical units of the fixed image.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output table (.csv or "
+                                        ".parquet); other columns are kept, in order.")],
+    inverse: Annotated[bool, typer.Option("--inverse", help="Map moving -> fixed.")] = False,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Point columns, x first: 'X,Y,Z'.")
+    ] = None,
+    blocksize: Annotated[
+        int, typer.Option("--blocksize", help="CSV bytes per partition (one task each).")
+    ] = 64_000_000,
+    scheduler: Scheduler = None,
+    anon: Anon = False,
+    endpoint_url: Endpoint = None,
+    profile: Profile = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Map a table of points fixed -> moving (or moving -> fixed) through TRANSFORM.
+
+    Rows are processed in partitions on the dask cluster, so the table never
+    sits in one process.
+    """
+    _setup_logging(verbose)
+    try:
+        from contextlib import ExitStack
+
+        from ngff_dreg.cluster import client_context
+        from ngff_dreg.points import transform_table_file
+
+        opts = _storage_options(anon, endpoint_url, profile)
+        cols = [c.strip() for c in columns.split(",")] if columns else None
+        with ExitStack() as stack:
+            client = client_context(scheduler, stack)
+            n = transform_table_file(transform, points, output, inverse=inverse, columns=cols,
+                                     storage_options=opts, blocksize=blocksize, client=client)
+        typer.echo(f"{n} partition(s) of points mapped to {output}")
     except Exception as exc:
         _fail(exc, verbose)
 
