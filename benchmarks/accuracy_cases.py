@@ -100,7 +100,7 @@ class CaseSpec:
 
     name: str
     split: str  # "tuning" | "validation" | "selfcheck"
-    image: str  # "mni" | "epi" | "mni2d" | "ihc"
+    image: str  # "mni" | "epi" | "mni2d" | "ihc" | "cell"
     tests: str  # what the case tests, one line
     seed: int
     rotation_deg: float = 0.0
@@ -130,7 +130,7 @@ class CaseSpec:
     @property
     def ndim(self) -> int:
         """Spatial dimension of the case."""
-        return 2 if self.image in ("mni2d", "ihc") else 3
+        return 2 if self.image in ("mni2d", "ihc", "cell") else 3
 
     def digest(self, reduced: bool) -> str:
         """Hash of the definition (and generator version): changes force regeneration."""
@@ -140,7 +140,7 @@ class CaseSpec:
 
 
 CASES: tuple[CaseSpec, ...] = (
-    # ---------------------------------------------------------------- tuning (10)
+    # ---------------------------------------------------------------- tuning (11)
     CaseSpec("mni-headline", "tuning", "mni",
              "issue #11 headline: MNI T1 1 mm, 3° rotation, 4 mm translation, "
              "B-spline on a 20 mm grid, max 4.8 mm", seed=11, rotation_deg=3.0,
@@ -185,6 +185,12 @@ CASES: tuple[CaseSpec, ...] = (
              "2D fine warp: 10 mm grid, 2 vox; 8° rotation, +5 % scale; bias 20 %, "
              "3 % noise", seed=19, rotation_deg=8.0, translation_vox=6.0, scale=0.05,
              bspline_grid=10.0, bspline_amp_vox=2.0, bias=0.2, noise=0.03),
+    CaseSpec("cell2d", "tuning", "cell",
+             "2D micrograph (quantitative phase image of a cell, 660×550 px at 0.107 µm), "
+             "5.9 µm grid (10 % of the extent), 5 px; 5° rotation, 8 px translation; log "
+             "remap, 2 % noise", seed=26,
+             rotation_deg=5.0, translation_vox=8.0, bspline_grid=5.9, bspline_amp_vox=5.0,
+             remap="log", noise=0.02),
     # ------------------------------------------------------------ validation (5)
     CaseSpec("mni-coarse40", "validation", "mni",
              "large smooth warp: 40 mm grid, 8 vox; 10° rotation, 10 vox translation, "
@@ -269,6 +275,12 @@ def _source(image: str, reduced: bool, selfcheck: bool) -> tuple[np.ndarray, Ima
 
         arr = 1.0 - rgb2gray(skimage.data.immunohistochemistry()).astype(np.float32)
         spacing = (1.0, 1.0)
+        unit = "micrometer"
+    elif image == "cell":
+        import skimage.data
+
+        arr = skimage.data.cell().astype(np.float32)
+        spacing = (0.107, 0.107)  # the pixel spacing its docstring gives
         unit = "micrometer"
     else:
         raise ValueError(f"unknown image {image!r}")

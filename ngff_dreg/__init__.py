@@ -30,6 +30,7 @@ from ngff_dreg.errors import (
     ScheduleError,
     StoreAccessError,
     StoreNotFoundError,
+    UnsupportedFormatError,
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -68,6 +69,7 @@ _LAZY = {
     "read_transform": "ngff_dreg.io.transform_reader",
     "to_itk_transform": "ngff_dreg.io.transform_reader",
     "export_itk": "ngff_dreg.io.transform_reader",
+    "export_transform": "ngff_dreg.export",
     "write_field_scene": "ngff_dreg.io.field_writer",
     "apply_transform": "ngff_dreg.apply",
     "transform_points": "ngff_dreg.points",
@@ -122,6 +124,7 @@ __all__ = [
     "ScheduleError",
     "StoreAccessError",
     "StoreNotFoundError",
+    "UnsupportedFormatError",
     "UnsupportedVersionError",
     "__version__",
 ]

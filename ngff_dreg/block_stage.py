@@ -89,7 +89,14 @@ class BlockStageRunner:
         result = self._compute(run, url, f_level, m_level)
         status = np.asarray(result.status)
         n_ok = int((status == BlockRegStatus.SUCCESS).sum())
-        if n_ok == 0:
+        n_refused = int((status == BlockRegStatus.LOW_QUALITY).sum())
+        if n_ok == 0 and n_refused:
+            # every block ran and none improved its held-out samples: the stage
+            # keeps what the stages before it found (its residual field is zero)
+            logger.warning(
+                "stage %d (fixed level %d): no block improved on the previous transform "
+                "(statuses %s); keeping it", self.index, f_level, _status_counts(status))
+        elif n_ok == 0:
             raise RegistrationFailedError(
                 f"stage {self.index} (fixed level {f_level}): no block registered "
                 f"(statuses {_status_counts(status)}); check the images overlap or pass an "

@@ -1,4 +1,4 @@
-"""The ``ngff-dreg`` command line: register, apply, transform-points, info, demo, report."""
+"""The ``ngff-dreg`` command line: register, apply, export, transform-points, info, demo, report."""
 
 from __future__ import annotations
 
@@ -282,7 +282,7 @@ def register(
             **_selection_options(fixed_channel, moving_channel, fixed_time, moving_time,
                                  channels, times),
         )
-        _print_summary(result)
+        _print_summary(result, verbose)
         typer.echo(f"transform written to {output}")
         if into_fixed or into_fixed_name:
             typer.echo(f"and into {fixed} (coordinate system "
@@ -305,7 +305,7 @@ def _selection_options(fixed_channel: str | None, moving_channel: str | None,
     }
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: Any, verbose: int = 0) -> None:
     for rep in result.levels:
         ncc = ""
         if rep.ncc_before is not None and rep.ncc_after is not None:
@@ -325,6 +325,11 @@ def _print_summary(result: Any) -> None:
     total = result.timings.get("total")
     if total is not None:
         typer.echo(f"total {total:.1f}s")
+    if verbose >= 1 and getattr(result, "io", None):
+        from ngff_dreg.io.store_stats import format_summary
+
+        for line in format_summary(result.io):  # store I/O per stage and per image
+            typer.echo(line)
 
 
 @app.command()
@@ -371,6 +376,46 @@ def apply(
             times=_picks(times),
         )
         typer.echo(f"resampled image written to {output}")
+    except Exception as exc:
+        _fail(exc, verbose)
+
+
+@app.command()
+def export(
+    output: Annotated[
+        str, typer.Argument(help="Registration output (the NGFF 0.6 scene register wrote).")
+    ],
+    transform_file: Annotated[
+        Path,
+        typer.Argument(
+            help="Local file to write: .h5/.hdf5/.tfm/.txt (ITK composite transform: affine + "
+            "displacement field) or .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image).",
+        ),
+    ],
+    inverse: Annotated[
+        bool, typer.Option("--inverse", help="Export the moving->fixed inverse.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing file.")
+    ] = False,
+    anon: Anon = False,
+    endpoint_url: Endpoint = None,
+    profile: Profile = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Export the transform as an ITK transform file or a displacement field image."""
+    _setup_logging(verbose)
+    try:
+        from ngff_dreg.export import export_transform
+
+        written = export_transform(
+            output,
+            transform_file,
+            inverse=inverse,
+            storage_options=_storage_options(anon, endpoint_url, profile),
+            overwrite=overwrite,
+        )
+        typer.echo(f"{'inverse' if inverse else 'transform'} written to {written}")
     except Exception as exc:
         _fail(exc, verbose)
 

@@ -13,7 +13,7 @@ from ngff_dreg.interfaces import RegistrationResult
 from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK
 from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
 
-__all__ = ["ProgressBar", "client_context", "compute_stage", "progress_bar"]
+__all__ = ["ProgressBar", "client_context", "compute_stage", "progress_bar", "worker_addresses"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,15 @@ def client_context(client: Any, stack: ExitStack) -> Any:
     if link:
         logging.getLogger("ngff_dreg.dashboard").info("dask dashboard: %s", link)
     return client
+
+
+def worker_addresses(client: Any) -> tuple[str, ...]:
+    """The addresses of a ``distributed`` client's workers, sorted (empty if none or unknown)."""
+    try:
+        info = client.scheduler_info()
+    except Exception:  # not a distributed client, or no scheduler
+        return ()
+    return tuple(sorted(info.get("workers", {})))
 
 
 class ProgressBar(Protocol):

@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask
@@ -52,6 +52,7 @@ __all__ = [
     "RegistrationSchedule",
     "register_images",
     "register_block",
+    "block_placement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,23 @@ class BlockOptions:
         ``labels/`` image at a matching level). A block whose padded fixed
         region holds no mask voxel, or whose moving region holds none, is
         skipped as ``NO_SIGNAL`` (the moving image is then never read).
+    workers:
+        Addresses of the cluster's workers. When given, the block grid is cut
+        into as many contiguous slabs (along its longest axis) and each slab's
+        tasks prefer one worker, so neighbouring blocks, which share the
+        storage chunks of their halos, are read by the same process and its
+        chunk cache (:mod:`ngff_dreg.io.chunk_cache`). Other workers may still
+        take a task when theirs is busy. Empty: dask places tasks freely.
+    skip_blank_blocks:
+        Skip (``NO_SIGNAL``) a fixed block with too little signal (see
+        ``signal_threshold`` and ``min_signal_fraction``) instead of calling
+        the block method on it. Off by default, as in itk-dreg, whose
+        ``register_images`` calls the method on every block;
+        :func:`ngff_dreg.register` turns it on.
 
     """
 
+    skip_blank_blocks: bool = False
     signal_threshold: float | None = None
     min_signal_fraction: float = 0.05
     moving_pad_voxels: int | None = None
@@ -95,6 +110,7 @@ class BlockOptions:
     itk_threads: int | None = None
     fixed_mask: Any = None
     moving_mask: Any = None
+    workers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -198,7 +214,7 @@ def _prepare_block(
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     fixed = read_region(fixed_reader, plan.padded)
     inner = fixed[plan.box.relative_to(plan.padded)]
-    if not has_signal(
+    if options.skip_blank_blocks and not has_signal(
         inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
     ):
         return _failed(BlockRegStatus.NO_SIGNAL, "no signal")
@@ -251,8 +267,11 @@ def register_block(
 ) -> LocatedBlockResult:
     """Register one fixed block; every failure becomes a status.
 
-    Reads only the padded fixed block and the moving region it maps to. A block
-    with no signal is skipped before the moving image is read.
+    Reads only the padded fixed block and the moving region it maps to. With
+    ``options.skip_blank_blocks``, a block with no signal is skipped before the
+    moving image is read. The method is called with keywords only
+    (``fixed_subimage``, ``moving_subimage``, ``initial_transform``,
+    ``block_info``, then ``method_kwargs``), exactly as itk-dreg calls it.
     """
     from ngff_dreg.worker import prepare_worker
 
@@ -276,8 +295,12 @@ def register_block(
     if isinstance(prepared, BlockPairRegistrationResult):
         return located(prepared)
     try:
+        # Keywords, as itk-dreg calls it: methods may declare ``__call__(self, **kwargs)``.
         result = method(
-            prepared.fixed_image, prepared.moving_image, prepared.initial, plan.info,
+            fixed_subimage=prepared.fixed_image,
+            moving_subimage=prepared.moving_image,
+            initial_transform=prepared.initial,
+            block_info=plan.info,
             **method_kwargs,
         )
     except Exception as exc:
@@ -394,17 +417,45 @@ def _block_tasks(
     kwargs: dict[str, Any],
     token: str,
 ) -> list[Delayed]:
-    """One :func:`register_block` task per block, named after its grid index."""
-    return [
-        dask.delayed(register_block, pure=True)(
-            plan,
-            options=options,
-            method_kwargs=kwargs,
-            dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-            **shared,
+    """One :func:`register_block` task per block, named after its grid index.
+
+    With ``options.workers``, each task prefers the worker of its slab
+    (:func:`block_placement`).
+    """
+    places = block_placement([p.info.chunk_index for p in plans], len(options.workers))
+    tasks = []
+    for plan, place in zip(plans, places):
+        hint: dict[str, Any] = (
+            {"workers": [options.workers[place]], "allow_other_workers": True}
+            if options.workers else {}
         )
-        for plan in plans
-    ]
+        with dask.annotate(**hint):
+            tasks.append(dask.delayed(register_block, pure=True)(
+                plan,
+                options=options,
+                method_kwargs=kwargs,
+                dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
+                **shared,
+            ))
+    return tasks
+
+
+def block_placement(indices: Sequence[tuple[int, ...]], n_workers: int) -> list[int]:
+    """The worker (``0..n_workers-1``) of each block: contiguous slabs of the block grid.
+
+    Blocks are ranked with the grid's longest axis varying slowest, and the
+    ranking is cut into ``n_workers`` runs of (nearly) equal length, so each
+    worker gets a slab (or a run of rows) and shares halo chunks with at most
+    two other workers.
+    """
+    if n_workers <= 1 or not indices:
+        return [0] * len(indices)
+    grid = np.asarray(indices).max(axis=0) + 1
+    order = np.argsort(-grid, kind="stable")  # longest axis first
+    keys = [tuple(int(idx[a]) for a in order) for idx in indices]
+    rank = {k: r for r, k in enumerate(sorted(set(keys)))}
+    n = len(rank)
+    return [min(n_workers - 1, rank[k] * n_workers // n) for k in keys]
 
 
 def _reduction(
@@ -439,6 +490,18 @@ def _reduction(
     return call
 
 
+def _options(block_options: BlockOptions | None, skip_blank_blocks: bool | None) -> BlockOptions:
+    options = block_options or BlockOptions()
+    if skip_blank_blocks is not None:
+        options = replace(options, skip_blank_blocks=bool(skip_blank_blocks))
+    return options
+
+
+def _shared_inputs(**inputs: Any) -> dict[str, Delayed]:
+    """Each input once in the graph, shared by every block task (and the reduction)."""
+    return {name: dask.delayed(value, pure=True) for name, value in inputs.items()}
+
+
 def register_images(
     fixed_reader_ctor: ConstructReaderMethod,
     moving_reader_ctor: ConstructReaderMethod,
@@ -449,6 +512,7 @@ def register_images(
     overlap_factors: Sequence[float] | float | None = None,
     *,
     block_options: BlockOptions | None = None,
+    skip_blank_blocks: bool | None = None,
     **kwargs: Any,
 ) -> RegistrationSchedule:
     """Plan block-wise registration of a moving image onto a fixed image.
@@ -480,7 +544,12 @@ def register_images(
         Total overlap as a fraction of the block length per axis, split evenly
         over both sides; cropped at the image edge.
     block_options:
-        Engine settings (signal threshold, padding, ITK threads).
+        Engine settings (signal threshold, padding, ITK threads, masks).
+    skip_blank_blocks:
+        Skip blocks without signal instead of calling the block method on
+        them (``NO_SIGNAL``). ``None``: as ``block_options`` says, which by
+        default is ``False``: like itk-dreg, the method is called on every
+        block that maps into the moving image. Not passed to the methods.
     **kwargs:
         Passed to the block method and the reduce method, as in itk-dreg.
 
@@ -493,7 +562,7 @@ def register_images(
 
     """
     register_module_reducers()
-    options = block_options or BlockOptions()
+    options = _options(block_options, skip_blank_blocks)
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     moving_geometry = reader_geometry(moving_reader_ctor)
     block, plans, chunks = _block_grid(
@@ -510,12 +579,12 @@ def register_images(
         options,
         kwargs,
     )
-    shared = {
-        "fixed_reader_ctor": dask.delayed(fixed_reader_ctor, pure=True),
-        "moving_reader_ctor": dask.delayed(moving_reader_ctor, pure=True),
-        "block_registration_method": dask.delayed(block_registration_method, pure=True),
-        "initial_transform": dask.delayed(initial_transform, pure=True),
-    }
+    shared = _shared_inputs(
+        fixed_reader_ctor=fixed_reader_ctor,
+        moving_reader_ctor=moving_reader_ctor,
+        block_registration_method=block_registration_method,
+        initial_transform=initial_transform,
+    )
     block_results = _block_tasks(plans, shared, options, kwargs, token)
     reduced = _reduction(reduce_method, block_results, plans, fixed_geometry, fixed_reader_ctor,
                          initial_transform, shared, token, kwargs)

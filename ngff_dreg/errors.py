@@ -15,6 +15,7 @@ __all__ = [
     "LevelNotFoundError",
     "StoreAccessError",
     "StoreNotFoundError",
+    "StoreChangedError",
     "PathEscapeError",
     "IncompatibleImagesError",
     "InvalidInputDataError",
@@ -23,6 +24,7 @@ __all__ = [
     "IncompleteOutputError",
     "ScheduleError",
     "RegistrationFailedError",
+    "UnsupportedFormatError",
 ]
 
 
@@ -51,6 +53,10 @@ class StoreAccessError(NgffDregError, OSError):
 
 class StoreNotFoundError(StoreAccessError, FileNotFoundError):
     """No Zarr group or array exists at the given URL."""
+
+
+class StoreChangedError(NgffDregError, RuntimeError):
+    """The data changed between planning a run and reading it (an array replaced)."""
 
 
 class PathEscapeError(InvalidMetadataError):
@@ -86,3 +92,7 @@ class ScheduleError(NgffDregError, ValueError):
 
 class RegistrationFailedError(NgffDregError, RuntimeError):
     """Registration could not produce a transform (e.g. every block failed)."""
+
+
+class UnsupportedFormatError(NgffDregError, ValueError):
+    """A file format or destination ngff-dreg cannot write (e.g. an unknown extension)."""

@@ -140,7 +140,10 @@ def _itk_alignment(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
             sampling_percentage=0.25,
             max_displacement_fraction=0.5,
         )
-        result = method(fimg, mimg, current.to_itk(), info)
+        result = method(
+            fixed_subimage=fimg, moving_subimage=mimg, initial_transform=current.to_itk(),
+            block_info=info,
+        )
         if result.status != BlockRegStatus.SUCCESS or result.transform is None:
             logger.warning(
                 "global %s stage failed (%s); keeping the previous transform",

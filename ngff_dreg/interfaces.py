@@ -234,6 +234,13 @@ class RegistrationResult:
         coarse-to-fine pipeline; empty for a single ``register_images`` run.
     timings:
         Wall time of each stage in seconds.
+    io:
+        Store I/O of the run, filled by the pipeline:
+        ``{"run": {"total": figures, "images": {url: figures}}, "stages":
+        {stage: ...}}``, where figures count requests, bytes fetched, the
+        distinct chunk pieces and bytes behind them, their ratio ``reread``,
+        metadata requests per object and cache hits
+        (:meth:`ngff_dreg.io.store_stats.StoreCounts.summary`).
 
     """
 
@@ -241,6 +248,7 @@ class RegistrationResult:
     status: npt.NDArray[np.integer[Any]]
     levels: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
 
 
 class ConstructReaderMethod(ABC):
@@ -258,7 +266,13 @@ class ConstructReaderMethod(ABC):
 
 
 class BlockPairRegistrationMethod(ABC):
-    """Registers one fixed block against the matching moving region."""
+    """Registers one fixed block against the matching moving region.
+
+    The engine calls it as itk-dreg does, with keywords only:
+    ``method(fixed_subimage=..., moving_subimage=..., initial_transform=...,
+    block_info=..., **kwargs)``, so a method may declare just
+    ``__call__(self, **kwargs)``.
+    """
 
     @abstractmethod
     def __call__(

@@ -158,6 +158,7 @@ def _resample(run: Run) -> None:
     run.checkpoints.write(run.claim.manifest)
     set_status(inputs.output, inputs.o_opts, "complete")
     run.timings["resample"] = time.perf_counter() - t0
+    run.io.collect("resample", run.client)
 
 
 def _into_fixed(run: Run, inputs: RunInputs) -> None:

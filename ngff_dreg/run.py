@@ -11,6 +11,7 @@ dask client.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ngff_dreg.cluster import worker_addresses
 from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ItkTransformLike, RegistrationResult, RegistrationTransformResult
+from ngff_dreg.io.chunk_cache import cache_enabled
 from ngff_dreg.io.multiscale import open_multiscale
 from ngff_dreg.io.output_state import (
     Checkpoints,
@@ -31,6 +34,7 @@ from ngff_dreg.io.output_state import (
     set_status,
 )
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.store_stats import IOLedger, reset_counts
 from ngff_dreg.io.stores import location_key
 from ngff_dreg.schedule import (
     BlockStage,
@@ -185,6 +189,10 @@ class RunInputs:
         The initial transform, converted once (``None``: none given).
     into_name:
         Coordinate-system name for ``into_fixed`` (``None``: not requested).
+    cache_token:
+        Names this run's entries in each process's chunk cache
+        (:mod:`ngff_dreg.io.chunk_cache`): metadata is read once per process
+        and chunks shared by blocks are fetched once per worker.
 
     """
 
@@ -205,6 +213,7 @@ class RunInputs:
     g_moving: OMEZarrReaderConstructor | None = None
     initial: Any = None
     into_name: str | None = None
+    cache_token: str | None = None
 
     @property
     def ndim(self) -> int:
@@ -217,7 +226,7 @@ class RunInputs:
         channel, time_point = self.options.selection(which)
         return OMEZarrReaderConstructor(
             url, level=level, storage_options=opts, channel=channel, time=time_point,
-            unit=self.unit,
+            unit=self.unit, cache=self.cache_token,
         )
 
     def global_readers(self) -> tuple[OMEZarrReaderConstructor, OMEZarrReaderConstructor]:
@@ -292,17 +301,17 @@ def _into_name(fixed: str, moving: str, output: str, options: RunOptions) -> str
 
 
 def _pyramids(
-    fixed: str, moving: str, f_opts: StorageOptions, m_opts: StorageOptions
+    fixed: str, moving: str, f_opts: StorageOptions, m_opts: StorageOptions, token: str | None
 ) -> tuple[list[ImageGeometry], list[ImageGeometry], str | None]:
     """Level geometries of both images, the moving one in the fixed image's unit."""
-    fms = open_multiscale(fixed, f_opts)
-    mms = open_multiscale(moving, m_opts)
+    fms = open_multiscale(fixed, f_opts, cache=token)
+    mms = open_multiscale(moving, m_opts, cache=token)
     if fms.ndim != mms.ndim:
         raise IncompatibleImagesError(
             f"fixed image {fixed} is {fms.ndim}-D but moving image {moving} is {mms.ndim}-D"
         )
     unit = fms.levels[0].geometry.unit or mms.levels[0].geometry.unit
-    moving_ms = open_multiscale(moving, m_opts, unit=unit) if unit else mms
+    moving_ms = open_multiscale(moving, m_opts, unit=unit, cache=token) if unit else mms
     return [lvl.geometry for lvl in fms.levels], [lvl.geometry for lvl in moving_ms.levels], unit
 
 
@@ -329,7 +338,9 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
                 f"output {output} is (inside) input {url}: write the transform somewhere else"
             )
     into_name = _into_name(fixed, moving, output, options)
-    fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts)
+    reset_counts()  # this run's I/O is counted from here (ngff_dreg.io.store_stats)
+    token = uuid.uuid4().hex if cache_enabled() else None
+    fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts, token)
     schedule = options.schedule
     if isinstance(schedule, str):
         schedule = Schedule.load(schedule)
@@ -339,7 +350,7 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
     check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
     check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
     inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
-                       moving_geoms, unit, schedule, into_name=into_name)
+                       moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
     gs = schedule.global_stage
     inputs.g_level = (
         resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
@@ -360,8 +371,8 @@ def open_masks(inputs: RunInputs) -> MaskLevels:
     """Level geometries of the fixed and moving masks that were given."""
     o = inputs.options
     return {
-        name: (url, opts, [lvl.geometry for lvl in open_multiscale(url, opts, unit=inputs.unit)
-                           .levels])
+        name: (url, opts, [lvl.geometry for lvl in open_multiscale(
+            url, opts, unit=inputs.unit, cache=inputs.cache_token).levels])
         for name, url, opts in (("fixed", o.fixed_mask, inputs.f_opts),
                                 ("moving", o.moving_mask, inputs.m_opts))
         if url is not None
@@ -390,6 +401,9 @@ class Run:
         The last block stage's status grid.
     reports, timings:
         One :class:`StageReport` per stage, wall times by stage key.
+    io:
+        Store I/O counted per stage (:class:`~ngff_dreg.io.store_stats.IOLedger`):
+        ``"open"`` (the inputs opened and checked), then one entry per stage key.
 
     """
 
@@ -404,12 +418,16 @@ class Run:
     )
     reports: list[StageReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"global": 0.0})
+    io: IOLedger = field(default_factory=IOLedger)
     checkpoints: Checkpoints = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.inputs.output, self.inputs.o_opts)
         if self.current is None:
             self.current = self.inputs.initial
+        # The client's reads so far (opening and checking the inputs); workers
+        # start from zero.
+        self.io.collect("open", self.client)
 
     @property
     def done(self) -> dict[str, Any]:
@@ -418,9 +436,20 @@ class Run:
         return stages
 
     def record(self, key: str, entry: Mapping[str, Any], report: StageReport) -> None:
-        """Keep a finished stage's report and checkpoint it in the manifest."""
+        """Keep a finished stage's report and checkpoint it in the manifest.
+
+        The store I/O of the stage (every process) is collected now and added
+        to the report's figures as ``io``.
+        """
+        io = self.io.collect(key, self.client).summary()
+        report.report["io"] = io
+        entry = dict(entry)
+        nested = entry.get("report")
+        target = nested.get("report") if key == "global" and isinstance(nested, dict) else nested
+        if isinstance(target, dict):
+            target["io"] = io
         self.reports.append(report)
-        self.done[key] = dict(entry)
+        self.done[key] = entry
         self.checkpoints.write(self.claim.manifest)
 
     def stage_done(self, report: StageReport) -> None:
@@ -439,21 +468,30 @@ class Run:
             set_status(self.inputs.output, self.inputs.o_opts, "complete")
 
     def block_options(self, f_level: int, m_level: int) -> BlockOptions:
-        """Engine settings of a block stage: the signal threshold, and masks at matching levels."""
+        """Engine settings of a block stage: blank blocks skipped, the signal threshold, masks."""
         masks: dict[str, Any] = {}
         for name, (url, opts, geoms) in self.masks.items():
             levels = self.inputs.fixed_geoms if name == "fixed" else self.inputs.moving_geoms
             spacing = levels[f_level if name == "fixed" else m_level].spacing
             masks[f"{name}_mask"] = OMEZarrReaderConstructor(
                 url, level=matching_level(geoms, spacing), storage_options=opts,
-                unit=self.inputs.unit,
+                unit=self.inputs.unit, cache=self.inputs.cache_token,
             )
-        return BlockOptions(signal_threshold=self.inputs.options.signal_threshold, **masks)
+        return BlockOptions(
+            skip_blank_blocks=True,
+            signal_threshold=self.inputs.options.signal_threshold,
+            workers=worker_addresses(self.client),
+            **masks,
+        )
 
     def result(self, t_start: float) -> RegistrationResult:
         """The run's :class:`RegistrationResult` (total wall time from ``t_start``)."""
         self.timings["total"] = time.perf_counter() - t_start
         if self.final is None:
             raise RegistrationFailedError("the run produced no transform")
+        rest = self.io.collect("finish")  # the client may be closed: this process only
+        if not rest.images:
+            self.io.stages.pop()
         return RegistrationResult(transforms=self.final, status=self.last_status,
-                                  levels=self.reports, timings=self.timings)
+                                  levels=self.reports, timings=self.timings,
+                                  io=self.io.summary())

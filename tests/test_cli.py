@@ -7,12 +7,19 @@ import shutil
 import subprocess
 import sys
 
+import itk
 import numpy as np
 import pytest
 
 from ngff_dreg.demo import make_demo
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.io.field_writer import write_field_scene
 from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.io.transform_reader import read_transform, to_itk_transform
+from ngff_dreg.itk_bridge import transform_points as itk_points
+from ngff_dreg.reduce import invert_field
+from ngff_dreg.synthetic import smooth_displacement
+from ngff_dreg.transforms import AffineTransform, TransformChain
 
 
 def _cli(*args: str, timeout: float = 600, cwd=None) -> subprocess.CompletedProcess[str]:
@@ -53,6 +60,25 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ngff-dreg: error:"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("file", "key", "value"), [
+    ("0/zarr.json", "shape", [48, "x", 48]),        # a level array's metadata
+    ("zarr.json", "zarr_format", 9),                # the group's own metadata
+])
+def test_corrupt_metadata_is_one_line_naming_the_file(small_pair, tmp_path, file, key, value):
+    import json
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(small_pair.fixed, bad)
+    doc = json.loads((bad / file).read_text())
+    doc[key] = value
+    (bad / file).write_text(json.dumps(doc))
+    proc = _cli("info", str(bad))
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ngff-dreg: error:"), proc.stderr
+    assert f"{bad}/{file}" in lines[0], lines[0]
 
 
 def test_into_fixed_05_without_upgrade_is_a_one_line_error(small_pair, tmp_path):
@@ -110,10 +136,53 @@ def test_register_then_apply_via_cli(small_pair, tmp_path):
         "--no-progress",
     )
     assert again.returncode == 2 and "overwrite" in again.stderr
+    # The transform for ITK tools: the exported file maps points like the output.
+    h5 = tmp_path / "fixed_to_moving.h5"
+    proc = _cli("export", out, str(h5))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"transform written to {h5}" in proc.stdout
+    back = itk.transformread(str(h5))[0]
+    expected = to_itk_transform(out)
+    err = np.abs(itk_points(back, pts) - itk_points(expected, pts)).max()
+    assert err < 1e-3 * min(small_pair.fixed_geometry.spacing), err
     warped = str(tmp_path / "warped.zarr")
     proc = _cli("apply", out, small_pair.moving, small_pair.fixed, "-o", warped)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert output_status(warped) in ("foreign", "complete")  # an image group, not a scene
+
+
+def test_export_inverse_field_image_and_a_bad_extension(tmp_path):
+    geom = ImageGeometry((12, 14, 16), (0.8, 0.9, 1.0), (1.0, -2.0, 0.5))
+    field = smooth_displacement(geom, 1.2, seed=2)
+    affine = AffineTransform.from_arrays(np.diag([1.02, 0.98, 1.01]), np.array([0.5, 0.2, -0.3]))
+    out = str(tmp_path / "out.zarr")
+    write_field_scene(out, TransformChain(affine, field),
+                      TransformChain(affine.inverse(), invert_field(field), affine_first=True),
+                      chunks=8)
+    nii = tmp_path / "exports" / "moving_to_fixed.nii.gz"
+    proc = _cli("export", out, str(nii), "--inverse")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"inverse written to {nii}" in proc.stdout
+    image = itk.imread(str(nii))
+    vectors = np.asarray(itk.array_from_image(image), dtype=np.float64)
+    disp = itk.image_from_array(np.ascontiguousarray(vectors), is_vector=True)
+    disp.CopyInformation(image)
+    back = itk.DisplacementFieldTransform[itk.D, 3].New()
+    back.SetDisplacementField(disp)
+    # the field image's own nodes (where the affine-first inverse is sampled exactly)
+    idx = np.random.default_rng(0).integers(1, np.asarray(itk.size(image)) - 1, (40, 3))
+    nodes = np.asarray(image.GetOrigin()) + (idx * np.asarray(image.GetSpacing())) @ \
+        itk.array_from_matrix(image.GetDirection()).T
+    expected = to_itk_transform(out, inverse=True)
+    err = np.abs(itk_points(back, nodes) - itk_points(expected, nodes)).max()
+    assert err < 1e-3 * min(geom.spacing), err
+    # a format ITK cannot take: one line naming the file, exit 2, nothing written
+    proc = _cli("export", out, str(tmp_path / "warp.png"))
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ngff-dreg: error:"), proc.stderr
+    assert "warp.png" in lines[0] and ".h5" in lines[0]
+    assert not (tmp_path / "warp.png").exists()
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cloudpickle
 import itk
@@ -149,6 +149,7 @@ def test_statuses_never_stop_the_run():
         initial_transform=AffineTransform.identity(3).to_itk(),
         fixed_chunk_size=(32, 32, 32),
         overlap_factors=0.0,
+        skip_blank_blocks=True,
     )
     result = schedule.registration_result.compute(scheduler="threads")
     status = result.status
@@ -158,6 +159,61 @@ def test_statuses_never_stop_the_run():
     assert status[0, 0, 0] == BlockRegStatus.SUCCESS
     # The moving image was never read for the empty block.
     assert not any(b.start == (32, 32, 32) for b in moving_small.reads)
+
+
+@dataclass
+class RecordsCalls(BlockPairRegistrationMethod):
+    """Declared the itk-dreg way (keywords only); records what each call was given."""
+
+    calls: list = field(default_factory=list)
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        domain = itk.Image[itk.F, 3].New()
+        domain.CopyInformation(kwargs["fixed_subimage"])
+        domain.SetRegions(kwargs["fixed_subimage"].GetBufferedRegion())
+        return BlockPairRegistrationResult(
+            transform=itk.TranslationTransform[itk.D, 3].New(), transform_domain=domain,
+            inv_transform=None, inv_transform_domain=None, status=BlockRegStatus.SUCCESS,
+        )
+
+
+@pytest.mark.parametrize("skip", [None, False, True])
+def test_blank_blocks_reach_the_method_unless_skipping_is_asked_for(skip):
+    g = ImageGeometry((32, 32, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    fixed_ctor, moving_ctor = _pair((32, 32, 32))
+    fixed = fixed_ctor.array.copy()
+    fixed[16:] = 0.0  # the four high-z blocks are blank
+    method = RecordsCalls()
+    extra = {} if skip is None else {"skip_blank_blocks": skip}
+    schedule = register_images(
+        fixed_reader_ctor=ArrayReaderConstructor(fixed, g),
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=method,
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(16, 16, 16),
+        overlap_factors=0.0,
+        user_option=7,
+        **extra,
+    )
+    result = schedule.registration_result.compute(scheduler="sync")
+    n_blocks = int(np.prod(schedule.fixed_da.numblocks))
+    assert n_blocks == 8
+    called = sorted(tuple(c["block_info"].chunk_index) for c in method.calls)
+    if skip:
+        assert len(called) == 4 and all(i[0] == 0 for i in called)
+        assert np.all(result.status[1] == BlockRegStatus.NO_SIGNAL)
+        assert np.all(result.status[0] == BlockRegStatus.SUCCESS)
+    else:
+        assert called == sorted(np.ndindex(2, 2, 2))
+        assert np.all(result.status == BlockRegStatus.SUCCESS)
+    # The engine's own keyword is not passed on; the user's is, with the four itk-dreg names.
+    for c in method.calls:
+        assert set(c) == {
+            "fixed_subimage", "moving_subimage", "initial_transform", "block_info", "user_option"
+        }
+        assert c["user_option"] == 7
 
 
 def test_mismatched_dimensions_raise_our_error():
@@ -313,3 +369,21 @@ def test_masks_skip_blocks_before_reading_moving():
     # The moving image was read for the four masked-in blocks only.
     assert len(moving_ctor.reads) == 4
     assert g.shape == (64, 64, 64)
+
+
+def test_block_placement_gives_each_worker_a_contiguous_slab() -> None:
+    from itertools import product
+
+    from ngff_dreg.engine import block_placement
+
+    indices = list(product(range(2), range(4), range(3)))  # longest grid axis: 1
+    places = block_placement(indices, 2)
+    assert sorted(set(places)) == [0, 1] and places.count(0) == places.count(1) == 12
+    for idx, w in zip(indices, places):
+        assert w == (0 if idx[1] < 2 else 1)  # cut along the longest axis
+    assert block_placement(indices, 1) == [0] * len(indices)
+    many = block_placement(indices, 5)  # more workers than slabs: runs of rows
+    assert sorted(set(many)) == [0, 1, 2, 3, 4]
+    # axes ranked longest first (4, then 3, then 2): worker numbers never go down
+    ranked = [many[indices.index(i)] for i in sorted(indices, key=lambda t: (t[1], t[2], t[0]))]
+    assert ranked == sorted(ranked)

@@ -107,6 +107,32 @@ def test_3d_recovers_known_warp_and_refines(pair_3d, run_3d):
     )
 
 
+def test_store_io_is_counted_per_image_and_stage(pair_3d, run_3d):
+    """The run's reads, counted at the store layer on the client and both workers."""
+    out, result = run_3d
+    io = result.io
+    assert list(io["stages"])[:4] == ["open", "global", "stage_0", "stage_1"]
+    images = io["run"]["images"]
+    fixed, moving = images[pair_3d.fixed], images[pair_3d.moving]
+    for f in (fixed, moving):
+        assert f["chunk_requests"] > 0 and f["distinct_bytes"] > 0
+        assert f["chunk_bytes"] >= f["distinct_bytes"]
+        assert f["cache_hits"] > 0  # neighbouring blocks share chunks
+        # metadata: read by the client once, handed to the workers
+        assert f["metadata_requests"] == f["metadata_objects"] > 0
+    # Nothing is fetched twice within a worker, so at most once per process.
+    assert fixed["reread"] <= 3.0 and moving["reread"] <= 3.0
+    stage_sum = sum(st["images"].get(pair_3d.fixed, {}).get("chunk_bytes", 0)
+                    for st in io["stages"].values())
+    assert stage_sum == fixed["chunk_bytes"]
+    # The stage reports carry their own figures (manifest and HTML report).
+    assert result.levels[-1].report["io"]["total"]["requests"] > 0
+    from ngff_dreg.io.output_state import Checkpoints
+
+    entry = Checkpoints(out, None).read()["stages"]["stage_1"]
+    assert entry["report"]["io"]["total"] == result.levels[-1].report["io"]["total"]
+
+
 def test_rerun_of_a_finished_output_needs_overwrite_or_same_args(pair_3d, run_3d, dask_client):
     out, _ = run_3d
     other = Schedule(GlobalStage(level=1), [BlockStage(level=0, block_size=32)])

@@ -21,8 +21,8 @@ Jacobi-preconditioned conjugate-gradient steps; a step is kept only when it
 lowers the objective. Passes run coarse to fine over lattice strides and
 smoothing sigmas, the sample mask (samples whose displaced point stays inside
 the moving data) fixed per pass, so dropping samples can never lower the
-objective. A second, interleaved lattice measures the data term before and
-after the fit, for the caller's acceptance test.
+objective. A held-out lattice, between the last pass's samples, measures the
+data term before and after the fit, for the caller's acceptance test.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class _Pass:
     """One pass: the sample lattice, its per-axis B-spline weights and the images."""
 
     def __init__(self, images: _Images, grid: BSplineLattice, factor: int, sigma: float,
-                 phase: int = 0) -> None:
+                 held_out: bool = False) -> None:
         geom = images.geom
         self.nd = geom.ndim
         self.sizes = grid.sizes
@@ -185,10 +185,12 @@ class _Pass:
         f_img, self.w_img, self.grad_imgs = images.get(sigma)
         self.valid = images.valid
         steps = lattice_strides(factor, geom)
-        axes_idx = [
-            np.arange(((n % st) // 2 + phase) % st, n, st)
-            for n, st in zip(images.fixed.shape, steps)
-        ]
+        starts = [(n % st) // 2 for n, st in zip(images.fixed.shape, steps)]
+        if held_out:  # half as dense per axis, between the fit lattice's points
+            starts = [min(s0 + max(1, st // 2), n - 1)
+                      for s0, st, n in zip(starts, steps, images.fixed.shape)]
+            steps = [2 * st for st in steps]
+        axes_idx = [np.arange(s0, n, st) for s0, n, st in zip(starts, images.fixed.shape, steps)]
         self.lat_shape = tuple(len(a) for a in axes_idx)
         self.n = int(np.prod(self.lat_shape))
         self.f = f_img[np.ix_(*axes_idx)].reshape(-1).astype(np.float64)
@@ -232,11 +234,11 @@ class _Problem:
     """The objective of one pass on its masked samples."""
 
     def __init__(self, lev: _Pass, q: sparse.csr_matrix, opts: GaussNewtonOptions,
-                 c0: FloatArray) -> None:
+                 c0: FloatArray, scaled: bool = True) -> None:
         self.lev = lev
         self.q = q
-        w, g, inside = lev.sample(c0, gradient=True, with_mask=True)
-        assert inside is not None and g is not None
+        w, g, inside = lev.sample(c0, gradient=scaled, with_mask=True)
+        assert inside is not None
         self.mask = inside
         self.fm = lev.f[inside]
         n_in = int(inside.sum())
@@ -246,7 +248,7 @@ class _Problem:
         self.model = IntensityModel.for_samples(opts.intensity, opts.intensity_bins, poly, n_in)
         self.ok = n_in >= 64
         self.kappa = 1.0
-        if self.ok:
+        if self.ok and g is not None:
             _, slope = self.model.fit(w[inside], self.fm)
             k = float(np.mean(slope**2 * np.sum(g[inside] ** 2, axis=1))) / lev.nd
             self.kappa = k if k > 0 and math.isfinite(k) else 1.0
@@ -402,8 +404,10 @@ def gauss_newton_fit(
     options:
         See :class:`GaussNewtonOptions`.
     validate:
-        Measure the data term (and the NCC of the model's prediction) on a
-        second lattice, interleaved with the last pass's, before and after.
+        Measure the data term (and the NCC of the model's prediction) before
+        and after on a held-out lattice: half as dense per axis as the last
+        pass's, between its points (with a stride of 1 it has none between,
+        and the held-out lattice is a subset of the fitted samples).
 
     Returns
     -------
@@ -434,8 +438,8 @@ def gauss_newton_fit(
         last = (int(factor), float(sigma))
     out = GaussNewtonResult(coeffs.reshape(nd, -1).ravel(), value, its, cgs, history=history)
     if validate and last is not None:
-        check = _Problem(_Pass(images, grid, max(2, last[0]), last[1], phase=1), q, options,
-                         np.zeros_like(coeffs))
+        check = _Problem(_Pass(images, grid, last[0], last[1], held_out=True), q, options,
+                         np.zeros_like(coeffs), scaled=False)
         if check.ok:
             before = check.data(np.zeros_like(coeffs), False)
             after = check.data(coeffs, False)

@@ -24,7 +24,7 @@ from ngff_dreg.fitting.intensity import IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import lattice_strides, physical_sigmas
 from ngff_dreg.geometry import ImageGeometry
 
-__all__ = ["KINDS", "LinearFitResult", "linear_fit"]
+__all__ = ["KINDS", "MAX_SAMPLES", "LinearFitResult", "capped_strides", "linear_fit"]
 
 FloatArray = npt.NDArray[np.float64]
 KINDS = ("translation", "rigid", "affine")
@@ -149,6 +149,21 @@ def _levenberg_marquardt(
     return a, t, val / kappa, its
 
 
+#: Default cap on the samples of one level of :func:`linear_fit`.
+MAX_SAMPLES = 200_000
+
+
+def capped_strides(stride: int, geom: ImageGeometry, max_samples: int) -> list[int]:
+    """:func:`lattice_strides` from ``stride`` up, until at most ``max_samples`` samples."""
+    factor = max(1, int(stride))
+    while True:
+        steps = lattice_strides(factor, geom)
+        count = int(np.prod([-(-n // s) for n, s in zip(geom.shape, steps)]))
+        if count <= max_samples or all(s >= n for n, s in zip(geom.shape, steps)):
+            return steps
+        factor += 1
+
+
 def linear_fit(
     fixed: FloatArray,
     fixed_geom: ImageGeometry,
@@ -164,6 +179,7 @@ def linear_fit(
     intensity: str = "piecewise",
     gain_degree: int = 1,
     tolerance: float = 1e-4,
+    max_samples: int = MAX_SAMPLES,
 ) -> LinearFitResult:
     """Refine the fixed→moving affine ``(matrix, translation)`` by Gauss-Newton.
 
@@ -184,6 +200,10 @@ def linear_fit(
         below which an iteration ends it.
     intensity, gain_degree:
         The intensity model (:class:`~ngff_dreg.fitting.intensity.IntensityModel`).
+    max_samples:
+        A level's stride grows until its lattice has at most this many
+        samples: twelve parameters need far fewer than a whole image's
+        voxels, and the cost of a level stays bounded whatever its size.
 
     """
     for kind in kinds:
@@ -199,7 +219,7 @@ def linear_fit(
     its, value = 0, math.nan
     moving = np.asarray(moving, dtype=np.float64)
     for sigma, stride in zip(sigmas, strides):
-        steps = lattice_strides(int(stride), fixed_geom)
+        steps = capped_strides(int(stride), fixed_geom, max_samples)
         axes = [np.arange((n % s) // 2, n, s) for n, s in zip(fixed.shape, steps)]
         lat_shape = tuple(len(ax) for ax in axes)
         idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, nd)

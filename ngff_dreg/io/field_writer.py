@@ -43,6 +43,7 @@ requires), and their actual URLs are recorded under ``attributes.ngff_dreg``.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -52,8 +53,9 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError
 from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes, one_per_axis
+from ngff_dreg.io.chunk_cache import cache_enabled, shared_array
 from ngff_dreg.io.output_state import MARKER_KEY, marker, output_status, put_marker
-from ngff_dreg.io.stores import redact_url, zarr_array, zarr_group
+from ngff_dreg.io.stores import location_key, redact_url, zarr_array, zarr_group
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
 __all__ = [
@@ -153,9 +155,22 @@ class ZarrFieldLoader:
     array_path: str
     rotation_zyx: tuple[tuple[float, ...], ...] | None = None
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    cache: str | None = field(default_factory=lambda: uuid.uuid4().hex, repr=False,
+                              compare=False)
 
     def _array(self) -> Any:
-        return zarr_array(self.url, self.array_path, self.storage_options, mode="r")
+        # A loader is made once the field is (being) written, and every copy of it
+        # (one per task) shares its cache token: each process opens the array
+        # once and fetches a chunk once, however many blocks read it. A chunk is
+        # only read after it was written (the reduction waits for it), so the
+        # cache never holds a stale chunk. ``cache=None`` reads the store each time.
+        if self.cache is None or not cache_enabled():
+            return zarr_array(self.url, self.array_path, self.storage_options, mode="r")
+        return shared_array(
+            (self.cache, location_key(self.url), "field", self.array_path),
+            lambda: zarr_array(self.url, self.array_path, self.storage_options, mode="r",
+                               cache=self.cache),
+        )
 
     def __call__(self, box: Box) -> npt.NDArray[np.float64]:
         """Field values over ``box`` (NGFF layout, world components)."""

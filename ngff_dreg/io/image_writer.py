@@ -349,6 +349,7 @@ def write_multiscale(
     factors: Sequence[Sequence[int]] | None = None,
     leading_axes: Sequence[LeadingAxis] = (),
     omero: Mapping[str, Any] | None = None,
+    shards: Sequence[int] | int | None = None,
 ) -> None:
     """Write ``data`` as a multiscale OME-Zarr image.
 
@@ -392,6 +393,13 @@ def write_multiscale(
         Time/channel axes before the spatial ones (:class:`LeadingAxis`).
     omero:
         ``omero`` metadata to store (channel labels, colours, windows).
+    shards:
+        Zarr v3 only: store each level in shards of this spatial shape (NumPy
+        order, or one edge for all spatial axes; the ``sharding_indexed``
+        codec), each holding whole ``chunks``; leading axes are sharded by 1.
+        Shards are rounded up to a multiple of the chunk and capped by the
+        level's shape. Readers then fetch single chunks of a shard with range
+        requests. ``None``: one object per chunk.
 
     Raises
     ------
@@ -423,10 +431,12 @@ def write_multiscale(
     paths = [str(i) for i in range(n_levels)]
     attrs = multiscale_attributes(geoms, paths, version, name, lead, omero)  # validate first
     fmt = 2 if version == "0.4" else 3
+    shard_shape = _check_shards(safe, shards, chunk_shape, fmt)
 
     root = _create_root(text, storage_options, overwrite, fmt)
     steps = [tuple(b // a for a, b in zip(p, c)) for p, c in itertools.pairwise(cumulative)]
-    _write_levels(root, text, data, geoms, paths, steps, chunk_shape, out_dtype, fmt, lead)
+    _write_levels(root, text, data, geoms, paths, steps, chunk_shape, out_dtype, fmt, lead,
+                  shard_shape)
 
     # Metadata last: a group without it is an interrupted write.
     map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
@@ -449,6 +459,35 @@ def _create_root(text: str, storage_options: Mapping[str, Any] | None, overwrite
         text, "create group",
         lambda: zarr_group(store, mode="w", zarr_format=fmt),
     )
+
+
+def _check_shards(
+    safe: str, shards: Sequence[int] | int | None, chunk_shape: tuple[int, ...], fmt: int
+) -> tuple[int, ...] | None:
+    """The requested shard shape, checked (``None``: not sharded)."""
+    if shards is None:
+        return None
+    if fmt != 3:
+        raise InvalidInputDataError(f"{safe}: shards need Zarr v3 (NGFF 0.5 or 0.6), not 0.4")
+    ndim = len(chunk_shape)
+    shape = (int(shards),) * ndim if isinstance(shards, (int, np.integer)) else tuple(
+        int(v) for v in shards)
+    if len(shape) != ndim or any(v < 1 for v in shape):
+        raise InvalidInputDataError(
+            f"{safe}: shards {shards!r} must be one positive edge or {ndim} of them"
+        )
+    return shape
+
+
+def _level_shards(
+    shard_shape: tuple[int, ...], chunks: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """A level's shard shape: whole chunks, at least one, no more than the level needs."""
+    out = []
+    for sh, c, n in zip(shard_shape, chunks, shape):
+        need = -(-n // c) * c
+        out.append(min(need, max(c, -(-sh // c) * c)))
+    return tuple(out)
 
 
 def _check_arguments(
@@ -522,8 +561,12 @@ def _write_levels(
     out_dtype: np.dtype[Any],
     fmt: int,
     lead: Sequence[LeadingAxis] = (),
+    shard_shape: tuple[int, ...] | None = None,
 ) -> None:
-    """Write level 0, then each coarser level from the one stored before it."""
+    """Write level 0, then each coarser level from the one stored before it.
+
+    A sharded level is written one whole shard per dask task.
+    """
     import dask.array as da
 
     safe = redact_url(text)
@@ -553,10 +596,15 @@ def _write_levels(
             kwargs["dimension_names"] = names
         else:
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        write_chunks = level_chunks
+        if shard_shape is not None:
+            write_chunks = (1,) * n_lead + _level_shards(shard_shape, level_chunks[n_lead:],
+                                                         g.shape)
+            kwargs["shards"] = write_chunks
         arr = map_store_errors(
             text, f"create level {path}", functools.partial(root.create_array, **kwargs)
         )
-        level = level.rechunk(level_chunks)
+        level = level.rechunk(write_chunks)
         map_store_errors(
             text, f"write level {path}",
             functools.partial(da.store, level, arr, lock=False, compute=True),

@@ -12,10 +12,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ngff_dreg.errors import InvalidMetadataError, LevelNotFoundError
+from ngff_dreg.errors import InvalidMetadataError, LevelNotFoundError, StoreNotFoundError
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.io.retry import retry_transient
-from ngff_dreg.io.stores import join_url, map_store_errors, open_group, redact_url
+from ngff_dreg.io.stores import (
+    join_url,
+    map_read_errors,
+    open_group,
+    redact_url,
+)
 from ngff_dreg.ngff.channels import channel_labels, omero_of
 from ngff_dreg.ngff.metadata import Multiscale, parse_multiscale
 
@@ -97,7 +102,8 @@ def read_level_info(
         return group[lv.path]
 
     try:
-        arr = map_store_errors(join_url(url, lv.path), "open level array", get)
+        meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
+        arr = map_read_errors(join_url(url, lv.path, meta), f"open level array ('{key}')", get)
     except (KeyError, FileNotFoundError) as exc:
         raise LevelNotFoundError(
             f"{redact_url(url)}: metadata key '{key}' = {lv.path!r}: no array at that path"
@@ -131,6 +137,32 @@ def read_level_info(
         shards=tuple(int(s) for s in shards) if shards else None,
     )
     return info, arr
+
+
+_MAX_PARAMETERS = 32 * 33
+
+
+def _read_parameters(group: zarr.Group, url: str, path: str, key: str) -> Any:
+    """The transform parameters stored in the small array at ``path`` of ``group``."""
+    where = join_url(url, path)
+
+    def get() -> Any:
+        node = group[path]
+        if not isinstance(node, zarr.Array):
+            raise InvalidMetadataError(f"{redact_url(url)}: metadata key '{key}' = {path!r} "
+                                       "is a group, not an array")
+        if int(np.prod(node.shape)) > _MAX_PARAMETERS:
+            raise InvalidMetadataError(f"{redact_url(url)}: metadata key '{key}' = {path!r}: "
+                                       f"array of shape {list(node.shape)} is too large for "
+                                       "transform parameters")
+        return node[...]
+
+    try:
+        return retry_transient(lambda: map_read_errors(where, f"read {key}", get),
+                               f"{redact_url(where)}: read transform parameters")
+    except (KeyError, StoreNotFoundError) as exc:
+        raise InvalidMetadataError(f"{redact_url(url)}: metadata key '{key}' = {path!r}: no "
+                                   "array at that path") from exc
 
 
 @dataclass
@@ -193,6 +225,7 @@ def open_multiscale(
     name: str | None = None,
     unit: str | None = None,
     coordinate_system: str | None = None,
+    cache: str | None = None,
 ) -> MultiscaleImage:
     """Open the OME-Zarr multiscale image at ``url`` (read-only).
 
@@ -210,6 +243,10 @@ def open_multiscale(
     coordinate_system:
         0.6 only: target coordinate system (see
         :func:`~ngff_dreg.ngff.metadata.parse_multiscale`).
+    cache:
+        A cache token: metadata and chunks are then read through this
+        process's chunk cache (see :func:`~ngff_dreg.io.stores.open_store`),
+        so opening the same image again in the same run fetches nothing.
 
     Returns
     -------
@@ -230,13 +267,14 @@ def open_multiscale(
     safe = redact_url(text)
 
     def load() -> tuple[Any, Any]:
-        group = open_group(text, storage_options, mode="r")
-        return group, map_store_errors(text, "read attributes", lambda: group.attrs.asdict())
+        group = open_group(text, storage_options, mode="r", cache=cache)
+        return group, map_read_errors(text, "read attributes", lambda: group.attrs.asdict())
 
     # Metadata reads ride out transient store failures like chunk reads do.
     group, attrs = retry_transient(load, f"{safe}: read metadata")
     multiscale = parse_multiscale(
-        attrs, url=safe, name=name, coordinate_system=coordinate_system
+        attrs, url=safe, name=name, coordinate_system=coordinate_system,
+        load_array=functools.partial(_read_parameters, group, text),
     )
     if unit is not None:
         multiscale = multiscale.to_unit(unit)

@@ -18,14 +18,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.errors import ScheduleError, SelectionNotFoundError
+from ngff_dreg.errors import InvalidInputDataError, ScheduleError, SelectionNotFoundError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
+from ngff_dreg.io.chunk_cache import process_cache, shared_array
+from ngff_dreg.io.consistency import check_unchanged
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
 from ngff_dreg.io.retry import retry_transient
+from ngff_dreg.io.store_stats import METADATA_NAMES
 from ngff_dreg.io.stores import (
     join_url,
-    map_store_errors,
+    location_key,
+    map_read_errors,
     open_group,
     redact_options,
     redact_url,
@@ -40,7 +44,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _LevelMeta:
-    """Plain, picklable metadata of the selected level."""
+    """Plain, picklable metadata of the selected level.
+
+    ``documents`` holds the raw metadata objects (group and level array) as
+    the client read them, when a cache token was given: workers seed their
+    chunk cache with them instead of fetching them again.
+    """
 
     info: LevelInfo
     version: str
@@ -48,14 +57,23 @@ class _LevelMeta:
     time_index: int | None
     channel_index: int | None
     channel_labels: tuple[str | None, ...] = ()
+    documents: tuple[tuple[str, bytes], ...] = ()
+
+
+def _metadata_keys(path: str) -> list[str]:
+    return [f"{prefix}{name}" for prefix in ("", f"{path}/") for name in METADATA_NAMES]
 
 
 def _load_meta(
-    url: str, level: int | str, storage_options: Mapping[str, Any] | None, unit: str | None
+    url: str, level: int | str, storage_options: Mapping[str, Any] | None, unit: str | None,
+    cache: str | None = None,
 ) -> tuple[_LevelMeta, Any]:
-    image = open_multiscale(url, storage_options, unit=unit)
+    image = open_multiscale(url, storage_options, unit=unit, cache=cache)
     info = image.level(level)
     ms = image.multiscale
+    docs: dict[str, bytes] = {}
+    if cache is not None:
+        docs = process_cache().documents((cache, location_key(url)), _metadata_keys(info.path))
     meta = _LevelMeta(
         info=info,
         version=ms.version,
@@ -63,6 +81,7 @@ def _load_meta(
         time_index=ms.axis_index("time"),
         channel_index=ms.axis_index("channel"),
         channel_labels=image.channel_labels,
+        documents=tuple(sorted(docs.items())),
     )
     return meta, image
 
@@ -85,6 +104,13 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
         from the image's ``omero`` metadata.
     unit:
         Convert spatial lengths to this unit (e.g. ``"millimeter"``).
+    cache:
+        A cache token (``ngff_dreg.register`` makes one per run). With one,
+        each process keeps the level's metadata and a bounded cache of its
+        chunks (:mod:`ngff_dreg.io.chunk_cache`): the metadata is fetched
+        once by the client and handed to the workers with the constructor,
+        and chunks shared by neighbouring blocks are fetched once per
+        worker. ``None``: every read goes to the store.
 
     """
 
@@ -94,6 +120,7 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
     channel: int | str = 0
     time: int | str = 0
     unit: str | None = None
+    cache: str | None = None
     _meta: _LevelMeta | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +129,7 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
             self.storage_options = dict(self.storage_options)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name != "_meta" and name in {"url", "level", "storage_options", "unit"}:
+        if name != "_meta" and name in {"url", "level", "storage_options", "unit", "cache"}:
             object.__setattr__(self, "_meta", None)
         object.__setattr__(self, name, value)
 
@@ -115,7 +142,8 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
     def meta(self) -> _LevelMeta:
         """Metadata of the level (read once, then cached; picklable)."""
         if self._meta is None:
-            self._meta, _ = _load_meta(self.url, self.level, self.storage_options, self.unit)
+            self._meta, _ = _load_meta(self.url, self.level, self.storage_options, self.unit,
+                                       self.cache)
         return self._meta
 
     @property
@@ -266,17 +294,36 @@ class OMEZarrReader:
 
     def _zarr_array(self) -> Any:
         if self._array is None:
-            # Only the group and this level's array metadata: no re-parse of the pyramid.
-            path = self._meta.info.path
-            url = join_url(self._ctor.url, path)
+            token = self._ctor.cache
+            if token is None:
+                self._array = self._open_array(None)
+            else:
+                # One open array per level and process: its metadata is read (or
+                # seeded from the constructor) once, and reads share the cache.
+                scope = (token, location_key(self._ctor.url))
 
-            def op() -> Any:
-                group = open_group(self._ctor.url, self._ctor.storage_options)
-                return map_store_errors(url, "open level array", lambda: group[path])
+                def open_seeded() -> Any:
+                    process_cache().seed(scope, dict(self._meta.documents))
+                    return self._open_array(token)
 
-            # Transient store failures are retried with backoff (ngff_dreg.io.retry).
-            self._array = retry_transient(op, f"opening {redact_url(url)}")
+                self._array = shared_array((*scope, "level", self._meta.info.path), open_seeded)
         return self._array
+
+    def _open_array(self, cache: str | None) -> Any:
+        # Only the group and this level's array metadata: no re-parse of the pyramid.
+        path = self._meta.info.path
+        url = join_url(self._ctor.url, path)
+
+        def op() -> Any:
+            group = open_group(self._ctor.url, self._ctor.storage_options, cache=cache)
+            meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
+            return map_read_errors(join_url(url, meta), "open level array",
+                                   lambda: group[path])
+
+        # Transient store failures are retried with backoff (ngff_dreg.io.retry).
+        arr = retry_transient(op, f"opening {redact_url(url)}")
+        check_unchanged(arr, self._meta.info, url)
+        return arr
 
     def read_box(self, box: Box) -> npt.NDArray[Any]:
         """Voxels of ``box`` (spatial, NumPy order) in the native dtype.
@@ -316,7 +363,8 @@ class OMEZarrReader:
         url = join_url(self.url, self._meta.info.path)
         what = f"read box {box.start}-{box.stop}"
         out = retry_transient(
-            lambda: map_store_errors(url, what, lambda: arr[tuple(sel)]),
+            lambda: map_read_errors(url, what, lambda: arr[tuple(sel)],
+                                    error=InvalidInputDataError),
             f"{redact_url(url)}: {what}",
         )
         data = np.asarray(out)

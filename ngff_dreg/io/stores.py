@@ -32,9 +32,12 @@ from ngff_dreg.errors import (
     StoreAccessError,
     StoreNotFoundError,
 )
+from ngff_dreg.io.chunk_cache import CachingStore
+from ngff_dreg.io.counting_store import CountingStore
 
 __all__ = [
     "REMOTE_SCHEMES",
+    "map_read_errors",
     "redact_url",
     "redact_options",
     "redact_text",
@@ -238,11 +241,37 @@ def map_store_errors(url: str, what: str, func: Callable[[], T]) -> T:
         raise
 
 
+def map_read_errors(
+    url: str, what: str, func: Callable[[], T], *,
+    error: type[NgffDregError] = InvalidMetadataError,
+) -> T:
+    """Like :func:`map_store_errors`, and any other failure of a read becomes ``error``.
+
+    Corrupt or unsupported Zarr metadata or chunks make zarr, numcodecs and
+    the JSON decoder raise their own errors (``TypeError``, ``ValueError``,
+    ``MetadataValidationError``, ``UnknownCodecError``, ``JSONDecodeError``...);
+    here they become one ngff-dreg error naming ``url`` and ``what``.
+    ``KeyError`` (a missing child node) is left to the caller, which knows
+    which metadata key named it.
+    """
+    try:
+        return map_store_errors(url, what, func)
+    except (NgffDregError, KeyError):
+        raise
+    except Exception as exc:
+        detail = redact_text(f"{type(exc).__name__}: {exc}")
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        raise error(f"{redact_url(url)}: cannot {what}: corrupt or unsupported Zarr "
+                    f"metadata or data ({detail})") from exc
+
+
 def open_store(
     url: str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None = None,
     *,
     read_only: bool = True,
+    cache: str | None = None,
 ) -> Store:
     """A zarr 3 store for ``url``.
 
@@ -255,12 +284,19 @@ def open_store(
         fsspec options for remote URLs (``anon``, ``key``, ``secret``,
         ``client_kwargs={"endpoint_url": ...}``...). Ignored for local paths.
     read_only:
-        Open for reading only (the default).
+        Open for reading only (the default). Read-only stores count what they
+        fetch (:mod:`ngff_dreg.io.store_stats`, under the redacted URL).
+    cache:
+        A cache token (one per run): repeated reads are then served from this
+        process's chunk cache (:mod:`ngff_dreg.io.chunk_cache`), and metadata
+        is read once per process. ``None``: no cache.
 
     Returns
     -------
     zarr.abc.store.Store
-        A ``LocalStore`` or an ``FsspecStore``.
+        A ``LocalStore`` or an ``FsspecStore``; read-only, wrapped in a
+        :class:`~ngff_dreg.io.counting_store.CountingStore` (and a
+        :class:`~ngff_dreg.io.chunk_cache.CachingStore` with ``cache``).
 
     Raises
     ------
@@ -275,7 +311,7 @@ def open_store(
         path = local_path(text)
         if read_only and not path.exists():
             raise StoreNotFoundError(f"{redact_url(text)}: no such file or directory")
-        return zarr.storage.LocalStore(path, read_only=read_only)
+        return _metered(zarr.storage.LocalStore(path, read_only=read_only), text, cache)
     opts = dict(storage_options or {})
     logger.debug("opening %s with storage options %s", redact_url(text), redact_options(opts))
 
@@ -283,7 +319,7 @@ def open_store(
         return zarr.storage.FsspecStore.from_url(text, storage_options=opts, read_only=read_only)
 
     try:
-        return map_store_errors(text, "create store", make)
+        return _metered(map_store_errors(text, "create store", make), text, cache)
     except (ValueError, TypeError, ImportError) as exc:
         raise StoreAccessError(
             f"{redact_url(text)}: cannot create a store: {type(exc).__name__}: "
@@ -291,11 +327,23 @@ def open_store(
         ) from exc
 
 
+def _metered(store: Store, url: str, cache: str | None) -> Store:
+    """A read-only store wrapped to count its reads (and to cache them with a token)."""
+    if not store.read_only:
+        return store
+    image = redact_url(url.rstrip("/"))
+    counted = CountingStore(store, image)
+    if cache is None:
+        return counted
+    return CachingStore(counted, (cache, location_key(url)), image)
+
+
 def open_group(
     url: str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None = None,
     *,
     mode: str = "r",
+    cache: str | None = None,
 ) -> zarr.Group:
     """Open the Zarr group at ``url`` (read-only by default).
 
@@ -310,7 +358,7 @@ def open_group(
 
     """
     text = os.fspath(url)
-    store = open_store(text, storage_options, read_only=(mode == "r"))
+    store = open_store(text, storage_options, read_only=(mode == "r"), cache=cache)
 
     def op(fmt: int | None) -> zarr.Group:
         return zarr.open_group(store=store, mode=mode, zarr_format=fmt)  # type: ignore[arg-type]
@@ -320,23 +368,30 @@ def open_group(
     formats: tuple[int | None, ...] = (3, 2) if mode == "r" else (None,)
     last: BaseException | None = None
     for fmt in formats:
+        meta = {3: "zarr.json", 2: ".zgroup"}.get(fmt or 0, "group metadata")
         try:
-            return map_store_errors(text, "open group", functools.partial(op, fmt))
+            return map_read_errors(join_url(text, meta), "open group", functools.partial(op, fmt))
         except StoreNotFoundError as exc:
             last = exc
-        except zarr.errors.BaseZarrError as exc:
+        except KeyError as exc:
             last = exc
+        except InvalidMetadataError as exc:
+            if isinstance(exc.__cause__, zarr.errors.NodeNotFoundError):
+                last = exc
+                continue
+            raise
     raise StoreNotFoundError(
         f"{redact_url(text)}: no Zarr group (neither zarr.json nor .zgroup) at this URL"
     ) from last
 
 
 def _store(
-    where: str | os.PathLike[str] | Store, storage_options: Mapping[str, Any] | None, mode: str
+    where: str | os.PathLike[str] | Store, storage_options: Mapping[str, Any] | None, mode: str,
+    cache: str | None = None,
 ) -> Store:
     if isinstance(where, Store):
         return where
-    return open_store(where, storage_options, read_only=(mode == "r"))
+    return open_store(where, storage_options, read_only=(mode == "r"), cache=cache)
 
 
 def zarr_group(
@@ -364,9 +419,10 @@ def zarr_array(
     storage_options: Mapping[str, Any] | None = None,
     *,
     mode: str = "r",
+    cache: str | None = None,
 ) -> zarr.Array:
-    """``zarr.open_array`` of ``path`` in the store at ``where``."""
-    store = _store(where, storage_options, mode)
+    """``zarr.open_array`` of ``path`` in the store at ``where`` (``cache``: :func:`open_store`)."""
+    store = _store(where, storage_options, mode, cache)
     return zarr.open_array(store=store, path=path, mode=mode)
 
 

@@ -52,13 +52,9 @@ from ngff_dreg.errors import (
 )
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.ngff._checks import as_dict, as_list, check_relative_path, err, opt_str
-from ngff_dreg.ngff.transforms import (
-    compose,
-    flatten,
-    has_field_transform,
-    is_routed,
-    ref_name,
-)
+from ngff_dreg.ngff.affine_maps import ParamLoader
+from ngff_dreg.ngff.coordinate_systems import SpatialBlock, chain, routes, spatial_block
+from ngff_dreg.ngff.transforms import compose, flatten, has_field_transform
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -523,7 +519,8 @@ def orientation_matrix(labels: Sequence[str]) -> FloatArray | None:
     return direction
 
 
-def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
+def _parse_axes(value: Any, url: str, key: str, *, check_space: bool = True
+                ) -> tuple[Axis, ...]:
     items = as_list(value, url, key)
     if not 2 <= len(items) <= 5:
         raise err(url, key, f"must list 2 to 5 axes, got {len(items)}")
@@ -555,7 +552,7 @@ def _parse_axes(value: Any, url: str, key: str) -> tuple[Axis, ...]:
     if len(set(names)) != len(names):
         raise err(url, key, f"axis names must be unique, got {names}")
     n_space = sum(a.is_spatial for a in axes)
-    if not 2 <= n_space <= 3:
+    if check_space and not 2 <= n_space <= 3:
         raise err(url, key, f"must have 2 or 3 axes of type 'space', got {n_space}")
     return tuple(axes)
 
@@ -596,27 +593,6 @@ def _common_unit(axes: Sequence[Axis], url: str, key: str) -> tuple[str | None, 
 # ---------------------------------------------------------------------------
 
 
-def _dataset_transform(
-    ds: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, key: str, version: str
-) -> tuple[FloatArray, FloatArray, str | None]:
-    """Scale and translation of one dataset, plus its 0.6 output system name."""
-    cts = as_list(ds.get("coordinateTransformations"), url, f"{key}.coordinateTransformations")
-    flat = flatten(cts, url, f"{key}.coordinateTransformations")
-    types = [d["type"] for _, d in flat]
-    if version != "0.6" and "scale" not in types:
-        raise err(url, f"{key}.coordinateTransformations", "must contain a 'scale' transform")
-    h = compose(flat, n, spatial, url, linear_ok=False)
-    out_name = None
-    for i, item in enumerate(cts):
-        out = item.get("output") if isinstance(item, Mapping) else None
-        if isinstance(out, Mapping):
-            out_name = opt_str(out.get("name"), url, f"{key}.coordinateTransformations[{i}]"
-                                ".output.name")
-        elif isinstance(out, str):
-            out_name = out
-    return np.diag(h)[:n].copy(), h[:n, n].copy(), out_name
-
-
 def image_registrations(attrs: Any) -> dict[str, Mapping[str, Any]]:
     """Registrations stored inside a 0.6 image, by output coordinate-system name.
 
@@ -634,73 +610,6 @@ def image_registrations(attrs: Any) -> dict[str, Mapping[str, Any]]:
             if has_field_transform(c) and isinstance(c.get("output"), Mapping)}
 
 
-def _multiscale_transform_06(
-    cts: list[Any],
-    intrinsic: str,
-    target: str | None,
-    n: int,
-    spatial: Sequence[int],
-    url: str,
-    key: str,
-) -> tuple[FloatArray, str]:
-    """Follow the chain of 0.6 multiscales transforms starting at ``intrinsic``."""
-    h = np.eye(n + 1)
-    current = intrinsic
-    used: set[int] = set()
-    while target is None or current != target:
-        step = None
-        for i, item in enumerate(cts):
-            d = as_dict(item, url, f"{key}[{i}]")
-            in_name, _ = ref_name(d.get("input"))
-            out_name, out_path = ref_name(d.get("output"))
-            if i in used or out_path or in_name != current or out_name in (None, current):
-                continue
-            if has_field_transform(d):
-                if target is not None and out_name == target:
-                    raise err(url, f"{key}[{i}]", f"the transform to {target!r} is a "
-                               "displacement field, not part of the image geometry; read it "
-                               "with ngff_dreg.read_transform")
-                continue
-            step = (i, d, out_name)
-            break
-        if step is None:
-            break
-        i, d, out_name = step
-        used.add(i)
-        flat = flatten([d], url, f"{key}[{i}]")
-        h = compose(flat, n, spatial, url, linear_ok=True) @ h
-        assert out_name is not None
-        current = out_name
-    if target is not None and current != target:
-        raise err(url, key, f"no transform chain from {intrinsic!r} to coordinate system "
-                   f"{target!r}")
-    return h, current
-
-
-def _factor_direction(
-    h: FloatArray, n: int, spatial: Sequence[int], url: str, key: str
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Split the linear part into ``(M, b, R, s_ms)`` and check it keeps axes apart."""
-    m = h[:n, :n]
-    b = h[:n, n]
-    sp = np.asarray(spatial)
-    other = np.asarray([i for i in range(n) if i not in set(spatial)], dtype=int)
-    if other.size:
-        if np.abs(m[np.ix_(sp, other)]).max() > 1e-12 or np.abs(m[np.ix_(other, sp)]).max() > 1e-12:
-            raise err(url, key, "transforms mix spatial and non-spatial axes")
-        sub = m[np.ix_(other, other)]
-        if np.abs(sub - np.diag(np.diag(sub))).max() > 1e-12:
-            raise err(url, key, "transforms mix non-spatial axes")
-    m_sp = m[np.ix_(sp, sp)]
-    s_ms = np.linalg.norm(m_sp, axis=0)
-    if np.any(s_ms <= 1e-300) or abs(np.linalg.det(m_sp)) < 1e-300:
-        raise err(url, key, "the spatial part of the transform is singular")
-    r = m_sp / s_ms
-    if not np.allclose(r.T @ r, np.eye(len(spatial)), atol=1e-6):
-        logger.warning("%s: '%s' includes shear; the ITK direction is not orthonormal", url, key)
-    return m, b, r, s_ms
-
-
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
@@ -713,6 +622,7 @@ def parse_multiscale(
     name: str | None = None,
     coordinate_system: str | None = None,
     use_orientation: bool = True,
+    load_array: ParamLoader | None = None,
 ) -> Multiscale:
     """Parse the attributes of an OME-Zarr multiscale group.
 
@@ -733,6 +643,11 @@ def parse_multiscale(
     use_orientation:
         Turn RFC-4 anatomical ``orientation`` labels into a direction matrix
         (relative to LPS) when no rotation/affine is given.
+    load_array:
+        0.6 only: reads ``affine``/``rotation`` parameters stored in an array
+        (``load_array(path, key)``, ``path`` relative to the group and checked
+        to stay inside the store). Without it such a transform on the chain is
+        an error.
 
     Returns
     -------
@@ -747,7 +662,7 @@ def parse_multiscale(
 
     """
     try:
-        return _parse(attrs, url, name, coordinate_system, use_orientation)
+        return _parse(attrs, url, name, coordinate_system, use_orientation, load_array)
     except NgffDregError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
@@ -771,44 +686,100 @@ def _select(attrs: Any, url: str, name: str | None) -> tuple[str, Mapping[str, A
     return version, ms, key
 
 
-def _axes_06(
-    ms: Mapping[str, Any], datasets: list[Any], url: str, key: str
-) -> tuple[dict[str, tuple[Axis, ...]], str]:
-    """0.6 coordinate systems by name, and the intrinsic one (the datasets' output)."""
+def _dataset_transform(
+    ds: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, key: str, version: str
+) -> tuple[FloatArray, FloatArray]:
+    """Scale and translation of one dataset.
+
+    0.4/0.5: ``[scale]`` or ``[scale, translation]``. 0.6: one ``scale``,
+    ``identity`` or ``sequence`` of a scale then a translation.
+    """
+    ct_key = f"{key}.coordinateTransformations"
+    cts = as_list(ds.get("coordinateTransformations"), url, ct_key)
+    if version == "0.6":
+        if len(cts) != 1:
+            raise err(url, ct_key, f"must hold exactly one transform (a scale, an identity or "
+                      f"a sequence of a scale and a translation), got {len(cts)}")
+        first = as_dict(cts[0], url, f"{ct_key}[0]")
+        allowed: tuple[tuple[str, ...], ...] = (("identity",), ("scale",))
+        if first.get("type") == "sequence":
+            allowed = (("scale",), ("scale", "translation"))
+            items = as_list(first.get("transformations"), url, f"{ct_key}[0].transformations")
+            types = tuple(as_dict(t, url, f"{ct_key}[0].transformations").get("type")
+                          for t in items)
+        else:
+            types = (first.get("type"),)
+    else:
+        allowed = (("scale",), ("scale", "translation"))
+        types = tuple(as_dict(t, url, f"{ct_key}[{i}]").get("type") for i, t in enumerate(cts))
+    if types not in allowed:
+        raise err(url, ct_key, f"must be {' or '.join(map(list.__repr__, map(list, allowed)))}"
+                  f" (exactly one 'scale', then an optional 'translation'), got {list(types)}")
+    h = compose(flatten(cts, url, ct_key), n, spatial, url, linear_ok=False)
+    return np.diag(h)[:n].copy(), h[:n, n].copy()
+
+
+def _dataset_output(ds: Any, url: str, key: str) -> str | None:
+    """The 0.6 intrinsic system a dataset maps to, its ``input``/``output`` checked."""
+    cts = as_dict(ds, url, key).get("coordinateTransformations")
+    if not isinstance(cts, list) or not cts or not isinstance(cts[0], Mapping):
+        return None
+    t = cts[0]
+    k = f"{key}.coordinateTransformations[0]"
+    if "input" in t:
+        inp = t["input"]
+        if not isinstance(inp, Mapping) or not isinstance(inp.get("path"), str):
+            raise err(url, f"{k}.input", "must be an object naming the dataset's array by "
+                      f"'path', got {inp!r}")
+    if "output" not in t:
+        return None
+    out = t["output"]
+    if not isinstance(out, Mapping) or not isinstance(out.get("name"), str) or not out["name"]:
+        raise err(url, f"{k}.output", "must be an object naming the intrinsic coordinate "
+                  f"system by 'name', got {out!r}")
+    if out.get("path") is not None:
+        raise err(url, f"{k}.output.path", "must be omitted: the intrinsic coordinate system "
+                  "is defined in this multiscale")
+    return str(out["name"])
+
+
+def _systems_06(ms: Mapping[str, Any], datasets: list[Any], url: str, key: str
+                ) -> tuple[dict[str, tuple[Axis, ...]], str]:
+    """0.6 coordinate systems by name, and the intrinsic one (every dataset's output)."""
     if "axes" in ms and "coordinateSystems" not in ms:
         raise err(url, f"{key}.coordinateSystems", "missing (0.6 uses coordinateSystems, "
                   "not axes)")
-    cs_by_name: dict[str, tuple[Axis, ...]] = {}
-    systems = as_list(ms.get("coordinateSystems"), url, f"{key}.coordinateSystems")
-    for i, cs in enumerate(systems):
-        d = as_dict(cs, url, f"{key}.coordinateSystems[{i}]")
-        cs_name = opt_str(d.get("name"), url, f"{key}.coordinateSystems[{i}].name")
+    systems: dict[str, tuple[Axis, ...]] = {}
+    for i, cs in enumerate(as_list(ms.get("coordinateSystems"), url,
+                                   f"{key}.coordinateSystems")):
+        k = f"{key}.coordinateSystems[{i}]"
+        d = as_dict(cs, url, k)
+        cs_name = opt_str(d.get("name"), url, f"{k}.name")
         if not cs_name:
-            raise err(url, f"{key}.coordinateSystems[{i}].name", "missing or empty")
-        cs_by_name[cs_name] = _parse_axes(
-            d.get("axes"), url, f"{key}.coordinateSystems[{i}].axes"
-        )
-    first_ds = as_dict(datasets[0], url, f"{key}.datasets[0]")
-    first_cts = first_ds.get("coordinateTransformations")
-    intrinsic = None
-    if isinstance(first_cts, list):
-        for item in first_cts:
-            if isinstance(item, Mapping):
-                intrinsic = ref_name(item.get("output"))[0] or intrinsic
-    if intrinsic is None:
-        if len(cs_by_name) != 1:
-            raise err(url, f"{key}.datasets[0].coordinateTransformations[].output",
-                      "missing; cannot tell the intrinsic coordinate system")
-        intrinsic = next(iter(cs_by_name))
-    if intrinsic not in cs_by_name:
+            raise err(url, f"{k}.name", "missing or empty")
+        if cs_name in systems:
+            raise err(url, f"{k}.name", f"duplicate coordinate system name {cs_name!r}")
+        systems[cs_name] = _parse_axes(d.get("axes"), url, f"{k}.axes", check_space=False)
+    outs = {_dataset_output(ds, url, f"{key}.datasets[{i}]") for i, ds in enumerate(datasets)}
+    named = sorted(o for o in outs if o is not None)
+    if len(named) > 1:
+        raise err(url, f"{key}.datasets[].coordinateTransformations[0].output",
+                  f"datasets map to different coordinate systems {named}")
+    if named:
+        intrinsic = named[0]
+    elif len(systems) == 1:
+        intrinsic = next(iter(systems))
+    else:
+        raise err(url, f"{key}.datasets[0].coordinateTransformations[0].output",
+                  "missing; cannot tell the intrinsic coordinate system")
+    if intrinsic not in systems:
         raise err(url, f"{key}.coordinateSystems", f"no coordinate system named "
                   f"{intrinsic!r} (the datasets' output)")
-    return cs_by_name, intrinsic
+    return systems, intrinsic
 
 
 def _dataset_levels(
     datasets: list[Any], n: int, spatial: Sequence[int], url: str, key: str, version: str,
-    intrinsic: str | None,
 ) -> list[tuple[str, FloatArray, FloatArray]]:
     """``(path, scale, translation)`` of every dataset, paths checked."""
     levels_raw: list[tuple[str, FloatArray, FloatArray]] = []
@@ -820,54 +791,84 @@ def _dataset_levels(
         if path in seen_paths:
             raise err(url, f"{dkey}.path", f"duplicate dataset path {path!r}")
         seen_paths.add(path)
-        s, t, out = _dataset_transform(d, n, spatial, url, dkey, version)
-        if version == "0.6" and out is not None and out != intrinsic:
-            raise err(url, f"{dkey}.coordinateTransformations", f"output {out!r} differs from "
-                      f"the first dataset's {intrinsic!r}")
+        s, t = _dataset_transform(d, n, spatial, url, dkey, version)
         levels_raw.append((path, s, t))
     return levels_raw
 
 
-def _multiscale_matrix(
-    ms: Mapping[str, Any], version: str, intrinsic: str | None, target_cs: str | None,
-    n: int, spatial: Sequence[int], url: str, ms_key: str,
-) -> tuple[FloatArray, str | None]:
-    """The composed multiscales-level transform and the coordinate system it ends in."""
-    final_cs = intrinsic
-    h = np.eye(n + 1)
-    if ms.get("coordinateTransformations") is not None:
-        cts = as_list(ms["coordinateTransformations"], url, ms_key, non_empty=False)
-        if version == "0.6":
-            assert intrinsic is not None
-            routed = [c for c in cts if is_routed(c)]
-            plain = [c for c in cts if not is_routed(c)]
-            if plain:
-                h = compose(flatten(plain, url, ms_key), n, spatial, url, linear_ok=True)
-            h_chain, final_cs = _multiscale_transform_06(
-                routed, intrinsic, target_cs, n, spatial, url, ms_key
-            )
-            h = h_chain @ h
-        else:
-            h = compose(flatten(cts, url, ms_key), n, spatial, url, linear_ok=False)
-    elif target_cs is not None and target_cs != intrinsic:
-        raise err(url, ms_key, f"missing; cannot reach coordinate system {target_cs!r}")
-    return h, final_cs
+def _candidates(
+    ms: Mapping[str, Any], version: str, axes: tuple[Axis, ...], ctx: _Ctx,
+) -> list[tuple[str | None, FloatArray, tuple[Axis, ...]]]:
+    """``(system, matrix from intrinsic, its axes)`` for every system the image can be seen in."""
+    n = len(axes)
+    spatial = [i for i, a in enumerate(axes) if a.is_spatial]
+    raw = ms.get("coordinateTransformations")
+    cts = [] if raw is None else as_list(raw, ctx.url, ctx.ms_key, non_empty=False)
+    if version != "0.6":
+        if ctx.target is not None:
+            raise err(ctx.url, ctx.ms_key, f"NGFF {version} has no coordinate systems; cannot "
+                      f"reach {ctx.target!r}")
+        h = compose(flatten(cts, ctx.url, ctx.ms_key), n, spatial, ctx.url, linear_ok=False)
+        return [(None, h, axes)]
+    assert ctx.intrinsic is not None
+    rs = routes(cts, ctx.intrinsic, ctx.systems, ctx.url, ctx.ms_key, ctx.load)
+    ch = chain(rs, ctx.intrinsic, ctx.target, ctx.systems, ctx.url, ctx.ms_key, ctx.load)
+    found: list[tuple[str | None, FloatArray, tuple[Axis, ...]]] = [
+        (name, h, ctx.systems[name]) for name, h in ch]
+    return found[-1:] if ctx.target is not None else found
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    url: str
+    ms_key: str
+    target: str | None
+    intrinsic: str | None
+    systems: Mapping[str, tuple[Axis, ...]]
+    load: ParamLoader | None
+
+
+def _choose(
+    found: list[tuple[str | None, FloatArray, tuple[Axis, ...]]], axes: tuple[Axis, ...],
+    ctx: _Ctx, axes_key: str,
+) -> tuple[str | None, FloatArray, tuple[Axis, ...], SpatialBlock]:
+    """The last system of the chain in which the image has a 2-3-D geometry."""
+    own_spatial = {i for i, a in enumerate(axes) if a.is_spatial}
+    reasons = []
+    for name, h, out_axes in reversed(found):
+        blk = spatial_block(h, [a.is_spatial for a in out_axes])
+        if not isinstance(blk, str) and not own_spatial <= set(blk.inputs):
+            blk = "the transform drops spatial axes of the image"
+        if isinstance(blk, str):
+            reasons.append(f"{name or 'axes'}: {blk}")
+            continue
+        if name != found[-1][0]:
+            logger.warning("%s: the image has no 2-3-D geometry in coordinate system %r (%s); "
+                           "using %r", ctx.url, found[-1][0], reasons[0], name)
+        return name, h, out_axes, blk
+    if ctx.target is not None:
+        raise err(ctx.url, ctx.ms_key, f"the image has no 2-3-D geometry in coordinate system "
+                  f"{ctx.target!r}: {reasons[0]}")
+    n_space = sum(a.is_spatial for a in axes)
+    raise err(ctx.url, axes_key, f"must have 2 or 3 axes of type 'space', got {n_space} "
+              f"({'; '.join(reasons)})")
 
 
 def _orient(
-    h: FloatArray, final_axes: Sequence[Axis], spatial: Sequence[int], n: int, url: str,
+    h: FloatArray, labels: Sequence[str | None], blk: SpatialBlock, url: str,
     use_orientation: bool,
 ) -> tuple[FloatArray, tuple[str, ...] | None]:
     """Apply RFC-4 anatomical orientation labels (when no rotation/affine is given)."""
-    labels = [a.orientation for a in (final_axes[i] for i in spatial)]
     orientation: tuple[str, ...] | None = None
     if any(lb is not None for lb in labels):
         if all(lb is not None for lb in labels):
             orientation = tuple(str(lb) for lb in labels)
         else:
             logger.warning("%s: only some spatial axes carry 'orientation'; ignored", url)
-    linear_given = not np.allclose(h[np.ix_(spatial, spatial)],
-                                   np.diag(np.diag(h[np.ix_(spatial, spatial)])))
+    rows, cols = np.asarray(blk.outputs), np.asarray(blk.inputs)
+    block = h[np.ix_(rows, cols)]
+    linear_given = not (np.array_equal(rows, cols)
+                        and np.allclose(block, np.diag(np.diag(block))))
     if orientation is not None and use_orientation:
         if linear_given:
             logger.info("%s: rotation/affine given; RFC-4 orientation labels ignored", url)
@@ -877,89 +878,115 @@ def _orient(
                 logger.warning("%s: orientation labels %s are not a valid LPS permutation; "
                                "ignored", url, orientation)
             else:
-                o_np = o_itk[::-1, ::-1]
-                g = np.eye(n + 1)
-                g[np.ix_(spatial, spatial)] = o_np
+                g = np.eye(h.shape[0])
+                g[np.ix_(rows, rows)] = o_itk[::-1, ::-1]
                 h = g @ h
     return h, orientation
 
 
-def _levels(
-    levels_raw: list[tuple[str, FloatArray, FloatArray]], m: FloatArray, b: FloatArray,
-    s_ms: FloatArray, spatial: Sequence[int], factors: Mapping[int, float],
-    unit_scale: FloatArray, url: str, key: str,
-) -> list[Level]:
-    """Every level's physical scale and translation, checked."""
-    sp = np.asarray(spatial)
+def _per_axis(h: FloatArray, blk: SpatialBlock, n: int) -> FloatArray:
+    """``(n+1) x (n+1)`` matrix over the image's own axes: spatial rows in the input's slots.
+
+    A non-spatial axis keeps the factor and offset of the one output axis it
+    maps to alone (1 and 0 when there is none).
+    """
+    w = np.eye(n + 1)
+    rows, cols = list(blk.outputs), list(blk.inputs)
+    w[cols, :n] = h[rows, :n]
+    w[cols, n] = h[rows, -1]
+    lin = h[:-1, :-1]
+    for c in range(n):
+        if c in cols:
+            continue
+        hits = [r for r in range(lin.shape[0]) if r not in rows and abs(lin[r, c]) > 0]
+        if len(hits) == 1 and np.count_nonzero(lin[hits[0]]) == 1:
+            w[c, c] = lin[hits[0], c]
+            w[c, n] = h[hits[0], -1]
+    return w
+
+
+def _levels(levels_raw: list[tuple[str, FloatArray, FloatArray]], w: FloatArray,
+            blk: SpatialBlock, url: str, key: str) -> tuple[list[Level], FloatArray]:
+    """Every level's physical scale and translation, checked; and the direction (NumPy order)."""
+    n = w.shape[0] - 1
+    cols = np.asarray(blk.inputs)
+    m_sp = w[np.ix_(cols, cols)]
+    s_ms = np.linalg.norm(m_sp, axis=0)
+    r = m_sp / s_ms
+    if not np.allclose(r.T @ r, np.eye(len(cols)), atol=1e-6):
+        logger.warning("%s: '%s.coordinateTransformations' includes shear; the ITK direction "
+                       "is not orthonormal", url, key)
     levels = []
     for path, s_ds, t_ds in levels_raw:
-        scale = np.diag(m) * s_ds
-        trans = np.diag(m) * t_ds + b
-        scale[sp] = s_ms * s_ds[sp]
-        trans[sp] = m[np.ix_(sp, sp)] @ t_ds[sp] + b[sp]
-        if factors:
-            # mixed units: only the diagonal case is meaningful
-            scale = scale * unit_scale
-            trans = trans * unit_scale
-        if np.any(scale[sp] <= 0) or not np.all(np.isfinite(scale)) or not np.all(
+        scale = np.diag(w)[:n] * s_ds
+        trans = np.diag(w)[:n] * t_ds + w[:n, n]
+        scale[cols] = s_ms * s_ds[cols]
+        trans[cols] = m_sp @ t_ds[cols] + w[cols, n]
+        if np.any(scale[cols] <= 0) or not np.all(np.isfinite(scale)) or not np.all(
             np.isfinite(trans)
         ):
             raise err(url, f"{key}.datasets[].coordinateTransformations",
                       f"level {path!r} has an invalid scale {scale.tolist()}")
         levels.append(Level(path, tuple(float(v) for v in scale), tuple(float(v) for v in trans)))
-    return levels
+    return levels, r
+
+
+def _image_axes(axes: tuple[Axis, ...], out_axes: tuple[Axis, ...], blk: SpatialBlock,
+                unit: str | None) -> tuple[Axis, ...]:
+    """The image's own axes, its spatial ones described by the system it is seen in."""
+    new = list(axes)
+    for r, c in zip(blk.outputs, blk.inputs):
+        a = out_axes[r]
+        new[c] = replace(a, unit=unit) if unit is not None else a
+    for c in range(len(new)):
+        if c not in blk.inputs and new[c].is_spatial:  # pragma: no cover - excluded by _choose
+            raise AssertionError("spatial axis outside the spatial block")
+    return tuple(new)
 
 
 def _parse(
-    attrs: Any, url: str, name: str | None, target_cs: str | None, use_orientation: bool
+    attrs: Any, url: str, name: str | None, target_cs: str | None, use_orientation: bool,
+    load: ParamLoader | None,
 ) -> Multiscale:
     version, ms, key = _select(attrs, url, name)
     datasets = as_list(ms.get("datasets"), url, f"{key}.datasets")
-    cs_by_name: dict[str, tuple[Axis, ...]] = {}
+    systems: dict[str, tuple[Axis, ...]] = {}
     intrinsic: str | None = None
     if version == "0.6":
-        cs_by_name, intrinsic = _axes_06(ms, datasets, url, key)
-        axes = cs_by_name[intrinsic]
-        axes_key = f"{key}.coordinateSystems[{intrinsic}].axes"
+        systems, intrinsic = _systems_06(ms, datasets, url, key)
+        axes = systems[intrinsic]
+        idx = list(systems).index(intrinsic)
+        axes_key = f"{key}.coordinateSystems[{idx}].axes"
     else:
         axes = _parse_axes(ms.get("axes"), url, f"{key}.axes")
         axes_key = f"{key}.axes"
     n = len(axes)
     spatial = [i for i, a in enumerate(axes) if a.is_spatial]
-    levels_raw = _dataset_levels(datasets, n, spatial, url, key, version, intrinsic)
-
-    ms_key = f"{key}.coordinateTransformations"
-    h, final_cs = _multiscale_matrix(ms, version, intrinsic, target_cs, n, spatial, url, ms_key)
-    final_axes = cs_by_name.get(final_cs, axes) if final_cs else axes
-    if len(final_axes) != n or [a.is_spatial for a in final_axes] != [a.is_spatial for a in axes]:
-        raise err(url, f"{key}.coordinateSystems", f"coordinate system {final_cs!r} does not "
-                  f"match the intrinsic axes")
-    unit, factors = _common_unit(final_axes, url, axes_key)
-    h, orientation = _orient(h, final_axes, spatial, n, url, use_orientation)
-
-    m, b, r, s_ms = _factor_direction(h, n, spatial, url, ms_key)
-    unit_scale = np.ones(n)
-    for i, f in factors.items():
-        unit_scale[i] = f
-    levels = _levels(levels_raw, m, b, s_ms, spatial, factors, unit_scale, url, key)
-    direction_itk = r[::-1, ::-1]
+    levels_raw = _dataset_levels(datasets, n, spatial, url, key, version)
+    ctx = _Ctx(url, f"{key}.coordinateTransformations", target_cs, intrinsic, systems, load)
+    final_cs, h, out_axes, blk = _choose(_candidates(ms, version, axes, ctx), axes, ctx,
+                                         axes_key)
+    seen = [out_axes[r] for r in blk.outputs]
+    unit, factors = _common_unit(seen, url, axes_key)
+    u = np.ones(h.shape[0])
+    for j, f in factors.items():
+        u[blk.outputs[j]] = f
+    h = np.diag(u) @ h
+    h, orientation = _orient(h, [a.orientation for a in seen], blk, url, use_orientation)
+    w = _per_axis(h, blk, n)
+    levels, r = _levels(levels_raw, w, blk, url, key)
     ms_name = ms.get("name")
-    world: tuple[tuple[float, ...], ...] | None = None
-    if version == "0.6":
-        u = np.diag(np.append(unit_scale, 1.0))
-        world = tuple(tuple(float(v) for v in row) for row in u @ h)
     return Multiscale(
         version=version,
         name=ms_name if isinstance(ms_name, str) else None,
-        axes=tuple(replace(a, unit=unit) if a.is_spatial and unit else a for a in axes)
-        if factors
-        else axes,
+        axes=_image_axes(axes, out_axes, blk, unit if factors else None),
         levels=tuple(levels),
-        direction=tuple(tuple(float(v) for v in row) for row in direction_itk),
+        direction=tuple(tuple(float(v) for v in row) for row in r[::-1, ::-1]),
         unit=unit,
         source=url,
         coordinate_system=final_cs,
         orientation=orientation,
         intrinsic_system=intrinsic,
-        world_from_intrinsic=world,
+        world_from_intrinsic=tuple(tuple(float(v) for v in row) for row in w)
+        if version == "0.6" else None,
     )

@@ -6,10 +6,10 @@ Image metadata (:mod:`ngff_dreg.ngff.metadata`), the 0.5 -> 0.6 upgrade
 transforms here:
 
 * :func:`flatten` opens nested ``sequence`` transforms, checking each entry;
-* :func:`homogeneous` / :func:`compose` turn ``identity``, ``scale``,
-  ``translation``, ``rotation`` and ``affine`` into one homogeneous matrix in
-  NumPy axis order (an ``affine`` may be given as ``N x (N+1)`` rows or as the
-  full homogeneous ``(N+1) x (N+1)`` matrix);
+* :func:`homogeneous` / :func:`compose` turn linear transforms that keep the
+  dimension (``identity``, ``scale``, ``translation``, ``mapAxis``,
+  ``rotation``, ``affine``, ``byDimension``...) into one homogeneous matrix in
+  NumPy axis order, through :func:`~ngff_dreg.ngff.affine_maps.affine_map`;
 * :func:`split_at_field` splits a scene transform around its one
   ``displacements`` field;
 * :func:`has_field_transform`, :func:`field_paths` and
@@ -28,7 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
-from ngff_dreg.ngff._checks import as_dict, as_list, err, matrix, numbers
+from ngff_dreg.ngff._checks import as_dict, as_list, err
+from ngff_dreg.ngff.affine_maps import ParamLoader, affine_map
 
 __all__ = [
     "FIELD_TYPES",
@@ -46,22 +47,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def _affine_rows(raw: Any) -> Any:
-    """``raw`` without the ``[0, ..., 0, 1]`` last row of a full homogeneous matrix."""
-    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(r, list) for r in raw):
-        return raw
-    last = raw[-1]
-    if len(last) != len(raw) or any(len(r) != len(raw) for r in raw):
-        return raw
-    try:
-        tail = np.asarray(last, dtype=np.float64)
-    except (TypeError, ValueError):
-        return raw
-    expected = np.zeros(len(raw))
-    expected[-1] = 1.0
-    return raw[:-1] if np.array_equal(tail, expected) else raw
 
 
 def flatten(items: list[Any], url: str, key: str) -> list[tuple[str, Mapping[str, Any]]]:
@@ -92,51 +77,20 @@ def flatten(items: list[Any], url: str, key: str) -> list[tuple[str, Mapping[str
 
 
 def homogeneous(
-    key: str, d: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, *, linear_ok: bool
+    key: str, d: Mapping[str, Any], n: int, spatial: Sequence[int], url: str, *, linear_ok: bool,
+    load: ParamLoader | None = None,
 ) -> FloatArray:
-    """``(n+1) x (n+1)`` homogeneous matrix (NumPy axis order) of one transform."""
-    typ = d["type"]
-    h = np.eye(n + 1)
-    if "path" in d and typ in ("scale", "translation", "affine", "rotation"):
-        raise err(url, f"{key}.path", f"{typ} parameters stored in an array are not supported")
-    if typ == "identity":
-        return h
-    if typ == "scale":
-        s = numbers(d.get("scale"), url, f"{key}.scale", n)
-        if np.any(s <= 0):
-            raise err(url, f"{key}.scale", f"scale factors must be > 0, got {s.tolist()}")
-        h[:n, :n] = np.diag(s)
-        return h
-    if typ == "translation":
-        h[:n, n] = numbers(d.get("translation"), url, f"{key}.translation", n)
-        return h
-    if not linear_ok:
-        raise err(url, f"{key}.type", f"transform type {typ!r} is not allowed here")
-    ns = len(spatial)
-    if typ == "rotation":
-        raw = d.get("rotation")
-        m_n = len(raw) if isinstance(raw, list) else n
-        size = n if m_n == n else ns
-        r = matrix(raw, url, f"{key}.rotation", size, size)
-        if not np.allclose(r @ r.T, np.eye(size), atol=1e-6) or np.linalg.det(r) < 0:
-            raise err(url, f"{key}.rotation", "must be orthonormal with determinant +1")
-        lin, off = r, np.zeros(size)
-    elif typ == "affine":
-        raw = _affine_rows(d.get("affine"))
-        m_n = len(raw) if isinstance(raw, list) else n
-        size = n if m_n == n else ns
-        a = matrix(raw, url, f"{key}.affine", size, size + 1)
-        lin, off = a[:, :size], a[:, size]
-    else:
-        raise err(url, f"{key}.type", f"transform type {typ!r} is not supported by ngff-dreg")
-    if size == n:
-        h[:n, :n] = lin
-        h[:n, n] = off
-    else:  # parameters given for the spatial axes only
-        idx = np.asarray(spatial)
-        h[np.ix_(idx, idx)] = lin
-        h[idx, n] = off
-    return h
+    """``(n+1) x (n+1)`` homogeneous matrix (NumPy axis order) of one ``n``-D -> ``n``-D transform.
+
+    With ``linear_ok=False`` only ``identity``, ``scale`` and ``translation``
+    are allowed (dataset and 0.4/0.5 transforms); otherwise any linear type of
+    :func:`~ngff_dreg.ngff.affine_maps.affine_map` that keeps the dimension.
+    """
+    typ = d.get("type")
+    if not linear_ok and typ not in ("identity", "scale", "translation"):
+        raise err(url, f"{key}.type", f"transform type {typ!r} is not allowed here (only "
+                  "identity, scale and translation)")
+    return affine_map(d, key, n, url, n_out=n, spatial=spatial, load=load)
 
 
 def compose(

@@ -64,18 +64,23 @@ def invert_chunk(chunk: Box, forward: DisplacementField, max_displacement: float
     u = -local.sample(z)
     change = np.inf
     # relaxed fixed point: a point whose update grows has its step halved, so
-    # strongly sheared regions (|grad D| near or above 1) still converge
+    # strongly sheared regions (|grad D| near or above 1) still converge; only
+    # the points not yet converged are iterated further
     alpha = np.ones(len(z))
     prev = np.full(len(z), np.inf)
+    active = np.arange(len(z))
     for _ in range(max(1, iterations)):
-        step = -local.sample(z + u) - u
+        za, ua = z[active], u[active]
+        step = -local.sample(za + ua) - ua
         size = np.linalg.norm(step, axis=1)
         change = float(size.max()) if size.size else 0.0
         if change < tol:
             break
-        alpha = np.where(size > prev, np.maximum(alpha * 0.5, 1.0 / 64), alpha)
-        u = u + alpha[:, None] * step
-        prev = size
+        a = np.where(size > prev[active], np.maximum(alpha[active] * 0.5, 1.0 / 64),
+                     alpha[active])
+        u[active] = ua + a[:, None] * step
+        alpha[active], prev[active] = a, size
+        active = active[size >= tol]
     return u[:, ::-1].T.reshape((chunk.ndim, *chunk.shape)), change
 
 

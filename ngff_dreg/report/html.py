@@ -253,9 +253,12 @@ def _stage_rows(info: SceneInfo) -> list[list[Any]]:
             blocks = f"{int((status == 0).sum())}/{status.size}"
         else:
             blocks = "–"
+        io = (st.report.get("io") or {}).get("total", {})
+        fetched = io.get("chunk_bytes")
         rows.append(
             [st.name, st.fixed_level, st.method, blocks, st.ncc_before, st.ncc_after,
-             st.report.get("jacobian_min"), st.report.get("folded_fraction"), st.seconds]
+             st.report.get("jacobian_min"), st.report.get("folded_fraction"), st.seconds,
+             io.get("requests"), None if fetched is None else fetched / 1e6, io.get("reread")]
         )
     return rows
 
@@ -294,7 +297,8 @@ def _page(
     stages = _table(
         _stage_rows(info),
         ["stage", "fixed level", "method", "blocks OK", "NCC before", "NCC after",
-         "det J min", "folded fraction", "seconds"],
+         "det J min", "folded fraction", "seconds", "store requests", "MB fetched",
+         "re-read (fetched / distinct)"],
     )
     keys = sorted(info.report)
     final = _table([[k, info.report[k]] for k in keys], ["final figure", "value"]) if keys else ""

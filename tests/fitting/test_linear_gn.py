@@ -62,3 +62,15 @@ def test_unknown_kind_is_refused() -> None:
         geom = ImageGeometry((8, 8), (1.0, 1.0), (0.0, 0.0))
         linear_fit(np.zeros((8, 8)), geom, np.zeros((8, 8)), geom, np.eye(2), np.zeros(2),
                    kinds=("shear",))
+
+
+def test_capped_strides_bound_the_samples_and_keep_small_levels_dense() -> None:
+    from ngff_dreg.fitting.linear_gn import capped_strides
+
+    big = ImageGeometry((47, 233, 197), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0))
+    steps = capped_strides(1, big, 50_000)
+    count = int(np.prod([-(-n // s) for n, s in zip(big.shape, steps)]))
+    assert count <= 50_000 and count > 50_000 / 8  # bounded, and not far sparser than needed
+    assert steps[0] < steps[1]  # the thick axis keeps more of its samples (physical stride)
+    small = ImageGeometry((20, 30, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert capped_strides(1, small, 50_000) == [1, 1, 1]

@@ -21,6 +21,7 @@ from ngff_dreg.errors import (
     StoreAccessError,
     StoreNotFoundError,
 )
+from ngff_dreg.io.counting_store import CountingStore
 from ngff_dreg.io.multiscale import open_multiscale
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.stores import (
@@ -80,8 +81,9 @@ def test_local_and_file_url(tmp_path: Path, make_test_image: Any) -> None:
     url = tmp_path / "a.zarr"
     data, _ = make_test_image(str(url), (6, 7, 8), n_levels=1)
     for u in (str(url), f"file://{url}"):
-        store = open_store(u)
-        assert isinstance(store, zarr.storage.LocalStore) and store.read_only
+        store = open_store(u)  # a read-only store counts its reads
+        assert isinstance(store, CountingStore) and store.read_only
+        assert isinstance(store.wrapped, zarr.storage.LocalStore)
         np.testing.assert_array_equal(open_multiscale(u).open_array(0)[...], data)
 
 

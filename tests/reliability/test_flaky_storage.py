@@ -169,3 +169,56 @@ def test_registration_against_a_dead_store_fails_cleanly_without_output(
         )
     assert proxy.total_faults > 0
     assert output_status(out) == "absent"
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
+    s3_server: Any, fault_proxy: Any, make_test_image: Any, monkeypatch: pytest.MonkeyPatch,
+    sharded: bool,
+) -> None:
+    """Bodies cut short (whole chunks, or inner-chunk ranges of shards) are refetched, never cached.
+
+    Every chunk GET is truncated on its first 8 attempts, more than s3fs
+    absorbs, so the reader's own retry must run; the cache must then hold
+    exactly the stored bytes of each object or range.
+    """
+    import uuid
+
+    from ngff_dreg.io.chunk_cache import process_cache
+    from ngff_dreg.io.store_stats import take_counts
+
+    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    bucket = s3_server.create_bucket()
+    opts = s3_server.storage_options()
+    url = s3_server.url(bucket, "img.ome.zarr")
+    data, _ = make_test_image(url, (32, 32, 32), chunks=16, n_levels=1, storage_options=opts,
+                              shards=32 if sharded else None)
+    proxy = fault_proxy(s3_server.endpoint_url, mode="truncate", fail_first=8)
+    token = uuid.uuid4().hex
+    ctor = OMEZarrReaderConstructor(url, storage_options=_opts(s3_server, proxy.endpoint_url),
+                                    cache=token)
+    # Sharded: 4 of the shard's 8 inner chunks, so they are fetched as ranges.
+    box = Box((0, 0, 0), (32, 32, 12)) if sharded else Box.full((32, 32, 32))
+    take_counts()
+    got = ctor().read_box(box)
+    np.testing.assert_array_equal(got, data[box.slices])
+    assert proxy.total_faults >= 8 * (1 if sharded else 8)
+    if sharded:  # the shard index (a suffix range) and 4 inner-chunk ranges
+        assert len(take_counts(reset=False)[1][url].pieces) == 5
+    # What the cache holds is byte for byte what the store holds.
+    client = s3_server.client()
+    _, counts = take_counts()
+    pieces = counts[url].pieces
+    assert pieces
+    for piece in pieces:
+        key, _, rng = piece.partition("[")
+        stored = client.get_object(Bucket=bucket, Key=f"img.ome.zarr/{key}")["Body"].read()
+        if rng:  # "a:b" or "-n:" (the last n bytes)
+            a, b = rng.rstrip("]").split(":")
+            stored = stored[int(a):int(b)] if b else stored[int(a):]
+        held = process_cache().get((token, url), piece)
+        assert held == stored, piece
+    # Read again: from the cache, the same voxels, no request.
+    np.testing.assert_array_equal(ctor().read_box(box), data[box.slices])
+    _, again = take_counts()
+    assert again[url].chunk_requests == 0 and again[url].cache_hits == len(pieces)

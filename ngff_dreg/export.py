@@ -1,0 +1,127 @@
+"""Write a registration's transform as files ITK-based tools read (3D Slicer, ANTs).
+
+:func:`export_transform` reads the NGFF 0.6 transform of a registration output
+(a scene written by :func:`ngff_dreg.register`, or a fixed image holding one)
+and hands it to :func:`~ngff_dreg.io.transform_reader.export_itk`, after
+checking the destination: the format follows the file's extension, the file
+is local, and an existing file is replaced only when asked. The command
+``ngff-dreg export`` is this function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from ngff_dreg.errors import OutputExistsError, StoreAccessError, UnsupportedFormatError
+from ngff_dreg.io.transform_reader import export_itk, read_transform
+
+__all__ = ["TRANSFORM_SUFFIXES", "FIELD_SUFFIXES", "export_kind", "export_transform"]
+
+#: ITK transform files: one composite transform (affine + displacement field).
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
+#: Images ITK writes: the total displacement ``T(x) - x`` as a vector image.
+FIELD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+ExportKind = Literal["transform", "field"]
+
+
+def export_kind(path: str | os.PathLike[str]) -> ExportKind:
+    """``"transform"`` or ``"field"``: what the extension of ``path`` asks for.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        The extension is neither an ITK transform file nor an image format.
+
+    """
+    name = Path(path).name.lower()
+    if name.endswith(TRANSFORM_SUFFIXES):
+        return "transform"
+    if name.endswith(FIELD_SUFFIXES):
+        return "field"
+    raise UnsupportedFormatError(
+        f"{path}: unknown export format; use an ITK transform file "
+        f"({', '.join(TRANSFORM_SUFFIXES)}) or a displacement field image "
+        f"({', '.join(FIELD_SUFFIXES)})"
+    )
+
+
+def _destination(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    text = os.fspath(path)
+    if "://" in text:
+        raise UnsupportedFormatError(f"{text}: ITK writes local files only; give a local path")
+    dest = Path(text)
+    if dest.is_dir():
+        raise OutputExistsError(f"{dest}: is a directory; give a file name")
+    if dest.exists() and not overwrite:
+        raise OutputExistsError(f"{dest}: exists already (pass overwrite=True / --overwrite)")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreAccessError(f"{dest.parent}: cannot create the folder: {exc}") from exc
+    return dest
+
+
+def export_transform(
+    output: str,
+    path: str | os.PathLike[str],
+    *,
+    inverse: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export the transform of registration output ``output`` to the file ``path``.
+
+    Parameters
+    ----------
+    output:
+        A registration output: the NGFF 0.6 scene written by
+        :func:`ngff_dreg.register` (path, ``s3://`` or ``https://``), or a
+        fixed image it was written into.
+    path:
+        Local destination. ``.h5``/``.hdf5``/``.tfm``/``.txt``: an ITK
+        transform file holding one ``CompositeTransform`` (the affine and a
+        ``DisplacementFieldTransform``), read by ``itk.transformread``, 3D
+        Slicer and ANTs. ``.nii.gz``/``.nii``/``.nrrd``/``.nhdr``/``.mha``/
+        ``.mhd``: the total displacement ``T(x) - x`` as a vector image on the
+        field's grid (ITK's displacement-field convention, which ANTs reads).
+    inverse:
+        Export the moving→fixed inverse instead of the fixed→moving forward
+        map.
+    storage_options:
+        fsspec options for ``output``.
+    overwrite:
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        Unknown extension, a remote destination, or a field image asked of a
+        transform without a displacement field.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    StoreAccessError
+        The file could not be written.
+
+    """
+    kind = export_kind(path)
+    dest = _destination(path, overwrite)
+    chain = read_transform(output, storage_options, inverse=inverse)
+    if kind == "field" and chain.field is None:
+        raise UnsupportedFormatError(
+            f"{dest}: the transform holds no displacement field to write as an image; "
+            f"export it as {' or '.join(TRANSFORM_SUFFIXES[:3])}"
+        )
+    try:
+        export_itk(chain, str(dest))
+    except (RuntimeError, OSError) as exc:
+        raise StoreAccessError(f"{dest}: could not write the {kind}: {exc}") from exc
+    return dest

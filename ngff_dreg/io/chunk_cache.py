@@ -1,0 +1,257 @@
+"""A bounded per-process cache of fetched chunk bytes, and the store wrapper using it.
+
+Block tasks that run in the same worker process share their halos: the
+neighbour of a block needs many of the same storage chunks. Without a cache
+every task fetches them again. :class:`CachingStore` keeps the *encoded* bytes
+of what it fetched (whole chunk objects, or byte ranges such as the inner
+chunks and the index of a shard) in one least-recently-used
+:class:`ChunkCache` per process, bounded in megabytes, so a worker's memory
+stays set by its block size plus this fixed budget, whatever the image size.
+
+Metadata objects (``zarr.json``...) are kept apart and never evicted: they are
+small, and keeping them means a process reads each image's metadata once.
+:meth:`ChunkCache.seed` lets a reader constructor hand a worker the metadata
+documents the client already read, so workers need not fetch them at all.
+
+Entries are filed under a *scope*: a cache token and the store's root URL.
+The token names one run (``ngff_dreg.register`` makes a fresh one), so data
+rewritten between runs is never served stale. Only whole, successful reads are
+stored: a read that raised (a dropped connection, a truncated body) leaves
+nothing behind, and the retry fetches the object again.
+
+The budget is read from the environment of each process::
+
+    NGFF_DREG_CHUNK_CACHE_MB   chunk bytes kept per process (default 256; 0 disables)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from zarr.abc.store import Store
+from zarr.storage import WrapperStore
+
+from ngff_dreg.io.store_stats import is_metadata_key, piece_id, record_hit
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = [
+    "ChunkCache",
+    "CachingStore",
+    "process_cache",
+    "cache_enabled",
+    "shared_array",
+    "DEFAULT_CACHE_MB",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default budget of a process's chunk cache, in MB (10**6 bytes).
+DEFAULT_CACHE_MB = 256.0
+
+Scope = tuple[str, str]
+T = TypeVar("T")
+
+
+class ChunkCache:
+    """A thread-safe LRU of chunk bytes with a byte budget, plus pinned metadata.
+
+    Parameters
+    ----------
+    max_bytes:
+        Budget for chunk bytes; the least recently used entries go first.
+        ``0`` keeps no chunk (metadata is still kept).
+
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError("ChunkCache.max_bytes must be >= 0")
+        self.max_bytes = int(max_bytes)
+        self._chunks: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._meta: dict[tuple[str, str, str], bytes] = {}
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Chunk bytes held now (at most ``max_bytes``)."""
+        return self._nbytes
+
+    def __len__(self) -> int:
+        return len(self._chunks) + len(self._meta)
+
+    def get(self, scope: Scope, piece: str) -> bytes | None:
+        """The bytes of ``piece`` (see :func:`~ngff_dreg.io.store_stats.piece_id`), if held."""
+        k = (scope[0], scope[1], piece)
+        with self._lock:
+            meta = self._meta.get(k)
+            if meta is not None:
+                return meta
+            data = self._chunks.get(k)
+            if data is not None:
+                self._chunks.move_to_end(k)
+            return data
+
+    def put(self, scope: Scope, piece: str, data: bytes, *, metadata: bool = False) -> None:
+        """Keep ``data`` for ``piece``; metadata is pinned, chunks may evict older chunks."""
+        k = (scope[0], scope[1], piece)
+        with self._lock:
+            if metadata:
+                self._meta[k] = data
+                return
+            if len(data) > self.max_bytes:
+                return
+            old = self._chunks.pop(k, None)
+            if old is not None:
+                self._nbytes -= len(old)
+            self._chunks[k] = data
+            self._nbytes += len(data)
+            while self._nbytes > self.max_bytes:
+                _, dropped = self._chunks.popitem(last=False)
+                self._nbytes -= len(dropped)
+
+    def seed(self, scope: Scope, documents: Mapping[str, bytes]) -> None:
+        """Pin metadata documents read elsewhere (key -> bytes) under ``scope``."""
+        for key, data in documents.items():
+            self.put(scope, key, data, metadata=True)
+
+    def documents(self, scope: Scope, keys: Iterable[str]) -> dict[str, bytes]:
+        """The pinned metadata documents of ``keys`` held under ``scope``."""
+        out = {}
+        with self._lock:
+            for key in keys:
+                data = self._meta.get((scope[0], scope[1], key))
+                if data is not None:
+                    out[key] = data
+        return out
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._chunks.clear()
+            self._meta.clear()
+            self._nbytes = 0
+
+
+def _budget_from_env() -> int:
+    raw = os.environ.get("NGFF_DREG_CHUNK_CACHE_MB", "").strip()
+    if not raw:
+        return int(DEFAULT_CACHE_MB * 1e6)
+    try:
+        return max(0, int(float(raw) * 1e6))
+    except ValueError:
+        logger.warning("ignoring NGFF_DREG_CHUNK_CACHE_MB=%r (not a number)", raw)
+        return int(DEFAULT_CACHE_MB * 1e6)
+
+
+def cache_enabled() -> bool:
+    """False when ``NGFF_DREG_CHUNK_CACHE_MB=0``: runs then make no cache token at all."""
+    return _budget_from_env() > 0
+
+
+_CACHE: ChunkCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def process_cache() -> ChunkCache:
+    """The cache of this process (created on first use, sized by ``NGFF_DREG_CHUNK_CACHE_MB``)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is None:
+            _CACHE = ChunkCache(_budget_from_env())
+        return _CACHE
+
+
+_ARRAYS: dict[tuple[str, ...], Any] = {}
+_ARRAYS_LOCK = threading.Lock()
+
+
+def shared_array(key: tuple[str, ...], open_array: Callable[[], T]) -> T:
+    """The array opened under ``key`` in this process (opened by ``open_array`` the first time).
+
+    ``key`` starts with a cache token, so arrays of an earlier run are never reused.
+    """
+    with _ARRAYS_LOCK:
+        arr = _ARRAYS.get(key)
+    if arr is None:
+        opened = open_array()
+        with _ARRAYS_LOCK:
+            arr = _ARRAYS.setdefault(key, opened)
+    return arr  # type: ignore[no-any-return]
+
+
+class CachingStore(WrapperStore[Store]):
+    """Serves repeated reads of ``store`` from a :class:`ChunkCache`.
+
+    Parameters
+    ----------
+    store:
+        The store to read through (normally a
+        :class:`~ngff_dreg.io.counting_store.CountingStore`, so only real
+        fetches are counted).
+    scope:
+        ``(cache token, root URL)``: entries of other scopes are never served.
+    image:
+        Name under which cache hits are counted.
+    cache:
+        Defaults to :func:`process_cache`.
+
+    """
+
+    def __init__(
+        self, store: Store, scope: Scope, image: str = "", cache: ChunkCache | None = None
+    ) -> None:
+        super().__init__(store)
+        self.scope = scope
+        self.image = image
+        self.cache = cache if cache is not None else process_cache()
+
+    def _with_store(self, store: Store) -> CachingStore:
+        return type(self)(store, self.scope, self.image, self.cache)
+
+    def __repr__(self) -> str:
+        return f"CachingStore({self.image!r})"
+
+    def __eq__(self, value: object) -> bool:
+        return isinstance(value, CachingStore) and value._store == self._store
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.scope))
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """``key`` (or a range of it) from the cache, else from the store (then kept)."""
+        piece = piece_id(key, byte_range)
+        held = self.cache.get(self.scope, piece)
+        if held is not None:
+            record_hit(self.image, key, len(held))
+            return prototype.buffer.from_bytes(held)
+        buf = await self._store.get(key, prototype, byte_range)
+        if buf is not None:
+            self.cache.put(self.scope, piece, buf.to_bytes(), metadata=is_metadata_key(key))
+        return buf
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Several reads, each through :meth:`get`."""
+        return list(
+            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
+        )
+
+    @property
+    def wrapped(self) -> Any:
+        """The store read through."""
+        return self._store

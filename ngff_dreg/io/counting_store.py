@@ -1,0 +1,94 @@
+"""A zarr store wrapper that counts every read reaching the wrapped store.
+
+:class:`CountingStore` sits directly on the store that talks to the disk or the
+network (``LocalStore``, ``FsspecStore``), so what it counts is what was really
+fetched: one ``get`` is one GET (or ranged GET) on S3. Counts go to the
+process-wide table of :mod:`ngff_dreg.io.store_stats`, under the store's root
+URL (redacted).
+
+A ranged read that returns fewer bytes than asked for is refused with a
+:class:`~ngff_dreg.errors.StoreAccessError` (a transient error the read is
+retried for), so a truncated inner chunk of a shard is never decoded or cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import RangeByteRequest, Store
+from zarr.storage import WrapperStore
+
+from ngff_dreg.errors import StoreAccessError
+from ngff_dreg.io.store_stats import record_fetch
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = ["CountingStore"]
+
+
+class CountingStore(WrapperStore[Store]):
+    """Counts the reads of ``store`` under the image name ``image``.
+
+    Parameters
+    ----------
+    store:
+        The store doing the I/O.
+    image:
+        The name counts are filed under: the store's root URL, redacted.
+
+    """
+
+    def __init__(self, store: Store, image: str = "") -> None:
+        super().__init__(store)
+        self.image = image
+
+    def _with_store(self, store: Store) -> CountingStore:
+        return type(self)(store, self.image)
+
+    def __repr__(self) -> str:
+        return f"CountingStore({self.image!r})"
+
+    def __eq__(self, value: object) -> bool:
+        return isinstance(value, CountingStore) and value._store == self._store
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.image))
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """Read ``key`` (or a range of it) from the wrapped store and count it."""
+        buf = await self._store.get(key, prototype, byte_range)
+        nbytes = None if buf is None else len(buf)
+        record_fetch(self.image, key, byte_range, nbytes)
+        if (
+            buf is not None
+            and isinstance(byte_range, RangeByteRequest)
+            and nbytes is not None
+            and nbytes < byte_range.end - byte_range.start
+        ):
+            raise StoreAccessError(
+                f"{self.image}/{key}: short read, {nbytes} of the "
+                f"{byte_range.end - byte_range.start} bytes asked for "
+                f"({byte_range.start}-{byte_range.end})"
+            )
+        return buf
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Several reads, each counted like :meth:`get`."""
+        return list(
+            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
+        )
+
+    @property
+    def wrapped(self) -> Any:
+        """The store doing the I/O."""
+        return self._store

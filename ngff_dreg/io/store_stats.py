@@ -1,0 +1,349 @@
+"""Count what the stores fetch: requests, bytes, and the distinct objects behind them.
+
+Every read-only store that :func:`ngff_dreg.io.stores.open_store` opens is
+wrapped in a :class:`CountingStore`. It records each ``get`` that reaches the
+underlying store (a GET on S3, a file read on disk) in a process-wide table,
+keyed by the store's root URL (redacted): one row per image. A row counts
+
+* chunk requests and bytes, and the distinct *pieces* behind them: a whole
+  object, or one byte range of it (the inner chunks of a shard);
+* metadata requests (``zarr.json``, ``.zarray``...) and distinct metadata
+  objects;
+* reads served by the per-process chunk cache instead
+  (:mod:`ngff_dreg.io.chunk_cache`), which never reach the store.
+
+The table lives in each process (the client and every dask worker).
+:func:`take_counts` returns and clears it; :func:`collect_counts` gathers it
+from the client's process and every worker of a ``distributed`` client, and
+:class:`IOLedger` keeps one :class:`IOStats` per stage of a run, plus their
+union, so that the distinct bytes of a run are counted once however many
+stages read them.
+
+The figures are load-independent: they count requests and bytes, not time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "METADATA_NAMES",
+    "StoreCounts",
+    "IOStats",
+    "IOLedger",
+    "is_metadata_key",
+    "piece_id",
+    "record_fetch",
+    "record_hit",
+    "take_counts",
+    "reset_counts",
+    "collect_counts",
+    "format_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Object names that hold Zarr (v2 or v3) metadata rather than chunk data.
+METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+_PROCESS = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_LOCK = threading.Lock()
+
+
+def is_metadata_key(key: str) -> bool:
+    """True for a Zarr metadata object (``zarr.json``, ``.zarray``...)."""
+    return key.rsplit("/", 1)[-1] in METADATA_NAMES
+
+
+def piece_id(key: str, byte_range: Any = None) -> str:
+    """A name for what one request fetched: the key, plus its byte range if any.
+
+    ``byte_range`` is a zarr ``ByteRequest`` (``RangeByteRequest``,
+    ``OffsetByteRequest``, ``SuffixByteRequest``) or ``None`` for the whole object.
+    """
+    if byte_range is None:
+        return key
+    start = getattr(byte_range, "start", None)
+    end = getattr(byte_range, "end", None)
+    if start is not None and end is not None:
+        return f"{key}[{start}:{end}]"
+    offset = getattr(byte_range, "offset", None)
+    if offset is not None:
+        return f"{key}[{offset}:]"
+    suffix = getattr(byte_range, "suffix", None)
+    return f"{key}[-{suffix}:]"
+
+
+@dataclass
+class StoreCounts:
+    """What one image's stores fetched (in one process, or summed over several).
+
+    Attributes
+    ----------
+    chunk_requests, chunk_bytes:
+        Chunk-data requests that reached the store, and the bytes they returned.
+    metadata_requests, metadata_bytes:
+        The same for metadata objects.
+    cache_hits, cache_hit_bytes:
+        Chunk reads answered by the chunk cache (no request made).
+    metadata_cache_hits:
+        Metadata reads answered by the cache.
+    missing:
+        Requests for objects that do not exist (chunks never written, probes).
+    pieces:
+        Distinct chunk pieces fetched (:func:`piece_id`) and their sizes.
+    metadata_objects:
+        Distinct metadata objects fetched and their sizes.
+
+    """
+
+    chunk_requests: int = 0
+    chunk_bytes: int = 0
+    metadata_requests: int = 0
+    metadata_bytes: int = 0
+    cache_hits: int = 0
+    cache_hit_bytes: int = 0
+    metadata_cache_hits: int = 0
+    missing: int = 0
+    pieces: dict[str, int] = field(default_factory=dict)
+    metadata_objects: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        """Every request that reached the store."""
+        return self.chunk_requests + self.metadata_requests
+
+    @property
+    def distinct_bytes(self) -> int:
+        """Bytes of the distinct chunk pieces."""
+        return sum(self.pieces.values())
+
+    def add(self, other: StoreCounts) -> None:
+        """Add ``other``'s counts to these (distinct pieces are united, not summed)."""
+        self.chunk_requests += other.chunk_requests
+        self.chunk_bytes += other.chunk_bytes
+        self.metadata_requests += other.metadata_requests
+        self.metadata_bytes += other.metadata_bytes
+        self.cache_hits += other.cache_hits
+        self.cache_hit_bytes += other.cache_hit_bytes
+        self.metadata_cache_hits += other.metadata_cache_hits
+        self.missing += other.missing
+        self.pieces.update(other.pieces)
+        self.metadata_objects.update(other.metadata_objects)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures (no key lists).
+
+        ``reread`` is chunk bytes fetched / distinct chunk bytes (1.0 = every
+        piece fetched once); ``metadata_per_object`` is metadata requests per
+        distinct metadata object.
+        """
+        distinct = self.distinct_bytes
+        return {
+            "requests": self.requests,
+            "chunk_requests": self.chunk_requests,
+            "chunk_bytes": self.chunk_bytes,
+            "distinct_pieces": len(self.pieces),
+            "distinct_bytes": distinct,
+            "reread": (self.chunk_bytes / distinct) if distinct else None,
+            "metadata_requests": self.metadata_requests,
+            "metadata_objects": len(self.metadata_objects),
+            "metadata_per_object": (
+                self.metadata_requests / len(self.metadata_objects)
+                if self.metadata_objects else None
+            ),
+            "cache_hits": self.cache_hits,
+            "cache_hit_bytes": self.cache_hit_bytes,
+            "metadata_cache_hits": self.metadata_cache_hits,
+            "missing": self.missing,
+            "arrays": sorted({_array_of(k) for k in self.pieces}),
+        }
+
+
+def _array_of(piece: str) -> str:
+    """The array path of a chunk piece (``"0/c/1/2/3[0:10]"`` -> ``"0"``)."""
+    key = piece.split("[", 1)[0]
+    if "/c/" in key:
+        return key.split("/c/", 1)[0]
+    return key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+_COUNTS: dict[str, StoreCounts] = {}
+
+
+def _row(image: str) -> StoreCounts:
+    row = _COUNTS.get(image)
+    if row is None:
+        row = _COUNTS[image] = StoreCounts()
+    return row
+
+
+def record_fetch(image: str, key: str, byte_range: Any, nbytes: int | None) -> None:
+    """Count one request that reached the store (``nbytes`` ``None``: the object is absent)."""
+    with _LOCK:
+        row = _row(image)
+        if nbytes is None:
+            row.missing += 1
+            return
+        if is_metadata_key(key):
+            row.metadata_requests += 1
+            row.metadata_bytes += nbytes
+            row.metadata_objects[piece_id(key, byte_range)] = nbytes
+        else:
+            row.chunk_requests += 1
+            row.chunk_bytes += nbytes
+            row.pieces[piece_id(key, byte_range)] = nbytes
+
+
+def record_hit(image: str, key: str, nbytes: int) -> None:
+    """Count one read of ``key`` answered by the chunk cache."""
+    with _LOCK:
+        row = _row(image)
+        if is_metadata_key(key):
+            row.metadata_cache_hits += 1
+        else:
+            row.cache_hits += 1
+            row.cache_hit_bytes += nbytes
+
+
+def take_counts(reset: bool = True) -> tuple[str, dict[str, StoreCounts]]:
+    """``(process id, counts by image)`` of this process; cleared unless ``reset=False``."""
+    global _COUNTS
+    with _LOCK:
+        counts = _COUNTS
+        if reset:
+            _COUNTS = {}
+        else:
+            counts = {k: _copy(v) for k, v in counts.items()}
+    return _PROCESS, counts
+
+
+def _copy(c: StoreCounts) -> StoreCounts:
+    out = StoreCounts()
+    out.add(c)
+    return out
+
+
+def reset_counts() -> None:
+    """Forget this process's counts."""
+    take_counts(reset=True)
+
+
+@dataclass
+class IOStats:
+    """Store counts by image, merged over processes (and possibly stages)."""
+
+    images: dict[str, StoreCounts] = field(default_factory=dict)
+
+    def add(self, counts: Mapping[str, StoreCounts]) -> None:
+        """Add one process's (or one stage's) counts."""
+        for image, c in counts.items():
+            self.images.setdefault(image, StoreCounts()).add(c)
+
+    def total(self) -> StoreCounts:
+        """All images together."""
+        out = StoreCounts()
+        for image, c in self.images.items():
+            prefixed = StoreCounts()
+            prefixed.add(c)
+            prefixed.pieces = {f"{image}/{k}": v for k, v in c.pieces.items()}
+            prefixed.metadata_objects = {f"{image}/{k}": v for k, v in c.metadata_objects.items()}
+            out.add(prefixed)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """``{"total": figures, "images": {url: figures}}`` (see :meth:`StoreCounts.summary`)."""
+        return {
+            "total": self.total().summary(),
+            "images": {k: v.summary() for k, v in sorted(self.images.items())},
+        }
+
+
+def collect_counts(client: Any = None, reset: bool = True) -> IOStats:
+    """The counts of this process plus every worker's of a ``distributed`` ``client``.
+
+    A worker that runs in this very process (a threaded cluster) is counted once.
+    """
+    seen: dict[str, dict[str, StoreCounts]] = {}
+    pid, mine = take_counts(reset)
+    seen[pid] = mine
+    if client is not None and hasattr(client, "run"):
+        try:
+            answers: Mapping[str, Any] = client.run(take_counts, reset)
+        except Exception as exc:  # a dying cluster must not fail the run
+            logger.warning("could not collect I/O counts from the workers: %s", exc)
+            answers = {}
+        for proc, counts in answers.values():
+            seen.setdefault(proc, counts)
+    stats = IOStats()
+    for counts in seen.values():
+        stats.add(counts)
+    return stats
+
+
+@dataclass
+class IOLedger:
+    """One :class:`IOStats` per stage of a run, and their union.
+
+    Attributes
+    ----------
+    stages:
+        ``(label, stats)`` in the order they were collected.
+
+    """
+
+    stages: list[tuple[str, IOStats]] = field(default_factory=list)
+
+    def collect(self, label: str, client: Any = None) -> IOStats:
+        """Collect (and clear) the counts made since the last call, as stage ``label``."""
+        stats = collect_counts(client)
+        self.stages.append((label, stats))
+        return stats
+
+    def run_total(self) -> IOStats:
+        """Every stage together."""
+        out = IOStats()
+        for _, st in self.stages:
+            out.add(st.images)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """``{"run": figures of the whole run, "stages": {label: figures}}``."""
+        return {
+            "run": self.run_total().summary(),
+            "stages": {label: st.summary() for label, st in self.stages},
+        }
+
+
+def format_summary(summary: Mapping[str, Any], labels: Iterable[str] | None = None) -> list[str]:
+    """Readable lines of an :meth:`IOLedger.summary` (for ``-v`` output and logs)."""
+    lines = []
+    run = summary.get("run", {})
+    for name, part in [("run", run.get("total", {}))] + [
+        (f"{label}", summary.get("stages", {}).get(label, {}).get("total", {}))
+        for label in (labels or summary.get("stages", {}))
+    ]:
+        lines.append(_line(name, part))
+    for url, part in run.get("images", {}).items():
+        lines.append(_line(f"  {url}", part))
+    return lines
+
+
+def _line(name: str, s: Mapping[str, Any]) -> str:
+    reread = s.get("reread")
+    meta = s.get("metadata_per_object")
+    return (
+        f"I/O {name}: {s.get('chunk_requests', 0)} chunk requests, "
+        f"{s.get('chunk_bytes', 0) / 1e6:.1f} MB fetched for {s.get('distinct_pieces', 0)} "
+        f"distinct pieces of {s.get('distinct_bytes', 0) / 1e6:.1f} MB (re-read "
+        f"{'–' if reread is None else f'{reread:.2f}'}x); {s.get('metadata_requests', 0)} "
+        f"metadata requests for {s.get('metadata_objects', 0)} objects "
+        f"({'–' if meta is None else f'{meta:.1f}'} per object); "
+        f"{s.get('cache_hits', 0)} cache hits"
+    )

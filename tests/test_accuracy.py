@@ -1,0 +1,64 @@
+"""Accuracy regression: the default schedule on reduced accuracy-suite cases.
+
+The cases come from ``benchmarks/accuracy_cases.py`` (real images from the
+nilearn wheel with a known fixed→moving truth), in their reduced 2 mm
+variants; the full suite, with whole-image elastix and ANTs run beside it, is
+``benchmarks/accuracy_suite.py``. Each case is registered with
+``Schedule.default`` on a 2-process cluster and scored on the case's own
+foreground points against the truth; the tolerances sit about 1.5x above
+the errors measured when they were set, so a real regression fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nilearn")
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+#: case -> (p95, mean) tolerances in voxels of the fixed image's finest spacing
+TOLERANCES = {
+    "mni-headline": (0.40, 0.20),
+    "mni2d-headline": (0.45, 0.22),
+    "mni-aniso4": (0.75, 0.35),
+}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import accuracy_cases
+    finally:
+        sys.path.remove(str(BENCH))
+    return accuracy_cases, tmp_path_factory.mktemp("accuracy")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize("name", sorted(TOLERANCES))
+def test_default_schedule_accuracy(cases: Any, dask_client: Any, tmp_path: Path,
+                                   name: str) -> None:
+    import ngff_dreg
+
+    module, root = cases
+    case = module.make_case(name, root, reduced=True)
+    result = ngff_dreg.register(case.fixed, case.moving, str(tmp_path / "out.zarr"),
+                                client=dask_client, progress=False)
+    pts = case.eval_points
+    err = np.linalg.norm(result.transforms.transform.transform_points(pts)
+                         - case.truth.transform_points(pts), axis=1)
+    start = np.linalg.norm(pts - case.truth.transform_points(pts), axis=1)
+    vox = float(min(case.geometry.spacing))
+    p95_tol, mean_tol = TOLERANCES[name]
+    p95, mean = float(np.percentile(err, 95)) / vox, float(err.mean()) / vox
+    assert float(start.mean()) / vox > 1.5  # the pair is far from aligned to begin with
+    assert p95 < p95_tol and mean < mean_tol, (name, p95, mean)
+    jac = result.levels[-1].report["jacobian_min"]
+    assert jac > 0, f"{name}: the field folds (det J min {jac})"

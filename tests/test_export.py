@@ -1,0 +1,173 @@
+"""Exporting a registration output for ITK tools: files read back with plain ITK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import itk
+import numpy as np
+import pytest
+
+from ngff_dreg.errors import (
+    InvalidMetadataError,
+    NgffDregError,
+    OutputExistsError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+)
+from ngff_dreg.export import export_kind, export_transform
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.io.field_writer import write_field_scene
+from ngff_dreg.io.transform_reader import read_transform, to_itk_transform
+from ngff_dreg.reduce import invert_field
+from ngff_dreg.synthetic import small_rotation, smooth_displacement
+from ngff_dreg.transforms import AffineTransform, TransformChain
+
+FIXED = ImageGeometry((14, 16, 18), (0.5, 0.7, 0.9), (2.0, 0.5, -1.0), small_rotation(3, 20, 1))
+VOXEL = min(FIXED.spacing)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A registration output: an oblique field and an affine, forward and inverse."""
+    fwd = smooth_displacement(FIXED, 1.5, seed=4)
+    m = small_rotation(3, 6) @ np.diag([0.97, 1.02, 1.04])
+    a = AffineTransform.from_arrays(m, np.array([1.0, -0.5, 0.8]))
+    url = str(tmp_path_factory.mktemp("scene") / "out.zarr")
+    write_field_scene(
+        url,
+        TransformChain(a, fwd),
+        TransformChain(a.inverse(), invert_field(fwd), affine_first=True),
+        chunks=8,
+    )
+    return url
+
+
+def _map(transform, points: np.ndarray) -> np.ndarray:
+    return np.array([np.asarray(transform.TransformPoint(p.tolist())) for p in points])
+
+
+def _read_transform_file(path: Path):
+    """An ITK transform file as one transform (``transformread`` lists a composite's parts)."""
+    parts = itk.transformread(str(path))
+    if len(parts) == 1:
+        return parts[0]
+    composite = itk.CompositeTransform[itk.D, 3].New()
+    for t in parts[::-1]:
+        composite.AddTransform(t)
+    return composite
+
+
+def _read_field_image(path: Path):
+    """A displacement field image as a ``DisplacementFieldTransform``, and the image."""
+    image = itk.imread(str(path))
+    vectors = np.asarray(itk.array_from_image(image), dtype=np.float64)
+    assert vectors.ndim == 4 and vectors.shape[-1] == 3  # z, y, x, components x/y/z
+    field = itk.image_from_array(np.ascontiguousarray(vectors), is_vector=True)
+    field.SetOrigin(image.GetOrigin())
+    field.SetSpacing(image.GetSpacing())
+    field.SetDirection(image.GetDirection())
+    transform = itk.DisplacementFieldTransform[itk.D, 3].New()
+    transform.SetDisplacementField(field)
+    return transform, field
+
+
+def _inside(field, n: int, seed: int, nodes: bool) -> np.ndarray:
+    """Physical points inside the field grid (its nodes, or anywhere strictly inside)."""
+    size = np.asarray(field.GetLargestPossibleRegion().GetSize())  # x, y, z
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(1, size - 1, (n, 3)) if nodes else rng.uniform(1, size - 2, (n, 3))
+    origin = np.asarray(field.GetOrigin())
+    direction = itk.array_from_matrix(field.GetDirection())
+    return origin + (idx * np.asarray(field.GetSpacing())) @ direction.T
+
+
+def _start_points(scene: str, inverse: bool, n: int = 80) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    pts = FIXED.array_index_to_physical(rng.uniform(0, np.asarray(FIXED.shape) - 1, (n, 3)))
+    if inverse:  # moving-space points: where the forward map sends fixed points
+        return _map(to_itk_transform(scene), pts)
+    return pts
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("suffix", [".h5", ".tfm"])
+def test_transform_file_maps_like_the_in_memory_transform(scene, tmp_path, suffix, inverse):
+    path = export_transform(scene, tmp_path / f"t{suffix}", inverse=inverse)
+    assert path.is_file()
+    back = _read_transform_file(path)
+    expected = to_itk_transform(scene, inverse=inverse)
+    pts = _start_points(scene, inverse)
+    err = np.abs(_map(back, pts) - _map(expected, pts)).max()
+    assert err < 1e-3 * VOXEL, err
+    # one composite: the affine and the displacement field
+    assert type(back).__name__ == "itkCompositeTransformD3"
+    names = sorted(back.GetNthTransform(i).GetNameOfClass()
+                   for i in range(back.GetNumberOfTransforms()))
+    assert names == ["AffineTransform", "DisplacementFieldTransform"], names
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_forward_field_image_maps_like_the_in_memory_transform(scene, tmp_path, suffix):
+    path = export_transform(scene, tmp_path / f"field{suffix}")
+    back, field = _read_field_image(path)
+    grid = read_transform(scene).field.geometry  # the image sits on the stored field's grid
+    assert itk.size(field) == itk.Size[3](grid.size)
+    np.testing.assert_allclose(itk.array_from_matrix(field.GetDirection()),
+                               grid.direction_matrix, atol=1e-6)
+    np.testing.assert_allclose(itk.spacing(field), grid.spacing, rtol=1e-6)
+    expected = to_itk_transform(scene)
+    pts = _inside(field, 80, seed=2, nodes=False)  # exact between nodes for the forward map
+    err = np.abs(_map(back, pts) - _map(expected, pts)).max()
+    assert err < 1e-3 * VOXEL, err
+
+
+def test_inverse_field_image_maps_like_the_in_memory_transform_at_its_nodes(scene, tmp_path):
+    path = export_transform(scene, tmp_path / "inverse.nii.gz", inverse=True)
+    back, field = _read_field_image(path)
+    expected = to_itk_transform(scene, inverse=True)
+    # Exact at the nodes: the inverse applies its affine first, so between
+    # nodes its total displacement is not linear (the .h5 export is exact there).
+    pts = _inside(field, 80, seed=3, nodes=True)
+    err = np.abs(_map(back, pts) - _map(expected, pts)).max()
+    assert err < 1e-3 * VOXEL, err
+
+
+def test_export_kind_follows_the_extension():
+    assert export_kind("a/b/T.H5") == "transform"
+    assert export_kind("x.tfm") == "transform"
+    assert export_kind("warp.nii.gz") == "field"
+    assert export_kind("warp.nrrd") == "field"
+    with pytest.raises(UnsupportedFormatError, match=r"warp\.png.*\.h5.*\.nii\.gz"):
+        export_kind("warp.png")
+
+
+def test_bad_destinations_are_our_errors(scene, tmp_path):
+    with pytest.raises(UnsupportedFormatError, match=r"t\.json"):
+        export_transform(scene, tmp_path / "t.json")
+    with pytest.raises(UnsupportedFormatError, match="local"):
+        export_transform(scene, "s3://bucket/t.h5")
+    existing = tmp_path / "t.h5"
+    existing.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match=r"t\.h5"):
+        export_transform(scene, existing)
+    assert existing.read_bytes() == b"old"
+    export_transform(scene, existing, overwrite=True)
+    assert existing.read_bytes() != b"old"
+    nested = export_transform(scene, tmp_path / "new" / "dir" / "t.nrrd")
+    assert nested.is_file()
+
+
+def test_bad_outputs_are_our_errors(tmp_path, make_test_image):
+    with pytest.raises(StoreNotFoundError):
+        export_transform(str(tmp_path / "missing.zarr"), tmp_path / "t.h5")
+    image = str(tmp_path / "image.ome.zarr")
+    make_test_image(image, shape=(8, 8, 8), version="0.5")
+    with pytest.raises(NgffDregError, match=r"image\.ome\.zarr"):
+        export_transform(image, tmp_path / "t.h5")
+    fwd = smooth_displacement(FIXED, 1.0, seed=1)
+    forward_only = str(tmp_path / "forward_only.zarr")
+    write_field_scene(forward_only, TransformChain(AffineTransform.identity(3), fwd), chunks=8)
+    with pytest.raises(InvalidMetadataError, match=r"forward_only\.zarr.*no inverse"):
+        export_transform(forward_only, tmp_path / "t.h5", inverse=True)
+    assert not (tmp_path / "t.h5").exists()
