@@ -422,25 +422,54 @@ def write_multiscale(
     chunk_shape, axes, n_levels = _check_arguments(
         safe, data, geometry, version, n_levels, chunks, downsample_axes, factors, len(lead)
     )
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
     if geometry.unit is None:
         logger.warning("%s: geometry has no unit; axes are written without 'unit'", safe)
+    plan = _plan_pyramid(safe, geometry, version, name, n_levels, axes, factors, lead, omero,
+                         chunk_shape, np.dtype(data.dtype if dtype is None else dtype), shards)
 
+    root = _create_root(text, storage_options, overwrite, plan.fmt)
+    _write_levels(root, text, data, plan)
+
+    # Metadata last: a group without it is an interrupted write.
+    map_store_errors(text, "write metadata", lambda: root.attrs.put(plan.attrs))
+    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)
+
+
+@dataclass(frozen=True)
+class _Pyramid:
+    """What :func:`write_multiscale` writes, every part checked before anything is."""
+
+    fmt: int
+    geoms: tuple[ImageGeometry, ...]
+    paths: tuple[str, ...]
+    steps: tuple[tuple[int, ...], ...]  # spatial factor of each level over the one before
+    chunk_shape: tuple[int, ...]  # spatial
+    out_dtype: np.dtype[Any]
+    lead: tuple[LeadingAxis, ...]
+    shard_shape: tuple[int, ...] | None  # spatial; None: not sharded
+    attrs: dict[str, Any]
+
+
+def _plan_pyramid(
+    safe: str, geometry: ImageGeometry, version: str, name: str, n_levels: int,
+    axes: tuple[int, ...], factors: Sequence[Sequence[int]] | None,
+    lead: tuple[LeadingAxis, ...], omero: Mapping[str, Any] | None,
+    chunk_shape: tuple[int, ...], out_dtype: np.dtype[Any],
+    shards: Sequence[int] | int | None,
+) -> _Pyramid:
+    """Level geometries, factors, metadata and shard shape of a write (validated)."""
     geoms = level_geometries(geometry, n_levels, axes, factors)
     cumulative = level_factors(geometry.ndim, n_levels, axes, factors)
     paths = [str(i) for i in range(n_levels)]
-    attrs = multiscale_attributes(geoms, paths, version, name, lead, omero)  # validate first
+    attrs = multiscale_attributes(geoms, paths, version, name, lead, omero)
     fmt = 2 if version == "0.4" else 3
-    shard_shape = _check_shards(safe, shards, chunk_shape, fmt)
-
-    root = _create_root(text, storage_options, overwrite, fmt)
-    steps = [tuple(b // a for a, b in zip(p, c)) for p, c in itertools.pairwise(cumulative)]
-    _write_levels(root, text, data, geoms, paths, steps, chunk_shape, out_dtype, fmt, lead,
-                  shard_shape)
-
-    # Metadata last: a group without it is an interrupted write.
-    map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
-    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)
+    return _Pyramid(
+        fmt=fmt, geoms=tuple(geoms), paths=tuple(paths),
+        steps=tuple(tuple(b // a for a, b in zip(p, c))
+                    for p, c in itertools.pairwise(cumulative)),
+        chunk_shape=chunk_shape, out_dtype=out_dtype, lead=lead,
+        shard_shape=_check_shards(safe, shards, chunk_shape, fmt), attrs=attrs,
+    )
 
 
 def _create_root(text: str, storage_options: Mapping[str, Any] | None, overwrite: bool,
@@ -550,19 +579,7 @@ def _check_arguments(
     return chunk_shape, axes, int(n_levels)
 
 
-def _write_levels(
-    root: Any,
-    text: str,
-    data: Any,
-    geoms: Sequence[ImageGeometry],
-    paths: Sequence[str],
-    steps: Sequence[tuple[int, ...]],
-    chunk_shape: tuple[int, ...],
-    out_dtype: np.dtype[Any],
-    fmt: int,
-    lead: Sequence[LeadingAxis] = (),
-    shard_shape: tuple[int, ...] | None = None,
-) -> None:
+def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
     """Write level 0, then each coarser level from the one stored before it.
 
     A sharded level is written one whole shard per dask task.
@@ -570,6 +587,8 @@ def _write_levels(
     import dask.array as da
 
     safe = redact_url(text)
+    geoms, paths, steps, chunk_shape = plan.geoms, plan.paths, plan.steps, plan.chunk_shape
+    out_dtype, fmt, lead, shard_shape = plan.out_dtype, plan.fmt, plan.lead, plan.shard_shape
     n_lead = len(lead)
     level = da.asarray(data)
     if level.dtype != out_dtype:
