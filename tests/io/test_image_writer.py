@@ -333,6 +333,23 @@ def test_leading_axes_factors_and_omero(tmp_path: Path) -> None:
     assert tuple(arr.chunks) == (1, 1, 4, 4, 4)
 
 
+def test_leading_axes_with_shards(tmp_path: Path) -> None:
+    """shards= is spatial: leading c/t axes get shards (and chunks) of 1, data round-trips."""
+    from ngff_dreg.io.image_writer import LeadingAxis
+
+    geom = ImageGeometry((6, 8, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), unit="micrometer")
+    data = np.arange(2 * 6 * 8 * 10, dtype=np.uint16).reshape(2, 6, 8, 10)
+    url = str(tmp_path / "czyx.zarr")
+    write_multiscale(url, data, geom, chunks=4, shards=8, n_levels=2,
+                     leading_axes=(LeadingAxis("c", "channel"),))
+    image = open_multiscale(url)
+    arr = image.open_array(0)
+    assert tuple(arr.chunks) == (1, 4, 4, 4)
+    assert tuple(arr.shards) == (1, 8, 8, 8)
+    np.testing.assert_array_equal(np.asarray(arr[...]), data)
+    assert tuple(image.open_array(1).shards) == (1, 3, 4, 8)  # level 1 is (3, 4, 5)
+
+
 def test_bad_factors_are_refused(tmp_path: Path) -> None:
     geom = ImageGeometry((6, 8, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), unit="micrometer")
     with pytest.raises(InvalidInputDataError, match="factors"):
