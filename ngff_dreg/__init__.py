@@ -72,7 +72,7 @@ _LAZY = {
     "export_transform": "ngff_dreg.export",
     "write_field_scene": "ngff_dreg.io.field_writer",
     "apply_transform": "ngff_dreg.apply",
-    "transform_points": "ngff_dreg.apply",
+    "transform_points": "ngff_dreg.points",
     "AffineTransform": "ngff_dreg.transforms",
     "DisplacementField": "ngff_dreg.transforms",
     "TransformChain": "ngff_dreg.transforms",

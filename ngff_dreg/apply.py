@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,14 @@ from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import RegistrationTransformResult
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
-__all__ = ["apply_transform", "transform_points", "warp_chunk"]
+__all__ = [
+    "MovingSelection",
+    "apply_transform",
+    "select_moving",
+    "transform_points",
+    "warp_chunk",
+    "warp_chunk_channels",
+]
 
 logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
@@ -138,14 +146,29 @@ def warp_chunk(box: Box, fixed: ImageGeometry, transform: Any, moving_ctor: Any,
         Output dtype (integers are rounded and clipped).
 
     """
-    reader = moving_ctor()
-    mgeom: ImageGeometry = reader.geometry
+    planes = warp_chunk_channels(box, fixed, transform, [moving_ctor], order=order,
+                                 fill_value=fill_value, dtype=dtype)
+    return np.asarray(planes[0])
+
+
+def warp_chunk_channels(box: Box, fixed: ImageGeometry, transform: Any,
+                        moving_ctors: Sequence[Any], *, order: int = 1, fill_value: float = 0.0,
+                        dtype: Any = np.float32) -> npt.NDArray[Any]:
+    """:func:`warp_chunk` for several moving channels/time points sharing one geometry.
+
+    The chunk's voxel centres are mapped through the transform once; each
+    constructor in ``moving_ctors`` (one per channel or time point) then reads
+    only the moving region those points fall in. Returns
+    ``(len(moving_ctors), *box.shape)``.
+    """
+    readers = [ctor() for ctor in moving_ctors]
+    mgeom: ImageGeometry = readers[0].geometry
     axes = [np.arange(a, b) for a, b in zip(box.start, box.stop)]
     idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, fixed.ndim)
     pts = fixed.array_index_to_physical(idx.astype(np.float64))
-    mpts = map_points(transform, pts)
-    midx = mgeom.physical_to_index(mpts)[:, ::-1]
-    out = np.full(box.shape, fill_value, dtype=np.float64)
+    midx = mgeom.physical_to_index(map_points(transform, pts))[:, ::-1]
+    dt = np.dtype(dtype)
+    out = np.full((len(readers), *box.shape), fill_value, dtype=np.float64)
     finite = np.all(np.isfinite(midx), axis=1)
     if finite.any():
         margin = 1 if order <= 1 else order + 1
@@ -153,18 +176,86 @@ def warp_chunk(box: Box, fixed: ImageGeometry, transform: Any, moving_ctor: Any,
         hi = np.ceil(midx[finite].max(axis=0)).astype(int) + 1 + margin
         mbox = Box(tuple(lo), tuple(hi)).clip(mgeom.shape)
         if not mbox.is_empty:
-            data = np.asarray(reader.read_box(mbox), dtype=np.float64)
             local = midx - np.asarray(mbox.start, dtype=np.float64)
             # points outside the moving image take fill_value; inside, interpolate
             inside = np.all((midx >= -0.5) & (midx <= np.asarray(mgeom.shape) - 0.5), axis=1)
-            vals = ndimage.map_coordinates(data, local.T, order=order, mode="nearest")
-            flat = out.reshape(-1)
-            flat[inside & finite] = vals[inside & finite]
-    dt = np.dtype(dtype)
+            keep = inside & finite
+            for k, reader in enumerate(readers):
+                data = np.asarray(reader.read_box(mbox), dtype=np.float64)
+                vals = ndimage.map_coordinates(data, local.T, order=order, mode="nearest")
+                out[k].reshape(-1)[keep] = vals[keep]
     if np.issubdtype(dt, np.integer):
         info = np.iinfo(dt)
         out = np.clip(np.rint(out), info.min, info.max)
     return out.astype(dt)
+
+
+@dataclass(frozen=True)
+class MovingSelection:
+    """Which time points and channels of a moving image are resampled, and how they are written.
+
+    Attributes
+    ----------
+    leading:
+        The time/channel axes of the output, in the moving image's order.
+    combos:
+        ``(time, channel)`` of each output plane, time-major; ``None`` for an
+        axis the image does not have.
+    shape:
+        Length of each leading axis in the output.
+    omero:
+        The moving image's ``omero`` block restricted to the chosen channels.
+
+    """
+
+    leading: tuple[Any, ...]
+    combos: tuple[tuple[int | None, int | None], ...]
+    shape: tuple[int, ...]
+    omero: dict[str, Any] | None
+
+
+def select_moving(moving_url: str, level: int, storage_options: Mapping[str, Any] | None,
+                  channels: Sequence[int | str] | None = None,
+                  times: Sequence[int | str] | None = None) -> MovingSelection:
+    """Resolve the channels and time points to resample (all by default).
+
+    Raises
+    ------
+    SelectionNotFoundError
+        A channel or time point does not exist (the message lists the labels).
+
+    """
+    from ngff_dreg.io.image_writer import LeadingAxis
+    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.stores import redact_url
+    from ngff_dreg.ngff.channels import resolve_selection, subset_omero
+
+    image = open_multiscale(moving_url, storage_options)
+    ms = image.multiscale
+    info = image.level(level)
+    lv = ms.levels[info.index]
+    safe = redact_url(moving_url)
+    chosen: dict[str, list[int | None]] = {"time": [None], "channel": [None]}
+    leading: list[Any] = []
+    shape: list[int] = []
+    for i, ax in enumerate(ms.axes):
+        if ax.type not in ("time", "channel"):
+            continue
+        wanted = times if ax.type == "time" else channels
+        labels = image.channel_labels if ax.type == "channel" else ()
+        what = "time point" if ax.type == "time" else "channel"
+        picks = (list(range(info.shape[i])) if wanted is None else
+                 [resolve_selection(w, size=info.shape[i], labels=labels, what=what, image=safe)
+                  for w in wanted])
+        chosen[ax.type] = list(picks)
+        leading.append(LeadingAxis(ax.name, ax.type, ax.unit, float(lv.scale[i]),
+                                   float(lv.translation[i]) if ax.type == "time" else 0.0))
+        shape.append(len(picks))
+    combos = tuple((t, c) for t in chosen["time"] for c in chosen["channel"])
+    omero = None
+    if chosen["channel"] != [None]:
+        omero = subset_omero(image.omero, [c for c in chosen["channel"] if c is not None])
+    return MovingSelection(tuple(leading), combos, tuple(shape), omero)
 
 
 def apply_transform(
@@ -187,13 +278,21 @@ def apply_transform(
     overwrite: bool = False,
     compute: bool = True,
     scheduler: Any = None,
+    channels: Sequence[int | str] | None = None,
+    times: Sequence[int | str] | None = None,
+    factors: Sequence[Sequence[int]] | None = None,
 ) -> ImageGeometry:
     """Warp the moving image into fixed space and write it as a multiscale OME-Zarr.
 
+    Every channel and time point of the moving image is resampled (or the
+    ``channels``/``times`` chosen), chunk by chunk; the output keeps the
+    moving image's axes, dtype (integers rounded and clipped) and ``omero``
+    channel metadata, on a pyramid that follows the fixed image's.
+
     Parameters
     ----------
-    moving_url:
-        Moving OME-Zarr multiscale image.
+    moving_url, output_url:
+        Moving OME-Zarr multiscale image; output group (local or fsspec URL).
     fixed_url_or_geometry:
         Fixed OME-Zarr image URL (its level ``level`` gives the output grid) or
         an :class:`ImageGeometry`.
@@ -201,95 +300,134 @@ def apply_transform(
         Fixed->moving transform: :class:`TransformChain`, ``itk.Transform``,
         a :class:`~ngff_dreg.interfaces.RegistrationTransformResult` or an NGFF
         scene URL (read lazily).
-    output_url:
-        Output group (local or fsspec URL).
     level:
         Pyramid level of the fixed and moving images to work at.
     storage_options:
-        Default fsspec options for every URL; the specific ``*_storage_options``
-        override it.
-    chunks:
-        Output chunk shape (NumPy order) or one edge.
-    version:
-        NGFF version of the output (``"0.5"`` default, ``"0.4"``, ``"0.6"``).
-    order:
-        Interpolation order.
-    fill_value:
-        Value outside the moving image.
-    n_levels:
-        Output pyramid levels (default: automatic).
-    overwrite:
-        Replace an existing output.
-    compute:
-        Write now (default). ``False`` returns after building nothing but
-        the geometry (for inspection).
-    scheduler:
-        dask scheduler for the write (default: the current one).
+        Default fsspec options for every URL; ``moving_storage_options``,
+        ``fixed_storage_options``, ``transform_storage_options`` and
+        ``output_storage_options`` override it.
+    chunks, version, order, fill_value:
+        Output spatial chunk shape (NumPy order) or one edge; NGFF version of
+        the output (``"0.5"`` default, ``"0.4"``, ``"0.6"``); interpolation
+        order; value outside the moving image.
+    n_levels, overwrite:
+        Output pyramid levels (default: as many as the fixed pyramid has from
+        ``level`` on, or automatic for a geometry); replace an existing output.
+    compute, scheduler:
+        Write now (default; ``False`` only returns the geometry), with this
+        dask scheduler (default: the current one).
+    channels, times:
+        Channels (indices or ``omero`` labels) and time points to resample, in
+        output order; all by default.
+    factors:
+        Per-level downsampling factors of the output pyramid (NumPy order);
+        by default those of the fixed pyramid
+        (:func:`~ngff_dreg.io.image_writer.pyramid_factors`), 2x for a geometry.
 
-    Returns
-    -------
-    ImageGeometry
-        Geometry of the written level 0.
-
-    Examples
-    --------
-    >>> apply_transform("moving.zarr", "fixed.zarr", "reg.zarr", "warped.zarr")  # doctest: +SKIP
+    Returns the geometry of the written level 0. Raises
+    :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
+    point the moving image does not have.
 
     """
     import dask
 
     from ngff_dreg.io.image_writer import write_multiscale
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
 
     def opts(specific: Mapping[str, Any] | None) -> dict[str, Any] | None:
         chosen = specific if specific is not None else storage_options
         return dict(chosen) if chosen is not None else None
 
-    moving_ctor = OMEZarrReaderConstructor(moving_url, level, opts(moving_storage_options))
-    if isinstance(fixed_url_or_geometry, ImageGeometry):
-        fixed = fixed_url_or_geometry
-    else:
-        fixed = OMEZarrReaderConstructor(fixed_url_or_geometry, level,
-                                         opts(fixed_storage_options)).geometry
+    fixed, fixed_factors = _output_grid(fixed_url_or_geometry, level, opts(fixed_storage_options))
+    factors = _capped(fixed_factors if factors is None else factors, n_levels)
+    sel = select_moving(moving_url, level, opts(moving_storage_options), channels, times)
+    ctors = _moving_readers(moving_url, level, opts(moving_storage_options), sel, fixed.unit)
     chain = _resolve(transform, opts(transform_storage_options))
-    dtype = np.dtype(moving_ctor.dtype)
-    default = 64 if fixed.ndim == 3 else 256
-    ch = tuple(int(c) for c in one_per_axis(default if chunks is None else chunks, fixed.ndim,
-                                             "chunks"))
-    ch = tuple(min(c, n) for c, n in zip(ch, fixed.shape))
-    warped = _warped(fixed, chain, moving_ctor, ch, order, fill_value, dtype)
-    logger.info("resampling %d chunks of %s into fixed space", warped.npartitions, fixed.shape)
+    dtype = np.dtype(ctors[0].dtype)
+    ch = _output_chunks(fixed, chunks)
+    warped = _warped(fixed, chain, ctors, ch, order, fill_value, dtype, sel.shape)
+    logger.info("resampling %d chunks of %s x %s", warped.npartitions, sel.shape, fixed.shape)
     if compute:
         ctx = dask.config.set(scheduler=scheduler) if scheduler is not None else _null()
         with ctx:
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
-                             overwrite=overwrite, name="resampled", dtype=dtype)
+                             overwrite=overwrite, name="resampled", dtype=dtype,
+                             factors=factors, leading_axes=sel.leading, omero=sel.omero)
     return fixed
+
+
+def _capped(factors: Sequence[Sequence[int]] | None, n_levels: int | None
+            ) -> list[Sequence[int]] | None:
+    """The level factors of at most ``n_levels`` levels."""
+    if factors is None:
+        return None
+    return list(factors) if n_levels is None else list(factors)[: max(0, n_levels - 1)]
+
+
+def _output_chunks(fixed: ImageGeometry, chunks: Sequence[int] | int | None) -> tuple[int, ...]:
+    """Spatial output chunk shape: ``chunks`` (default 64³ / 256²) capped by the shape."""
+    default = 64 if fixed.ndim == 3 else 256
+    ch = one_per_axis(default if chunks is None else chunks, fixed.ndim, "chunks")
+    return tuple(min(int(c), n) for c, n in zip(ch, fixed.shape))
+
+
+def _output_grid(fixed: str | ImageGeometry, level: int, storage_options: dict[str, Any] | None
+                 ) -> tuple[ImageGeometry, list[tuple[int, ...]] | None]:
+    """The output geometry and, for a fixed image URL, its pyramid's factors from ``level`` on."""
+    if isinstance(fixed, ImageGeometry):
+        return fixed, None
+    from ngff_dreg.io.image_writer import pyramid_factors
+    from ngff_dreg.io.multiscale import open_multiscale
+
+    image = open_multiscale(fixed, storage_options)
+    geoms = [lv.geometry for lv in image.levels]
+    idx = image.multiscale.level_index(level)
+    return geoms[idx], pyramid_factors(geoms[idx:])
+
+
+def _moving_readers(moving_url: str, level: int, storage_options: dict[str, Any] | None,
+                    sel: MovingSelection, unit: str | None) -> list[Any]:
+    """One reader constructor per output plane (time point x channel)."""
+    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+
+    return [OMEZarrReaderConstructor(moving_url, level, storage_options,
+                                     channel=0 if c is None else c, time=0 if t is None else t,
+                                     unit=unit)
+            for t, c in sel.combos]
 
 
 def _warped(
     fixed: ImageGeometry,
     chain: Any,
-    moving_ctor: Any,
+    moving_ctors: Sequence[Any],
     chunks: tuple[int, ...],
     order: int,
     fill_value: float,
     dtype: np.dtype[Any],
+    leading: tuple[int, ...] = (),
 ) -> Any:
-    """The moving image in fixed space as a lazy dask array, one :func:`warp_chunk` per chunk."""
+    """The moving image in fixed space, lazy: one :func:`warp_chunk_channels` per spatial chunk.
+
+    Shape ``leading + fixed.shape``; each task returns every plane of its chunk.
+    """
     import dask.array as da
 
     template = da.empty(fixed.shape, chunks=chunks, dtype=bool)
+    n_lead = len(leading)
 
     def block(_: Any, block_info: Any = None, tx: Any = None) -> npt.NDArray[Any]:
-        loc = block_info[None]["array-location"]
+        loc = block_info[None]["array-location"][n_lead:]
         box = Box(tuple(a for a, _ in loc), tuple(b for _, b in loc))
-        return warp_chunk(box, fixed, tx, moving_ctor, order=order, fill_value=fill_value,
-                          dtype=dtype)
+        planes = warp_chunk_channels(box, fixed, tx, moving_ctors, order=order,
+                                     fill_value=fill_value, dtype=dtype)
+        return planes.reshape(leading + box.shape)
 
-    return da.map_blocks(block, template, dtype=dtype, tx=chain,
-                         meta=np.empty((0,) * fixed.ndim, dtype))
+    if not n_lead:
+        return da.map_blocks(block, template, dtype=dtype, tx=chain,
+                             meta=np.empty((0,) * fixed.ndim, dtype))
+    return da.map_blocks(block, template, dtype=dtype, tx=chain, new_axis=list(range(n_lead)),
+                         chunks=tuple((n,) for n in leading) + template.chunks,
+                         meta=np.empty((0,) * (n_lead + fixed.ndim), dtype))
 
 
 class _null:

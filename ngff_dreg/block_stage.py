@@ -33,6 +33,7 @@ from ngff_dreg.interfaces import (
     RegistrationTransformResult,
 )
 from ngff_dreg.io.field_writer import FieldSceneWriter
+from ngff_dreg.io.image_writer import pyramid_factors
 from ngff_dreg.io.output_state import StageReport, output_status
 from ngff_dreg.io.transform_reader import read_transform
 from ngff_dreg.reduce import ReduceToDisplacementField
@@ -136,7 +137,8 @@ class BlockStageRunner:
         """Plan the stage with the engine and compute it on the run's client."""
         inputs, stage = run.inputs, self.stage
         writer = FieldSceneWriter(
-            url, inputs.o_opts, overwrite=True, fixed_url=inputs.fixed, moving_url=inputs.moving
+            url, inputs.o_opts, overwrite=True, fixed_url=inputs.fixed, moving_url=inputs.moving,
+            downsample_factors=tuple(pyramid_factors(inputs.fixed_geoms)),
         )
         # Only the output's transform needs its inverse; a checkpointed stage is
         # read back as the next stage's start, which is a forward map.

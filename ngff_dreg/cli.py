@@ -1,4 +1,4 @@
-"""The ``ngff-dreg`` command line: register, apply, export, info, demo, report."""
+"""The ``ngff-dreg`` command line: register, apply, export, transform-points, info, demo, report."""
 
 from __future__ import annotations
 
@@ -35,6 +35,43 @@ Scheduler = Annotated[
         "(default: a local cluster sized to the machine).",
     ),
 ]
+FixedChannel = Annotated[
+    str | None, typer.Option("--fixed-channel", help="Channel of FIXED to register: index or "
+                             "omero label (default 0).")
+]
+MovingChannel = Annotated[
+    str | None, typer.Option("--moving-channel", help="Channel of MOVING to register: index or "
+                             "omero label (default 0).")
+]
+FixedTime = Annotated[
+    str | None, typer.Option("--fixed-time", help="Time point of FIXED to register (default 0).")
+]
+MovingTime = Annotated[
+    str | None, typer.Option("--moving-time", help="Time point of MOVING to register (default 0).")
+]
+Channels = Annotated[
+    str | None, typer.Option("--channels", help="Channels of MOVING to resample, by index or "
+                             "label: '0,2' or 'DAPI,GFP' (default: all).")
+]
+Times = Annotated[
+    str | None, typer.Option("--times", help="Time points of MOVING to resample: '0,3' "
+                             "(default: all).")
+]
+
+
+def _pick(text: str | None) -> int | str | None:
+    """One channel/time selection from the command line: an index or a label."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _picks(text: str | None) -> list[int | str] | None:
+    """A comma-separated list of selections (``None``: all)."""
+    if text is None or not text.strip():
+        return None
+    return [p for p in (_pick(v) for v in text.split(",")) if p is not None and p != ""]
 
 
 def _setup_logging(verbose: int) -> None:
@@ -214,6 +251,12 @@ def register(
         bool, typer.Option("--upgrade-fixed", help="With --into-fixed: allow rewriting a 0.5 "
                            "FIXED's metadata as 0.6 (arrays unchanged).")
     ] = False,
+    fixed_channel: FixedChannel = None,
+    moving_channel: MovingChannel = None,
+    fixed_time: FixedTime = None,
+    moving_time: MovingTime = None,
+    channels: Channels = None,
+    times: Times = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     verbose: Verbose = 0,
 ) -> None:
@@ -231,21 +274,13 @@ def register(
         if initial:
             init = np.load(initial) if initial.endswith(".npy") else initial
         result = run(
-            fixed,
-            moving,
-            output,
-            schedule=sched,
-            client=scheduler,
-            storage_options=opts,
-            initial_transform=init,
-            resample=resample,
-            overwrite=overwrite,
-            progress=progress,
-            signal_threshold=threshold,
-            fixed_mask=fixed_mask,
-            moving_mask=moving_mask,
+            fixed, moving, output, schedule=sched, client=scheduler, storage_options=opts,
+            initial_transform=init, resample=resample, overwrite=overwrite, progress=progress,
+            signal_threshold=threshold, fixed_mask=fixed_mask, moving_mask=moving_mask,
             into_fixed=(into_fixed_name or True) if (into_fixed or into_fixed_name) else False,
             upgrade_fixed=upgrade_fixed,
+            **_selection_options(fixed_channel, moving_channel, fixed_time, moving_time,
+                                 channels, times),
         )
         _print_summary(result, verbose)
         typer.echo(f"transform written to {output}")
@@ -254,6 +289,20 @@ def register(
                        f"{into_fixed_name or default_system_name(moving)!r})")
     except Exception as exc:
         _fail(exc, verbose)
+
+
+def _selection_options(fixed_channel: str | None, moving_channel: str | None,
+                       fixed_time: str | None, moving_time: str | None,
+                       channels: str | None, times: str | None) -> dict[str, Any]:
+    """``register`` keywords of the channel/time options."""
+    return {
+        "fixed_channel": _pick(fixed_channel),
+        "moving_channel": _pick(moving_channel),
+        "fixed_time": _pick(fixed_time),
+        "moving_time": _pick(moving_time),
+        "resample_channels": _picks(channels),
+        "resample_times": _picks(times),
+    }
 
 
 def _print_summary(result: Any, verbose: int = 0) -> None:
@@ -291,13 +340,19 @@ def apply(
     output: Annotated[str, typer.Option("--output", "-o", help="Output OME-Zarr image URL.")],
     level: Annotated[int, typer.Option("--level", help="Fixed/moving level to resample.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    channels: Channels = None,
+    times: Times = None,
     scheduler: Scheduler = None,
     anon: Anon = False,
     endpoint_url: Endpoint = None,
     profile: Profile = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Resample MOVING into FIXED space through TRANSFORM, as a multiscale OME-Zarr 0.5 image."""
+    """Resample MOVING into FIXED space through TRANSFORM, as a multiscale OME-Zarr 0.5 image.
+
+    Every channel and time point is resampled (or those of --channels/--times);
+    the output keeps MOVING's axes, dtype and channel metadata, on FIXED's pyramid.
+    """
     _setup_logging(verbose)
     try:
         from ngff_dreg.apply import apply_transform
@@ -317,6 +372,8 @@ def apply(
             storage_options=opts,
             overwrite=overwrite,
             scheduler=client,
+            channels=_picks(channels),
+            times=_picks(times),
         )
         typer.echo(f"resampled image written to {output}")
     except Exception as exc:
@@ -461,6 +518,49 @@ def report(
             storage_options=_storage_options(anon, endpoint_url, profile),
         )
         typer.echo(f"report written to {page}")
+    except Exception as exc:
+        _fail(exc, verbose)
+
+
+@app.command("transform-points")
+def transform_points(
+    transform: Annotated[str, typer.Argument(help="NGFF transform scene written by register.")],
+    points: Annotated[str, typer.Argument(help="CSV or Parquet table with columns x,y,z (or "
+                                          "x,y) in physical units of the fixed image.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output table (.csv or "
+                                        ".parquet); other columns are kept, in order.")],
+    inverse: Annotated[bool, typer.Option("--inverse", help="Map moving -> fixed.")] = False,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Point columns, x first: 'X,Y,Z'.")
+    ] = None,
+    blocksize: Annotated[
+        int, typer.Option("--blocksize", help="CSV bytes per partition (one task each).")
+    ] = 64_000_000,
+    scheduler: Scheduler = None,
+    anon: Anon = False,
+    endpoint_url: Endpoint = None,
+    profile: Profile = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Map a table of points fixed -> moving (or moving -> fixed) through TRANSFORM.
+
+    Rows are processed in partitions on the dask cluster, so the table never
+    sits in one process.
+    """
+    _setup_logging(verbose)
+    try:
+        from contextlib import ExitStack
+
+        from ngff_dreg.cluster import client_context
+        from ngff_dreg.points import transform_table_file
+
+        opts = _storage_options(anon, endpoint_url, profile)
+        cols = [c.strip() for c in columns.split(",")] if columns else None
+        with ExitStack() as stack:
+            client = client_context(scheduler, stack)
+            n = transform_table_file(transform, points, output, inverse=inverse, columns=cols,
+                                     storage_options=opts, blocksize=blocksize, client=client)
+        typer.echo(f"{n} partition(s) of points mapped to {output}")
     except Exception as exc:
         _fail(exc, verbose)
 

@@ -27,7 +27,14 @@ from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.synthetic import random_affine, smooth_displacement, textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain, map_points
 
-__all__ = ["DemoPair", "load_template", "make_demo", "point_errors", "load_truth"]
+__all__ = [
+    "DemoPair",
+    "load_fluorescence_volume",
+    "load_template",
+    "load_truth",
+    "make_demo",
+    "point_errors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,52 @@ def load_template(downsample: int = 1) -> tuple[npt.NDArray[np.float32], ImageGe
     return arr.astype(np.float32), ImageGeometry(
         arr.shape, spacing, (0.0, 0.0, 0.0), unit="millimeter"
     )
+
+
+FLUORESCENCE_CHANNELS = ("nuclei", "myelin")
+
+
+def load_fluorescence_volume(
+    spacing_zyx: tuple[float, float, float] = (6.0, 2.0, 2.0), *, seed: int = 0
+) -> tuple[npt.NDArray[np.uint16], ImageGeometry]:
+    """A two-channel, anisotropic uint16 volume derived from real ones.
+
+    No wheel ships a 3-D multi-channel fluorescence volume, so this one is
+    derived from the two real MNI volumes nilearn ships: channel 0
+    (``"nuclei"``) is the T1 template, channel 1 (``"myelin"``) the
+    white-matter probability map. Both are resampled to ``spacing_zyx`` (mm;
+    z coarser than y/x, as in lightsheet stacks) and rendered like camera
+    counts: a dark offset, up to ~4000 photons, Poisson noise.
+
+    Returns
+    -------
+    tuple
+        ``(array (2, z, y, x) uint16, spatial geometry)``.
+
+    """
+    from importlib import resources
+
+    from scipy import ndimage
+
+    from ngff_dreg.itk_bridge import read_image_array
+
+    t1, _ = load_template(1)
+    wm_path = resources.files("nilearn") / "datasets" / "data" / TEMPLATE.replace("_t1_", "_wm_")
+    if not wm_path.is_file():
+        raise DemoDataUnavailableError(f"nilearn does not ship {wm_path}")
+    wm = read_image_array(str(wm_path)).astype(np.float32)
+    zoom = tuple(1.0 / s for s in spacing_zyx)
+    rng = np.random.default_rng(seed)
+    channels = []
+    for arr in (t1, wm / max(float(wm.max()), 1e-6)):
+        small = ndimage.zoom(ndimage.gaussian_filter(arr, [0.5 * s for s in spacing_zyx]), zoom,
+                             order=1)
+        counts = rng.poisson(np.clip(small, 0, None) * 4000.0) + 100
+        channels.append(np.clip(counts, 0, 65535).astype(np.uint16))
+    data = np.stack(channels)
+    geometry = ImageGeometry(data.shape[1:], tuple(float(s) for s in spacing_zyx[::-1]),
+                             (0.0, 0.0, 0.0), unit="millimeter")
+    return data, geometry
 
 
 def demo_truth(

@@ -19,6 +19,7 @@ __all__ = [
     "PathEscapeError",
     "IncompatibleImagesError",
     "InvalidInputDataError",
+    "SelectionNotFoundError",
     "OutputExistsError",
     "IncompleteOutputError",
     "ScheduleError",
@@ -68,6 +69,13 @@ class IncompatibleImagesError(NgffDregError, ValueError):
 
 class InvalidInputDataError(NgffDregError, ValueError):
     """Voxel data cannot be registered (empty, constant, NaN, unsupported dtype)."""
+
+
+class SelectionNotFoundError(InvalidInputDataError, LookupError):
+    """A requested channel or time point does not exist in an image.
+
+    The message names the image and lists what it holds (channel labels).
+    """
 
 
 class OutputExistsError(NgffDregError, FileExistsError):

@@ -24,7 +24,7 @@ skips finished stages and gives the same answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -63,13 +63,19 @@ def register(
     output_storage_options: Mapping[str, Any] | None = None,
     initial_transform: Any = None,
     resample: bool = False,
+    resample_channels: Sequence[int | str] | None = None,
+    resample_times: Sequence[int | str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     signal_threshold: float | None = None,
     fixed_mask: str | None = None,
     moving_mask: str | None = None,
-    channel: int = 0,
-    time_index: int = 0,
+    channel: int | str = 0,
+    time_index: int | str = 0,
+    fixed_channel: int | str | None = None,
+    moving_channel: int | str | None = None,
+    fixed_time: int | str | None = None,
+    moving_time: int | str | None = None,
     on_stage_done: Callable[[Any], Any] | None = None,
     into_fixed: bool | str = False,
     upgrade_fixed: bool = False,
@@ -86,6 +92,11 @@ def register(
         The run's options, each documented in :class:`~ngff_dreg.run.RunOptions`
         (the schedule, the dask client or ``"local:N"``, fsspec options,
         ``initial_transform``, ``resample``, ``overwrite``, masks...).
+        ``fixed_channel``/``moving_channel`` pick the channel registered in
+        each image, by index or ``omero`` label (``channel`` sets both);
+        ``fixed_time``/``moving_time`` the time point (``time_index`` both).
+        With ``resample``, every channel and time point of the moving image is
+        resampled.
 
     Returns
     -------
@@ -95,7 +106,11 @@ def register(
         and ``timings``.
 
     """
-    options = RunOptions.from_namespace(locals())
+    namespace = dict(locals())
+    for key in ("resample_channels", "resample_times"):
+        if namespace[key] is not None:
+            namespace[key] = tuple(namespace[key])
+    options = RunOptions.from_namespace(namespace)
     t_start = time.perf_counter()
     inputs = open_inputs(fixed, moving, output, options)  # nothing is written before this
     claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
@@ -136,6 +151,8 @@ def _resample(run: Run) -> None:
         output_storage_options=inputs.o_opts,
         overwrite=True,
         scheduler=run.client,
+        channels=inputs.options.resample_channels,
+        times=inputs.options.resample_times,
     )
     run.claim.manifest["resampled"] = True
     run.checkpoints.write(run.claim.manifest)

@@ -78,7 +78,12 @@ class RunOptions:
         transform scene.
     resample:
         Also write the moving image resampled into fixed space at
-        ``output/moving_resampled``.
+        ``output/moving_resampled``: every channel and time point (or those
+        of ``resample_channels``/``resample_times``), on a pyramid that
+        follows the fixed image's.
+    resample_channels, resample_times:
+        With ``resample``: the channels (indices or labels) and time points
+        to write, in order (default: all).
     overwrite:
         Start afresh, replacing whatever is at ``output``. Without it, an
         output left by an interrupted run with the same arguments is resumed,
@@ -94,7 +99,15 @@ class RunOptions:
         skipped (``NO_SIGNAL``) before any moving voxel is read. Their storage
         options are those of the fixed/moving image.
     channel, time_index:
-        Index of the channel / time point to register.
+        Shorthand: the channel / time point of both images, unless
+        ``fixed_channel``/``moving_channel`` or ``fixed_time``/``moving_time``
+        say otherwise.
+    fixed_channel, moving_channel:
+        The channel of each image to register: an index (negative counts from
+        the end) or a label from the image's ``omero`` metadata. Fixed and
+        moving rounds often hold the reference stain in different channels.
+    fixed_time, moving_time:
+        The time point of each image to register (an index).
     on_stage_done:
         Optional callback ``f(stage_report)`` after each stage (tests use it
         to interrupt a run).
@@ -117,13 +130,19 @@ class RunOptions:
     output_storage_options: Mapping[str, Any] | None = None
     initial_transform: Any = None
     resample: bool = False
+    resample_channels: tuple[int | str, ...] | None = None
+    resample_times: tuple[int | str, ...] | None = None
     overwrite: bool = False
     progress: bool = True
     signal_threshold: float | None = None
     fixed_mask: str | None = None
     moving_mask: str | None = None
-    channel: int = 0
-    time_index: int = 0
+    channel: int | str = 0
+    time_index: int | str = 0
+    fixed_channel: int | str | None = None
+    moving_channel: int | str | None = None
+    fixed_time: int | str | None = None
+    moving_time: int | str | None = None
     on_stage_done: Callable[[StageReport], Any] | None = None
     into_fixed: bool | str = False
     upgrade_fixed: bool = False
@@ -132,6 +151,12 @@ class RunOptions:
     def from_namespace(cls, namespace: Mapping[str, Any]) -> RunOptions:
         """The options named in ``namespace`` (``register``'s ``locals()``)."""
         return cls(**{f.name: namespace[f.name] for f in fields(cls)})
+
+    def selection(self, which: str) -> tuple[int | str, int | str]:
+        """``(channel, time)`` selected in the ``"fixed"`` or ``"moving"`` image."""
+        ch = self.fixed_channel if which == "fixed" else self.moving_channel
+        tm = self.fixed_time if which == "fixed" else self.moving_time
+        return (self.channel if ch is None else ch, self.time_index if tm is None else tm)
 
     def storage(self, specific: Mapping[str, Any] | None) -> StorageOptions:
         """``storage_options`` overridden by one URL's own options (``None`` if empty)."""
@@ -198,9 +223,10 @@ class RunInputs:
     def reader(self, which: str, level: int) -> OMEZarrReaderConstructor:
         """Reader constructor of one level of the fixed or the moving image."""
         url, opts = (self.fixed, self.f_opts) if which == "fixed" else (self.moving, self.m_opts)
+        channel, time_point = self.options.selection(which)
         return OMEZarrReaderConstructor(
-            url, level=level, storage_options=opts, channel=self.options.channel,
-            time=self.options.time_index, unit=self.unit, cache=self.cache_token,
+            url, level=level, storage_options=opts, channel=channel, time=time_point,
+            unit=self.unit, cache=self.cache_token,
         )
 
     def global_readers(self) -> tuple[OMEZarrReaderConstructor, OMEZarrReaderConstructor]:
@@ -223,8 +249,8 @@ class RunInputs:
                 "fixed": self.fixed,
                 "moving": self.moving,
                 "schedule": self.schedule.to_dict(),
-                "channel": o.channel,
-                "time": o.time_index,
+                "channel": [o.selection("fixed")[0], o.selection("moving")[0]],
+                "time": [o.selection("fixed")[1], o.selection("moving")[1]],
                 "initial": repr(self.initial),
                 "threshold": o.signal_threshold,
                 "masks": [o.fixed_mask, o.moving_mask],

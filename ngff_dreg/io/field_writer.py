@@ -193,13 +193,15 @@ def _axes(ndim: int, unit: str | None) -> list[dict[str, Any]]:
 
 
 def _field_multiscale(name: str, frame: FieldFrame, levels: Sequence[str],
-                      unit: str | None) -> dict[str, Any]:
+                      unit: str | None,
+                      factors: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     ndim = len(frame.scale)
+    cumulative = factors or [(2**k,) * ndim for k in range(len(levels))]
     datasets = []
-    for k, path in enumerate(levels):
-        f = 2.0**k
-        scale = [float(s * f) for s in frame.scale]
-        trans = [float(t + (s * f - s) / 2.0) for t, s in zip(frame.translation, frame.scale)]
+    for path, fk in zip(levels, cumulative):
+        scale = [float(s * f) for s, f in zip(frame.scale, fk)]
+        trans = [float(t + (s * f - s) / 2.0)
+                 for t, s, f in zip(frame.translation, frame.scale, fk)]
         datasets.append({
             "path": path,
             "coordinateTransformations": [{
@@ -218,7 +220,8 @@ def _field_multiscale(name: str, frame: FieldFrame, levels: Sequence[str],
             "name": name,
             "type": "mean",
             "metadata": {
-                "description": "displacement field written by ngff-dreg; levels are 2x means",
+                "description": "displacement field written by ngff-dreg; levels are block "
+                               "means by the fixed image's pyramid factors",
                 "method": "ngff_dreg.io.field_writer",
             },
             "coordinateSystems": [{"name": FIELD_SYSTEM, "axes": _axes(ndim, unit)}],
@@ -301,6 +304,10 @@ class FieldSceneWriter:
         Coordinate-system names: in the images (with a path) or in the scene.
     fixed_url, moving_url:
         Actual locations of the images, recorded under ``attributes.ngff_dreg``.
+    downsample_factors:
+        Per-level factors of the field pyramids (NumPy order, each over the
+        level before), normally the fixed image's
+        (:func:`~ngff_dreg.io.image_writer.pyramid_factors`); ``None``: 2x.
 
     """
 
@@ -316,6 +323,7 @@ class FieldSceneWriter:
     moving_system: str = "moving"
     fixed_url: str | None = None
     moving_url: str | None = None
+    downsample_factors: tuple[tuple[int, ...], ...] | None = None
 
     def _group(self, mode: str = "a") -> Any:
         return _open_group(self.url, self.storage_options, mode)
@@ -404,9 +412,11 @@ class FieldSceneWriter:
         root = zarr_group(self.url, self.storage_options, mode="r+")
         frames = {name: frame_of(g) for name, g in geometries.items()}
         for name, geom in geometries.items():
-            levels = _build_pyramid(root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim, n_levels)
+            levels, cumulative = _build_pyramid(root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim,
+                                                n_levels, self.downsample_factors)
             fgroup = root[f"{TRANSFORMS_GROUP}/{name}"]
-            fgroup.attrs.put({"ome": _field_multiscale(name, frames[name], levels, geom.unit)})
+            fgroup.attrs.put({"ome": _field_multiscale(name, frames[name], levels, geom.unit,
+                                                       cumulative)})
         root[TRANSFORMS_GROUP].attrs.put({})
         transform = scene_transform(affine, frames[FORWARD_NAME], frames.get(INVERSE_NAME))
         fixed_geom = geometries[FORWARD_NAME]
@@ -433,22 +443,41 @@ def _redacted(url: str | None) -> str | None:
     return None if url is None else redact_url(url)
 
 
-def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> list[str]:
-    """Write 2x-averaged levels s1.. one output chunk at a time; return all level names.
+def _level_step(k: int, ndim: int, factors: Sequence[Sequence[int]] | None) -> tuple[int, ...]:
+    """Factor of level ``k`` over level ``k - 1``.
 
-    Each output chunk reads only the ``2^ndim`` finer nodes it averages, so
-    memory stays at a few chunks whatever the field size.
+    The fixed pyramid's, its last one past its depth, or 2 along every axis
+    without one.
+    """
+    if not factors:
+        return (2,) * ndim
+    return tuple(int(f) for f in factors[min(k, len(factors)) - 1])
+
+
+def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None,
+                   factors: Sequence[Sequence[int]] | None = None
+                   ) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Write block-averaged levels s1.. one output chunk at a time.
+
+    Level ``k`` averages ``_level_step(k)`` nodes of level ``k - 1`` per axis
+    (the fixed image's per-axis factors, so an anisotropic field does not get
+    more anisotropic). Returns the level names and their cumulative factors.
+    Each output chunk reads only the finer nodes it averages, so memory stays
+    at a few chunks whatever the field size.
     """
     src = root[f"{path}/s0"]
     levels = ["s0"]
+    cumulative = [(1,) * ndim]
     max_levels = n_levels if n_levels is not None else 6
     k = 0
     while len(levels) < max_levels:
+        step = _level_step(k + 1, ndim, factors)
         shape = tuple(int(n) for n in src.shape[1:])
-        if (n_levels is None and min(shape) < 4) or min(shape) < 2:
+        out_shape = tuple(n // f for n, f in zip(shape, step))
+        smallest = min(o for o, f in zip(out_shape, step) if f > 1) if max(step) > 1 else 0
+        if (n_levels is None and smallest < 2) or smallest < 1:
             break
         k += 1
-        out_shape = tuple(n // 2 for n in shape)
         chunks = tuple(min(int(c), n) for c, n in zip(src.chunks[1:], out_shape))
         dst = root.create_array(
             f"{path}/s{k}", shape=(src.shape[0], *out_shape), chunks=(src.shape[0], *chunks),
@@ -456,16 +485,18 @@ def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None) -> lis
             dimension_names=list(src.metadata.dimension_names),
         )
         for box in chunk_boxes(out_shape, chunks):
-            fine = Box(tuple(2 * a for a in box.start), tuple(2 * b for b in box.stop))
+            fine = Box(tuple(f * a for a, f in zip(box.start, step)),
+                       tuple(f * b for b, f in zip(box.stop, step)))
             data = np.asarray(src[(slice(None), *fine.slices)], dtype=np.float64)
             shp = [data.shape[0]]
-            for n in box.shape:
-                shp += [n, 2]
+            for n, f in zip(box.shape, step):
+                shp += [n, f]
             mean = data.reshape(shp).mean(axis=tuple(range(2, 2 + 2 * ndim, 2)))
             dst[(slice(None), *box.slices)] = mean.astype(dst.dtype)
         levels.append(f"s{k}")
+        cumulative.append(tuple(a * f for a, f in zip(cumulative[-1], step)))
         src = dst
-    return levels
+    return levels, cumulative
 
 
 def write_field_scene(

@@ -1,7 +1,9 @@
 """Write a multiscale OME-Zarr image (NGFF 0.4, 0.5 or 0.6) from a NumPy/dask array.
 
-Levels are built by 2x block averaging with dask, each from the previous level
-*as stored*, so memory stays bounded by a few chunks whatever the image size.
+Levels are built by block averaging with dask (2x, or the per-axis factors of
+a source pyramid), each from the previous level *as stored*, so memory stays
+bounded by a few chunks whatever the image size. Time and channel axes may lead
+the spatial ones; they are never downsampled.
 Voxel data is written first and the OME metadata last: a group whose
 attributes lack ``multiscales`` is an interrupted write.
 """
@@ -9,10 +11,12 @@ attributes lack ``multiscales`` is an interrupted write.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,12 +38,57 @@ from ngff_dreg.io.stores import (
 )
 from ngff_dreg.ngff.metadata import normalize_unit
 
-__all__ = ["write_multiscale", "level_geometries", "multiscale_attributes", "WRITER_VERSIONS"]
+__all__ = [
+    "LeadingAxis",
+    "WRITER_VERSIONS",
+    "level_factors",
+    "level_geometries",
+    "multiscale_attributes",
+    "pyramid_factors",
+    "write_multiscale",
+]
 
 logger = logging.getLogger(__name__)
 
 WRITER_VERSIONS = ("0.4", "0.5", "0.6")
 _AXIS_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
+
+
+@dataclass(frozen=True)
+class LeadingAxis:
+    """A time or channel axis written before the spatial ones (never downsampled).
+
+    Attributes
+    ----------
+    name:
+        Axis name (``"t"``, ``"c"``).
+    type:
+        NGFF axis type (``"time"``, ``"channel"`` or a custom one).
+    unit:
+        Unit (time axes), or ``None``.
+    scale, translation:
+        The axis's coordinate transform, the same on every level.
+
+    """
+
+    name: str
+    type: str | None = None
+    unit: str | None = None
+    scale: float = 1.0
+    translation: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.type == "space":
+            raise InvalidInputDataError(f"leading axis {self.name!r} cannot be a space axis")
+
+    def json(self) -> dict[str, Any]:
+        """The NGFF ``axes`` entry."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.type:
+            out["type"] = self.type
+        if self.unit:
+            out["unit"] = self.unit
+        return out
 
 
 def _resolve_downsample_axes(
@@ -62,27 +111,65 @@ def _resolve_downsample_axes(
     return tuple(sorted(set(out)))
 
 
+def level_factors(
+    ndim: int,
+    n_levels: int,
+    downsample_axes: Sequence[int] | None = None,
+    factors: Sequence[Sequence[int]] | None = None,
+) -> list[tuple[int, ...]]:
+    """Cumulative downsampling factor of every level (spatial axes, NumPy order).
+
+    With ``factors`` (one per-axis factor per level after the first, relative
+    to the level before it), level ``N`` is the product of the first ``N``;
+    otherwise it is ``2**N`` along ``downsample_axes`` (all axes by default).
+    """
+    if factors is not None:
+        out = [(1,) * ndim]
+        for step in factors[: max(0, n_levels - 1)]:
+            out.append(tuple(int(a) * int(b) for a, b in zip(out[-1], step)))
+        return out
+    axes = tuple(range(ndim)) if downsample_axes is None else tuple(downsample_axes)
+    return [tuple(2**n if i in axes else 1 for i in range(ndim)) for n in range(n_levels)]
+
+
 def level_geometries(
     geometry: ImageGeometry,
     n_levels: int,
     downsample_axes: Sequence[int] | None = None,
+    factors: Sequence[Sequence[int]] | None = None,
 ) -> list[ImageGeometry]:
-    """Geometries of a 2x pyramid (pixel-centre convention).
+    """Geometries of a pyramid (pixel-centre convention).
 
-    Level ``N`` has ``shape = ceil(shape_0 / 2**N)`` along the downsampled axes
-    (NumPy order), ``spacing_N = spacing_0 * 2**N`` and
-    ``origin_N = origin_0 + D @ (spacing_N - spacing_0) / 2``.
+    Level ``N`` has ``shape = ceil(shape_0 / f_N)`` (NumPy order),
+    ``spacing_N = spacing_0 * f_N`` and
+    ``origin_N = origin_0 + D @ (spacing_N - spacing_0) / 2``, where ``f_N`` is
+    the level's cumulative factor (:func:`level_factors`: ``2**N`` along
+    ``downsample_axes`` by default, or the products of ``factors``).
     """
-    axes = tuple(range(geometry.ndim)) if downsample_axes is None else tuple(downsample_axes)
     out = []
     d = geometry.direction_matrix
     s0 = np.asarray(geometry.spacing)
-    for n in range(n_levels):
-        factor_np = np.array([2**n if i in axes else 1 for i in range(geometry.ndim)])
+    for f in level_factors(geometry.ndim, n_levels, downsample_axes, factors):
+        factor_np = np.asarray(f)
         shape = tuple(int(math.ceil(s / f)) for s, f in zip(geometry.shape, factor_np))
         sn = s0 * factor_np[::-1]
         origin = np.asarray(geometry.origin) + d @ ((sn - s0) / 2.0)
         out.append(ImageGeometry(shape, sn, origin, geometry.direction, geometry.unit))
+    return out
+
+
+def pyramid_factors(geometries: Sequence[ImageGeometry]) -> list[tuple[int, ...]]:
+    """Per-level downsampling factors of an existing pyramid (NumPy order, level ``N`` vs ``N-1``).
+
+    Each factor is the spacing ratio rounded to an integer (at least 1), so a
+    pyramid that kept ``z`` at full resolution on level 1 gives ``(1, 2, 2)``
+    there. Give the result to :func:`write_multiscale` (``factors=``) to make
+    a pyramid that follows its source.
+    """
+    out = []
+    for prev, cur in itertools.pairwise(geometries):
+        ratio = np.asarray(cur.spacing, dtype=np.float64) / np.asarray(prev.spacing)
+        out.append(tuple(max(1, round(float(r))) for r in ratio[::-1]))
     return out
 
 
@@ -109,56 +196,42 @@ def multiscale_attributes(
     paths: Sequence[str],
     version: str,
     name: str = "image",
+    leading_axes: Sequence[LeadingAxis] = (),
+    omero: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Group attributes describing a pyramid in NGFF ``version``.
 
     Returns the full attribute mapping: ``{"multiscales": [...]}`` for 0.4,
     ``{"ome": {"version": ..., "multiscales": [...]}}`` for 0.5/0.6.
+    ``leading_axes`` (time, channel) come before the spatial axes; ``omero``
+    (channel labels, colours, windows) is stored next to ``multiscales``.
     """
     g0 = geometries[0]
-    ndim = g0.ndim
-    names = _AXIS_NAMES[ndim]
-    unit = normalize_unit(g0.unit) if g0.unit else None
-    if g0.unit and unit is None:
-        unit = g0.unit
-    axes: list[dict[str, Any]] = []
-    for nm in names:
-        ax: dict[str, Any] = {"name": nm, "type": "space"}
-        if unit:
-            ax["unit"] = unit
-        axes.append(ax)
     oblique = not g0.is_axis_aligned
     if oblique and version != "0.6":
         raise InvalidMetadataError(
             f"NGFF {version} cannot store the direction {g0.direction_matrix.tolist()}; "
             "write version '0.6' (rotation/affine) instead"
         )
+    if oblique and leading_axes:
+        raise InvalidMetadataError(
+            "an oblique direction is written for spatial-only images; "
+            f"drop the axes {[a.name for a in leading_axes]} or resample to an axis-aligned grid"
+        )
+    axes = [a.json() for a in leading_axes] + _spatial_axes(g0)
+    lead_scale = [float(a.scale) for a in leading_axes]
+    lead_trans = [float(a.translation) for a in leading_axes]
     s0 = np.asarray(g0.spacing)
     datasets = []
     for path, g in zip(paths, geometries):
-        scale = [float(v) for v in reversed(g.spacing)]
+        scale = lead_scale + [float(v) for v in reversed(g.spacing)]
         if oblique:
             # intrinsic frame: axis-aligned, origin_0 at 0; rotation applied after
             trans = [float(v) for v in reversed((np.asarray(g.spacing) - s0) / 2.0)]
         else:
-            trans = [float(v) for v in reversed(g.origin)]
-        ct: list[dict[str, Any]]
-        if version == "0.6":
-            ct = [{
-                "type": "sequence",
-                "input": {"path": path},
-                "output": {"name": "intrinsic" if oblique else "physical"},
-                "transformations": [
-                    {"type": "scale", "scale": scale},
-                    {"type": "translation", "translation": trans},
-                ],
-            }]
-        else:
-            ct = [
-                {"type": "scale", "scale": scale},
-                {"type": "translation", "translation": trans},
-            ]
-        datasets.append({"path": path, "coordinateTransformations": ct})
+            trans = lead_trans + [float(v) for v in reversed(g.origin)]
+        datasets.append({"path": path, "coordinateTransformations": _dataset_ct(
+            version, path, scale, trans, oblique)})
     ms: dict[str, Any] = {"name": name}
     if version == "0.6":
         systems = [{"name": "physical", "axes": axes}]
@@ -169,46 +242,89 @@ def multiscale_attributes(
         ms["axes"] = axes
     ms["datasets"] = datasets
     if oblique:
-        d_np = g0.direction_matrix[::-1, ::-1]
-        o_np = [float(v) for v in reversed(g0.origin)]
-        if _is_proper_rotation(d_np):
-            ms["coordinateTransformations"] = [{
-                "type": "sequence",
-                "input": {"name": "intrinsic"},
-                "output": {"name": "physical"},
-                "transformations": [
-                    {"type": "rotation", "rotation": d_np.tolist()},
-                    {"type": "translation", "translation": o_np},
-                ],
-            }]
-        else:
-            affine = np.concatenate([d_np, np.asarray(o_np)[:, None]], axis=1)
-            ms["coordinateTransformations"] = [{
-                "type": "affine",
-                "affine": affine.tolist(),
-                "input": {"name": "intrinsic"},
-                "output": {"name": "physical"},
-            }]
+        ms["coordinateTransformations"] = [_oblique_transform(g0)]
     ms["type"] = "mean"
-    ms["metadata"] = {"method": "ngff_dreg 2x block mean", "pixel_convention": "center"}
+    ms["metadata"] = {"method": "ngff_dreg block mean", "pixel_convention": "center"}
     if version == "0.4":
         ms["version"] = "0.4"
-        return {"multiscales": [ms]}
-    return {"ome": {"version": version, "multiscales": [ms]}}
+        out: dict[str, Any] = {"multiscales": [ms]}
+        if omero:
+            out["omero"] = dict(omero)
+        return out
+    ome: dict[str, Any] = {"version": version, "multiscales": [ms]}
+    if omero:
+        ome["omero"] = dict(omero)
+    return {"ome": ome}
 
 
-def _downsample(prev: Any, axes: Sequence[int], chunks: Sequence[int], dtype: np.dtype[Any]) -> Any:
-    """2x block mean of a dask array along ``axes`` (odd edges padded by replication)."""
+def _spatial_axes(g0: ImageGeometry) -> list[dict[str, Any]]:
+    unit = normalize_unit(g0.unit) if g0.unit else None
+    if g0.unit and unit is None:
+        unit = g0.unit
+    axes: list[dict[str, Any]] = []
+    for nm in _AXIS_NAMES[g0.ndim]:
+        ax: dict[str, Any] = {"name": nm, "type": "space"}
+        if unit:
+            ax["unit"] = unit
+        axes.append(ax)
+    return axes
+
+
+def _dataset_ct(version: str, path: str, scale: list[float], trans: list[float],
+                oblique: bool) -> list[dict[str, Any]]:
+    if version == "0.6":
+        return [{
+            "type": "sequence",
+            "input": {"path": path},
+            "output": {"name": "intrinsic" if oblique else "physical"},
+            "transformations": [
+                {"type": "scale", "scale": scale},
+                {"type": "translation", "translation": trans},
+            ],
+        }]
+    return [
+        {"type": "scale", "scale": scale},
+        {"type": "translation", "translation": trans},
+    ]
+
+
+def _oblique_transform(g0: ImageGeometry) -> dict[str, Any]:
+    d_np = g0.direction_matrix[::-1, ::-1]
+    o_np = [float(v) for v in reversed(g0.origin)]
+    if _is_proper_rotation(d_np):
+        return {
+            "type": "sequence",
+            "input": {"name": "intrinsic"},
+            "output": {"name": "physical"},
+            "transformations": [
+                {"type": "rotation", "rotation": d_np.tolist()},
+                {"type": "translation", "translation": o_np},
+            ],
+        }
+    affine = np.concatenate([d_np, np.asarray(o_np)[:, None]], axis=1)
+    return {
+        "type": "affine",
+        "affine": affine.tolist(),
+        "input": {"name": "intrinsic"},
+        "output": {"name": "physical"},
+    }
+
+
+def _downsample(prev: Any, factor: Sequence[int], chunks: Sequence[int],
+                dtype: np.dtype[Any]) -> Any:
+    """Block mean of a dask array by ``factor`` per axis (edges padded by replication)."""
     import dask.array as da
 
-    pad = [(0, prev.shape[i] % 2 if i in axes else 0) for i in range(prev.ndim)]
+    axes = [i for i, f in enumerate(factor) if f > 1]
+    pad = [(0, (-prev.shape[i]) % factor[i]) for i in range(prev.ndim)]
     x = prev
     if any(p[1] for p in pad):
         x = da.pad(x, pad, mode="edge")
     work = np.float32 if dtype == np.float32 else np.float64
     x = x.astype(work)
-    x = x.rechunk(tuple(2 * c if i in axes else c for i, c in enumerate(chunks)))
-    x = da.coarsen(np.mean, x, {a: 2 for a in axes}, trim_excess=False)
+    x = x.rechunk(tuple(f * c for f, c in zip(factor, chunks)))
+    if axes:
+        x = da.coarsen(np.mean, x, {a: factor[a] for a in axes}, trim_excess=False)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         x = da.clip(da.round(x), info.min, info.max)
@@ -230,6 +346,9 @@ def write_multiscale(
     name: str = "image",
     downsample_axes: Sequence[int | str] | None = None,
     dtype: Any = None,
+    factors: Sequence[Sequence[int]] | None = None,
+    leading_axes: Sequence[LeadingAxis] = (),
+    omero: Mapping[str, Any] | None = None,
     shards: Sequence[int] | int | None = None,
 ) -> None:
     """Write ``data`` as a multiscale OME-Zarr image.
@@ -239,38 +358,48 @@ def write_multiscale(
     url:
         Destination group (local path, ``file://`` or fsspec URL such as ``s3://``).
     data:
-        NumPy or dask array of the spatial axes only, NumPy order (``z, y, x``
-        or ``y, x``). Dask input is streamed chunk by chunk.
+        NumPy or dask array, NumPy order: the ``leading_axes`` (if any) then
+        the spatial axes (``z, y, x`` or ``y, x``). Dask input is streamed
+        chunk by chunk.
     geometry:
-        Geometry of ``data``; ``geometry.shape`` must equal ``data.shape``.
+        Spatial geometry of ``data``; ``geometry.shape`` must equal the
+        spatial part of ``data.shape``.
     version:
         ``"0.4"`` (Zarr v2), ``"0.5"`` (Zarr v3) or ``"0.6"`` (Zarr v3,
         ``coordinateSystems``; a non-identity direction is stored as a
         multiscales-level ``rotation``/``affine``). 0.4/0.5 cannot store a
         direction.
     n_levels:
-        Number of levels; by default until the coarsest level fits in one chunk
-        along the downsampled axes.
+        Number of levels; by default ``len(factors) + 1`` with ``factors``,
+        else until the coarsest level fits in one chunk along the downsampled
+        axes.
     chunks:
-        Chunk shape (NumPy order) or one edge for all axes; 64 (3D) or 256 (2D)
-        by default, capped by the shape.
-    storage_options:
-        fsspec options for remote URLs.
-    overwrite:
-        Replace an existing group; otherwise raise :class:`OutputExistsError`.
-    name:
-        The multiscale's ``name``.
+        Spatial chunk shape (NumPy order) or one edge for all spatial axes;
+        64 (3D) or 256 (2D) by default, capped by the shape. Leading axes are
+        chunked by 1.
+    storage_options, overwrite, name:
+        fsspec options for remote URLs; replace an existing group (otherwise
+        raise :class:`OutputExistsError`); the multiscale's ``name``.
     downsample_axes:
         Axes halved per level (indices or names ``"z"``, ``"y"``, ``"x"``); all
-        by default.
+        by default. Ignored with ``factors``.
     dtype:
-        Output dtype (default: ``data.dtype``).
+        Output dtype (default: ``data.dtype``); integers are rounded and clipped.
+    factors:
+        Per-level spatial downsampling factors (NumPy order), each relative
+        to the level before it, e.g. from :func:`pyramid_factors` of a source
+        pyramid so that the new one follows it.
+    leading_axes:
+        Time/channel axes before the spatial ones (:class:`LeadingAxis`).
+    omero:
+        ``omero`` metadata to store (channel labels, colours, windows).
     shards:
-        Zarr v3 only: store each level in shards of this shape (NumPy order, or
-        one edge for all axes; the ``sharding_indexed`` codec), each holding
-        whole ``chunks``. Shards are rounded up to a multiple of the chunk and
-        capped by the level's shape. Readers then fetch single chunks of a
-        shard with range requests. ``None``: one object per chunk.
+        Zarr v3 only: store each level in shards of this spatial shape (NumPy
+        order, or one edge for all spatial axes; the ``sharding_indexed``
+        codec), each holding whole ``chunks``; leading axes are sharded by 1.
+        Shards are rounded up to a multiple of the chunk and capped by the
+        level's shape. Readers then fetch single chunks of a shard with range
+        requests. ``None``: one object per chunk.
 
     Raises
     ------
@@ -289,18 +418,64 @@ def write_multiscale(
     text = os.fspath(url)
     safe = redact_url(text)
     version = str(version)
+    lead = tuple(leading_axes)
     chunk_shape, axes, n_levels = _check_arguments(
-        safe, data, geometry, version, n_levels, chunks, downsample_axes
+        safe, data, geometry, version, n_levels, chunks, downsample_axes, factors, len(lead)
     )
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
     if geometry.unit is None:
         logger.warning("%s: geometry has no unit; axes are written without 'unit'", safe)
+    plan = _plan_pyramid(safe, geometry, version, name, n_levels, axes, factors, lead, omero,
+                         chunk_shape, np.dtype(data.dtype if dtype is None else dtype), shards)
 
-    geoms = level_geometries(geometry, n_levels, axes)
+    root = _create_root(text, storage_options, overwrite, plan.fmt)
+    _write_levels(root, text, data, plan)
+
+    # Metadata last: a group without it is an interrupted write.
+    map_store_errors(text, "write metadata", lambda: root.attrs.put(plan.attrs))
+    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)
+
+
+@dataclass(frozen=True)
+class _Pyramid:
+    """What :func:`write_multiscale` writes, every part checked before anything is."""
+
+    fmt: int
+    geoms: tuple[ImageGeometry, ...]
+    paths: tuple[str, ...]
+    steps: tuple[tuple[int, ...], ...]  # spatial factor of each level over the one before
+    chunk_shape: tuple[int, ...]  # spatial
+    out_dtype: np.dtype[Any]
+    lead: tuple[LeadingAxis, ...]
+    shard_shape: tuple[int, ...] | None  # spatial; None: not sharded
+    attrs: dict[str, Any]
+
+
+def _plan_pyramid(
+    safe: str, geometry: ImageGeometry, version: str, name: str, n_levels: int,
+    axes: tuple[int, ...], factors: Sequence[Sequence[int]] | None,
+    lead: tuple[LeadingAxis, ...], omero: Mapping[str, Any] | None,
+    chunk_shape: tuple[int, ...], out_dtype: np.dtype[Any],
+    shards: Sequence[int] | int | None,
+) -> _Pyramid:
+    """Level geometries, factors, metadata and shard shape of a write (validated)."""
+    geoms = level_geometries(geometry, n_levels, axes, factors)
+    cumulative = level_factors(geometry.ndim, n_levels, axes, factors)
     paths = [str(i) for i in range(n_levels)]
-    attrs = multiscale_attributes(geoms, paths, version, name)  # validate before writing
+    attrs = multiscale_attributes(geoms, paths, version, name, lead, omero)
     fmt = 2 if version == "0.4" else 3
+    return _Pyramid(
+        fmt=fmt, geoms=tuple(geoms), paths=tuple(paths),
+        steps=tuple(tuple(b // a for a, b in zip(p, c))
+                    for p, c in itertools.pairwise(cumulative)),
+        chunk_shape=chunk_shape, out_dtype=out_dtype, lead=lead,
+        shard_shape=_check_shards(safe, shards, chunk_shape, fmt), attrs=attrs,
+    )
 
+
+def _create_root(text: str, storage_options: Mapping[str, Any] | None, overwrite: bool,
+                 fmt: int) -> Any:
+    """The destination group, created empty (refusing to replace what must not be)."""
+    safe = redact_url(text)
     store = open_store(text, storage_options, read_only=False)
     state = map_store_errors(text, "check destination", lambda: destination_state(store))
     if state == "foreign":
@@ -309,16 +484,10 @@ def write_multiscale(
         )
     if state == "zarr" and not overwrite:
         raise OutputExistsError(f"{safe}: a Zarr node exists already; pass overwrite=True")
-    root = map_store_errors(
+    return map_store_errors(
         text, "create group",
         lambda: zarr_group(store, mode="w", zarr_format=fmt),
     )
-    shard_shape = _check_shards(safe, shards, chunk_shape, fmt)
-    _write_levels(root, text, data, geoms, paths, axes, chunk_shape, out_dtype, fmt, shard_shape)
-
-    # Metadata last: a group without it is an interrupted write.
-    map_store_errors(text, "write metadata", lambda: root.attrs.put(attrs))
-    logger.info("%s: wrote NGFF %s pyramid with %d level(s)", safe, version, n_levels)
 
 
 def _check_shards(
@@ -358,18 +527,24 @@ def _check_arguments(
     n_levels: int | None,
     chunks: Sequence[int] | int | None,
     downsample_axes: Sequence[int | str] | None,
+    factors: Sequence[Sequence[int]] | None = None,
+    n_lead: int = 0,
 ) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """``(chunk shape, downsampled axes, number of levels)`` of a write, all checked."""
+    """``(spatial chunk shape, downsampled axes, number of levels)`` of a write, all checked."""
     if version not in WRITER_VERSIONS:
         raise UnsupportedVersionError(
             f"{safe}: cannot write NGFF version {version!r}; choose one of {WRITER_VERSIONS}"
         )
-    ndim = len(getattr(data, "shape", ()))
+    shape = tuple(getattr(data, "shape", ()))
+    ndim = len(shape) - n_lead
     if ndim not in (2, 3):
-        raise InvalidInputDataError(f"{safe}: data must be 2D or 3D (spatial only), got {ndim}D")
-    if tuple(data.shape) != tuple(geometry.shape):
         raise InvalidInputDataError(
-            f"{safe}: data shape {tuple(data.shape)} differs from geometry shape {geometry.shape}"
+            f"{safe}: data must have {n_lead} leading axis(es) and 2 or 3 spatial ones, "
+            f"got shape {shape}"
+        )
+    if shape[n_lead:] != tuple(geometry.shape):
+        raise InvalidInputDataError(
+            f"{safe}: data shape {shape} differs from geometry shape {geometry.shape}"
         )
     if not geometry.is_axis_aligned and version != "0.6":
         raise InvalidMetadataError(
@@ -385,6 +560,18 @@ def _check_arguments(
     except ValueError as exc:
         raise InvalidInputDataError(f"{safe}: {exc}") from exc
     axes = _resolve_downsample_axes(downsample_axes, ndim)
+    if factors is not None:
+        bad = [f for f in factors if len(f) != ndim or any(int(v) < 1 for v in f)]
+        if bad:
+            raise InvalidInputDataError(
+                f"{safe}: factors must be {ndim} integers >= 1 per level, got {bad[0]}"
+            )
+        if n_levels is None:
+            n_levels = len(factors) + 1
+        elif int(n_levels) > len(factors) + 1:
+            raise InvalidInputDataError(
+                f"{safe}: n_levels={n_levels} but only {len(factors)} level factor(s) given"
+            )
     if n_levels is None:
         n_levels = _default_levels(geometry.shape, chunk_shape, axes)
     if int(n_levels) < 1:
@@ -392,18 +579,7 @@ def _check_arguments(
     return chunk_shape, axes, int(n_levels)
 
 
-def _write_levels(
-    root: Any,
-    text: str,
-    data: Any,
-    geoms: Sequence[ImageGeometry],
-    paths: Sequence[str],
-    axes: Sequence[int],
-    chunk_shape: tuple[int, ...],
-    out_dtype: np.dtype[Any],
-    fmt: int,
-    shard_shape: tuple[int, ...] | None = None,
-) -> None:
+def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
     """Write level 0, then each coarser level from the one stored before it.
 
     A sharded level is written one whole shard per dask task.
@@ -411,23 +587,28 @@ def _write_levels(
     import dask.array as da
 
     safe = redact_url(text)
-    ndim = len(chunk_shape)
+    geoms, paths, steps, chunk_shape = plan.geoms, plan.paths, plan.steps, plan.chunk_shape
+    out_dtype, fmt, lead, shard_shape = plan.out_dtype, plan.fmt, plan.lead, plan.shard_shape
+    n_lead = len(lead)
     level = da.asarray(data)
     if level.dtype != out_dtype:
         if np.issubdtype(out_dtype, np.integer) and not np.issubdtype(level.dtype, np.integer):
             info = np.iinfo(out_dtype)
             level = da.clip(da.round(level), info.min, info.max)
         level = level.astype(out_dtype)
-    names = list(_AXIS_NAMES[ndim])
+    names = [a.name for a in lead] + list(_AXIS_NAMES[len(chunk_shape)])
+    lead_shape = tuple(int(n) for n in level.shape[:n_lead])
     prev_stored: Any = None
     for i, (path, g) in enumerate(zip(paths, geoms)):
         if prev_stored is not None:
-            level = _downsample(prev_stored, axes, chunk_shape, out_dtype)
-        if tuple(level.shape) != g.shape:
-            raise AssertionError(f"level {i} shape {level.shape} != {g.shape}")
-        level_chunks = tuple(min(c, s) for c, s in zip(chunk_shape, g.shape))
+            level = _downsample(prev_stored, (1,) * n_lead + steps[i - 1],
+                                (1,) * n_lead + chunk_shape, out_dtype)
+        full = lead_shape + g.shape
+        if tuple(level.shape) != full:
+            raise AssertionError(f"level {i} shape {level.shape} != {full}")
+        level_chunks = (1,) * n_lead + tuple(min(c, s) for c, s in zip(chunk_shape, g.shape))
         kwargs: dict[str, Any] = {
-            "name": path, "shape": g.shape, "chunks": level_chunks, "dtype": out_dtype,
+            "name": path, "shape": full, "chunks": level_chunks, "dtype": out_dtype,
             "fill_value": 0, "overwrite": True,
         }
         if fmt == 3:
@@ -436,7 +617,8 @@ def _write_levels(
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         write_chunks = level_chunks
         if shard_shape is not None:
-            write_chunks = _level_shards(shard_shape, level_chunks, g.shape)
+            write_chunks = (1,) * n_lead + _level_shards(shard_shape, level_chunks[n_lead:],
+                                                         g.shape)
             kwargs["shards"] = write_chunks
         arr = map_store_errors(
             text, f"create level {path}", functools.partial(root.create_array, **kwargs)
@@ -447,4 +629,4 @@ def _write_levels(
             functools.partial(da.store, level, arr, lock=False, compute=True),
         )
         prev_stored = da.from_array(arr, chunks=level_chunks)
-        logger.debug("%s: wrote level %s shape %s", safe, path, g.shape)
+        logger.debug("%s: wrote level %s shape %s", safe, path, full)

@@ -21,6 +21,7 @@ from ngff_dreg.io.stores import (
     open_group,
     redact_url,
 )
+from ngff_dreg.ngff.channels import channel_labels, omero_of
 from ngff_dreg.ngff.metadata import Multiscale, parse_multiscale
 
 __all__ = ["LevelInfo", "MultiscaleImage", "open_multiscale", "read_level_info"]
@@ -178,6 +179,12 @@ class MultiscaleImage:
     group: zarr.Group = field(repr=False)
     zarr_format: int = 3
     _arrays: dict[int, zarr.Array] = field(default_factory=dict, repr=False)
+    omero: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def channel_labels(self) -> tuple[str | None, ...]:
+        """Channel labels from the ``omero`` metadata (empty when there is none)."""
+        return channel_labels(self.omero)
 
     @property
     def version(self) -> str:
@@ -292,5 +299,5 @@ def open_multiscale(
         levels.append(info)
     return MultiscaleImage(
         url=text, multiscale=multiscale, levels=tuple(levels), group=group, zarr_format=fmt,
-        _arrays=arrays,
+        _arrays=arrays, omero=omero_of(attrs),
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.errors import InvalidInputDataError, ScheduleError
+from ngff_dreg.errors import InvalidInputDataError, ScheduleError, SelectionNotFoundError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
 from ngff_dreg.io.chunk_cache import process_cache, shared_array
@@ -34,6 +34,7 @@ from ngff_dreg.io.stores import (
     redact_options,
     redact_url,
 )
+from ngff_dreg.ngff.channels import resolve_selection
 from ngff_dreg.validate import check_float32_precision
 
 __all__ = ["OMEZarrReaderConstructor", "OMEZarrReader"]
@@ -55,6 +56,7 @@ class _LevelMeta:
     axes: tuple[tuple[str, str | None], ...]
     time_index: int | None
     channel_index: int | None
+    channel_labels: tuple[str | None, ...] = ()
     documents: tuple[tuple[str, bytes], ...] = ()
 
 
@@ -78,10 +80,10 @@ def _load_meta(
         axes=tuple((a.name, a.type) for a in ms.axes),
         time_index=ms.axis_index("time"),
         channel_index=ms.axis_index("channel"),
+        channel_labels=image.channel_labels,
         documents=tuple(sorted(docs.items())),
     )
     return meta, image
-
 
 
 @dataclass
@@ -97,7 +99,9 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
     storage_options:
         fsspec options for remote URLs (never printed unredacted).
     channel, time:
-        Index selected along the channel / time axis, if the image has one.
+        Entry selected along the channel / time axis, if the image has one:
+        an index (negative counts from the end) or, for channels, a label
+        from the image's ``omero`` metadata.
     unit:
         Convert spatial lengths to this unit (e.g. ``"millimeter"``).
     cache:
@@ -113,8 +117,8 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
     url: str
     level: int | str = 0
     storage_options: Mapping[str, Any] | None = None
-    channel: int = 0
-    time: int = 0
+    channel: int | str = 0
+    time: int | str = 0
     unit: str | None = None
     cache: str | None = None
     _meta: _LevelMeta | None = field(default=None, init=False, repr=False, compare=False)
@@ -147,6 +151,17 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
         """Spatial geometry of the level."""
         return self.meta.info.geometry
 
+    def selection(self) -> tuple[int | None, int | None]:
+        """``(time index, channel index)`` selected (``None`` for an absent axis).
+
+        Raises
+        ------
+        SelectionNotFoundError
+            The channel or time point does not exist (the message lists the labels).
+
+        """
+        return _resolve(self.url, self.meta, self.channel, self.time)
+
     @property
     def chunk_shape(self) -> tuple[int, ...]:
         """Spatial storage chunk shape, NumPy order."""
@@ -175,8 +190,29 @@ class OMEZarrReaderConstructor(ConstructReaderMethod):
         )
 
 
+def _resolve(url: str, meta: _LevelMeta, channel: int | str, time: int | str
+             ) -> tuple[int | None, int | None]:
+    shape = meta.info.shape
+    out: list[int | None] = []
+    for idx, want, what, labels in (
+        (meta.time_index, time, "time point", ()),
+        (meta.channel_index, channel, "channel", meta.channel_labels),
+    ):
+        if idx is None:
+            if want not in (0, "0"):
+                raise SelectionNotFoundError(
+                    f"{redact_url(url)}: has no {what.split()[0]} axis (axes "
+                    f"{[a for a, _ in meta.axes]}), so {what} {want!r} cannot be selected"
+                )
+            out.append(None)
+            continue
+        out.append(resolve_selection(want, size=shape[idx], labels=labels, what=what,
+                                     image=redact_url(url)))
+    return out[0], out[1]
+
+
 def _describe(
-    url: str, level: int | str, meta: _LevelMeta, channel: int, time: int,
+    url: str, level: int | str, meta: _LevelMeta, channel: int | str, time: int | str,
     storage_options: Mapping[str, Any] | None,
 ) -> str:
     info = meta.info
@@ -250,18 +286,10 @@ class OMEZarrReader:
 
     def _base_selection(self, shape: tuple[int, ...]) -> list[Any]:
         sel: list[Any] = [0] * len(shape)
-        for idx, want, label in (
-            (self._meta.time_index, self._ctor.time, "time"),
-            (self._meta.channel_index, self._ctor.channel, "channel"),
-        ):
-            if idx is None:
-                continue
-            if not 0 <= int(want) < shape[idx]:
-                raise InvalidInputDataError(
-                    f"{redact_url(self.url)}: {label} index {want} out of range "
-                    f"(axis '{self._meta.axes[idx][0]}' has {shape[idx]} entries)"
-                )
-            sel[idx] = int(want)
+        t, c = _resolve(self.url, self._meta, self._ctor.channel, self._ctor.time)
+        for idx, want in ((self._meta.time_index, t), (self._meta.channel_index, c)):
+            if idx is not None and want is not None:
+                sel[idx] = want
         return sel
 
     def _zarr_array(self) -> Any:

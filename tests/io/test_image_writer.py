@@ -302,3 +302,57 @@ def test_dask_input_is_streamed_chunk_by_chunk(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         open_multiscale(str(tmp_path / "s.zarr")).open_array(0)[...], data.compute()
     )
+
+
+def test_leading_axes_factors_and_omero(tmp_path: Path) -> None:
+    """t,c,z,y,x uint16: t/c never downsampled, z kept on level 1, integers rounded."""
+    from ngff_dreg.io.image_writer import LeadingAxis, pyramid_factors
+
+    geom = ImageGeometry((6, 8, 10), (0.5, 0.5, 2.0), (1.0, 2.0, 3.0), unit="micrometer")
+    data = np.zeros((2, 3, 6, 8, 10), dtype=np.float64)
+    data[1, 2] = 10.6
+    data[0, 1, :, :, ::2] = 70000.0  # clipped to 65535
+    lead = (LeadingAxis("t", "time", "second", 5.0, 1.0), LeadingAxis("c", "channel"))
+    url = str(tmp_path / "tczyx.zarr")
+    write_multiscale(url, data, geom, chunks=4, dtype=np.uint16, leading_axes=lead,
+                     factors=[(1, 2, 2), (2, 2, 2)], omero={"channels": [{"label": "a"}] * 3})
+    image = open_multiscale(url)
+    assert [a.name for a in image.multiscale.axes] == ["t", "c", "z", "y", "x"]
+    assert [lv.shape for lv in image.levels] == [(2, 3, 6, 8, 10), (2, 3, 6, 4, 5),
+                                                 (2, 3, 3, 2, 3)]
+    assert pyramid_factors([lv.geometry for lv in image.levels]) == [(1, 2, 2), (2, 2, 2)]
+    assert image.multiscale.levels[1].scale[:2] == (5.0, 1.0)
+    assert image.multiscale.levels[1].translation[0] == 1.0
+    np.testing.assert_allclose(image.levels[1].geometry.spacing, (1.0, 1.0, 2.0))
+    np.testing.assert_allclose(image.levels[1].geometry.origin, (1.25, 2.25, 3.0))
+    assert image.channel_labels == ("a", "a", "a")
+    level0 = np.asarray(image.open_array(0)[...])
+    assert level0.dtype == np.uint16 and level0[1, 2].max() == 11 and level0.max() == 65535
+    assert np.asarray(image.open_array(1)[...])[1, 2].min() == 11
+    arr = image.open_array(0)
+    assert tuple(arr.chunks) == (1, 1, 4, 4, 4)
+
+
+def test_leading_axes_with_shards(tmp_path: Path) -> None:
+    """shards= is spatial: leading c/t axes get shards (and chunks) of 1, data round-trips."""
+    from ngff_dreg.io.image_writer import LeadingAxis
+
+    geom = ImageGeometry((6, 8, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), unit="micrometer")
+    data = np.arange(2 * 6 * 8 * 10, dtype=np.uint16).reshape(2, 6, 8, 10)
+    url = str(tmp_path / "czyx.zarr")
+    write_multiscale(url, data, geom, chunks=4, shards=8, n_levels=2,
+                     leading_axes=(LeadingAxis("c", "channel"),))
+    image = open_multiscale(url)
+    arr = image.open_array(0)
+    assert tuple(arr.chunks) == (1, 4, 4, 4)
+    assert tuple(arr.shards) == (1, 8, 8, 8)
+    np.testing.assert_array_equal(np.asarray(arr[...]), data)
+    assert tuple(image.open_array(1).shards) == (1, 3, 4, 8)  # level 1 is (3, 4, 5)
+
+
+def test_bad_factors_are_refused(tmp_path: Path) -> None:
+    geom = ImageGeometry((6, 8, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), unit="micrometer")
+    with pytest.raises(InvalidInputDataError, match="factors"):
+        write_multiscale(str(tmp_path / "a.zarr"), np.zeros((6, 8, 10)), geom, factors=[(2, 2)])
+    with pytest.raises(InvalidInputDataError, match="leading"):
+        write_multiscale(str(tmp_path / "b.zarr"), np.zeros((2, 6, 8, 10)), geom)
