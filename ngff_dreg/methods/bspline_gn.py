@@ -31,11 +31,40 @@ from ngff_dreg.interfaces import (
 from ngff_dreg.itk_bridge import geometry_of
 from ngff_dreg.methods._common import buffered_pair, checked_result, failure
 from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK, warp_moving
+from ngff_dreg.transforms.bspline import BSplineGrid
+from ngff_dreg.transforms.jacobian import jacobian_determinant
 from ngff_dreg.validate import has_variation
 
-__all__ = ["BSplineGaussNewton"]
+__all__ = ["MIN_BLOCK_JACOBIAN", "BSplineGaussNewton"]
 
 logger = logging.getLogger(__name__)
+
+#: A block fit whose det J falls to this or below anywhere in its block
+#: (without the overlap) is refused.
+MIN_BLOCK_JACOBIAN = 0.05
+
+
+def _core_geometry(fixed_subimage: Any, geom: ImageGeometry, block_info: BlockInfo
+                   ) -> ImageGeometry:
+    """The block without its overlap, as a sub-grid of the padded block ``geom``."""
+    start = [int(i) for i in fixed_subimage.GetLargestPossibleRegion().GetIndex()][::-1]
+    slices = []
+    for s, n, p0 in zip(block_info.array_slice, geom.shape, start):
+        lo = min(max(int(s.start or 0) - p0, 0), n - 1)
+        hi = max(min(int(s.stop if s.stop is not None else p0 + n) - p0, n), lo + 1)
+        slices.append(slice(lo, hi))
+    return geom.sub(slices)
+
+
+def _min_jacobian(transform: Any, geom: ImageGeometry) -> float:
+    """Smallest det J of a block's B-spline on ``geom`` at a quarter control cell."""
+    grid = BSplineGrid.from_itk(transform)
+    nd = geom.ndim
+    node_spacing = np.asarray(grid.fixed_parameters[2 * nd:3 * nd], dtype=np.float64)
+    step = np.maximum(node_spacing / 4.0, geom.spacing)
+    lattice = geom.with_spacing(tuple(float(v) for v in step))
+    det = jacobian_determinant(grid.displacement_on_grid(lattice), lattice)
+    return float(det.min()) if det.size else 1.0
 
 
 @dataclass
@@ -185,6 +214,15 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and fit.before is not None and fit.after is not None \
                 and not fit.after < fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
+        det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info))
+        if not det_min > MIN_BLOCK_JACOBIAN:
+            # where the block's samples do not reach (outside the moving data,
+            # flat regions) the bending energy alone steers the control points;
+            # a fit that folds inside its block is refused and filled from its
+            # neighbours (folds in the overlap are outweighed by the
+            # neighbours' fits when the blocks are blended)
+            return failure(BlockRegStatus.LOW_QUALITY,
+                           f"{where}: the fit folds (det J min {det_min:.3f}): {note}")
         logger.debug("%s: B-spline mesh %s, objective %.4g, %s", where, mesh, fit.value, note)
         result = checked_result(transform, fixed_subimage, fit.value,
                                 max_fraction=self.max_displacement_fraction, message=note)
