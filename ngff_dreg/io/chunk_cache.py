@@ -26,7 +26,6 @@ The budget is read from the environment of each process::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -35,8 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from zarr.abc.store import Store
-from zarr.storage import WrapperStore
 
+from ngff_dreg.io.read_through import ReadThroughStore
 from ngff_dreg.io.store_stats import is_metadata_key, piece_id, record_hit
 
 if TYPE_CHECKING:
@@ -189,7 +188,7 @@ def shared_array(key: tuple[str, ...], open_array: Callable[[], T]) -> T:
     return arr  # type: ignore[no-any-return]
 
 
-class CachingStore(WrapperStore[Store]):
+class CachingStore(ReadThroughStore):
     """Serves repeated reads of ``store`` from a :class:`ChunkCache`.
 
     Parameters
@@ -241,17 +240,3 @@ class CachingStore(WrapperStore[Store]):
             self.cache.put(self.scope, piece, buf.to_bytes(), metadata=is_metadata_key(key))
         return buf
 
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        """Several reads, each through :meth:`get`."""
-        return list(
-            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
-        )
-
-    @property
-    def wrapped(self) -> Any:
-        """The store read through."""
-        return self._store

@@ -13,14 +13,12 @@ retried for), so a truncated inner chunk of a shard is never decoded or cached.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zarr.abc.store import RangeByteRequest, Store
-from zarr.storage import WrapperStore
 
 from ngff_dreg.errors import StoreAccessError
+from ngff_dreg.io.read_through import ReadThroughStore
 from ngff_dreg.io.store_stats import record_fetch
 
 if TYPE_CHECKING:
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["CountingStore"]
 
 
-class CountingStore(WrapperStore[Store]):
+class CountingStore(ReadThroughStore):
     """Counts the reads of ``store`` under the image name ``image``.
 
     Parameters
@@ -78,17 +76,3 @@ class CountingStore(WrapperStore[Store]):
             )
         return buf
 
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        """Several reads, each counted like :meth:`get`."""
-        return list(
-            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
-        )
-
-    @property
-    def wrapped(self) -> Any:
-        """The store doing the I/O."""
-        return self._store

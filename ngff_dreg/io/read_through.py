@@ -1,0 +1,35 @@
+"""Base of ngff-dreg's read-through store wrappers (counting, caching)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import Store
+from zarr.storage import WrapperStore
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = ["ReadThroughStore"]
+
+
+class ReadThroughStore(WrapperStore[Store]):
+    """A wrapper whose every read, partial ones included, goes through its ``get``."""
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Several reads, each through :meth:`get`."""
+        return list(
+            await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
+        )
+
+    @property
+    def wrapped(self) -> Any:
+        """The store read through."""
+        return self._store
