@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
 
 from ngff_dreg.fitting.bspline_gn import GaussNewtonOptions, GaussNewtonResult, gauss_newton_fit
 from ngff_dreg.geometry import ImageGeometry, one_per_axis
@@ -40,7 +42,7 @@ __all__ = ["MIN_BLOCK_JACOBIAN", "BSplineGaussNewton"]
 logger = logging.getLogger(__name__)
 
 #: A block fit whose det J falls to this or below anywhere in its block
-#: (without the overlap) is refused.
+#: (without the overlap) where the fixed image has signal is refused.
 MIN_BLOCK_JACOBIAN = 0.05
 
 
@@ -56,14 +58,35 @@ def _core_geometry(fixed_subimage: Any, geom: ImageGeometry, block_info: BlockIn
     return geom.sub(slices)
 
 
-def _min_jacobian(transform: Any, geom: ImageGeometry) -> float:
-    """Smallest det J of a block's B-spline on ``geom`` at a quarter control cell."""
+def _signal_mask(fixed: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Where the fixed block holds signal.
+
+    Its smoothed magnitude above 10 % of its 99th percentile: the empty
+    background around an object is left out.
+    """
+    mag = ndimage.uniform_filter(np.abs(fixed), size=3)
+    top = float(np.percentile(mag, 99.0))
+    return np.asarray(mag > 0.1 * top) if top > 0 else np.zeros(fixed.shape, dtype=bool)
+
+
+def _min_jacobian(transform: Any, core: ImageGeometry, padded: ImageGeometry,
+                  signal: npt.NDArray[np.bool_]) -> float:
+    """Smallest det J of a block's B-spline where the block has signal.
+
+    Evaluated on a lattice of a quarter control cell over the block's ``core``;
+    ``signal`` is the mask of the ``padded`` block.
+    """
     grid = BSplineGrid.from_itk(transform)
-    nd = geom.ndim
+    nd = core.ndim
     node_spacing = np.asarray(grid.fixed_parameters[2 * nd:3 * nd], dtype=np.float64)
-    step = np.maximum(node_spacing / 4.0, geom.spacing)
-    lattice = geom.with_spacing(tuple(float(v) for v in step))
+    step = np.maximum(node_spacing / 4.0, core.spacing)
+    lattice = core.with_spacing(tuple(float(v) for v in step))
     det = jacobian_determinant(grid.displacement_on_grid(lattice), lattice)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in lattice.shape], indexing="ij"), -1)
+    pts = lattice.array_index_to_physical(idx.reshape(-1, nd).astype(np.float64))
+    at = np.rint(padded.physical_to_index(pts)[:, ::-1]).astype(np.int64)
+    at = np.clip(at, 0, np.asarray(padded.shape) - 1)
+    det = det.reshape(-1)[signal[tuple(at.T)]]
     return float(det.min()) if det.size else 1.0
 
 
@@ -214,13 +237,16 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and fit.before is not None and fit.after is not None \
                 and not fit.after < fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
-        det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info))
+        fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
+        det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info),
+                                geom, _signal_mask(fixed_arr))
         if not det_min > MIN_BLOCK_JACOBIAN:
             # where the block's samples do not reach (outside the moving data,
             # flat regions) the bending energy alone steers the control points;
-            # a fit that folds inside its block is refused and filled from its
-            # neighbours (folds in the overlap are outweighed by the
-            # neighbours' fits when the blocks are blended)
+            # a fit that folds inside its block, where the block has signal, is
+            # refused and filled from its neighbours (folds in the overlap are
+            # outweighed by the neighbours' fits when the blocks are blended;
+            # folds in an empty background do not matter)
             return failure(BlockRegStatus.LOW_QUALITY,
                            f"{where}: the fit folds (det J min {det_min:.3f}): {note}")
         logger.debug("%s: B-spline mesh %s, objective %.4g, %s", where, mesh, fit.value, note)
