@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.geometry import ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import (
     BlockPairRegistrationResult,
     BlockRegStatus,
@@ -31,6 +31,8 @@ __all__ = [
     "block_domain",
     "block_center",
     "identity_transform",
+    "identity_bspline",
+    "mesh_cells",
     "as_itk_transform",
     "resample_into",
     "max_displacement",
@@ -91,6 +93,37 @@ def identity_transform(ndim: int) -> Any:
     import itk
 
     return itk.IdentityTransform[itk.D, ndim].New()
+
+
+def mesh_cells(size: Sequence[int], spacing: Sequence[float],
+               control_point_spacing: Any, mesh_size: Any) -> list[int]:
+    """B-spline mesh cells per ITK axis for a padded block of ``size`` voxels.
+
+    From ``control_point_spacing`` (physical, one value or one per axis) when it
+    is set, else ``mesh_size`` cells per axis.
+    """
+    ndim = len(size)
+    if control_point_spacing is not None:
+        extent = (np.asarray(size, dtype=float) - 1) * np.asarray(spacing, dtype=float)
+        cps = np.asarray(one_per_axis(control_point_spacing, ndim, "control_point_spacing"),
+                         dtype=float)
+        return [max(1, round(e / c)) for e, c in zip(extent, cps)]
+    return [max(1, int(m)) for m in one_per_axis(mesh_size, ndim, "mesh_size")]
+
+
+def identity_bspline(fixed: Any, mesh: Sequence[int]) -> Any:
+    """An identity cubic ``itk.BSplineTransform`` over the image ``fixed`` with ``mesh`` cells."""
+    import itk
+
+    ndim = fixed.GetImageDimension()
+    transform = itk.BSplineTransform[itk.D, ndim, 3].New()
+    init = itk.BSplineTransformInitializer[type(transform), itk.Image[itk.F, ndim]].New()
+    init.SetTransform(transform)
+    init.SetImage(fixed)
+    init.SetTransformDomainMeshSize(list(mesh))
+    init.InitializeTransform()
+    transform.SetIdentity()
+    return transform
 
 
 def as_itk_transform(transform: Any, ndim: int) -> Any:

@@ -35,7 +35,9 @@ from ngff_dreg.methods._common import (
     check_levels,
     checked_result,
     failure,
+    identity_bspline,
     make_metric,
+    mesh_cells,
     resample_into,
 )
 from ngff_dreg.methods.itk_linear import run_v4_registration
@@ -192,13 +194,7 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
 
     def mesh_for(self, size: Sequence[int], spacing: Sequence[float]) -> list[int]:
         """Mesh cells per ITK axis for a padded block of ``size`` voxels."""
-        ndim = len(size)
-        if self.control_point_spacing is not None:
-            cps = np.broadcast_to(np.asarray(self.control_point_spacing, dtype=float), (ndim,))
-            extent = (np.asarray(size, dtype=float) - 1) * np.asarray(spacing, dtype=float)
-            return [max(1, round(e / c)) for e, c in zip(extent, cps)]
-        mesh = np.broadcast_to(np.asarray(self.mesh_size, dtype=int), (ndim,))
-        return [max(1, int(m)) for m in mesh]
+        return mesh_cells(size, spacing, self.control_point_spacing, self.mesh_size)
 
     def _optimizer(self, metric: Any, transform: Any, min_spacing: float) -> Any:
         import itk
@@ -319,22 +315,13 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
 
         See :class:`~ngff_dreg.interfaces.BlockPairRegistrationMethod`.
         """
-        import itk
-
         ndim = fixed_subimage.GetImageDimension()
         fixed, moving, skipped = buffered_pair(fixed_subimage, moving_subimage, block_info)
         if skipped is not None:
             return skipped
         geom = geometry_of(fixed)
         mesh = self.mesh_for(geom.size, geom.spacing)
-        image_type = itk.Image[itk.F, ndim]
-        transform = itk.BSplineTransform[itk.D, ndim, 3].New()
-        init = itk.BSplineTransformInitializer[type(transform), image_type].New()
-        init.SetTransform(transform)
-        init.SetImage(fixed)
-        init.SetTransformDomainMeshSize(mesh)
-        init.InitializeTransform()
-        transform.SetIdentity()
+        transform = identity_bspline(fixed, mesh)
         if self.accepts_ngff_transforms:
             value, note = self._fit_numpy(fixed, moving, initial_transform, transform, geom)
             if value is None:

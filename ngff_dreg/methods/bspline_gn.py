@@ -23,7 +23,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.fitting.bspline_gn import GaussNewtonOptions, GaussNewtonResult, gauss_newton_fit
-from ngff_dreg.geometry import ImageGeometry, one_per_axis
+from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import (
     BlockInfo,
     BlockPairRegistrationMethod,
@@ -31,7 +31,13 @@ from ngff_dreg.interfaces import (
     BlockRegStatus,
 )
 from ngff_dreg.itk_bridge import geometry_of
-from ngff_dreg.methods._common import buffered_pair, checked_result, failure
+from ngff_dreg.methods._common import (
+    buffered_pair,
+    checked_result,
+    failure,
+    identity_bspline,
+    mesh_cells,
+)
 from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK, warp_moving
 from ngff_dreg.transforms.bspline import BSplineGrid
 from ngff_dreg.transforms.jacobian import jacobian_determinant
@@ -175,17 +181,10 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
 
     def mesh_for(self, size: Sequence[int], spacing: Sequence[float]) -> list[int]:
         """Mesh cells per ITK axis for a padded block of ``size`` voxels."""
-        ndim = len(size)
-        extent = (np.asarray(size, dtype=float) - 1) * np.asarray(spacing, dtype=float)
-        if self.control_point_spacing is not None:
-            cps = np.asarray(one_per_axis(self.control_point_spacing, ndim,
-                                          "control_point_spacing"), dtype=float)
-            return [max(1, round(e / c)) for e, c in zip(extent, cps)]
-        mesh = one_per_axis(self.mesh_size, ndim, "mesh_size")
-        return [max(1, int(m)) for m in mesh]
+        return mesh_cells(size, spacing, self.control_point_spacing, self.mesh_size)
 
-    def _fit(self, fixed: Any, moving: Any, initial: Any, transform: Any,
-             geom: ImageGeometry) -> tuple[GaussNewtonResult | None, str]:
+    def _fit(self, fixed: Any, fixed_arr: npt.NDArray[np.float64], moving: Any, initial: Any,
+             transform: Any, geom: ImageGeometry) -> tuple[GaussNewtonResult | None, str]:
         import itk
 
         warped_img = warp_moving(moving, fixed, initial)
@@ -193,7 +192,6 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         valid = np.isfinite(warped)
         if valid.mean() < 0.25 or not has_variation(warped[valid]):
             return None, f"moving region covers {100 * valid.mean():.0f}% of the block"
-        fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
         fp = np.asarray(transform.GetFixedParameters(), dtype=np.float64)
         fit = gauss_newton_fit(fixed_arr, warped, valid, geom, fp, self._options,
                                validate=self.validate)
@@ -214,21 +212,14 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         """Register one block pair (the itk-dreg ``BlockPairRegistrationMethod`` call)."""
         import itk
 
-        ndim = fixed_subimage.GetImageDimension()
         fixed, moving, skipped = buffered_pair(fixed_subimage, moving_subimage, block_info)
         if skipped is not None:
             return skipped
         geom = geometry_of(fixed)
         mesh = self.mesh_for(geom.size, geom.spacing)
-        image_type = itk.Image[itk.F, ndim]
-        transform = itk.BSplineTransform[itk.D, ndim, 3].New()
-        init = itk.BSplineTransformInitializer[type(transform), image_type].New()
-        init.SetTransform(transform)
-        init.SetImage(fixed)
-        init.SetTransformDomainMeshSize(mesh)
-        init.InitializeTransform()
-        transform.SetIdentity()
-        fit, note = self._fit(fixed, moving, initial_transform, transform, geom)
+        transform = identity_bspline(fixed, mesh)
+        fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
+        fit, note = self._fit(fixed, fixed_arr, moving, initial_transform, transform, geom)
         where = f"block {block_info.chunk_index}"
         if fit is None:
             return failure(BlockRegStatus.OUT_OF_BOUNDS, f"{where}: {note}")
@@ -237,7 +228,6 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and fit.before is not None and fit.after is not None \
                 and not fit.after < fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
-        fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
         det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info),
                                 geom, _signal_mask(fixed_arr))
         if not det_min > MIN_BLOCK_JACOBIAN:
