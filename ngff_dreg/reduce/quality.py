@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 from ngff_dreg.geometry import Box
 from ngff_dreg.transforms import DisplacementField
+from ngff_dreg.transforms.jacobian import jacobian_determinant
 
 __all__ = ["jacobian_chunk"]
 
@@ -22,22 +23,6 @@ def jacobian_chunk(chunk: Box, field: DisplacementField) -> FloatArray:
     so any orientation is handled.
     """
     g = field.geometry
-    ndim = g.ndim
-    outer = chunk.pad((1,) * ndim).clip(g.shape)
-    data = field.read(outer)  # (ndim, *outer.shape), components z,y,x
-    comps = data[::-1]  # ITK order components
-    # grads[c][k]: dD_c / d(index along NumPy axis k)
-    grads = np.empty((ndim, ndim, *outer.shape))
-    for c in range(ndim):
-        for k in range(ndim):
-            if outer.shape[k] < 2:
-                grads[c, k] = 0.0
-            else:
-                grads[c, k] = np.gradient(comps[c], axis=k)
-    # NumPy axis k is ITK index axis ndim-1-k; physical gradient = M^{-T} dD/d(index_itk)
-    g_itk = grads[:, ::-1]
-    minv_t = np.linalg.inv(g.index_to_physical_matrix).T  # (ndim, ndim)
-    phys = np.einsum("ij,cj...->ci...", minv_t, g_itk)
-    jac = np.moveaxis(phys, (0, 1), (-2, -1)) + np.eye(ndim)
-    det = np.linalg.det(jac)
+    outer = chunk.pad((1,) * g.ndim).clip(g.shape)
+    det = jacobian_determinant(field.read(outer), g.sub(outer.slices))
     return np.asarray(det[chunk.relative_to(outer)])
