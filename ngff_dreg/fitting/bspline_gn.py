@@ -43,6 +43,7 @@ from ngff_dreg.fitting.lattice import (
     lattice_strides,
     physical_sigmas,
 )
+from ngff_dreg.fitting.smoothing import masked_smooth
 from ngff_dreg.geometry import ImageGeometry
 
 __all__ = ["GaussNewtonOptions", "GaussNewtonResult", "gauss_newton_fit"]
@@ -164,7 +165,7 @@ class _Images:
         if self._images is None or self._sigma != sigma:
             sig = physical_sigmas(sigma, self.geom)
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
-            w = ndimage.gaussian_filter(self.warped, sig) if sigma > 0 else self.warped
+            w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
             grads = [
                 np.gradient(w, axis=k) if w.shape[k] > 1 else np.zeros_like(w)
                 for k in range(w.ndim)

@@ -433,12 +433,14 @@ def _level_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     from scipy import ndimage
 
+    from ngff_dreg.fitting.smoothing import masked_smooth
+
     fill = float(warped[valid].mean())
     w = np.where(valid, warped, fill)
     f = fixed
     if sigma > 0:
         f = ndimage.gaussian_filter(f, sigma)
-        w = ndimage.gaussian_filter(w, sigma)
+        w = masked_smooth(w, valid, sigma)
     return f, w
 
 

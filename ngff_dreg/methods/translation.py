@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from ngff_dreg.fitting.smoothing import masked_smooth
 from ngff_dreg.interfaces import (
     BlockInfo,
     BlockPairRegistrationMethod,
@@ -221,7 +222,7 @@ class PhaseCorrelationTranslation(BlockPairRegistrationMethod):
         warped_arr = np.where(valid, warped_arr, float(warped_arr[valid].mean()))
         if self.smoothing_sigma > 0:
             fixed_arr = ndimage.gaussian_filter(fixed_arr, self.smoothing_sigma)
-            warped_arr = ndimage.gaussian_filter(warped_arr, self.smoothing_sigma)
+            warped_arr = masked_smooth(warped_arr, valid, self.smoothing_sigma)
         shape = fixed_arr.shape
         limit = np.asarray([max(1.0, self.max_shift_fraction * n) for n in shape])
         shift = np.zeros(ndim)
