@@ -236,9 +236,11 @@ class Schedule:
            the same object sampled twice as finely gets the same physical
            schedule. The first stage runs on the coarsest level that still
            gives a control cell 8 voxels along the finest axis, the last on
-           level 0, each with a sample lattice of about 4.5 samples per cell
-           and axis (so the samples, not the voxels, set a block's fitting
-           cost).
+           level 0, each with a sample lattice of about 90 samples per
+           control cell (:data:`SAMPLES_PER_CELL_AXIS`: 4.5 per axis in 3D,
+           9 in 2D), so the samples, not the voxels, set a block's fitting
+           cost, and a 2D cell is not fitted from a fifth of a 3D cell's
+           samples.
         3. Every block maps moving to fixed intensities piecewise linearly
            with a quadratic gain (remaps and bias fields do not bias the
            fit), and is refused when it does not improve held-out samples.
@@ -262,7 +264,8 @@ class Schedule:
             level = 0 if finest else _level_for(fixed_levels, cps / 8.0)
             geom = fixed_levels[level]
             cps_vox = cps / float(min(geom.spacing))
-            stride = max(1, round(cps_vox / 4.5 * (1.5 if fast else 1.0)))
+            per_axis = SAMPLES_PER_CELL_AXIS.get(geom.ndim, 4.5)
+            stride = max(1, round(cps_vox / per_axis * (1.5 if fast else 1.0)))
             passes = [stride] if finest or fast else [2 * stride, stride]
             sigmas = [0.5] if finest or fast else [1.0, 0.5]
             block = _default_block(geom.shape, cps_vox)
@@ -289,6 +292,11 @@ class Schedule:
 #: Control-point spacings of the default block stages, as fractions of the
 #: fixed image's largest physical extent.
 CONTROL_FRACTIONS = (0.07, 0.045)
+#: Samples per control cell and axis of the default block stages, by dimension
+#: (about 90 samples per cell either way; 4.5 per axis in 2D left a texture-rich
+#: micrograph's level-0 blocks 20 samples per cell, and half of them were
+#: refused for not improving their held-out samples).
+SAMPLES_PER_CELL_AXIS = {2: 9.0, 3: 4.5}
 #: Bending weight of the default block stages (measured in control cells).
 DEFAULT_BENDING = 0.003
 

@@ -51,6 +51,9 @@ __all__ = ["GaussNewtonOptions", "GaussNewtonResult", "gauss_newton_fit"]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: On an every-voxel lattice, one sample in this many is held out for validation.
+HOLD_OUT_EVERY = 5
+
 
 @dataclass(frozen=True)
 class GaussNewtonOptions:
@@ -178,7 +181,7 @@ class _Pass:
     """One pass: the sample lattice, its per-axis B-spline weights and the images."""
 
     def __init__(self, images: _Images, grid: BSplineLattice, factor: int, sigma: float,
-                 held_out: bool = False) -> None:
+                 held_out: bool = False, split: bool = False) -> None:
         geom = images.geom
         self.nd = geom.ndim
         self.sizes = grid.sizes
@@ -187,13 +190,22 @@ class _Pass:
         self.valid = images.valid
         steps = lattice_strides(factor, geom)
         starts = [(n % st) // 2 for n, st in zip(images.fixed.shape, steps)]
-        if held_out:  # half as dense per axis, between the fit lattice's points
+        # with a stride of 1 on every axis no voxel lies between the fit's
+        # samples: one in HOLD_OUT_EVERY of them (a diagonal pattern) is kept
+        # out of the fit and checked instead
+        split = (split or held_out) and all(st == 1 for st in steps)
+        if held_out and not split:  # half as dense per axis, between the fit lattice's points
             starts = [min(s0 + max(1, st // 2), n - 1)
                       for s0, st, n in zip(starts, steps, images.fixed.shape)]
             steps = [2 * st for st in steps]
         axes_idx = [np.arange(s0, n, st) for s0, n, st in zip(starts, images.fixed.shape, steps)]
         self.lat_shape = tuple(len(a) for a in axes_idx)
         self.n = int(np.prod(self.lat_shape))
+        self.keep: BoolArray | None = None
+        if split:
+            diag = sum(np.ix_(*[np.arange(len(a)) for a in axes_idx])) % HOLD_OUT_EVERY == 0
+            diag = np.broadcast_to(diag, self.lat_shape).reshape(-1)
+            self.keep = diag if held_out else ~diag
         self.f = f_img[np.ix_(*axes_idx)].reshape(-1).astype(np.float64)
         idx = np.stack(np.meshgrid(*axes_idx, indexing="ij"), -1).reshape(-1, self.nd)
         self.points = geom.array_index_to_physical(idx.astype(np.float64))
@@ -223,6 +235,8 @@ class _Pass:
         if with_mask:
             inside = ndimage.map_coordinates(self.valid, cidx, order=1, mode="nearest") > 0.999
             inside &= np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
+            if self.keep is not None:
+                inside &= self.keep
         g = None
         if gradient:
             gi = [ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
@@ -407,8 +421,9 @@ def gauss_newton_fit(
     validate:
         Measure the data term (and the NCC of the model's prediction) before
         and after on a held-out lattice: half as dense per axis as the last
-        pass's, between its points (with a stride of 1 it has none between,
-        and the held-out lattice is a subset of the fitted samples).
+        pass's, between its points; with a stride of 1 (no voxel between),
+        one in :data:`HOLD_OUT_EVERY` voxels, which the passes of stride 1
+        then leave out of the fit.
 
     Returns
     -------
@@ -431,7 +446,8 @@ def gauss_newton_fit(
     its = cgs = 0
     last: tuple[int, float] | None = None
     for factor, sigma in zip(options.shrink_factors, options.smoothing_sigmas):
-        prob = _Problem(_Pass(images, grid, int(factor), float(sigma)), q, options, coeffs)
+        prob = _Problem(_Pass(images, grid, int(factor), float(sigma), split=validate), q,
+                        options, coeffs)
         if not prob.ok:
             break
         coeffs, value, i, c = _solve_pass(prob, coeffs, options, history)

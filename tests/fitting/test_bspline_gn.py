@@ -139,3 +139,18 @@ def test_masked_smoothing_matches_plain_smoothing_inside_the_data() -> None:
     assert np.allclose(out[:, 30:], plain[:, 30:], atol=1e-6)
     # at the border no trace of the fill value
     assert np.abs(out[:, 18:24]).max() < 5.0
+
+
+def test_an_every_voxel_lattice_holds_out_a_fifth_of_its_voxels() -> None:
+    """With stride 1 no voxel lies between samples: held-out voxels leave the fit."""
+    from ngff_dreg.fitting.bspline_gn import HOLD_OUT_EVERY
+
+    fixed, moving, geom, fp, pts, u = _warped_pair(2, 3, False)
+    opts = GaussNewtonOptions(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0),
+                              iterations=15, bending=1e-4, intensity="affine", gain_degree=0)
+    fit = gauss_newton_fit(fixed, moving, np.ones(fixed.shape, bool), geom, fp, opts)
+    n = fixed.size
+    assert fit.held_out == pytest.approx(n / HOLD_OUT_EVERY, rel=0.05)
+    assert fit.before is not None and fit.after is not None and fit.after < 0.2 * fit.before
+    got = BSplineGrid(fp, fit.params.reshape(2, -1).T.copy()).displacement(pts)
+    assert np.percentile(np.linalg.norm(got - u, axis=1), 50) < 0.1
