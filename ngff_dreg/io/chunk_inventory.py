@@ -26,7 +26,8 @@ HTTP servers have no standard listing: fsspec scrapes the links of
 directory index pages, one GET per directory, which most object-store HTTP
 front ends do not serve. ``http(s)://`` levels therefore get no inventory
 unless asked for, and a store whose listing fails (no ``s3:ListBucket``
-permission, listing unsupported) gets none either, with a warning: their
+permission, listing unsupported; transient failures are retried like reads)
+gets none either, with a warning: their
 deleted chunks still read as fill value. Levels with more than
 :data:`MAX_GRID_CHUNKS` storage objects are not listed.
 """
@@ -46,6 +47,7 @@ import numpy as np
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
 
 from ngff_dreg.errors import NgffDregError, StoreAccessError
+from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.stores import map_store_errors, redact_url
 
 __all__ = [
@@ -268,15 +270,21 @@ def _build(arr: Any, url: str) -> ChunkInventory | None:
         return None
     t0 = time.perf_counter()
     try:
-        keys = map_store_errors(url, "list chunks", lambda: _list_keys(store, prefix))
+        keys = retry_transient(
+            lambda: map_store_errors(url, "list chunks", lambda: _list_keys(store, prefix)),
+            f"{safe}: list chunks")
     except (StoreAccessError, NotImplementedError, NgffDregError) as exc:
         logger.warning("%s: cannot list the chunks (%s); deleted chunks cannot be detected",
                        safe, exc)
         return None
     inv = _pack(prefix, scheme, grid, keys)
     if not inv.present:
-        logger.warning("%s: the listing found no chunk object (an empty level, or a store "
-                       "that lists nothing); deleted chunks cannot be detected", safe)
+        # Legitimate for a blank level (zarr 3 writes no empty chunk); the usual
+        # sign of an HTTP server without directory listings.
+        http = str(url).lower().startswith(("http://", "https://"))
+        logger.log(logging.WARNING if http else logging.INFO,
+                   "%s: the listing found no chunk object (an empty level, or a store that "
+                   "lists nothing); deleted chunks cannot be detected", safe)
     logger.info("%s: %d of %d storage objects exist (%d keys listed, %d-byte inventory, "
                 "%.2fs)", safe, inv.present, size, len(keys), inv.nbytes,
                 time.perf_counter() - t0)
