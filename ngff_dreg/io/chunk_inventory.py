@@ -130,7 +130,8 @@ def key_scheme(arr: Any) -> KeyScheme | None:
 def storage_grid(arr: Any) -> tuple[int, ...]:
     """Objects per axis of a zarr array: its shard grid if sharded, else its chunk grid."""
     outer = getattr(arr, "shards", None) or arr.chunks
-    return tuple(math.ceil(int(s) / int(c)) for s, c in zip(arr.shape, outer))
+    # An axis of length 0 may have chunks of length 0: no object along it.
+    return tuple(math.ceil(int(s) / int(c)) if int(c) else 0 for s, c in zip(arr.shape, outer))
 
 
 @dataclass(frozen=True)

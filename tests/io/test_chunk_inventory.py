@@ -115,6 +115,14 @@ def test_a_million_chunk_level_costs_125_kb(tmp_path: Path) -> None:
     assert "bits" not in repr(inv)                   # never printed
 
 
+def test_an_empty_array_has_an_empty_inventory(tmp_path: Path) -> None:
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
+    group.create_array("0", shape=(0, 48, 48), chunks=(0, 48, 48), dtype="float32")
+    inv = build_inventory(open_group(str(tmp_path))["0"], str(tmp_path))
+    assert inv is not None and inv.size == 0 and inv.present == 0
+    assert not inv.existed("0/c/0/0/0")
+
+
 def test_too_large_a_grid_is_not_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         caplog: pytest.LogCaptureFixture) -> None:
     _array(tmp_path, "v3-default")
