@@ -26,7 +26,7 @@ from dask.delayed import Delayed
 
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks, status_grid
-from ngff_dreg.errors import IncompatibleImagesError, ScheduleError
+from ngff_dreg.errors import IncompatibleImagesError, ScheduleError, StoreChangedError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
     AcceptsNgffTransforms,
@@ -265,7 +265,11 @@ def register_block(
     options: BlockOptions,
     method_kwargs: dict[str, Any],
 ) -> LocatedBlockResult:
-    """Register one fixed block; every failure becomes a status.
+    """Register one fixed block; every failure but a changed store becomes a status.
+
+    A :class:`~ngff_dreg.errors.StoreChangedError` (an input array replaced,
+    or a chunk deleted, since the run was planned) is raised: it stops the
+    run instead of leaving a hole that the reduction would fill.
 
     Reads only the padded fixed block and the moving region it maps to. With
     ``options.skip_blank_blocks``, a block with no signal is skipped before the
@@ -289,6 +293,10 @@ def register_block(
         prepared = _prepare_block(
             plan, fixed_reader_ctor, moving_reader_ctor, method, initial_transform, options
         )
+    except StoreChangedError:
+        # The data is no longer what the run was planned on: a failed block
+        # here would be filled in from its neighbours, a wrong field.
+        raise
     except Exception as exc:  # I/O or set-up failure: report, do not stop the run
         worker_logger.warning("%s: could not prepare block: %s", name, exc)
         return located(_failed(BlockRegStatus.FAILURE, f"{type(exc).__name__}: {exc}"))

@@ -20,9 +20,9 @@ from ngff_dreg import (
     RegistrationTransformResult,
 )
 from ngff_dreg.engine import BlockOptions, register_images
-from ngff_dreg.errors import IncompatibleImagesError
+from ngff_dreg.errors import IncompatibleImagesError, StoreChangedError
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.memory import ArrayReaderConstructor
+from ngff_dreg.io.memory import ArrayReader, ArrayReaderConstructor
 from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform
 
@@ -260,7 +260,7 @@ MAIN_SCRIPT = textwrap.dedent(
     from ngff_dreg import (BlockPairRegistrationMethod, BlockPairRegistrationResult,
                            BlockRegStatus, ReduceResultsMethod, RegistrationTransformResult)
     from ngff_dreg.geometry import ImageGeometry
-    from ngff_dreg.io.memory import ArrayReaderConstructor
+    from ngff_dreg.io.memory import ArrayReader, ArrayReaderConstructor
     from ngff_dreg.engine import register_images
     from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
     from ngff_dreg.transforms import AffineTransform
@@ -330,6 +330,36 @@ def test_method_defined_in_main_runs_on_process_cluster(tmp_path):
     assert lines["STATUS"] == str([0] * 8)
     offset = np.array([float(v) for v in lines["OFFSET"].split()])
     np.testing.assert_allclose(offset, SHIFT, atol=0.25)
+
+
+class _ChangedOnOneBlock(ArrayReader):
+    def read_box(self, box):
+        if box.start == (0, 0, 0):
+            raise StoreChangedError("fixed.zarr/0: chunk '0/c/0/0/0' existed when ...")
+        return super().read_box(box)
+
+
+@dataclass
+class _ChangedReaderConstructor(ArrayReaderConstructor):
+    def __call__(self, **kwargs):
+        return _ChangedOnOneBlock(self)
+
+
+def test_a_changed_store_stops_the_run_instead_of_failing_one_block():
+    fixed_ctor, moving_ctor = _pair()
+    changed = _ChangedReaderConstructor(fixed_ctor.array, fixed_ctor.geometry,
+                                        chunk_shape=(16, 16, 16))
+    schedule = register_images(
+        fixed_reader_ctor=changed,
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(32, 32, 32),
+        overlap_factors=0.0,
+    )
+    with pytest.raises(StoreChangedError, match="0/c/0/0/0"):
+        schedule.registration_result.compute(scheduler="sync")
 
 
 def test_block_info_contract():

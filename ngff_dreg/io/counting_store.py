@@ -2,7 +2,8 @@
 
 :class:`CountingStore` sits directly on the store that talks to the disk or the
 network (``LocalStore``, ``FsspecStore``), so what it counts is what was really
-fetched: one ``get`` is one GET (or ranged GET) on S3. Counts go to the
+fetched: one ``get`` is one GET (or ranged GET) on S3; listings are counted
+with the keys they returned. Counts go to the
 process-wide table of :mod:`ngff_dreg.io.store_stats`, under the store's root
 URL (redacted).
 
@@ -13,13 +14,14 @@ retried for), so a truncated inner chunk of a shard is never decoded or cached.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from zarr.abc.store import RangeByteRequest, Store
 
 from ngff_dreg.errors import StoreAccessError
 from ngff_dreg.io.read_through import ReadThroughStore
-from ngff_dreg.io.store_stats import record_fetch
+from ngff_dreg.io.store_stats import record_fetch, record_listing
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -76,3 +78,24 @@ class CountingStore(ReadThroughStore):
             )
         return buf
 
+
+    async def _counted(self, keys: AsyncIterator[str]) -> AsyncIterator[str]:
+        n = 0
+        try:
+            async for key in keys:
+                n += 1
+                yield key
+        finally:
+            record_listing(self.image, n)
+
+    def list(self) -> AsyncIterator[str]:
+        """Every key of the store (counted as one listing)."""
+        return self._counted(self._store.list())
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """The keys under ``prefix`` (counted as one listing)."""
+        return self._counted(self._store.list_prefix(prefix))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        """The keys and prefixes directly under ``prefix`` (counted as one listing)."""
+        return self._counted(self._store.list_dir(prefix))

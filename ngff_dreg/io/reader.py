@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from zarr.abc.store import Store
 
 from ngff_dreg.errors import InvalidInputDataError, ScheduleError, SelectionNotFoundError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ConstructReaderMethod
 from ngff_dreg.io.chunk_cache import process_cache, shared_array
+from ngff_dreg.io.chunk_inventory import ChunkInventory, build_inventory, inventory_wanted
 from ngff_dreg.io.consistency import check_unchanged
+from ngff_dreg.io.missing_chunk_guard import MissingChunkGuard
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
 from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.store_stats import METADATA_NAMES
@@ -48,7 +51,10 @@ class _LevelMeta:
 
     ``documents`` holds the raw metadata objects (group and level array) as
     the client read them, when a cache token was given: workers seed their
-    chunk cache with them instead of fetching them again.
+    chunk cache with them instead of fetching them again. ``inventory``
+    records which chunk objects of the level existed when the client read it
+    (:mod:`ngff_dreg.io.chunk_inventory`), so that workers refuse to read a
+    chunk deleted since as fill value.
     """
 
     info: LevelInfo
@@ -58,6 +64,7 @@ class _LevelMeta:
     channel_index: int | None
     channel_labels: tuple[str | None, ...] = ()
     documents: tuple[tuple[str, bytes], ...] = ()
+    inventory: ChunkInventory | None = None
 
 
 def _metadata_keys(path: str) -> list[str]:
@@ -74,6 +81,11 @@ def _load_meta(
     docs: dict[str, bytes] = {}
     if cache is not None:
         docs = process_cache().documents((cache, location_key(url)), _metadata_keys(info.path))
+    inventory = None
+    if inventory_wanted(url):
+        memo = None if cache is None else (cache, location_key(url), info.path)
+        inventory = build_inventory(image.open_array(info.index), join_url(url, info.path),
+                                    memo=memo)
     meta = _LevelMeta(
         info=info,
         version=ms.version,
@@ -82,6 +94,7 @@ def _load_meta(
         channel_index=ms.axis_index("channel"),
         channel_labels=image.channel_labels,
         documents=tuple(sorted(docs.items())),
+        inventory=inventory,
     )
     return meta, image
 
@@ -314,8 +327,16 @@ class OMEZarrReader:
         path = self._meta.info.path
         url = join_url(self._ctor.url, path)
 
+        inventory = self._meta.inventory
+
+        def guard(store: Store) -> Store:
+            # Chunks present at planning must not read as fill value now.
+            assert inventory is not None
+            return MissingChunkGuard(store, inventory, url)
+
         def op() -> Any:
-            group = open_group(self._ctor.url, self._ctor.storage_options, cache=cache)
+            group = open_group(self._ctor.url, self._ctor.storage_options, cache=cache,
+                               wrap=None if inventory is None else guard)
             meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
             return map_read_errors(join_url(url, meta), "open level array",
                                    lambda: group[path])

@@ -41,6 +41,7 @@ __all__ = [
     "piece_id",
     "record_fetch",
     "record_hit",
+    "record_listing",
     "take_counts",
     "reset_counts",
     "collect_counts",
@@ -96,6 +97,10 @@ class StoreCounts:
         Metadata reads answered by the cache.
     missing:
         Requests for objects that do not exist (chunks never written, probes).
+    list_calls, listed_keys:
+        Listings of the store (the chunk inventory of
+        :mod:`ngff_dreg.io.chunk_inventory`) and the keys they returned. On S3
+        one listing of ``n`` keys is ``max(1, ceil(n / 1000))`` LIST requests.
     pieces:
         Distinct chunk pieces fetched (:func:`piece_id`) and their sizes.
     metadata_objects:
@@ -111,6 +116,8 @@ class StoreCounts:
     cache_hit_bytes: int = 0
     metadata_cache_hits: int = 0
     missing: int = 0
+    list_calls: int = 0
+    listed_keys: int = 0
     pieces: dict[str, int] = field(default_factory=dict)
     metadata_objects: dict[str, int] = field(default_factory=dict)
 
@@ -134,6 +141,8 @@ class StoreCounts:
         self.cache_hit_bytes += other.cache_hit_bytes
         self.metadata_cache_hits += other.metadata_cache_hits
         self.missing += other.missing
+        self.list_calls += other.list_calls
+        self.listed_keys += other.listed_keys
         self.pieces.update(other.pieces)
         self.metadata_objects.update(other.metadata_objects)
 
@@ -162,6 +171,8 @@ class StoreCounts:
             "cache_hit_bytes": self.cache_hit_bytes,
             "metadata_cache_hits": self.metadata_cache_hits,
             "missing": self.missing,
+            "list_calls": self.list_calls,
+            "listed_keys": self.listed_keys,
             "arrays": sorted({_array_of(k) for k in self.pieces}),
         }
 
@@ -199,6 +210,14 @@ def record_fetch(image: str, key: str, byte_range: Any, nbytes: int | None) -> N
             row.chunk_requests += 1
             row.chunk_bytes += nbytes
             row.pieces[piece_id(key, byte_range)] = nbytes
+
+
+def record_listing(image: str, nkeys: int) -> None:
+    """Count one listing of the store that returned ``nkeys`` keys."""
+    with _LOCK:
+        row = _row(image)
+        row.list_calls += 1
+        row.listed_keys += nkeys
 
 
 def record_hit(image: str, key: str, nbytes: int) -> None:
@@ -346,4 +365,6 @@ def _line(name: str, s: Mapping[str, Any]) -> str:
         f"metadata requests for {s.get('metadata_objects', 0)} objects "
         f"({'–' if meta is None else f'{meta:.1f}'} per object); "
         f"{s.get('cache_hits', 0)} cache hits"
+        + (f"; {s['list_calls']} listings of {s.get('listed_keys', 0)} keys"
+           if s.get("list_calls") else "")
     )

@@ -344,8 +344,13 @@ def open_group(
     *,
     mode: str = "r",
     cache: str | None = None,
+    wrap: Callable[[Store], Store] | None = None,
 ) -> zarr.Group:
     """Open the Zarr group at ``url`` (read-only by default).
+
+    ``wrap``, if given, wraps the store (after counting and caching) before
+    the group is opened on it, e.g. in a
+    :class:`~ngff_dreg.io.missing_chunk_guard.MissingChunkGuard`.
 
     Raises
     ------
@@ -359,6 +364,8 @@ def open_group(
     """
     text = os.fspath(url)
     store = open_store(text, storage_options, read_only=(mode == "r"), cache=cache)
+    if wrap is not None:
+        store = wrap(store)
 
     def op(fmt: int | None) -> zarr.Group:
         return zarr.open_group(store=store, mode=mode, zarr_format=fmt)  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""Refuse to read a chunk as fill value when it existed at planning time.
+
+:class:`MissingChunkGuard` wraps the store a worker reads a level array
+through. When the store answers "no such object" (``None``, or a
+``FileNotFoundError`` / ``KeyError``) for a chunk key that the level's
+:class:`~ngff_dreg.io.chunk_inventory.ChunkInventory` says existed when the
+run was planned, the chunk was deleted in between, and zarr would silently
+fill the block with the fill value. The guard raises a
+:class:`~ngff_dreg.errors.StoreChangedError` naming the array and the key
+instead. It is not transient, so :func:`~ngff_dreg.io.retry.retry_transient`
+does not retry it; transient failures (raised by the wrapped store as
+:class:`~ngff_dreg.errors.StoreAccessError` or the fsspec errors behind
+them) pass through untouched. Keys absent at planning stay fill value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zarr.abc.store import Store
+
+from ngff_dreg.errors import StoreChangedError
+from ngff_dreg.io.chunk_inventory import ChunkInventory
+from ngff_dreg.io.read_through import ReadThroughStore
+from ngff_dreg.io.stores import redact_url
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = ["MissingChunkGuard"]
+
+
+class MissingChunkGuard(ReadThroughStore):
+    """Raises :class:`StoreChangedError` for an inventoried chunk that is gone.
+
+    Parameters
+    ----------
+    store:
+        The store the array is read through (rooted where the inventory's
+        ``prefix`` is relative to).
+    inventory:
+        Which objects of the array existed at planning time.
+    url:
+        The array's URL, for the message (redacted there).
+
+    """
+
+    def __init__(self, store: Store, inventory: ChunkInventory, url: str) -> None:
+        super().__init__(store)
+        self.inventory = inventory
+        self.url = url
+
+    def _with_store(self, store: Store) -> MissingChunkGuard:
+        return type(self)(store, self.inventory, self.url)
+
+    def __repr__(self) -> str:
+        return f"MissingChunkGuard({redact_url(self.url)!r})"
+
+    def __eq__(self, value: object) -> bool:
+        return isinstance(value, MissingChunkGuard) and value._store == self._store
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.url))
+
+    def _gone(self, key: str) -> StoreChangedError:
+        return StoreChangedError(
+            f"{redact_url(self.url)}: chunk {key!r} existed when the run was planned but is "
+            "missing now (deleted or being rewritten); its voxels would have been read as "
+            "the fill value. Rerun once the data is complete."
+        )
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """``key`` from the store; a missing chunk that existed at planning raises."""
+        try:
+            buf = await self._store.get(key, prototype, byte_range)
+        except (FileNotFoundError, KeyError) as exc:
+            if self.inventory.existed(key):
+                raise self._gone(key) from exc
+            raise
+        if buf is None and self.inventory.existed(key):
+            raise self._gone(key)
+        return buf
