@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from zarr.abc.store import Store
 
 from ngff_dreg.io.read_through import ReadThroughStore
-from ngff_dreg.io.store_stats import is_metadata_key, piece_id, record_hit
+from ngff_dreg.io.store_stats import (
+    is_metadata_key,
+    piece_id,
+    record_hit,
+    trace_enabled,
+    trace_event,
+)
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -79,6 +85,9 @@ class ChunkCache:
         self._meta: dict[tuple[str, str, str], bytes] = {}
         self._nbytes = 0
         self._lock = threading.Lock()
+        # Diagnosis only (NGFF_DREG_IO_TRACE): what was ever kept, what is being fetched.
+        self._kept: set[tuple[str, str, str]] = set()
+        self._inflight: dict[tuple[str, str, str], int] = {}
 
     @property
     def nbytes(self) -> int:
@@ -114,9 +123,30 @@ class ChunkCache:
                 self._nbytes -= len(old)
             self._chunks[k] = data
             self._nbytes += len(data)
+            if trace_enabled():
+                self._kept.add(k)
             while self._nbytes > self.max_bytes:
                 _, dropped = self._chunks.popitem(last=False)
                 self._nbytes -= len(dropped)
+
+    def miss_cause(self, scope: Scope, piece: str, *, start: bool) -> str:
+        """Why ``piece`` is being fetched (diagnosis): ``first``, ``evicted`` or ``inflight``.
+
+        ``start=False`` marks the fetch finished. Only tracked when tracing.
+        """
+        k = (scope[0], scope[1], piece)
+        with self._lock:
+            n = self._inflight.get(k, 0)
+            if not start:
+                if n <= 1:
+                    self._inflight.pop(k, None)
+                else:
+                    self._inflight[k] = n - 1
+                return ""
+            self._inflight[k] = n + 1
+            if n:
+                return "inflight"
+            return "evicted" if k in self._kept else "first"
 
     def seed(self, scope: Scope, documents: Mapping[str, bytes]) -> None:
         """Pin metadata documents read elsewhere (key -> bytes) under ``scope``."""
@@ -235,7 +265,16 @@ class CachingStore(ReadThroughStore):
         if held is not None:
             record_hit(self.image, key, len(held))
             return prototype.buffer.from_bytes(held)
-        buf = await self._store.get(key, prototype, byte_range)
+        tracing = trace_enabled() and not is_metadata_key(key)
+        if tracing:
+            cause = self.cache.miss_cause(self.scope, piece, start=True)
+        try:
+            buf = await self._store.get(key, prototype, byte_range)
+        finally:
+            if tracing:
+                self.cache.miss_cause(self.scope, piece, start=False)
+        if tracing and buf is not None:
+            trace_event("cause", self.image, piece, len(buf), cause)
         if buf is not None:
             self.cache.put(self.scope, piece, buf.to_bytes(), metadata=is_metadata_key(key))
         return buf
