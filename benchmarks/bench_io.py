@@ -7,7 +7,10 @@ here (a separate process on 127.0.0.1), this runs the default
 
 * **baseline**: ``NGFF_DREG_CHUNK_CACHE_MB=0`` (no chunk cache, no metadata
   handed to the workers: every block reads every chunk it touches);
-* **cached**: the defaults (per-process chunk cache, metadata read once).
+* **memory**: ``NGFF_DREG_HOST_CACHE_MB=0`` (the per-process chunk cache in
+  memory only, no host cache shared by the workers of a machine);
+* **cached**: the defaults (per-process chunk cache, metadata read once, and
+  the host cache: each chunk fetched once per machine).
 
 Each run is a child process, so the environment reaches its workers. The
 figures come from the store layer (``RegistrationResult.io``,
@@ -47,6 +50,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 INPUTS = ("fixed", "moving")
+MODES = {"baseline": {"NGFF_DREG_CHUNK_CACHE_MB": "0"},
+         "memory": {"NGFF_DREG_HOST_CACHE_MB": "0"},
+         "cached": {}}
 
 
 def _free_port() -> int:
@@ -172,7 +178,7 @@ def run_case(pair: Any, storage: str, mode: str, moto: Moto | None, workers: int
         urls = {k: moto.upload(local[k], bucket, f"{k}.ome.zarr") for k in INPUTS}
         endpoint = moto.endpoint
     out = str(work / f"out-{storage}-{mode}.zarr")
-    env = _env({"NGFF_DREG_CHUNK_CACHE_MB": "0"} if mode == "baseline" else {})
+    env = _env(MODES[mode])
     cmd = [sys.executable, __file__, "--child", urls["fixed"], urls["moving"], out,
            "--workers", str(workers)] + (["--endpoint", endpoint] if endpoint else [])
     load = os.getloadavg()[0]

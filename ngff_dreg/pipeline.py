@@ -32,6 +32,7 @@ from ngff_dreg.block_stage import BlockStageRunner
 from ngff_dreg.cluster import client_context, progress_bar
 from ngff_dreg.global_stage import GlobalStageRunner
 from ngff_dreg.interfaces import RegistrationResult
+from ngff_dreg.io.chunk_cache import close_host_cache
 from ngff_dreg.io.output_state import RESAMPLED, claim_output, set_status
 from ngff_dreg.io.stores import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
@@ -113,10 +114,13 @@ def register(
     options = RunOptions.from_namespace(namespace)
     t_start = time.perf_counter()
     inputs = open_inputs(fixed, moving, output, options)  # nothing is written before this
-    claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
-    masks = open_masks(inputs)
     with ExitStack() as stack:
+        if inputs.cache_token is not None:  # opened by open_inputs in this process
+            stack.callback(close_host_cache, inputs.cache_token)
+        claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
+        masks = open_masks(inputs)
         run = Run(inputs, client_context(client, stack), claim, masks)
+        stack.callback(run.close_host_cache)  # before the client closes
         run.complete_finished_output()
         runners = stage_runners(inputs.schedule)
         bar = progress_bar(progress, len(runners), "stages")
