@@ -22,7 +22,8 @@ figures come from the store layer (``RegistrationResult.io``,
   the run read (every chunk object of those levels);
 * ``all fetched / distinct``: the same with the run's own fields read back
   (checkpoints, the output field during the inverse);
-* metadata GETs per metadata object, requests, wall time.
+* metadata GETs per metadata object, requests, wall time, and the peak
+  resident memory of the busiest worker.
 
 Byte and request counts do not depend on the machine's load; the wall times
 do (the machine is shared), and are printed with the load average.
@@ -117,14 +118,34 @@ def storage_options(endpoint: str | None) -> dict[str, Any] | None:
 
 
 def child(fixed: str, moving: str, out: str, endpoint: str | None, workers: int) -> None:
-    """One registration; prints its I/O summary and wall time as JSON."""
+    """One registration; prints its I/O summary, wall time and peak worker RSS as JSON.
+
+    The cluster is the one ``client="local:<workers>"`` starts
+    (:func:`ngff_dreg.cluster.client_context`), made here so the workers' peak
+    resident memory can be asked for after the run.
+    """
+    from contextlib import ExitStack
+
+    from ngff_dreg.cluster import client_context
     from ngff_dreg.pipeline import register
 
-    t0 = time.perf_counter()
-    result = register(fixed, moving, out, client=f"local:{workers}", overwrite=True,
-                      progress=False, storage_options=storage_options(endpoint))
-    print(json.dumps({"seconds": time.perf_counter() - t0, "io": result.io,
+    with ExitStack() as stack:
+        client = client_context(f"local:{workers}", stack)
+        t0 = time.perf_counter()
+        result = register(fixed, moving, out, client=client, overwrite=True,
+                          progress=False, storage_options=storage_options(endpoint))
+        seconds = time.perf_counter() - t0
+        peaks = client.run(_peak_rss_mb)
+    print(json.dumps({"seconds": seconds, "io": result.io,
+                      "peak_worker_rss_mb": max(peaks.values()),
                       "levels": [[r.fixed_level, r.moving_level] for r in result.levels]}))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def level_bytes(local_image: Path, levels: set[str]) -> int:
@@ -188,7 +209,8 @@ def run_case(pair: Any, storage: str, mode: str, moto: Moto | None, workers: int
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     levels = _used_levels(res["io"], urls)
     figs = figures(res["io"], urls, local, levels)
-    figs.update(seconds=res["seconds"], load_before=load)
+    figs.update(seconds=res["seconds"], load_before=load,
+                peak_worker_rss_mb=res.get("peak_worker_rss_mb", float("nan")))
     return {"storage": storage, "mode": mode, "figures": figs, "io": res["io"]}
 
 
@@ -248,6 +270,7 @@ def print_table(rows: list[dict[str, Any]], args: Any) -> None:
             ("metadata_per_object", "per metadata object", "{:.2f}"),
             ("all_fetched_mb", "all MB fetched (fields too)", "{:.1f}"),
             ("all_reread", "all fetched / distinct", "{:.2f}"),
+            ("peak_worker_rss_mb", "peak worker RSS MB", "{:.0f}"),
             ("seconds", "wall s", "{:.1f}"),
             ("load_before", "load avg before", "{:.1f}")]
     print(f"\n{args.pair}{args.edge or ''}, {args.workers} workers\n")
