@@ -51,6 +51,19 @@ def stage_runners(schedule: Schedule) -> list[Callable[[Run], None]]:
     return runners
 
 
+def _run_stages(run: Run, progress: bool, resample: bool) -> None:
+    """Every stage runner in order, then the resample if asked for and not done yet."""
+    run.complete_finished_output()
+    runners = stage_runners(run.inputs.schedule)
+    bar = progress_bar(progress, len(runners), "stages")
+    for runner in runners:
+        runner(run)
+        bar.update(1)
+    bar.close()
+    if resample and not run.claim.manifest.get("resampled"):
+        _resample(run)
+
+
 def register(
     fixed: str,
     moving: str,
@@ -121,15 +134,7 @@ def register(
         masks = open_masks(inputs)
         run = Run(inputs, client_context(client, stack), claim, masks)
         stack.callback(run.close_host_cache)  # before the client closes
-        run.complete_finished_output()
-        runners = stage_runners(inputs.schedule)
-        bar = progress_bar(progress, len(runners), "stages")
-        for runner in runners:
-            runner(run)
-            bar.update(1)
-        bar.close()
-        if resample and not claim.manifest.get("resampled"):
-            _resample(run)
+        _run_stages(run, progress, resample)
     if inputs.into_name is not None:
         _into_fixed(run, inputs)
     return run.result(t_start)

@@ -345,27 +345,32 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
     token = uuid.uuid4().hex if cache_enabled() else None
     if token is not None:  # the client's reads while opening are shared with the workers
         open_host_cache(token)
-    fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts, token)
-    schedule = options.schedule
-    if isinstance(schedule, str):
-        schedule = Schedule.load(schedule)
-    schedule = schedule or Schedule.default(fixed_geoms)
-    if not schedule.stages:
-        raise ScheduleError("the schedule has no block stage")
-    check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
-    check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
-    inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
-                       moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
-    gs = schedule.global_stage
-    inputs.g_level = (
-        resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
-        if gs is not None and gs.level is not None
-        else default_global_level(fixed_geoms, 48)
-    )
-    inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
-    for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
-        check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
-    inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+    try:
+        fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts, token)
+        schedule = options.schedule
+        if isinstance(schedule, str):
+            schedule = Schedule.load(schedule)
+        schedule = schedule or Schedule.default(fixed_geoms)
+        if not schedule.stages:
+            raise ScheduleError("the schedule has no block stage")
+        check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
+        check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
+        inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
+                           moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
+        gs = schedule.global_stage
+        inputs.g_level = (
+            resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
+            if gs is not None and gs.level is not None
+            else default_global_level(fixed_geoms, 48)
+        )
+        inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
+        for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
+            check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
+        inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+    except BaseException:
+        if token is not None:  # the run never starts: nothing will close it
+            close_host_cache(token)
+        raise
     return inputs
 
 

@@ -92,6 +92,8 @@ DEFAULT_CACHE_MB = 256.0
 DEFAULT_HOST_CACHE_MB = 4096.0
 #: How long a process waits for another process's fetch of the same chunk, in seconds.
 HOST_WAIT_S = 60.0
+#: Run directories of the host cache idle this long (seconds) are removed as stale.
+STALE_S = 86400.0
 
 Scope = tuple[str, str]
 T = TypeVar("T")
@@ -348,17 +350,40 @@ def _host_root(token: str) -> str:
     return os.path.join(base, f"ngff-dreg-chunks-{token}")
 
 
+def _sweep_stale(base: str, max_idle_s: float = STALE_S) -> None:
+    """Remove run directories nothing wrote to for ``max_idle_s`` (left by killed runs).
+
+    Safe even for a run still going: a missing file is only a cache miss.
+    """
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("ngff-dreg-chunks-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            idle = now - os.stat(path).st_mtime
+        except OSError:
+            continue
+        if idle > max_idle_s:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def open_host_cache(token: str) -> bool:
     """Open this process's view of run ``token``'s host cache (False: disabled).
 
     Call it in every process of the run (``client.run(open_host_cache, token)``
     and on the client); the budget is ``NGFF_DREG_HOST_CACHE_MB`` of this process.
+    Directories of other runs idle for a day (a killed client never removed
+    them) are removed on the way.
     """
     budget = _budget_from_env("NGFF_DREG_HOST_CACHE_MB", DEFAULT_HOST_CACHE_MB)
     if budget <= 0 or _budget_from_env() <= 0:
         return False
     with _CACHE_LOCK:
         if token not in _HOST:
+            _sweep_stale(os.path.dirname(_host_root(token)))
             try:
                 _HOST[token] = HostCache(_host_root(token), budget)
             except OSError as exc:

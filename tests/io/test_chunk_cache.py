@@ -249,3 +249,22 @@ def test_host_cache_waits_for_another_fetch_and_keeps_its_budget(tmp_path: Any) 
     assert host.read(scope, "a") is None and host.read(scope, "c") == b"90ab"
     host.write(scope, "huge", b"x" * 11)
     assert host.read(scope, "huge") is None
+
+
+def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, monkeypatch: Any) -> None:
+    import os
+    import time
+
+    from ngff_dreg.io.chunk_cache import close_host_cache, open_host_cache
+
+    monkeypatch.setenv("NGFF_DREG_HOST_CACHE_DIR", str(tmp_path))
+    stale, recent = tmp_path / "ngff-dreg-chunks-old", tmp_path / "ngff-dreg-chunks-busy"
+    for d in (stale, recent):
+        d.mkdir()
+        (d / "chunk").write_bytes(b"x")
+    day_ago = time.time() - 2 * 86400
+    os.utime(stale, (day_ago, day_ago))
+    token = uuid.uuid4().hex
+    assert open_host_cache(token)
+    assert not stale.exists() and recent.exists()  # another run's live cache stays
+    close_host_cache(token)
