@@ -7,7 +7,10 @@ here (a separate process on 127.0.0.1), this runs the default
 
 * **baseline**: ``NGFF_DREG_CHUNK_CACHE_MB=0`` (no chunk cache, no metadata
   handed to the workers: every block reads every chunk it touches);
-* **cached**: the defaults (per-process chunk cache, metadata read once).
+* **memory**: ``NGFF_DREG_HOST_CACHE_MB=0`` (the per-process chunk cache in
+  memory only, no host cache shared by the workers of a machine);
+* **cached**: the defaults (per-process chunk cache, metadata read once, and
+  the host cache: each chunk fetched once per machine).
 
 Each run is a child process, so the environment reaches its workers. The
 figures come from the store layer (``RegistrationResult.io``,
@@ -19,7 +22,8 @@ figures come from the store layer (``RegistrationResult.io``,
   the run read (every chunk object of those levels);
 * ``all fetched / distinct``: the same with the run's own fields read back
   (checkpoints, the output field during the inverse);
-* metadata GETs per metadata object, requests, wall time.
+* metadata GETs per metadata object, requests, wall time, and the peak
+  resident memory of the busiest worker.
 
 Byte and request counts do not depend on the machine's load; the wall times
 do (the machine is shared), and are printed with the load average.
@@ -47,6 +51,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 INPUTS = ("fixed", "moving")
+MODES = {"baseline": {"NGFF_DREG_CHUNK_CACHE_MB": "0"},
+         "memory": {"NGFF_DREG_HOST_CACHE_MB": "0"},
+         "cached": {}}
 
 
 def _free_port() -> int:
@@ -111,14 +118,34 @@ def storage_options(endpoint: str | None) -> dict[str, Any] | None:
 
 
 def child(fixed: str, moving: str, out: str, endpoint: str | None, workers: int) -> None:
-    """One registration; prints its I/O summary and wall time as JSON."""
+    """One registration; prints its I/O summary, wall time and peak worker RSS as JSON.
+
+    The cluster is the one ``client="local:<workers>"`` starts
+    (:func:`ngff_dreg.cluster.client_context`), made here so the workers' peak
+    resident memory can be asked for after the run.
+    """
+    from contextlib import ExitStack
+
+    from ngff_dreg.cluster import client_context
     from ngff_dreg.pipeline import register
 
-    t0 = time.perf_counter()
-    result = register(fixed, moving, out, client=f"local:{workers}", overwrite=True,
-                      progress=False, storage_options=storage_options(endpoint))
-    print(json.dumps({"seconds": time.perf_counter() - t0, "io": result.io,
+    with ExitStack() as stack:
+        client = client_context(f"local:{workers}", stack)
+        t0 = time.perf_counter()
+        result = register(fixed, moving, out, client=client, overwrite=True,
+                          progress=False, storage_options=storage_options(endpoint))
+        seconds = time.perf_counter() - t0
+        peaks = client.run(_peak_rss_mb)
+    print(json.dumps({"seconds": seconds, "io": result.io,
+                      "peak_worker_rss_mb": max(peaks.values()),
                       "levels": [[r.fixed_level, r.moving_level] for r in result.levels]}))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def level_bytes(local_image: Path, levels: set[str]) -> int:
@@ -172,7 +199,7 @@ def run_case(pair: Any, storage: str, mode: str, moto: Moto | None, workers: int
         urls = {k: moto.upload(local[k], bucket, f"{k}.ome.zarr") for k in INPUTS}
         endpoint = moto.endpoint
     out = str(work / f"out-{storage}-{mode}.zarr")
-    env = _env({"NGFF_DREG_CHUNK_CACHE_MB": "0"} if mode == "baseline" else {})
+    env = _env(MODES[mode])
     cmd = [sys.executable, __file__, "--child", urls["fixed"], urls["moving"], out,
            "--workers", str(workers)] + (["--endpoint", endpoint] if endpoint else [])
     load = os.getloadavg()[0]
@@ -182,7 +209,8 @@ def run_case(pair: Any, storage: str, mode: str, moto: Moto | None, workers: int
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     levels = _used_levels(res["io"], urls)
     figs = figures(res["io"], urls, local, levels)
-    figs.update(seconds=res["seconds"], load_before=load)
+    figs.update(seconds=res["seconds"], load_before=load,
+                peak_worker_rss_mb=res.get("peak_worker_rss_mb", float("nan")))
     return {"storage": storage, "mode": mode, "figures": figs, "io": res["io"]}
 
 
@@ -242,6 +270,7 @@ def print_table(rows: list[dict[str, Any]], args: Any) -> None:
             ("metadata_per_object", "per metadata object", "{:.2f}"),
             ("all_fetched_mb", "all MB fetched (fields too)", "{:.1f}"),
             ("all_reread", "all fetched / distinct", "{:.2f}"),
+            ("peak_worker_rss_mb", "peak worker RSS MB", "{:.0f}"),
             ("seconds", "wall s", "{:.1f}"),
             ("load_before", "load avg before", "{:.1f}")]
     print(f"\n{args.pair}{args.edge or ''}, {args.workers} workers\n")

@@ -387,12 +387,21 @@ def _output_grid(fixed: str | ImageGeometry, level: int, storage_options: dict[s
 
 def _moving_readers(moving_url: str, level: int, storage_options: dict[str, Any] | None,
                     sel: MovingSelection, unit: str | None) -> list[Any]:
-    """One reader constructor per output plane (time point x channel)."""
+    """One reader constructor per output plane (time point x channel).
+
+    They share one chunk-cache token (:mod:`ngff_dreg.io.chunk_cache`), drawn
+    for this call: output chunks whose moving regions overlap fetch the
+    chunks they share once per process.
+    """
+    import uuid
+
+    from ngff_dreg.io.chunk_cache import cache_enabled
     from ngff_dreg.io.reader import OMEZarrReaderConstructor
 
+    token = uuid.uuid4().hex if cache_enabled() else None
     return [OMEZarrReaderConstructor(moving_url, level, storage_options,
                                      channel=0 if c is None else c, time=0 if t is None else t,
-                                     unit=unit)
+                                     unit=unit, cache=token)
             for t, c in sel.combos]
 
 

@@ -158,6 +158,8 @@ class BlockStageRunner:
             overlap_factors=stage.overlap,
             block_options=run.block_options(f_level, m_level),
         )
+        if inputs.cache_token is not None:  # the fields are read back by every worker
+            run.share_chunks(writer.cache_token)
         desc = f"stage {self.index} (level {f_level})"
         return compute_stage(run.client, planned, inputs.options.progress, desc)
 

@@ -32,6 +32,7 @@ from ngff_dreg.block_stage import BlockStageRunner
 from ngff_dreg.cluster import client_context, progress_bar
 from ngff_dreg.global_stage import GlobalStageRunner
 from ngff_dreg.interfaces import RegistrationResult
+from ngff_dreg.io.chunk_cache import close_host_cache
 from ngff_dreg.io.output_state import RESAMPLED, claim_output, set_status
 from ngff_dreg.io.stores import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
@@ -48,6 +49,19 @@ def stage_runners(schedule: Schedule) -> list[Callable[[Run], None]]:
     last = len(schedule.stages) - 1
     runners += [BlockStageRunner(i, st, i == last) for i, st in enumerate(schedule.stages)]
     return runners
+
+
+def _run_stages(run: Run, progress: bool, resample: bool) -> None:
+    """Every stage runner in order, then the resample if asked for and not done yet."""
+    run.complete_finished_output()
+    runners = stage_runners(run.inputs.schedule)
+    bar = progress_bar(progress, len(runners), "stages")
+    for runner in runners:
+        runner(run)
+        bar.update(1)
+    bar.close()
+    if resample and not run.claim.manifest.get("resampled"):
+        _resample(run)
 
 
 def register(
@@ -113,19 +127,14 @@ def register(
     options = RunOptions.from_namespace(namespace)
     t_start = time.perf_counter()
     inputs = open_inputs(fixed, moving, output, options)  # nothing is written before this
-    claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
-    masks = open_masks(inputs)
     with ExitStack() as stack:
+        if inputs.cache_token is not None:  # opened by open_inputs in this process
+            stack.callback(close_host_cache, inputs.cache_token)
+        claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
+        masks = open_masks(inputs)
         run = Run(inputs, client_context(client, stack), claim, masks)
-        run.complete_finished_output()
-        runners = stage_runners(inputs.schedule)
-        bar = progress_bar(progress, len(runners), "stages")
-        for runner in runners:
-            runner(run)
-            bar.update(1)
-        bar.close()
-        if resample and not claim.manifest.get("resampled"):
-            _resample(run)
+        stack.callback(run.close_host_cache)  # before the client closes
+        _run_stages(run, progress, resample)
     if inputs.into_name is not None:
         _into_fixed(run, inputs)
     return run.result(t_start)

@@ -10,6 +10,7 @@ dask client.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ItkTransformLike, RegistrationResult, RegistrationTransformResult
-from ngff_dreg.io.chunk_cache import cache_enabled
+from ngff_dreg.io.chunk_cache import cache_enabled, close_host_cache, open_host_cache
 from ngff_dreg.io.multiscale import open_multiscale
 from ngff_dreg.io.output_state import (
     Checkpoints,
@@ -48,6 +49,8 @@ from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import check_level_data, check_overlap
 
 __all__ = ["Run", "RunInputs", "RunOptions", "as_initial_transform", "open_inputs", "open_masks"]
+
+logger = logging.getLogger(__name__)
 
 StorageOptions = dict[str, Any] | None
 
@@ -340,27 +343,34 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
     into_name = _into_name(fixed, moving, output, options)
     reset_counts()  # this run's I/O is counted from here (ngff_dreg.io.store_stats)
     token = uuid.uuid4().hex if cache_enabled() else None
-    fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts, token)
-    schedule = options.schedule
-    if isinstance(schedule, str):
-        schedule = Schedule.load(schedule)
-    schedule = schedule or Schedule.default(fixed_geoms)
-    if not schedule.stages:
-        raise ScheduleError("the schedule has no block stage")
-    check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
-    check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
-    inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
-                       moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
-    gs = schedule.global_stage
-    inputs.g_level = (
-        resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
-        if gs is not None and gs.level is not None
-        else default_global_level(fixed_geoms, 48)
-    )
-    inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
-    for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
-        check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
-    inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+    if token is not None:  # the client's reads while opening are shared with the workers
+        open_host_cache(token)
+    try:
+        fixed_geoms, moving_geoms, unit = _pyramids(fixed, moving, f_opts, m_opts, token)
+        schedule = options.schedule
+        if isinstance(schedule, str):
+            schedule = Schedule.load(schedule)
+        schedule = schedule or Schedule.default(fixed_geoms)
+        if not schedule.stages:
+            raise ScheduleError("the schedule has no block stage")
+        check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
+        check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
+        inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
+                           moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
+        gs = schedule.global_stage
+        inputs.g_level = (
+            resolve_level(fixed_geoms, gs.level, what=f"fixed image {fixed}")
+            if gs is not None and gs.level is not None
+            else default_global_level(fixed_geoms, 48)
+        )
+        inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
+        for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
+            check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
+        inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+    except BaseException:
+        if token is not None:  # the run never starts: nothing will close it
+            close_host_cache(token)
+        raise
     return inputs
 
 
@@ -420,6 +430,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=lambda: {"global": 0.0})
     io: IOLedger = field(default_factory=IOLedger)
     checkpoints: Checkpoints = field(init=False, repr=False)
+    _host_tokens: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.inputs.output, self.inputs.o_opts)
@@ -428,6 +439,33 @@ class Run:
         # The client's reads so far (opening and checking the inputs); workers
         # start from zero.
         self.io.collect("open", self.client)
+        if self.inputs.cache_token is not None:
+            self.share_chunks(self.inputs.cache_token)
+
+    def share_chunks(self, token: str) -> None:
+        """Open the host chunk cache of ``token`` here and on every worker.
+
+        The workers of one machine then fetch each chunk read under ``token``
+        once between them (:class:`~ngff_dreg.io.chunk_cache.HostCache`);
+        :meth:`close_host_cache` removes it at the end of the run.
+        """
+        self._host_tokens.append(token)
+        self._host_cache(open_host_cache, token)
+
+    def _host_cache(self, action: Any, token: str) -> None:
+        """Open (or close) the host chunk cache of ``token`` here and on every worker."""
+        action(token)
+        if hasattr(self.client, "run"):
+            try:
+                self.client.run(action, token)
+            except Exception as exc:  # a dying cluster must not fail the run
+                logger.warning("host chunk cache: %s on the workers failed: %s",
+                               getattr(action, "__name__", action), exc)
+
+    def close_host_cache(self) -> None:
+        """Remove the run's host chunk caches (every machine of the cluster)."""
+        while self._host_tokens:
+            self._host_cache(close_host_cache, self._host_tokens.pop())
 
     @property
     def done(self) -> dict[str, Any]:

@@ -145,3 +145,25 @@ def test_apply_accepts_a_registration_result(tmp_path):
                                atol=1e-5)
     pts = fg.sample_points(per_axis=3)
     np.testing.assert_allclose(transform_points(pts, result), chain.transform_points(pts))
+
+
+def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path, monkeypatch):
+    from ngff_dreg.io.store_stats import take_counts
+
+    moving, mg, fg, chain = _case(3)
+    mov = str(tmp_path / "mov.zarr")
+    write_multiscale(mov, moving, mg, chunks=16)
+    runs = {}
+    for mb in ("0", "64"):
+        monkeypatch.setenv("NGFF_DREG_CHUNK_CACHE_MB", mb)
+        take_counts()
+        out = str(tmp_path / f"warped-{mb}.zarr")
+        apply_transform(mov, fg, chain, out, chunks=8)
+        c = take_counts()[1][mov]
+        runs[mb] = (OMEZarrReaderConstructor(out, 0)().read_box(Box.full(fg.shape)), c)
+    np.testing.assert_array_equal(runs["64"][0], runs["0"][0])  # same voxels
+    plain, cached = runs["0"][1], runs["64"][1]
+    assert plain.chunk_bytes > plain.distinct_bytes  # output chunks share moving chunks
+    assert cached.pieces == plain.pieces
+    # Each chunk once (two threads missing the same chunk together may both fetch it).
+    assert cached.chunk_bytes < 1.2 * cached.distinct_bytes < plain.chunk_bytes

@@ -19,16 +19,38 @@ rewritten between runs is never served stale. Only whole, successful reads are
 stored: a read that raised (a dropped connection, a truncated body) leaves
 nothing behind, and the retry fetches the object again.
 
-The budget is read from the environment of each process::
+Behind it, a run can open a :class:`HostCache` for its token
+(:func:`open_host_cache`, on the client and every worker): one directory of
+chunk files per run and machine, shared by the worker processes of that
+machine. A chunk one worker fetched is then read from local disk by the
+others instead of being fetched again from S3 (the measured cause of the
+re-reads left by the per-process cache: neighbouring blocks placed on
+different workers, and levels every worker reads), and a chunk the
+in-memory LRU evicted comes back from disk. A process that misses a chunk
+another process of the machine is fetching waits for that fetch (a lock file)
+instead of fetching it too. Each process keeps the bytes it wrote there under
+its own budget (oldest files first); :func:`close_host_cache` removes the
+directory when the run ends.
 
-    NGFF_DREG_CHUNK_CACHE_MB   chunk bytes kept per process (default 256; 0 disables)
+The budgets are read from the environment of each process::
+
+    NGFF_DREG_CHUNK_CACHE_MB   chunk bytes kept in memory per process (default 256; 0 disables)
+    NGFF_DREG_HOST_CACHE_MB    chunk bytes each process may keep on local disk (default 4096;
+                               0 disables the host cache)
+    NGFF_DREG_HOST_CACHE_DIR   where (default: the temporary directory)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,7 +58,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from zarr.abc.store import Store
 
 from ngff_dreg.io.read_through import ReadThroughStore
-from ngff_dreg.io.store_stats import is_metadata_key, piece_id, record_hit
+from ngff_dreg.io.store_stats import (
+    is_metadata_key,
+    piece_id,
+    record_hit,
+    trace_enabled,
+    trace_event,
+)
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -49,12 +77,23 @@ __all__ = [
     "cache_enabled",
     "shared_array",
     "DEFAULT_CACHE_MB",
+    "DEFAULT_HOST_CACHE_MB",
+    "HostCache",
+    "open_host_cache",
+    "close_host_cache",
+    "host_cache",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Default budget of a process's chunk cache, in MB (10**6 bytes).
 DEFAULT_CACHE_MB = 256.0
+#: Default disk budget of each process in a run's host cache, in MB.
+DEFAULT_HOST_CACHE_MB = 4096.0
+#: How long a process waits for another process's fetch of the same chunk, in seconds.
+HOST_WAIT_S = 60.0
+#: Run directories of the host cache idle this long (seconds) are removed as stale.
+STALE_S = 86400.0
 
 Scope = tuple[str, str]
 T = TypeVar("T")
@@ -79,6 +118,9 @@ class ChunkCache:
         self._meta: dict[tuple[str, str, str], bytes] = {}
         self._nbytes = 0
         self._lock = threading.Lock()
+        # Diagnosis only (NGFF_DREG_IO_TRACE): what was ever kept, what is being fetched.
+        self._kept: set[tuple[str, str, str]] = set()
+        self._inflight: dict[tuple[str, str, str], int] = {}
 
     @property
     def nbytes(self) -> int:
@@ -114,9 +156,30 @@ class ChunkCache:
                 self._nbytes -= len(old)
             self._chunks[k] = data
             self._nbytes += len(data)
+            if trace_enabled():
+                self._kept.add(k)
             while self._nbytes > self.max_bytes:
                 _, dropped = self._chunks.popitem(last=False)
                 self._nbytes -= len(dropped)
+
+    def miss_cause(self, scope: Scope, piece: str, *, start: bool) -> str:
+        """Why ``piece`` is being fetched (diagnosis): ``first``, ``evicted`` or ``inflight``.
+
+        ``start=False`` marks the fetch finished. Only tracked when tracing.
+        """
+        k = (scope[0], scope[1], piece)
+        with self._lock:
+            n = self._inflight.get(k, 0)
+            if not start:
+                if n <= 1:
+                    self._inflight.pop(k, None)
+                else:
+                    self._inflight[k] = n - 1
+                return ""
+            self._inflight[k] = n + 1
+            if n:
+                return "inflight"
+            return "evicted" if k in self._kept else "first"
 
     def seed(self, scope: Scope, documents: Mapping[str, bytes]) -> None:
         """Pin metadata documents read elsewhere (key -> bytes) under ``scope``."""
@@ -141,15 +204,16 @@ class ChunkCache:
             self._nbytes = 0
 
 
-def _budget_from_env() -> int:
-    raw = os.environ.get("NGFF_DREG_CHUNK_CACHE_MB", "").strip()
+def _budget_from_env(name: str = "NGFF_DREG_CHUNK_CACHE_MB",
+                     default_mb: float = DEFAULT_CACHE_MB) -> int:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return int(DEFAULT_CACHE_MB * 1e6)
+        return int(default_mb * 1e6)
     try:
         return max(0, int(float(raw) * 1e6))
     except ValueError:
-        logger.warning("ignoring NGFF_DREG_CHUNK_CACHE_MB=%r (not a number)", raw)
-        return int(DEFAULT_CACHE_MB * 1e6)
+        logger.warning("ignoring %s=%r (not a number)", name, raw)
+        return int(default_mb * 1e6)
 
 
 def cache_enabled() -> bool:
@@ -186,6 +250,158 @@ def shared_array(key: tuple[str, ...], open_array: Callable[[], T]) -> T:
         with _ARRAYS_LOCK:
             arr = _ARRAYS.setdefault(key, opened)
     return arr  # type: ignore[no-any-return]
+
+
+class HostCache:
+    """Chunk files of one run on one machine, shared by its processes.
+
+    Parameters
+    ----------
+    root:
+        The run's directory (created if needed).
+    max_bytes:
+        Bytes this process may keep written there; beyond it, the files it
+        wrote first are removed. Other processes' files are never touched.
+
+    """
+
+    def __init__(self, root: str, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = int(max_bytes)
+        os.makedirs(root, exist_ok=True)
+        self._written: OrderedDict[str, int] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    def path(self, scope: Scope, piece: str) -> str:
+        """The file of ``piece`` of the store of ``scope``."""
+        digest = hashlib.sha1(f"{scope[0]}\0{scope[1]}\0{piece}".encode()).hexdigest()
+        return os.path.join(self.root, digest)
+
+    def read(self, scope: Scope, piece: str) -> bytes | None:
+        """The bytes of ``piece`` if a process of this machine kept them."""
+        try:
+            with open(self.path(scope, piece), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def claim(self, scope: Scope, piece: str) -> bool:
+        """Take the fetch of ``piece`` (False: another process is fetching it)."""
+        try:
+            os.close(os.open(self.path(scope, piece) + ".lock",
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True  # no lock possible (read-only disk...): fetch without one
+        return True
+
+    def release(self, scope: Scope, piece: str) -> None:
+        """Drop the claim taken by :meth:`claim`."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path(scope, piece) + ".lock")
+
+    async def wait(self, scope: Scope, piece: str, timeout: float = HOST_WAIT_S) -> bytes | None:
+        """The bytes of ``piece`` once another process's fetch ends (``None``: it failed)."""
+        path = self.path(scope, piece)
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            data = self.read(scope, piece)
+            if data is not None:
+                return data
+            if not os.path.exists(path + ".lock"):
+                return self.read(scope, piece)
+            await asyncio.sleep(delay)
+            delay = min(0.1, delay * 2)
+        return None
+
+    def write(self, scope: Scope, piece: str, data: bytes) -> None:
+        """Keep ``data`` for the other processes (atomically: a file is whole or absent)."""
+        if len(data) > self.max_bytes:
+            return
+        path = self.path(scope, piece)
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.debug("host cache: cannot write %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
+        with self._lock:
+            self._nbytes += len(data) - self._written.pop(path, 0)
+            self._written[path] = len(data)
+            while self._nbytes > self.max_bytes and self._written:
+                old, size = self._written.popitem(last=False)
+                self._nbytes -= size
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+
+
+_HOST: dict[str, HostCache] = {}
+
+
+def _host_root(token: str) -> str:
+    base = os.environ.get("NGFF_DREG_HOST_CACHE_DIR", "").strip() or tempfile.gettempdir()
+    return os.path.join(base, f"ngff-dreg-chunks-{token}")
+
+
+def _sweep_stale(base: str, max_idle_s: float = STALE_S) -> None:
+    """Remove run directories nothing wrote to for ``max_idle_s`` (left by killed runs).
+
+    Safe even for a run still going: a missing file is only a cache miss.
+    """
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("ngff-dreg-chunks-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            idle = now - os.stat(path).st_mtime
+        except OSError:
+            continue
+        if idle > max_idle_s:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def open_host_cache(token: str) -> bool:
+    """Open this process's view of run ``token``'s host cache (False: disabled).
+
+    Call it in every process of the run (``client.run(open_host_cache, token)``
+    and on the client); the budget is ``NGFF_DREG_HOST_CACHE_MB`` of this process.
+    Directories of other runs idle for a day (a killed client never removed
+    them) are removed on the way.
+    """
+    budget = _budget_from_env("NGFF_DREG_HOST_CACHE_MB", DEFAULT_HOST_CACHE_MB)
+    if budget <= 0 or _budget_from_env() <= 0:
+        return False
+    with _CACHE_LOCK:
+        if token not in _HOST:
+            _sweep_stale(os.path.dirname(_host_root(token)))
+            try:
+                _HOST[token] = HostCache(_host_root(token), budget)
+            except OSError as exc:
+                logger.warning("no host chunk cache (%s): %s", _host_root(token), exc)
+                return False
+    return True
+
+
+def close_host_cache(token: str) -> None:
+    """Forget run ``token``'s host cache in this process and remove its directory."""
+    with _CACHE_LOCK:
+        _HOST.pop(token, None)
+    shutil.rmtree(_host_root(token), ignore_errors=True)
+
+
+def host_cache(token: str) -> HostCache | None:
+    """The host cache of run ``token`` opened in this process, if any."""
+    return _HOST.get(token)
 
 
 class CachingStore(ReadThroughStore):
@@ -235,7 +451,51 @@ class CachingStore(ReadThroughStore):
         if held is not None:
             record_hit(self.image, key, len(held))
             return prototype.buffer.from_bytes(held)
-        buf = await self._store.get(key, prototype, byte_range)
+        metadata = is_metadata_key(key)
+        host = None if metadata else host_cache(self.scope[0])
+        if host is not None:
+            return await self._get_shared(host, piece, key, prototype, byte_range)
+        return await self._fetch(piece, key, prototype, byte_range)
+
+    async def _get_shared(
+        self, host: HostCache, piece: str, key: str, prototype: BufferPrototype,
+        byte_range: ByteRequest | None,
+    ) -> Buffer | None:
+        """``piece`` from the host cache, else fetched once for every process of the machine."""
+        data = host.read(self.scope, piece)
+        claimed = False
+        if data is None:
+            claimed = host.claim(self.scope, piece)
+            data = host.read(self.scope, piece) if claimed else await host.wait(self.scope, piece)
+        if data is not None:
+            if claimed:
+                host.release(self.scope, piece)
+            record_hit(self.image, key, len(data))
+            self.cache.put(self.scope, piece, data)
+            return prototype.buffer.from_bytes(data)
+        try:
+            buf = await self._fetch(piece, key, prototype, byte_range)
+            if buf is not None:
+                host.write(self.scope, piece, buf.to_bytes())
+        finally:
+            if claimed:
+                host.release(self.scope, piece)
+        return buf
+
+    async def _fetch(
+        self, piece: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        """Fetch ``piece`` from the wrapped store and keep it in the process cache."""
+        tracing = trace_enabled() and not is_metadata_key(key)
+        if tracing:
+            cause = self.cache.miss_cause(self.scope, piece, start=True)
+        try:
+            buf = await self._store.get(key, prototype, byte_range)
+        finally:
+            if tracing:
+                self.cache.miss_cause(self.scope, piece, start=False)
+        if tracing and buf is not None:
+            trace_event("cause", self.image, piece, len(buf), cause)
         if buf is not None:
             self.cache.put(self.scope, piece, buf.to_bytes(), metadata=is_metadata_key(key))
         return buf

@@ -308,6 +308,11 @@ class FieldSceneWriter:
         Per-level factors of the field pyramids (NumPy order, each over the
         level before), normally the fixed image's
         (:func:`~ngff_dreg.io.image_writer.pyramid_factors`); ``None``: 2x.
+    cache_token:
+        Chunk-cache token of the loaders this writer hands out (:meth:`loader`):
+        every loader of the same field shares it, so a process fetches a field
+        chunk once whether the inverse, the next stage or the resample reads
+        it. :meth:`begin` draws a new one (the arrays are rewritten).
 
     """
 
@@ -324,6 +329,8 @@ class FieldSceneWriter:
     fixed_url: str | None = None
     moving_url: str | None = None
     downsample_factors: tuple[tuple[int, ...], ...] | None = None
+    cache_token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False,
+                             compare=False)
 
     def _group(self, mode: str = "a") -> Any:
         return _open_group(self.url, self.storage_options, mode)
@@ -359,6 +366,7 @@ class FieldSceneWriter:
                           mode="a" if status == "incomplete" else "w", zarr_format=3)
         # The marker goes first: from here on the output reads as incomplete.
         put_marker(root, "incomplete")
+        self.cache_token = uuid.uuid4().hex  # loaders of the old arrays must not share it
         tgroup = root.require_group(TRANSFORMS_GROUP)
         for name, geom in geometries.items():
             frame_of(geom)  # validates the direction
@@ -381,7 +389,7 @@ class FieldSceneWriter:
         frame = frame_of(geometry)
         rot = None if frame.is_identity else tuple(map(tuple, frame.rotation_zyx))
         return ZarrFieldLoader(self.url, f"{TRANSFORMS_GROUP}/{name}/s0", rot,
-                               self.storage_options)
+                               self.storage_options, cache=self.cache_token)
 
     def write_chunk(self, name: str, geometry: ImageGeometry, box: Box,
                     data: npt.NDArray[Any]) -> None:

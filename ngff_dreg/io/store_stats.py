@@ -20,13 +20,21 @@ union, so that the distinct bytes of a run are counted once however many
 stages read them.
 
 The figures are load-independent: they count requests and bytes, not time.
+
+For diagnosis, ``NGFF_DREG_IO_TRACE=<directory>`` makes every process also
+log each fetch (time, image, piece, bytes, and for cached stores why the cache
+missed) to ``<directory>/<process>.jsonl``, with a ``take`` line whenever
+:func:`take_counts` is called (the stage boundaries of a run's
+:class:`IOLedger`); ``benchmarks/io_breakdown.py`` reads these logs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +54,8 @@ __all__ = [
     "reset_counts",
     "collect_counts",
     "format_summary",
+    "trace_enabled",
+    "trace_event",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +65,32 @@ METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
 _PROCESS = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 _LOCK = threading.Lock()
+_TRACE_DIR = os.environ.get("NGFF_DREG_IO_TRACE", "").strip() or None
+_TRACE: list[list[Any]] = []
+
+
+def trace_enabled() -> bool:
+    """True when ``NGFF_DREG_IO_TRACE`` names a directory for fetch logs."""
+    return _TRACE_DIR is not None
+
+
+def trace_event(*fields: Any) -> None:
+    """Log one event (with the time) when tracing; written out by :func:`take_counts`."""
+    if _TRACE_DIR is not None:
+        with _LOCK:
+            _TRACE.append([time.time(), *fields])
+
+
+def _flush_trace() -> None:
+    """Append the logged events and a ``take`` mark to this process's log (lock held)."""
+    if _TRACE_DIR is None:
+        return
+    os.makedirs(_TRACE_DIR, exist_ok=True)
+    with open(os.path.join(_TRACE_DIR, f"{_PROCESS}.jsonl"), "a") as f:
+        for ev in _TRACE:
+            f.write(json.dumps(ev) + "\n")
+        f.write(json.dumps([time.time(), "take"]) + "\n")
+    _TRACE.clear()
 
 
 def is_metadata_key(key: str) -> bool:
@@ -199,6 +235,9 @@ def record_fetch(image: str, key: str, byte_range: Any, nbytes: int | None) -> N
     """Count one request that reached the store (``nbytes`` ``None``: the object is absent)."""
     with _LOCK:
         row = _row(image)
+        if _TRACE_DIR is not None:
+            _TRACE.append([time.time(), "fetch", image, piece_id(key, byte_range), nbytes,
+                           threading.get_ident()])
         if nbytes is None:
             row.missing += 1
             return
@@ -235,6 +274,7 @@ def take_counts(reset: bool = True) -> tuple[str, dict[str, StoreCounts]]:
     """``(process id, counts by image)`` of this process; cleared unless ``reset=False``."""
     global _COUNTS
     with _LOCK:
+        _flush_trace()
         counts = _COUNTS
         if reset:
             _COUNTS = {}

@@ -160,3 +160,111 @@ def test_shards_are_refused_for_zarr_v2(tmp_path: Any, make_test_image: Any) -> 
     url = str(tmp_path / "v2.ome.zarr")
     with pytest.raises(InvalidInputDataError, match="Zarr v3"):
         make_test_image(url, SHAPE, chunks=8, n_levels=1, version="0.4", shards=16)
+
+
+# ---------------------------------------------------------------- host cache
+_OTHER_PROCESS = """
+import json, sys
+from ngff_dreg.geometry import Box
+from ngff_dreg.io.chunk_cache import open_host_cache
+from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.store_stats import take_counts
+url, token, boxes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+assert open_host_cache(token)
+ctor = OMEZarrReaderConstructor(url, 0, cache=token)
+for start, stop in boxes:
+    ctor().read_box(Box(tuple(start), tuple(stop)))
+print(json.dumps(take_counts()[1][url].chunk_requests))
+"""
+
+
+def test_host_cache_fetches_each_chunk_once_per_machine(
+    tmp_path: Any, make_test_image: Any, monkeypatch: Any
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ngff_dreg.io.chunk_cache import close_host_cache, host_cache, open_host_cache
+
+    url = str(tmp_path / "img.ome.zarr")
+    data, _ = make_test_image(url, SHAPE, chunks=8, n_levels=1)
+    monkeypatch.setenv("NGFF_DREG_HOST_CACHE_DIR", str(tmp_path / "host"))
+    token = uuid.uuid4().hex
+    boxes = json.dumps([[list(b.start), list(b.stop)] for b in BOXES])
+    # Another worker process of this machine reads the boxes first...
+    out = subprocess.run([sys.executable, "-c", _OTHER_PROCESS, url, token, boxes],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "NGFF_DREG_HOST_CACHE_DIR": str(tmp_path / "host")})
+    first = json.loads(out.stdout.strip().splitlines()[-1])
+    distinct = len({
+        tuple(lo // 8 + i for lo, i in zip(b.start, idx)) for b in BOXES
+        for idx in np.ndindex(*[(hi - 1) // 8 - lo // 8 + 1 for lo, hi in zip(b.start, b.stop)])
+    })
+    assert first == distinct
+    # ...then this process reads the same voxels without fetching a single chunk.
+    assert open_host_cache(token)
+    _counts(url)
+    ctor = OMEZarrReaderConstructor(url, 0, cache=token)
+    plain = OMEZarrReaderConstructor(url, 0)
+    for box in BOXES:
+        got = ctor().read_box(box)
+        np.testing.assert_array_equal(got, data[box.slices])
+        np.testing.assert_array_equal(got, plain().read_box(box))
+    _counts(url)  # the plain reads fetched; the cached ones above did not:
+    ctor2 = OMEZarrReaderConstructor(url, 0, cache=token)
+    process_cache().clear()  # as if evicted: served from the host cache again
+    np.testing.assert_array_equal(ctor2().read_box(BOXES[1]), data[BOXES[1].slices])
+    c = _counts(url)
+    assert c.chunk_requests == 0 and c.cache_hits == _chunks_touched(BOXES[1], 8)
+    close_host_cache(token)
+    assert host_cache(token) is None and not (tmp_path / "host").joinpath(
+        f"ngff-dreg-chunks-{token}").exists()
+
+
+def test_host_cache_waits_for_another_fetch_and_keeps_its_budget(tmp_path: Any) -> None:
+    import asyncio
+
+    from ngff_dreg.io.chunk_cache import HostCache
+
+    host = HostCache(str(tmp_path / "h"), max_bytes=10)
+    scope = ("t", "u")
+    assert host.read(scope, "a") is None
+    assert host.claim(scope, "a") and not host.claim(scope, "a")  # a second fetcher waits
+
+    async def other_fetch_ends() -> bytes | None:
+        waiting = asyncio.ensure_future(host.wait(scope, "a", timeout=5))
+        await asyncio.sleep(0.02)
+        host.write(scope, "a", b"1234")
+        host.release(scope, "a")
+        return await waiting
+
+    assert asyncio.run(other_fetch_ends()) == b"1234"
+    assert host.claim(scope, "b")
+    host.release(scope, "b")  # the fetch failed: a waiter gives up at once
+    assert asyncio.run(host.wait(scope, "b", timeout=5)) is None
+    host.write(scope, "b", b"5678")
+    host.write(scope, "c", b"90ab")  # over the budget: a, written first, goes
+    assert host.read(scope, "a") is None and host.read(scope, "c") == b"90ab"
+    host.write(scope, "huge", b"x" * 11)
+    assert host.read(scope, "huge") is None
+
+
+def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, monkeypatch: Any) -> None:
+    import os
+    import time
+
+    from ngff_dreg.io.chunk_cache import close_host_cache, open_host_cache
+
+    monkeypatch.setenv("NGFF_DREG_HOST_CACHE_DIR", str(tmp_path))
+    stale, recent = tmp_path / "ngff-dreg-chunks-old", tmp_path / "ngff-dreg-chunks-busy"
+    for d in (stale, recent):
+        d.mkdir()
+        (d / "chunk").write_bytes(b"x")
+    day_ago = time.time() - 2 * 86400
+    os.utime(stale, (day_ago, day_ago))
+    token = uuid.uuid4().hex
+    assert open_host_cache(token)
+    assert not stale.exists() and recent.exists()  # another run's live cache stays
+    close_host_cache(token)

@@ -216,3 +216,16 @@ def test_recorded_image_urls_carry_no_credentials(tmp_path):
     images = _attrs(url)["ngff_dreg"]["images"]
     assert images["fixed"].startswith("https://***@data.example.org/fixed.zarr")
     assert images["moving"] == "s3://bucket/moving.zarr"
+
+
+def test_loaders_of_one_writer_share_a_cache_token_until_begin(tmp_path: Path) -> None:
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.io.field_writer import FieldSceneWriter
+
+    geom = ImageGeometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    writer = FieldSceneWriter(str(tmp_path / "out.zarr"))
+    a = writer.loader(writer.forward_name, geom)
+    b = writer.loader(writer.forward_name, geom)
+    assert a.cache == b.cache == writer.cache_token  # one fetch per process for both
+    writer.begin({writer.forward_name: geom}, chunks=4)
+    assert writer.loader(writer.forward_name, geom).cache != a.cache  # new arrays, new token

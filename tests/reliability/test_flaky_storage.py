@@ -139,14 +139,15 @@ def test_registration_through_flaky_storage_matches_undisturbed_run(
 ) -> None:
     _, fixed, moving = s3_pair
     _, reference = reference_run
-    # A fifth of every chunk GET dropped or cut short, some delayed: on the workers too.
-    proxy = fault_proxy(s3_server.endpoint_url, mode="reset", probability=0.2, seed=3)
+    # A third of every chunk GET dropped or cut short, some delayed: on the workers too.
+    # (The host chunk cache fetches each chunk once per run, so there are few GETs.)
+    proxy = fault_proxy(s3_server.endpoint_url, mode="reset", probability=0.35, seed=3)
     out = str(tmp_path / "flaky.zarr")
     result = register(
         fixed, moving, out, schedule=small_schedule(), client=dask_client, progress=False,
         storage_options=_opts(s3_server, proxy.endpoint_url),
     )
-    assert proxy.total_faults >= 10, proxy.faults
+    assert proxy.total_faults >= 8, proxy.faults
     assert output_status(out) == "complete"
     diff = field_difference(result.transforms.transform, reference.transforms.transform,
                             small_pair)
