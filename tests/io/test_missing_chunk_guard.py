@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import pickle
 import shutil
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,21 +169,6 @@ def test_deleted_chunk_on_s3(s3_server: Any, version: str) -> None:
 
 
 # -- HTTP: no listing by default ------------------------------------------------------
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_http_store_is_not_listed_and_reads_as_before(
