@@ -9,6 +9,7 @@ and streams exactly the storage chunks that intersect a requested region.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from zarr.abc.store import Store
 
 from ngff_dreg.errors import InvalidInputDataError, ScheduleError, SelectionNotFoundError
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -328,15 +328,13 @@ class OMEZarrReader:
         url = join_url(self._ctor.url, path)
 
         inventory = self._meta.inventory
-
-        def guard(store: Store) -> Store:
-            # Chunks present at planning must not read as fill value now.
-            assert inventory is not None
-            return MissingChunkGuard(store, inventory, url)
+        # chunks present at planning must not read as fill value now
+        guard = None if inventory is None else functools.partial(
+            MissingChunkGuard, inventory=inventory, url=url)
 
         def op() -> Any:
             group = open_group(self._ctor.url, self._ctor.storage_options, cache=cache,
-                               wrap=None if inventory is None else guard)
+                               wrap=guard)
             meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
             return map_read_errors(join_url(url, meta), "open level array",
                                    lambda: group[path])
