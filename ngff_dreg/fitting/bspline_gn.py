@@ -193,8 +193,8 @@ class _Pass:
         # with a stride of 1 on every axis no voxel lies between the fit's
         # samples: one in HOLD_OUT_EVERY of them (a diagonal pattern) is kept
         # out of the fit and checked instead
-        split = (split or held_out) and all(st == 1 for st in steps)
-        if held_out and not split:  # half as dense per axis, between the fit lattice's points
+        every_voxel = (split or held_out) and all(st == 1 for st in steps)
+        if held_out and not every_voxel:  # half as dense per axis, between the fit's points
             starts = [min(s0 + max(1, st // 2), n - 1)
                       for s0, st, n in zip(starts, steps, images.fixed.shape)]
             steps = [2 * st for st in steps]
@@ -202,7 +202,7 @@ class _Pass:
         self.lat_shape = tuple(len(a) for a in axes_idx)
         self.n = int(np.prod(self.lat_shape))
         self.keep: BoolArray | None = None
-        if split:
+        if every_voxel:
             diag = sum(np.ix_(*[np.arange(len(a)) for a in axes_idx])) % HOLD_OUT_EVERY == 0
             diag = np.broadcast_to(diag, self.lat_shape).reshape(-1)
             self.keep = diag if held_out else ~diag
