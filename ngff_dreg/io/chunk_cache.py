@@ -436,9 +436,6 @@ class CachingStore(ReadThroughStore):
     def __repr__(self) -> str:
         return f"CachingStore({self.image!r})"
 
-    def __eq__(self, value: object) -> bool:
-        return isinstance(value, CachingStore) and value._store == self._store
-
     def __hash__(self) -> int:
         return hash((type(self), self.scope))
 

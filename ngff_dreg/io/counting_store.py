@@ -52,9 +52,6 @@ class CountingStore(ReadThroughStore):
     def __repr__(self) -> str:
         return f"CountingStore({self.image!r})"
 
-    def __eq__(self, value: object) -> bool:
-        return isinstance(value, CountingStore) and value._store == self._store
-
     def __hash__(self) -> int:
         return hash((type(self), self.image))
 

@@ -57,9 +57,6 @@ class MissingChunkGuard(ReadThroughStore):
     def __repr__(self) -> str:
         return f"MissingChunkGuard({redact_url(self.url)!r})"
 
-    def __eq__(self, value: object) -> bool:
-        return isinstance(value, MissingChunkGuard) and value._store == self._store
-
     def __hash__(self) -> int:
         return hash((type(self), self.url))
 

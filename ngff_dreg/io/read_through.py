@@ -29,6 +29,10 @@ class ReadThroughStore(WrapperStore[Store]):
             await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges))
         )
 
+    def __eq__(self, value: object) -> bool:
+        """The same kind of wrapper around an equal store (subclasses hash their own key)."""
+        return isinstance(value, type(self)) and value._store == self._store
+
     @property
     def wrapped(self) -> Any:
         """The store read through."""
