@@ -322,6 +322,10 @@ def _print_summary(result: Any, verbose: int = 0) -> None:
             f"{rep.name:>8}  level {rep.fixed_level}  {rep.method:<12} {blocks:>12}  {ncc}  "
             f"{rep.seconds:6.1f}s{extra}"
         )
+        if verbose >= 1:
+            for r in (getattr(rep, "report", None) or {}).get("refused") or []:
+                typer.echo(f"          refused block {tuple(r['block'])} {r['status']}: "
+                           f"{r['reason']}")
     total = result.timings.get("total")
     if total is not None:
         typer.echo(f"total {total:.1f}s")

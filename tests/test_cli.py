@@ -208,3 +208,22 @@ def test_demo_command_reports_error_against_truth(tmp_path):
     assert values["p95"] <= 0.5 and values["mean"] <= 0.25, line
     assert "folded fraction 0.0000%" in proc.stdout
     assert "stage 0" in proc.stdout and "global" in proc.stdout
+
+
+def test_verbose_summary_names_each_refused_block_with_its_reason(capsys) -> None:
+    from types import SimpleNamespace
+
+    from ngff_dreg.cli import _print_summary
+    from ngff_dreg.io.output_state import StageReport
+
+    refused = [{"block": [0, 1], "status": "LOW_QUALITY",
+                "reason": "block (0, 1): the fit folds (det J min -0.2)"}]
+    stage = StageReport("stage 0", 1, 1, "bspline", status=np.array([[0, 1]]),
+                        report={"refused": refused})
+    result = SimpleNamespace(levels=[stage], timings={}, io=None)
+    _print_summary(result, verbose=0)
+    assert "refused" not in capsys.readouterr().out
+    _print_summary(result, verbose=1)
+    out = capsys.readouterr().out
+    assert "1/2 blocks" in out
+    assert "refused block (0, 1) LOW_QUALITY: block (0, 1): the fit folds" in out

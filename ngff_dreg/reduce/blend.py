@@ -196,6 +196,8 @@ class BlockSample:
     figures:
         The method's own figures for the block (see
         :attr:`~ngff_dreg.interfaces.BlockPairRegistrationResult.figures`).
+    message:
+        Why the block was refused (the method's message; empty on SUCCESS).
 
     """
 
@@ -210,6 +212,7 @@ class BlockSample:
     reach: float
     transform: SupportsTransformPoints | None = None
     figures: dict[str, float] = field(default_factory=dict)
+    message: str = ""
 
     @property
     def ok(self) -> bool:
@@ -266,6 +269,7 @@ def block_sample(
     use_quality: bool = False,
     fill_distance: float = 1.0,
     figures: dict[str, float] | None = None,
+    message: str = "",
 ) -> BlockSample:
     """Summarise one block result for the field-chunk tasks.
 
@@ -292,6 +296,8 @@ def block_sample(
         Hole-filling reach in multiples of the block extent.
     figures:
         The method's figures for the block, passed through.
+    message:
+        The method's message, kept for a refused block (why it was refused).
 
     """
     lo, hi = box_bounds(block_box if block_box is not None else core)
@@ -310,6 +316,7 @@ def block_sample(
         fill_reach(lo, hi, fixed, fill_distance),
         transform if status == BlockRegStatus.SUCCESS else None,
         dict(figures or {}),
+        "" if status == BlockRegStatus.SUCCESS else str(message),
     )
 
 

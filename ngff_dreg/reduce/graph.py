@@ -123,10 +123,12 @@ def sample_block(located: LocatedBlockResult, block_box: Box | None,
     transform = numpy_transform(res.transform) if status == BlockRegStatus.SUCCESS else None
     core = Box.from_slices(located.fixed_info.array_slice, fixed.shape)
     figures = getattr(res, "figures", None)  # itk-dreg's own result records have none
+    message = getattr(res, "message", "")
     return block_sample(status, located.fixed_info.chunk_index, core, block_box, domain,
                         transform, res.metric, fixed, fgeom, use_quality=use_quality,
                         fill_distance=fill_distance,
-                        figures=figures if isinstance(figures, dict) else None)
+                        figures=figures if isinstance(figures, dict) else None,
+                        message=message if isinstance(message, str) else "")
 
 
 def padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
@@ -149,9 +151,35 @@ def _t_sample(located: Any, box: Box, fixed: ImageGeometry, fgeom: ImageGeometry
                         fill_distance=fill_distance)
 
 
-def _t_status(sample: BlockSample) -> tuple[tuple[int, ...], int, dict[str, float]]:
-    """``(chunk_index, status, figures)`` of one block, for the status grid and report."""
-    return sample.chunk_index, sample.status, sample.figures
+#: refused blocks listed by name, with the method's reason, in a stage's report
+MAX_REFUSED_LISTED = 50
+
+Status = tuple[tuple[int, ...], int, dict[str, float], str]
+
+
+def _t_status(sample: BlockSample) -> Status:
+    """``(chunk_index, status, figures, message)`` of one block, for the status grid and report."""
+    return sample.chunk_index, sample.status, sample.figures, sample.message
+
+
+def refused_blocks(statuses: list[Status]) -> list[dict[str, Any]]:
+    """The refused blocks, each with its status name and the method's reason.
+
+    Blocks without signal are left out (nothing to register there); at most
+    :data:`MAX_REFUSED_LISTED`, in block order.
+    """
+    out = []
+    for index, s, _, message in sorted(statuses, key=lambda t: tuple(t[0])):
+        if s in (BlockRegStatus.SUCCESS, BlockRegStatus.NO_SIGNAL):
+            continue
+        try:
+            name = BlockRegStatus(s).name
+        except ValueError:  # a plug-in's own code
+            name = str(s)
+        out.append({"block": [int(i) for i in index], "status": name, "reason": message})
+        if len(out) == MAX_REFUSED_LISTED:
+            break
+    return out
 
 
 def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed: ImageGeometry,
@@ -242,12 +270,12 @@ def _t_prepare(writer: FieldWriter, geoms: dict[str, ImageGeometry],
 def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
                 affine: AffineTransform, fixed: ImageGeometry, ready: dict[str, Any],
                 inv_parts: list[dict[str, Any]] | None, checks: list[dict[str, Any]],
-                statuses: list[tuple[tuple[int, ...], int, dict[str, float]]],
+                statuses: list[Status],
                 writer: FieldWriter | None,
                 forward_mem: DisplacementField | None) -> BlendedTransformResult:
     """Report, status grid, pyramids and metadata (written last); the result record."""
-    smap = status_grid([(index, s) for index, s, _ in statuses])
-    n_success = sum(1 for _, s, _ in statuses if s == BlockRegStatus.SUCCESS)
+    smap = status_grid([(index, s) for index, s, _, _ in statuses])
+    n_success = sum(1 for _, s, _, _ in statuses if s == BlockRegStatus.SUCCESS)
     report: dict[str, Any] = {
         "n_blocks": len(statuses),
         "n_success": n_success,
@@ -258,7 +286,8 @@ def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
         "uncovered_fraction": ready["uncovered"] / max(ready["n"], 1),
         "jacobian_min": min((c["jac_min"] for c in checks), default=1.0),
         "folded_fraction": sum(c["folded"] for c in checks) / max(sum(c["n"] for c in checks), 1),
-        **stage_figures(f for _, s, f in statuses if s == BlockRegStatus.SUCCESS),
+        **stage_figures(f for _, s, f, _ in statuses if s == BlockRegStatus.SUCCESS),
+        "refused": refused_blocks(statuses),
     }
     if inv_parts is not None:
         vox = float(min(fixed.spacing))

@@ -263,6 +263,14 @@ def _stage_rows(info: SceneInfo) -> list[list[Any]]:
     return rows
 
 
+def _refused_rows(info: SceneInfo) -> list[list[Any]]:
+    rows = []
+    for st in info.stages:
+        for r in st.report.get("refused") or []:
+            rows.append([st.name, tuple(r.get("block", ())), r.get("status"), r.get("reason")])
+    return rows
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
 max-width:1300px;padding:0 1em;color:#222;background:#fff}
@@ -300,8 +308,13 @@ def _page(
          "det J min", "folded fraction", "seconds", "store requests", "MB fetched",
          "re-read (fetched / distinct)"],
     )
-    keys = sorted(info.report)
+    keys = sorted(k for k in info.report if k != "refused")
     final = _table([[k, info.report[k]] for k in keys], ["final figure", "value"]) if keys else ""
+    refused = _refused_rows(info)
+    if refused:
+        final += ("<h2>Refused blocks</h2><p>Blocks whose method refused its fit, with the "
+                  "method's reason; the reduction filled them from their neighbours.</p>"
+                  + _table(refused, ["stage", "block", "status", "reason"]))
     vtable = _table([[k, v] for k, v in vers.items()], ["package", "version"])
     note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     return (

@@ -38,7 +38,8 @@ def make_blocks(
         padded = core.pad((pad,) * fixed.ndim).clip(fixed.shape)
         info = BlockInfo(ci, core.slices)
         if ci in failed:
-            res = BlockPairRegistrationResult.failed(BlockRegStatus.FAILURE)
+            res = BlockPairRegistrationResult.failed(BlockRegStatus.FAILURE,
+                                                     f"block {ci}: refused by the test")
         else:
             dom = metadata_image(fixed.sub(padded.slices))
             res = BlockPairRegistrationResult(

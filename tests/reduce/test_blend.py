@@ -149,6 +149,34 @@ def test_all_failed_returns_the_initial_transform(blocks_factory, ctor_factory):
     assert out.report["n_success"] == 0
 
 
+def test_the_report_names_each_refused_block_with_its_reason(blocks_factory, ctor_factory):
+    fixed = _geometry(2)
+    failed = [(0, 1), (2, 3)]
+    results, _ = blocks_factory(fixed, 24, 4, lambda c, p: _translation([0.1, 0.0]),
+                                failed=failed)
+    out = ReduceToDisplacementField(field_chunk=8)(results, ctor_factory(fixed), None)
+    refused = out.report["refused"]
+    assert [tuple(r["block"]) for r in refused] == failed
+    assert all(r["status"] == "FAILURE" for r in refused)
+    assert [r["reason"] for r in refused] == [f"block {ci}: refused by the test" for ci in failed]
+
+
+def test_refused_blocks_leave_out_success_and_no_signal_and_are_capped() -> None:
+    from ngff_dreg.reduce.graph import MAX_REFUSED_LISTED, refused_blocks
+
+    statuses = [((9,), int(BlockRegStatus.LOW_QUALITY), {}, "folds"),
+                ((1,), int(BlockRegStatus.SUCCESS), {}, ""),
+                ((2,), int(BlockRegStatus.NO_SIGNAL), {}, "no signal"),
+                ((3,), 77, {}, "a plug-in's own code")]
+    assert refused_blocks(statuses) == [
+        {"block": [3], "status": "77", "reason": "a plug-in's own code"},
+        {"block": [9], "status": "LOW_QUALITY", "reason": "folds"}]
+    many = [((i,), int(BlockRegStatus.OUT_OF_BOUNDS), {}, "outside")
+            for i in range(MAX_REFUSED_LISTED + 5)]
+    listed = refused_blocks(many)
+    assert len(listed) == MAX_REFUSED_LISTED and listed[-1]["block"] == [MAX_REFUSED_LISTED - 1]
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_initial_chain_is_folded_in(blocks_factory, ctor_factory, ndim):
     fixed = _geometry(ndim)

@@ -147,3 +147,16 @@ def test_report_to_folder_and_cli(registered, tmp_path):
 def test_remote_output_needs_a_folder():
     with pytest.raises(ReportLocationError, match="--to"):
         write_report("s3://bucket/out.zarr")
+
+
+def test_refused_blocks_are_listed_per_stage():
+    from types import SimpleNamespace
+
+    from ngff_dreg.io.output_state import StageReport
+    from ngff_dreg.report.html import _refused_rows
+
+    stages = [StageReport("global", 2, 2, "rigid+affine"),
+              StageReport("stage 0", 1, 1, "bspline", report={"refused": [
+                  {"block": [1, 0], "status": "OUT_OF_BOUNDS", "reason": "moving covers 10%"}]})]
+    rows = _refused_rows(SimpleNamespace(stages=stages))
+    assert rows == [["stage 0", (1, 0), "OUT_OF_BOUNDS", "moving covers 10%"]]
