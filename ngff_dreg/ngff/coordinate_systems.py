@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.ngff._checks import as_dict, check_relative_path, err
+from ngff_dreg.ngff._checks import as_dict, err
 from ngff_dreg.ngff.affine_maps import ParamLoader, affine_map
-from ngff_dreg.ngff.transforms import has_field_transform
+from ngff_dreg.ngff.transforms import check_ref, has_field_transform
 
 __all__ = ["Route", "SpatialBlock", "chain", "routes", "spatial_block", "uses_param_arrays"]
 
@@ -47,16 +47,14 @@ class Route:
 
 
 def _ref(value: Any, url: str, key: str) -> tuple[str, str | None]:
-    """``(name, path)`` of an ``input``/``output`` object; anything else is an error."""
-    if not isinstance(value, Mapping):
-        raise err(url, key, "must be an object {\"name\": ..., \"path\": ...}, got "
-                  f"{type(value).__name__} {value!r}")
-    name = value.get("name")
-    if not isinstance(name, str) or not name:
-        raise err(url, f"{key}.name", f"missing or not a non-empty string: {name!r}")
-    path = value.get("path")
-    if path is not None:
-        path = check_relative_path(path, url, f"{key}.path")
+    """``(name, path)`` of a multiscales transform's ``input``/``output``; a name is required.
+
+    A plain string (0.6.dev1-dev3) is the name of a coordinate system.
+    """
+    name, path = check_ref(value, url, key, string="name")
+    if name is None:
+        raise err(url, f"{key}.name", "missing: a multiscales transform must name the "
+                  "coordinate system")
     return name, path
 
 
@@ -77,7 +75,8 @@ def routes(
 ) -> list[Route]:
     """Check every multiscales-level transform and return it as a :class:`Route`.
 
-    Each entry must name its ``input`` and ``output`` as objects; one of them
+    Each entry must name its ``input`` and ``output`` (objects, or strings
+    holding coordinate-system names as 0.6.dev1-dev3 allowed); one of them
     should be the intrinsic system, the other a coordinate system of this
     multiscale (or, with a ``path``, of a child labels group, through an
     identity/scale/translation only); an entry that names unknown systems, or
