@@ -642,9 +642,11 @@ def parse_multiscale(
     name:
         Select the multiscale with this ``name``; the first one by default.
     coordinate_system:
-        0.6 only: express physical points in this named coordinate system. By
-        default the chain of multiscales-level transforms starting at the
-        intrinsic system is followed to its end.
+        0.6 only: express physical points in this named coordinate system
+        (reached, if need be, backwards through a transform into the
+        intrinsic system that has a closed-form inverse). By default the
+        chain of multiscales-level transforms starting at the intrinsic
+        system is followed to its end.
     use_orientation:
         Turn RFC-4 anatomical ``orientation`` labels into a direction matrix
         (relative to LPS) when no rotation/affine is given.

@@ -256,6 +256,55 @@ def test_transform_into_the_intrinsic_system_is_not_followed() -> None:
     assert ms.coordinate_system == "physical" and ms.spacing(0) == (0.5, 0.5)
 
 
+def test_transform_into_the_intrinsic_system_is_inverted_when_asked_for() -> None:
+    # the spec lets a multiscales transform end at the intrinsic system:
+    # other -> physical scales by 4 (and shifts), so physical -> other divides
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    extra = [{"type": "sequence", "input": "other", "output": {"name": "physical"},
+              "transformations": [{"type": "scale", "scale": [4.0, 2.0]},
+                                  {"type": "translation", "translation": [1.0, -3.0]}]}]
+    ms = parse_multiscale(image("yx", [0.5, 0.5], extra, systems), url=URL,
+                          coordinate_system="other")
+    assert ms.coordinate_system == "other" and ms.intrinsic_system == "physical"
+    idx = np.array([2.0, 6.0])
+    want = (np.array([0.5, 0.5]) * idx - [1.0, -3.0]) / [4.0, 2.0]
+    np.testing.assert_allclose(_physical(ms, 0, idx.tolist()), want)
+
+
+def test_bijection_into_the_intrinsic_system_uses_its_inverse() -> None:
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    # the stored inverse differs from the forward's (an approximation, as for fields):
+    # walking backwards must take the inverse as written
+    extra = [{"type": "bijection", "input": {"name": "other"}, "output": {"name": "physical"},
+              "forward": {"type": "scale", "scale": [2.0, 2.0]},
+              "inverse": {"type": "scale", "scale": [0.25, 0.25]}}]
+    ms = parse_multiscale(image("yx", [1.0, 1.0], extra, systems), url=URL,
+                          coordinate_system="other")
+    assert ms.spacing(0) == (0.25, 0.25)
+
+
+def test_transform_into_the_intrinsic_system_without_an_inverse_is_refused() -> None:
+    # a 3-D 'volume' projected onto the 2-D intrinsic system: not invertible
+    systems = [_system("physical", "yx"), _system("volume", "zyx")]
+    extra = [{"type": "projectAxis", "droppedInputs": [0], "input": {"name": "volume"},
+              "output": {"name": "physical"}}]
+    attrs = image("yx", extra=extra, systems=systems)
+    assert parse_multiscale(attrs, url=URL).coordinate_system == "physical"
+    with pytest.raises(InvalidMetadataError,
+                       match=r"coordinateTransformations\[0\]'.*no inverse in closed form"):
+        parse_multiscale(attrs, url=URL, coordinate_system="volume")
+
+
+def test_singular_affine_into_the_intrinsic_system_is_refused() -> None:
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    extra = [{"type": "affine", "affine": [[1, 1, 0], [1, 1, 0]], "input": "other",
+              "output": "physical"}]
+    with pytest.raises(InvalidMetadataError,
+                       match=r"coordinateTransformations\[0\]'.*no inverse in closed form"):
+        parse_multiscale(image("yx", extra=extra, systems=systems), url=URL,
+                         coordinate_system="other")
+
+
 def test_mismatched_axis_units_are_converted() -> None:
     systems = [_system("physical", "zyx", z="millimeter", y="micrometer", x="nanometer")]
     ms = parse_multiscale(image("zyx", [1.0, 1.0, 1.0], systems=systems), url=URL)
