@@ -62,7 +62,7 @@ from ngff_dreg.ngff.metadata import (
     has_field_transform,
     parse_multiscale,
 )
-from ngff_dreg.ngff.transforms import field_paths, rewrite_field_paths
+from ngff_dreg.ngff.transforms import field_paths, ref_name, rewrite_field_paths
 from ngff_dreg.ngff.upgrade import upgrade_to_06
 
 __all__ = ["check_into_image", "default_system_name", "write_transform_into_image"]
@@ -141,8 +141,7 @@ def _plan(attrs: Mapping[str, Any], safe_fixed: str, name: str, overwrite: bool,
     systems = list(ms.get("coordinateSystems", []))
     cts = list(ms.get("coordinateTransformations", []) or [])
     ours = [i for i, c in enumerate(cts)
-            if isinstance(c, Mapping) and isinstance(c.get("output"), Mapping)
-            and c["output"].get("name") == name]
+            if isinstance(c, Mapping) and ref_name(c.get("output"))[0] == name]
     taken = [s for s in systems if isinstance(s, Mapping) and s.get("name") == name]
     if name == intrinsic or (taken and not ours):
         raise OutputExistsError(

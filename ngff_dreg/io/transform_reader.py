@@ -30,6 +30,7 @@ from ngff_dreg.io.stores import redact_url, zarr_group
 from ngff_dreg.ngff.metadata import check_relative_path
 from ngff_dreg.ngff.transforms import (
     flatten,
+    ref_name,
     reverse_axes,
     scale_translation,
     split_at_field,
@@ -67,7 +68,7 @@ def _image_transform(attrs: Mapping[str, Any], url: str, coordinate_system: str 
         raise InvalidMetadataError(f"{safe}: no registration to coordinate system "
                                    f"{coordinate_system!r}; found {sorted(found)}")
     t = found[coordinate_system]
-    if t.get("input", {}).get("name") != ms.intrinsic_system:
+    if ref_name(t.get("input"))[0] != ms.intrinsic_system:
         raise InvalidMetadataError(f"{safe}: the registration to {coordinate_system!r} does "
                                    "not start at the intrinsic coordinate system")
     world = np.asarray(ms.world_from_intrinsic, dtype=float)

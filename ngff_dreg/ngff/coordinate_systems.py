@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.ngff._checks import as_dict, check_relative_path, err
+from ngff_dreg.ngff._checks import as_dict, err
 from ngff_dreg.ngff.affine_maps import ParamLoader, affine_map
-from ngff_dreg.ngff.transforms import has_field_transform
+from ngff_dreg.ngff.transforms import check_ref, has_field_transform
 
 __all__ = ["Route", "SpatialBlock", "chain", "routes", "spatial_block", "uses_param_arrays"]
 
@@ -47,16 +47,14 @@ class Route:
 
 
 def _ref(value: Any, url: str, key: str) -> tuple[str, str | None]:
-    """``(name, path)`` of an ``input``/``output`` object; anything else is an error."""
-    if not isinstance(value, Mapping):
-        raise err(url, key, "must be an object {\"name\": ..., \"path\": ...}, got "
-                  f"{type(value).__name__} {value!r}")
-    name = value.get("name")
-    if not isinstance(name, str) or not name:
-        raise err(url, f"{key}.name", f"missing or not a non-empty string: {name!r}")
-    path = value.get("path")
-    if path is not None:
-        path = check_relative_path(path, url, f"{key}.path")
+    """``(name, path)`` of a multiscales transform's ``input``/``output``; a name is required.
+
+    A plain string (0.6.dev1-dev3) is the name of a coordinate system.
+    """
+    name, path = check_ref(value, url, key, string="name")
+    if name is None:
+        raise err(url, f"{key}.name", "missing: a multiscales transform must name the "
+                  "coordinate system")
     return name, path
 
 
@@ -77,7 +75,8 @@ def routes(
 ) -> list[Route]:
     """Check every multiscales-level transform and return it as a :class:`Route`.
 
-    Each entry must name its ``input`` and ``output`` as objects; one of them
+    Each entry must name its ``input`` and ``output`` (objects, or strings
+    holding coordinate-system names as 0.6.dev1-dev3 allowed); one of them
     should be the intrinsic system, the other a coordinate system of this
     multiscale (or, with a ``path``, of a child labels group, through an
     identity/scale/translation only); an entry that names unknown systems, or
@@ -118,20 +117,27 @@ def chain(
     rs: Sequence[Route], intrinsic: str, target: str | None, systems: Mapping[str, Sequence[Any]],
     url: str, key: str, load: ParamLoader | None,
 ) -> list[tuple[str, FloatArray]]:
-    """``(system, matrix from intrinsic)`` along the forward transforms from ``intrinsic``.
+    """``(system, matrix from intrinsic)`` along the transforms from ``intrinsic``.
 
-    Without ``target`` the first transform leaving each system is taken, to
-    the end of the chain; with ``target`` the shortest chain reaching it.
+    Without ``target`` the first forward transform leaving each system is
+    taken, to the end of the chain. With ``target`` the shortest chain
+    reaching it; a transform *into* a system on the way (the spec lets a
+    multiscales transform end at the intrinsic system) is walked backwards
+    through its inverse: a ``bijection``'s ``inverse``, else the closed-form
+    inverse of its matrix. One with no such inverse is an error naming its key.
     """
-    parent: dict[str, tuple[str, Route] | None] = {intrinsic: None}
+    parent: dict[str, tuple[str, Route, bool] | None] = {intrinsic: None}
     frontier = [intrinsic]
     while frontier and (target is None or target not in parent):
         nxt = []
         for cur in frontier:
-            for r in rs:
-                if r.source == cur and r.target not in parent and not r.external:
-                    parent[r.target] = (cur, r)
-                    nxt.append(r.target)
+            steps = [(r.target, r, False) for r in rs if r.source == cur and not r.external]
+            if target is not None:
+                steps += [(r.source, r, True) for r in rs if r.target == cur and not r.external]
+            for name, r, backwards in steps:
+                if name not in parent:
+                    parent[name] = (cur, r, backwards)
+                    nxt.append(name)
                     if target is None:
                         break
         frontier = nxt[:1] if target is None else nxt
@@ -144,25 +150,54 @@ def chain(
         raise err(url, key, f"no transform chain from {intrinsic!r} to coordinate system "
                   f"{target!r}")
     end = target if target is not None else frontier_end(parent, intrinsic)
-    steps: list[tuple[str, Route]] = []
+    path: list[tuple[str, Route, bool]] = []
     node = end
-    while parent[node] is not None:
-        prev, r = parent[node]  # type: ignore[misc]
-        steps.append((node, r))
-        node = prev
+    while (p := parent[node]) is not None:
+        path.append((node, p[1], p[2]))
+        node = p[0]
     h = np.eye(len(systems[intrinsic]) + 1)
     out = [(intrinsic, h)]
-    for name, r in reversed(steps):
-        src = systems[r.source]
-        step = affine_map(r.transform, r.key, len(src), url, n_out=len(systems[name]),
-                          spatial=[j for j, a in enumerate(src) if a.is_spatial], load=load)
+    for name, r, backwards in reversed(path):
+        step = _inverse_map(r, systems, url, load) if backwards else _forward_map(
+            r, systems, url, load)
         h = step @ h
         out.append((name, h))
     return out
 
 
-def frontier_end(parent: Mapping[str, tuple[str, Route] | None], start: str) -> str:
-    """The last system reached by a first-edge walk (the deepest one in ``parent``)."""
+def _forward_map(r: Route, systems: Mapping[str, Sequence[Any]], url: str,
+                 load: ParamLoader | None) -> FloatArray:
+    """Homogeneous matrix of a route, from its source to its target system."""
+    src = systems[r.source]
+    return affine_map(r.transform, r.key, len(src), url, n_out=len(systems[r.target]),
+                      spatial=[j for j, a in enumerate(src) if a.is_spatial], load=load)
+
+
+def _inverse_map(r: Route, systems: Mapping[str, Sequence[Any]], url: str,
+                 load: ParamLoader | None) -> FloatArray:
+    """Homogeneous matrix of a route walked backwards, from its target to its source."""
+    inverse = r.transform.get("inverse") if r.transform.get("type") == "bijection" else None
+    if inverse is not None:
+        dst = systems[r.target]
+        return affine_map(inverse, f"{r.key}.inverse", len(dst), url,
+                          n_out=len(systems[r.source]),
+                          spatial=[j for j, a in enumerate(dst) if a.is_spatial], load=load)
+    m = _forward_map(r, systems, url, load)
+    n = m.shape[1] - 1
+    if m.shape[0] != m.shape[1] or np.linalg.matrix_rank(m[:n, :n]) < n:
+        raise err(url, r.key, f"maps {r.source!r} to {r.target!r} and has no inverse in "
+                  f"closed form ({m.shape[0] - 1} x {n}, rank "
+                  f"{np.linalg.matrix_rank(m[:-1, :n])}); {r.source!r} cannot be reached "
+                  "through it")
+    return np.asarray(np.linalg.inv(m), dtype=np.float64)
+
+
+def frontier_end(parent: Mapping[str, tuple[Any, ...] | None], start: str) -> str:
+    """The last system reached by a first-edge walk (the deepest one in ``parent``).
+
+    ``parent`` maps each system reached to ``None`` (``start``) or to a tuple
+    whose first item is the system it was reached from.
+    """
     depth = {start: 0}
 
     def d(name: str) -> int:

@@ -54,7 +54,7 @@ from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.ngff._checks import as_dict, as_list, check_relative_path, err, opt_str
 from ngff_dreg.ngff.affine_maps import ParamLoader
 from ngff_dreg.ngff.coordinate_systems import SpatialBlock, chain, routes, spatial_block
-from ngff_dreg.ngff.transforms import compose, flatten, has_field_transform
+from ngff_dreg.ngff.transforms import check_ref, compose, flatten, has_field_transform, ref_name
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -606,8 +606,13 @@ def image_registrations(attrs: Any) -> dict[str, Mapping[str, Any]]:
         return {}
     if not isinstance(cts, list):
         return {}
-    return {str(c["output"].get("name")): c for c in cts
-            if has_field_transform(c) and isinstance(c.get("output"), Mapping)}
+    out = {}
+    for c in cts:
+        if isinstance(c, Mapping) and has_field_transform(c):
+            name = ref_name(c.get("output"))[0]
+            if name is not None:
+                out[name] = c
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -637,9 +642,11 @@ def parse_multiscale(
     name:
         Select the multiscale with this ``name``; the first one by default.
     coordinate_system:
-        0.6 only: express physical points in this named coordinate system. By
-        default the chain of multiscales-level transforms starting at the
-        intrinsic system is followed to its end.
+        0.6 only: express physical points in this named coordinate system
+        (reached, if need be, backwards through a transform into the
+        intrinsic system that has a closed-form inverse). By default the
+        chain of multiscales-level transforms starting at the intrinsic
+        system is followed to its end.
     use_orientation:
         Turn RFC-4 anatomical ``orientation`` labels into a direction matrix
         (relative to LPS) when no rotation/affine is given.
@@ -720,27 +727,40 @@ def _dataset_transform(
 
 
 def _dataset_output(ds: Any, url: str, key: str) -> str | None:
-    """The 0.6 intrinsic system a dataset maps to, its ``input``/``output`` checked."""
-    cts = as_dict(ds, url, key).get("coordinateTransformations")
+    """The 0.6 intrinsic system a dataset maps to, its ``input``/``output`` checked.
+
+    ``input`` names the dataset's own array by ``path`` and ``output`` the
+    intrinsic system by ``name``, as objects or (0.6.dev1-dev3) as plain
+    strings holding that path and that name. An input path other than the
+    dataset's is logged; the dataset's ``path`` is the one read, as the spec
+    asks of readers.
+    """
+    d = as_dict(ds, url, key)
+    cts = d.get("coordinateTransformations")
     if not isinstance(cts, list) or not cts or not isinstance(cts[0], Mapping):
         return None
     t = cts[0]
     k = f"{key}.coordinateTransformations[0]"
     if "input" in t:
-        inp = t["input"]
-        if not isinstance(inp, Mapping) or not isinstance(inp.get("path"), str):
-            raise err(url, f"{k}.input", "must be an object naming the dataset's array by "
-                      f"'path', got {inp!r}")
+        _, inp = check_ref(t["input"], url, f"{k}.input", string="path")
+        if inp is None:
+            raise err(url, f"{k}.input", "must name the dataset's array by 'path', got "
+                      f"{t['input']!r}")
+        own = d.get("path")
+        if isinstance(own, str) and inp != check_relative_path(own, url, f"{key}.path"):
+            # the spec: readers SHOULD treat the dataset's path as the input's
+            logger.warning("%s: '%s' names array %r, not the dataset's path %r; reading %r",
+                           url, f"{k}.input", inp, own, own)
     if "output" not in t:
         return None
-    out = t["output"]
-    if not isinstance(out, Mapping) or not isinstance(out.get("name"), str) or not out["name"]:
-        raise err(url, f"{k}.output", "must be an object naming the intrinsic coordinate "
-                  f"system by 'name', got {out!r}")
-    if out.get("path") is not None:
+    name, path = check_ref(t["output"], url, f"{k}.output", string="name")
+    if name is None:
+        raise err(url, f"{k}.output", "must name the intrinsic coordinate system by 'name', "
+                  f"got {t['output']!r}")
+    if path is not None:
         raise err(url, f"{k}.output.path", "must be omitted: the intrinsic coordinate system "
                   "is defined in this multiscale")
-    return str(out["name"])
+    return name
 
 
 def _systems_06(ms: Mapping[str, Any], datasets: list[Any], url: str, key: str

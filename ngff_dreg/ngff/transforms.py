@@ -22,17 +22,18 @@ the URL and the metadata key.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
-from ngff_dreg.ngff._checks import as_dict, as_list, err
+from ngff_dreg.ngff._checks import as_dict, as_list, check_relative_path, err
 from ngff_dreg.ngff.affine_maps import ParamLoader, affine_map
 
 __all__ = [
     "FIELD_TYPES",
+    "check_ref",
     "compose",
     "field_paths",
     "flatten",
@@ -117,6 +118,59 @@ def ref_name(ref: Any) -> tuple[str | None, str | None]:
     if isinstance(ref, str):
         return ref, None
     return None, None
+
+
+def check_ref(value: Any, url: str, key: str, *, string: Literal["name", "path"]
+              ) -> tuple[str | None, str | None]:
+    """``(name, path)`` of a 0.6 transform ``input``/``output``, its types checked.
+
+    0.6rc0 (and 0.6.dev4) write the reference as an object ``{"name": ...,
+    "path": ...}``; 0.6.dev1-dev3 also allowed a plain string, which is read
+    here as the object's ``string`` field: a coordinate-system ``"name"``, or
+    the ``"path"`` of a dataset's array (the ``input`` of a dataset
+    transform). Which fields are required is left to the caller.
+
+    Parameters
+    ----------
+    value:
+        The ``input`` or ``output`` value found in the metadata.
+    url, key:
+        Where it sits, for messages (``key`` is the ``input``/``output`` key).
+    string:
+        What a plain string stands for.
+
+    Returns
+    -------
+    tuple
+        ``(name, path)``, each ``None`` when absent (or ``null``); a path is
+        normalised by :func:`~ngff_dreg.ngff._checks.check_relative_path`.
+
+    Raises
+    ------
+    InvalidMetadataError
+        For a value that is neither an object nor a string, an empty string,
+        or a ``name``/``path`` that is not a non-empty string.
+    PathEscapeError
+        For a path leaving the store.
+
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise err(url, key, "must name a coordinate system (or, for a dataset's input, "
+                      "its array path), got an empty string")
+        if string == "path":
+            return None, check_relative_path(value, url, key)
+        return value, None
+    if not isinstance(value, Mapping):
+        raise err(url, key, "must be an object {\"name\": ..., \"path\": ...} (or, in "
+                  f"0.6.dev1-dev3, a string), got {type(value).__name__} {value!r}")
+    name = value.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise err(url, f"{key}.name", f"must be a non-empty string, got {name!r}")
+    path = value.get("path")
+    if path is not None:
+        path = check_relative_path(path, url, f"{key}.path")
+    return name, path
 
 
 def is_routed(item: Any) -> bool:

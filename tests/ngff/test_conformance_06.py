@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ngff_dreg.errors import InvalidMetadataError, NgffDregError, PathEscapeError
-from ngff_dreg.ngff.metadata import parse_multiscale
+from ngff_dreg.ngff.metadata import image_registrations, parse_multiscale
 
 URL = "file:///data/img.ome.zarr"
 
@@ -256,6 +256,55 @@ def test_transform_into_the_intrinsic_system_is_not_followed() -> None:
     assert ms.coordinate_system == "physical" and ms.spacing(0) == (0.5, 0.5)
 
 
+def test_transform_into_the_intrinsic_system_is_inverted_when_asked_for() -> None:
+    # the spec lets a multiscales transform end at the intrinsic system:
+    # other -> physical scales by 4 (and shifts), so physical -> other divides
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    extra = [{"type": "sequence", "input": "other", "output": {"name": "physical"},
+              "transformations": [{"type": "scale", "scale": [4.0, 2.0]},
+                                  {"type": "translation", "translation": [1.0, -3.0]}]}]
+    ms = parse_multiscale(image("yx", [0.5, 0.5], extra, systems), url=URL,
+                          coordinate_system="other")
+    assert ms.coordinate_system == "other" and ms.intrinsic_system == "physical"
+    idx = np.array([2.0, 6.0])
+    want = (np.array([0.5, 0.5]) * idx - [1.0, -3.0]) / [4.0, 2.0]
+    np.testing.assert_allclose(_physical(ms, 0, idx.tolist()), want)
+
+
+def test_bijection_into_the_intrinsic_system_uses_its_inverse() -> None:
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    # the stored inverse differs from the forward's (an approximation, as for fields):
+    # walking backwards must take the inverse as written
+    extra = [{"type": "bijection", "input": {"name": "other"}, "output": {"name": "physical"},
+              "forward": {"type": "scale", "scale": [2.0, 2.0]},
+              "inverse": {"type": "scale", "scale": [0.25, 0.25]}}]
+    ms = parse_multiscale(image("yx", [1.0, 1.0], extra, systems), url=URL,
+                          coordinate_system="other")
+    assert ms.spacing(0) == (0.25, 0.25)
+
+
+def test_transform_into_the_intrinsic_system_without_an_inverse_is_refused() -> None:
+    # a 3-D 'volume' projected onto the 2-D intrinsic system: not invertible
+    systems = [_system("physical", "yx"), _system("volume", "zyx")]
+    extra = [{"type": "projectAxis", "droppedInputs": [0], "input": {"name": "volume"},
+              "output": {"name": "physical"}}]
+    attrs = image("yx", extra=extra, systems=systems)
+    assert parse_multiscale(attrs, url=URL).coordinate_system == "physical"
+    with pytest.raises(InvalidMetadataError,
+                       match=r"coordinateTransformations\[0\]'.*no inverse in closed form"):
+        parse_multiscale(attrs, url=URL, coordinate_system="volume")
+
+
+def test_singular_affine_into_the_intrinsic_system_is_refused() -> None:
+    systems = [_system("physical", "yx"), _system("other", "yx")]
+    extra = [{"type": "affine", "affine": [[1, 1, 0], [1, 1, 0]], "input": "other",
+              "output": "physical"}]
+    with pytest.raises(InvalidMetadataError,
+                       match=r"coordinateTransformations\[0\]'.*no inverse in closed form"):
+        parse_multiscale(image("yx", extra=extra, systems=systems), url=URL,
+                         coordinate_system="other")
+
+
 def test_mismatched_axis_units_are_converted() -> None:
     systems = [_system("physical", "zyx", z="millimeter", y="micrometer", x="nanometer")]
     ms = parse_multiscale(image("zyx", [1.0, 1.0, 1.0], systems=systems), url=URL)
@@ -287,6 +336,127 @@ def test_identity_dataset_transform(version: str) -> None:
         {"type": "identity", "input": {"path": "s0"}, "output": {"name": "physical"}}]}]
     ms = parse_multiscale(attrs, url=URL)
     assert ms.spacing(0) == (1.0, 1.0)
+
+
+# ------------------------------------------------- input/output as plain strings
+#
+# 0.6.dev1-dev3 allowed a transform's ``input``/``output`` to be a string as
+# well as an object; 0.6.dev4 and 0.6rc0 require the object. A string means
+# the object's ``path`` for a dataset transform's input (the array) and its
+# ``name`` everywhere else (a coordinate system).
+
+
+def _as_strings(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` with every object ``input``/``output`` of one field turned into that string."""
+    out = copy.deepcopy(attrs)
+    ms = out["ome"]["multiscales"][0]
+    for ds in ms["datasets"]:
+        t = ds["coordinateTransformations"][0]
+        t["input"], t["output"] = t["input"]["path"], t["output"]["name"]
+    for t in ms.get("coordinateTransformations", []):
+        t["input"], t["output"] = t["input"]["name"], t["output"]["name"]
+    return out
+
+
+def _geometry(ms: Any) -> tuple[Any, ...]:
+    return (ms.coordinate_system, ms.intrinsic_system, ms.ndim,
+            [ms.spacing(lv) for lv in range(len(ms.levels))],
+            [ms.origin(lv) for lv in range(len(ms.levels))],
+            np.asarray(ms.direction_matrix).round(12).tolist())
+
+
+@pytest.mark.parametrize("version", ["0.6.dev2", "0.6.dev3", "0.6rc0", "0.6"])
+def test_string_references_open_as_the_object_form(version: str) -> None:
+    theta = 0.25
+    c, s_ = np.cos(theta), np.sin(theta)
+    systems = [_system("physical", "yx"), _system("world", "yx")]
+    extra = [_to("world", {"type": "sequence", "transformations": [
+        {"type": "rotation", "rotation": [[c, -s_], [s_, c]]},
+        {"type": "translation", "translation": [7.0, -3.0]}]})]
+    objects = image("yx", [0.5, 2.0], extra, systems)
+    strings = _as_strings(objects)
+    for a in (objects, strings):
+        a["ome"]["version"] = version
+    ds0 = strings["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert (ds0["input"], ds0["output"]) == ("s0", "physical")  # the fixture is the string form
+    ms = parse_multiscale(strings, url=URL)
+    assert _geometry(ms) == _geometry(parse_multiscale(objects, url=URL))
+    assert ms.coordinate_system == "world" and ms.intrinsic_system == "physical"
+    # index (i, j) -> scale, rotate, then shift: the geometry the spec's rules give
+    idx = np.array([3.0, 5.0])
+    want = np.array([[c, -s_], [s_, c]]) @ (np.array([0.5, 2.0]) * idx) + [7.0, -3.0]
+    np.testing.assert_allclose(_physical(ms, 0, idx.tolist()), want, atol=1e-12)
+
+
+def test_string_references_mixed_with_objects() -> None:
+    systems = [_system("physical", "zyx"), _system("world", "zyx")]
+    extra = [{"type": "scale", "scale": [1.0, 10.0, 10.0], "input": "physical",
+              "output": {"name": "world"}}]
+    attrs = image("zyx", [2.0, 1.0, 1.0], extra, systems)
+    ds = attrs["ome"]["multiscales"][0]["datasets"]
+    ds[0]["coordinateTransformations"][0]["input"] = "s0"            # path as a string
+    ds[1]["coordinateTransformations"][0]["output"] = "physical"     # name as a string
+    ms = parse_multiscale(attrs, url=URL)
+    assert ms.coordinate_system == "world"
+    # ITK order (x, y, z): dataset scale (z 2, y 1, x 1) then world scale (1, 10, 10)
+    assert ms.spacing(0) == (10.0, 10.0, 2.0) and ms.spacing(1) == (20.0, 20.0, 4.0)
+
+
+def test_string_input_names_a_nested_dataset_path_in_a_5d_image() -> None:
+    systems = [_system("intrinsic", "tczyx")]
+    attrs = image("tczyx", [1.0, 1.0, 0.5, 0.25, 0.25], systems=systems, intrinsic="intrinsic")
+    for lv, ds in enumerate(attrs["ome"]["multiscales"][0]["datasets"]):
+        ds["path"] = f"./path/to/{lv}/"
+        t = ds["coordinateTransformations"][0]
+        t["input"], t["output"] = f"path/to/{lv}", "intrinsic"
+    ms = parse_multiscale(attrs, url=URL)
+    assert ms.ndim == 3 and ms.coordinate_system == "intrinsic"
+    assert [lv.path for lv in ms.levels] == ["path/to/0", "path/to/1"]
+    assert ms.spacing(0) == (0.25, 0.25, 0.5) and ms.spacing(1) == (0.5, 0.5, 1.0)
+
+
+def test_string_naming_an_unknown_system_is_left_out_like_the_object(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # "intrinsic" is no system here (the datasets map to "physical"): the entry is ignored
+    systems = [_system("physical", "yx"), _system("world", "yx")]
+    extra = [{"type": "translation", "translation": [9.0, 9.0], "input": "intrinsic",
+              "output": "world"}]
+    ms = parse_multiscale(image("yx", extra=extra, systems=systems), url=URL)
+    assert ms.coordinate_system == "physical" and ms.origin(0) == (0.0, 0.0)
+    assert "names no coordinate system" in caplog.text and "'intrinsic'" in caplog.text
+
+
+@pytest.mark.parametrize("given", ["t1", {"path": "t1"}])
+def test_dataset_input_naming_another_array_reads_the_dataset_path(
+        given: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # the input path MUST match the dataset's, and readers SHOULD treat the
+    # dataset's path as the input's: logged, and the dataset's path is read
+    attrs = image("yx", [1.0, 1.0])
+    attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["input"] = given
+    ms = parse_multiscale(attrs, url=URL)
+    assert [lv.path for lv in ms.levels] == ["s0", "s1"] and ms.spacing(1) == (2.0, 2.0)
+    assert "datasets[1].coordinateTransformations[0].input" in caplog.text
+    assert "'t1'" in caplog.text
+
+
+@pytest.mark.parametrize("output", ["nowhere", {"name": "nowhere"}])
+def test_datasets_mapping_to_an_unknown_system_are_refused(output: Any) -> None:
+    attrs = image("yx", systems=SYS2)
+    for ds in attrs["ome"]["multiscales"][0]["datasets"]:
+        ds["coordinateTransformations"][0]["output"] = output
+    with pytest.raises(InvalidMetadataError, match=r"multiscales\[0\]\.coordinateSystems'.*"
+                       "'nowhere'"):
+        parse_multiscale(attrs, url=URL)
+
+
+def test_a_registration_stored_with_a_string_output_is_found() -> None:
+    systems = [_system("physical", "yx"), _system("moving", "yx")]
+    field = {"type": "displacements", "path": "registration/field", "input": "physical",
+             "output": "moving"}
+    attrs = image("yx", extra=[field], systems=systems)
+    assert image_registrations(attrs) == {"moving": field}
+    # the image geometry itself is not the field's
+    assert parse_multiscale(attrs, url=URL).coordinate_system == "physical"
 
 
 # --------------------------------------------------------------------------- invalid
@@ -327,16 +497,11 @@ INVALID = [
      "datasets[0].coordinateTransformations[0].input"),
     ("dataset output by path", DS, [_scale(output={"path": "physical"})],
      "datasets[0].coordinateTransformations[0].output"),
-    ("dataset input/output as strings", DS, [_scale(input="s0", output="physical")],
-     "datasets[0].coordinateTransformations[0].input"),
     ("empty dataset transforms", DS, [], "datasets[0].coordinateTransformations"),
     ("affine without affine", MS, [_to("world", {"type": "affine"})],
      "coordinateTransformations[0].affine"),
     ("affine without input/output", MS, [{"type": "affine", "affine": [[1, 0, 0], [0, 1, 0]]}],
      "coordinateTransformations[0]"),
-    ("multiscale transform input as a string", MS,
-     [{"type": "scale", "scale": [2, 2], "input": "physical", "output": {"name": "world"}}],
-     "coordinateTransformations[0].input"),
     ("scale with path", MS, [_to("world", {"type": "scale", "path": "p"})],
      "coordinateTransformations[0].path"),
     ("translation with path", MS, [_to("world", {"type": "translation", "path": "p"})],
@@ -402,6 +567,45 @@ INVALID = [
      [{"type": "identity", "input": {"name": "physical"},
        "output": {"name": "physical", "path": "../other"}}],
      "coordinateTransformations[0].output.path"),
+    # the 0.6.dev1-dev3 string form, wrong
+    ("dataset input as an empty string", DS, [_scale(input="")],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset input as a blank string", DS, [_scale(input="  ")],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset input as a number", DS, [_scale(input=0)],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset input as a list", DS, [_scale(input=["s0"])],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset input string escaping the store", DS, [_scale(input="../s0")],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset input string that is absolute", DS, [_scale(input="/data/s0")],
+     "datasets[0].coordinateTransformations[0].input"),
+    ("dataset output as an empty string", DS, [_scale(output="")],
+     "datasets[0].coordinateTransformations[0].output"),
+    ("dataset output as a number", DS, [_scale(output=1)],
+     "datasets[0].coordinateTransformations[0].output"),
+    ("dataset output string differing from the other dataset's", DS,
+     [_scale(output="world")], "datasets[].coordinateTransformations[0].output"),
+    ("dataset output object with an empty name", DS, [_scale(output={"name": ""})],
+     "datasets[0].coordinateTransformations[0].output.name"),
+    ("multiscale input as an empty string", MS,
+     [{"type": "scale", "scale": [2, 2], "input": "", "output": "world"}],
+     "coordinateTransformations[0].input"),
+    ("multiscale output as a number", MS,
+     [{"type": "scale", "scale": [2, 2], "input": "physical", "output": 2}],
+     "coordinateTransformations[0].output"),
+    ("multiscale input as a list", MS,
+     [{"type": "scale", "scale": [2, 2], "input": ["physical"], "output": "world"}],
+     "coordinateTransformations[0].input"),
+    ("multiscale output as null", MS,
+     [{"type": "scale", "scale": [2, 2], "input": "physical", "output": None}],
+     "coordinateTransformations[0].output"),
+    ("multiscale output object without a name", MS,
+     [{"type": "scale", "scale": [2, 2], "input": "physical", "output": {"path": "labels/a"}}],
+     "coordinateTransformations[0].output.name"),
+    ("multiscale string names with a bad parameter", MS,
+     [{"type": "scale", "scale": [2, 2, 2], "input": "physical", "output": "world"}],
+     "coordinateTransformations[0].scale"),
 ]
 
 
