@@ -69,6 +69,23 @@ def uses_param_arrays(t: Any) -> bool:
     return any(uses_param_arrays(v) for k, v in t.items() if k not in ("input", "output"))
 
 
+#: the parameter fields a transform needs (one of them), checked even on entries
+#: that are then left out because ngff-dreg cannot place them
+_NEEDS = {"scale": ("scale",), "translation": ("translation",), "affine": ("affine", "path"),
+          "rotation": ("rotation", "path"), "mapAxis": ("mapAxis",),
+          "projectAxis": ("droppedInputs", "createdOutputs"), "sequence": ("transformations",),
+          "byDimension": ("transformations",), "bijection": ("forward", "inverse"),
+          "displacements": ("path",), "coordinates": ("path",)}
+
+
+def _check_fields(d: Mapping[str, Any], url: str, key: str) -> None:
+    """Refuse a transform missing every one of its type's parameter fields."""
+    needs = _NEEDS.get(str(d.get("type")))
+    if needs and not any(f in d for f in needs):
+        raise err(url, f"{key}.{needs[0]}", f"a {d.get('type')!r} transform needs "
+                  + " or ".join(repr(f) for f in needs))
+
+
 def routes(
     cts: Sequence[Any], intrinsic: str, systems: Mapping[str, Sequence[Any]], url: str,
     key: str, load: ParamLoader | None,
@@ -98,6 +115,7 @@ def routes(
         if unknown or not ((local_src and src == intrinsic) or (local_dst and dst == intrinsic)):
             why = (f"names no coordinate system of this multiscale ({unknown})" if unknown
                    else f"neither starts nor ends at the intrinsic system {intrinsic!r}")
+            _check_fields(d, url, k)
             logger.warning("%s: '%s' %s; ignored", url, k, why)
             continue
         external = not (local_src and local_dst)
