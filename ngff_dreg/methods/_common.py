@@ -35,6 +35,7 @@ __all__ = [
     "mesh_cells",
     "as_itk_transform",
     "resample_into",
+    "nan_rimmed",
     "max_displacement",
     "displacement_bound",
     "success",
@@ -140,6 +141,26 @@ def as_itk_transform(transform: Any, ndim: int) -> Any:
     if isinstance(transform, SupportsToItk):
         return transform.to_itk()
     raise TypeError(f"cannot use {type(transform).__name__} as an ITK transform")
+
+
+def nan_rimmed(image: Any) -> Any:
+    """Float copy of ``image``'s buffered voxels framed by one voxel of NaN.
+
+    ITK's linear interpolator treats a point as inside an image up to half a
+    voxel past its outermost voxel centres and repeats the edge voxel there.
+    Resampled through this copy, those points come out NaN instead, so a
+    block method's mask of moving data ends at the last voxel centre and no
+    repeated edge value is fitted as if it were data.
+    """
+    import itk
+
+    geom = geometry_of(image, "buffered")
+    arr = np.asarray(itk.array_view_from_image(image), dtype=np.float32)
+    padded = np.pad(arr, 1, mode="constant", constant_values=np.nan)
+    origin = geom.index_to_physical(np.full(geom.ndim, -1.0))
+    framed = ImageGeometry(padded.shape, geom.spacing, tuple(float(v) for v in origin),
+                           geom.direction, geom.unit)
+    return image_from_array(padded, framed)
 
 
 def resample_into(moving: Any, reference: Any, transform: Any, default_value: float = 0.0) -> Any:

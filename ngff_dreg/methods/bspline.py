@@ -38,6 +38,7 @@ from ngff_dreg.methods._common import (
     identity_bspline,
     make_metric,
     mesh_cells,
+    nan_rimmed,
     resample_into,
 )
 from ngff_dreg.methods.itk_linear import run_v4_registration
@@ -356,6 +357,9 @@ class ItkBSplineRegistration(BlockPairRegistrationMethod):
 def warp_moving(moving: Any, fixed: Any, initial: Any) -> Any:
     """``moving(initial(x))`` on ``fixed``'s grid (linear; NaN where it leaves ``moving``).
 
+    "Leaves" means past the outermost voxel centres (:func:`nan_rimmed`), not
+    the half voxel beyond them where ITK would repeat the edge voxel.
+
     ``initial`` is an ITK transform, an
     :class:`~ngff_dreg.transforms.AffineTransform` or a
     :class:`~ngff_dreg.transforms.TransformChain`. A forward chain
@@ -368,6 +372,7 @@ def warp_moving(moving: Any, fixed: Any, initial: Any) -> Any:
     from ngff_dreg.transforms import AffineTransform, TransformChain
 
     nan = float("nan")
+    moving = nan_rimmed(moving)
     if isinstance(initial, TransformChain) and not initial.affine_first:
         if initial.field is None:
             return resample_into(moving, fixed, initial.affine.to_itk(), default_value=nan)

@@ -23,6 +23,7 @@ from ngff_dreg.methods._common import (
     buffered_float_image,
     checked_result,
     failure,
+    nan_rimmed,
     resample_into,
 )
 from ngff_dreg.validate import has_variation
@@ -210,7 +211,7 @@ class PhaseCorrelationTranslation(BlockPairRegistrationMethod):
             return failure(BlockRegStatus.NO_SIGNAL, f"block {block_info.chunk_index}: no signal")
         moving = buffered_float_image(moving_subimage)
         initial = as_itk_transform(initial_transform, ndim)
-        warped = resample_into(moving, fixed, initial, default_value=float("nan"))
+        warped = resample_into(nan_rimmed(moving), fixed, initial, default_value=float("nan"))
         warped_arr = np.asarray(itk.array_view_from_image(warped), dtype=np.float64)
         valid = np.isfinite(warped_arr)
         if valid.mean() < 0.25 or not has_variation(warped_arr[valid]):
