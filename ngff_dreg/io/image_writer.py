@@ -403,13 +403,9 @@ def write_multiscale(
     shards:
         Zarr v3 only: store each level in shards of this spatial shape (NumPy
         order, or one edge for all spatial axes; the ``sharding_indexed``
-        codec), each holding whole ``chunks`` (an edge is a multiple of the
-        chunk edge or spans its axis), or ``"auto"`` (4 chunks per axis);
-        leading axes are sharded by 1. Shards are capped by each level's
-        shape. Each shard is written whole by one dask task (no two tasks
-        write one shard), so a task holds up to one shard of ``dtype``.
-        Readers fetch single chunks of a shard with range requests. ``None``
-        (default): one object per chunk.
+        codec) of whole ``chunks``, or ``"auto"`` (4 chunks per axis); capped
+        per level, leading axes sharded by 1. One dask task writes each shard
+        whole (memory: one shard). ``None`` (default): one object per chunk.
 
     Raises
     ------
