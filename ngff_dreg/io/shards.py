@@ -40,8 +40,9 @@ __all__ = [
 #: Inner chunks per axis of a shard with ``shards="auto"`` (4³ = 64 chunks in 3D).
 AUTO_CHUNKS = 4
 
-#: A shard request: spatial shape (NumPy order), one edge, ``"auto"`` or ``None``.
-ShardSpec = int | Sequence[int] | Literal["auto"] | None
+#: A shard request: spatial shape (NumPy order), one edge, ``"auto"`` or ``None`` (checked
+#: at run time by :func:`check_shard_request`).
+ShardSpec = int | Sequence[int] | str | None
 
 
 def check_shard_request(shards: Any, ndim: int, *, option: str = "shards",

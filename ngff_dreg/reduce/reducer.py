@@ -22,7 +22,10 @@ from ngff_dreg.reduce.blend import field_geometry_for
 from ngff_dreg.reduce.graph import build_reduction_graph, padded_box
 from ngff_dreg.reduce.result import BlendedTransformResult
 
-__all__ = ["ReduceToDisplacementField"]
+__all__ = ["FIELD_CHUNK", "ReduceToDisplacementField"]
+
+#: Default field chunk edge, in nodes.
+FIELD_CHUNK = 64
 
 
 @dataclass
@@ -92,7 +95,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     field_spacing: Sequence[float] | None = None
     output: str | None = None
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
-    field_chunk: int | Sequence[int] = 64
+    field_chunk: int | Sequence[int] = FIELD_CHUNK
     use_quality: bool = False
     fill_distance: float = 0.5
     compute_inverse: bool = True
