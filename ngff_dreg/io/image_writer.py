@@ -509,7 +509,7 @@ def _check_shards(
     if request == "auto":
         return tuple(AUTO_CHUNKS * c for c in chunk_shape)
     assert request is not None
-    resolve_shards(request, chunk_shape, shape, where=safe)  # whole chunks, or an error
+    resolve_shards(shards, chunk_shape, shape, where=safe)  # whole chunks, or an error
     return request
 
 
