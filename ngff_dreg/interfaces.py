@@ -418,7 +418,8 @@ class FieldWriter(Protocol):
     The reducer is handed one (:class:`~ngff_dreg.io.field_writer.FieldSceneWriter`
     writes an NGFF 0.6 scene). It must pickle: chunk tasks call it on the
     workers. Call order: :meth:`begin`, any :meth:`write_chunk` and quality
-    calls, then :meth:`finish`.
+    calls, then :meth:`finish`. A writer storing sharded arrays is a
+    :class:`ShardedFieldWriter` (written one whole shard per task).
     """
 
     @property
