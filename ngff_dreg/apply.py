@@ -21,11 +21,13 @@ from scipy import ndimage
 
 from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import RegistrationTransformResult
+from ngff_dreg.io.shards import ShardSpec
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
 __all__ = [
     "MovingSelection",
     "apply_transform",
+    "output_chunks",
     "select_moving",
     "transform_points",
     "warp_chunk",
@@ -281,13 +283,14 @@ def apply_transform(
     channels: Sequence[int | str] | None = None,
     times: Sequence[int | str] | None = None,
     factors: Sequence[Sequence[int]] | None = None,
+    shards: ShardSpec = None,
 ) -> ImageGeometry:
     """Warp the moving image into fixed space and write it as a multiscale OME-Zarr.
 
     Every channel and time point of the moving image is resampled (or the
-    ``channels``/``times`` chosen), chunk by chunk; the output keeps the
-    moving image's axes, dtype (integers rounded and clipped) and ``omero``
-    channel metadata, on a pyramid that follows the fixed image's.
+    ``channels``/``times`` chosen), chunk by chunk; the output keeps the moving
+    image's axes, dtype (integers rounded and clipped) and ``omero`` channel
+    metadata, on a pyramid that follows the fixed image's.
 
     Parameters
     ----------
@@ -323,6 +326,8 @@ def apply_transform(
         Per-level downsampling factors of the output pyramid (NumPy order);
         by default those of the fixed pyramid
         (:func:`~ngff_dreg.io.image_writer.pyramid_factors`), 2x for a geometry.
+    shards:
+        Sharded levels (0.5/0.6; :func:`~ngff_dreg.io.image_writer.write_multiscale`).
 
     Returns the geometry of the written level 0. Raises
     :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
@@ -343,7 +348,7 @@ def apply_transform(
     ctors = _moving_readers(moving_url, level, opts(moving_storage_options), sel, fixed.unit)
     chain = _resolve(transform, opts(transform_storage_options))
     dtype = np.dtype(ctors[0].dtype)
-    ch = _output_chunks(fixed, chunks)
+    ch = output_chunks(fixed, chunks)
     warped = _warped(fixed, chain, ctors, ch, order, fill_value, dtype, sel.shape)
     logger.info("resampling %d chunks of %s x %s", warped.npartitions, sel.shape, fixed.shape)
     if compute:
@@ -352,7 +357,8 @@ def apply_transform(
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
                              overwrite=overwrite, name="resampled", dtype=dtype,
-                             factors=factors, leading_axes=sel.leading, omero=sel.omero)
+                             factors=factors, leading_axes=sel.leading, omero=sel.omero,
+                             shards=shards)
     return fixed
 
 
@@ -364,7 +370,7 @@ def _capped(factors: Sequence[Sequence[int]] | None, n_levels: int | None
     return list(factors) if n_levels is None else list(factors)[: max(0, n_levels - 1)]
 
 
-def _output_chunks(fixed: ImageGeometry, chunks: Sequence[int] | int | None) -> tuple[int, ...]:
+def output_chunks(fixed: ImageGeometry, chunks: Sequence[int] | int | None) -> tuple[int, ...]:
     """Spatial output chunk shape: ``chunks`` (default 64³ / 256²) capped by the shape."""
     default = 64 if fixed.ndim == 3 else 256
     ch = one_per_axis(default if chunks is None else chunks, fixed.ndim, "chunks")

@@ -139,6 +139,7 @@ class BlockStageRunner:
         writer = FieldSceneWriter(
             url, inputs.o_opts, overwrite=True, fixed_url=inputs.fixed, moving_url=inputs.moving,
             downsample_factors=tuple(pyramid_factors(inputs.fixed_geoms)),
+            shards=inputs.options.output_shards if self.is_last else None,  # not checkpoints
         )
         # Only the output's transform needs its inverse; a checkpointed stage is
         # read back as the next stage's start, which is a forward map.

@@ -57,6 +57,15 @@ Times = Annotated[
     str | None, typer.Option("--times", help="Time points of MOVING to resample: '0,3' "
                              "(default: all).")
 ]
+OutputShards = Annotated[
+    str | None, typer.Option(
+        "--output-shards", metavar="EDGE",
+        help="Write the outputs (fields, inverse, resampled image) as sharded Zarr v3: "
+             "a shard edge in voxels/nodes ('256'), one per axis in z,y,x order "
+             "('64,256,256'), or 'auto' (4 chunks per axis). Each edge must be a whole "
+             "number of chunks (64; 256 for a 2D resampled image). Each shard is written "
+             "whole by one task (memory: one shard). Default: unsharded.")
+]
 
 
 def _pick(text: str | None) -> int | str | None:
@@ -72,6 +81,21 @@ def _picks(text: str | None) -> list[int | str] | None:
     if text is None or not text.strip():
         return None
     return [p for p in (_pick(v) for v in text.split(",")) if p is not None and p != ""]
+
+
+def _shards(text: str | None) -> int | tuple[int, ...] | str | None:
+    """``--output-shards``: ``'auto'``, one edge, or comma-separated edges (z, y, x)."""
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1 and not parts[0].isdigit():
+        return parts[0]  # 'auto', or refused by the writer with a message naming the option
+    if not all(p.isdigit() for p in parts):
+        from ngff_dreg.errors import InvalidInputDataError
+
+        raise InvalidInputDataError(
+            f"--output-shards {text!r}: give an edge, edges 'Z,Y,X' or 'auto'")
+    return int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -257,6 +281,7 @@ def register(
     moving_time: MovingTime = None,
     channels: Channels = None,
     times: Times = None,
+    output_shards: OutputShards = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     verbose: Verbose = 0,
 ) -> None:
@@ -278,7 +303,7 @@ def register(
             initial_transform=init, resample=resample, overwrite=overwrite, progress=progress,
             signal_threshold=threshold, fixed_mask=fixed_mask, moving_mask=moving_mask,
             into_fixed=(into_fixed_name or True) if (into_fixed or into_fixed_name) else False,
-            upgrade_fixed=upgrade_fixed,
+            upgrade_fixed=upgrade_fixed, output_shards=_shards(output_shards),
             **_selection_options(fixed_channel, moving_channel, fixed_time, moving_time,
                                  channels, times),
         )
@@ -346,6 +371,7 @@ def apply(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     channels: Channels = None,
     times: Times = None,
+    output_shards: OutputShards = None,
     scheduler: Scheduler = None,
     anon: Anon = False,
     endpoint_url: Endpoint = None,
@@ -378,6 +404,7 @@ def apply(
             scheduler=client,
             channels=_picks(channels),
             times=_picks(times),
+            shards=_shards(output_shards),
         )
         typer.echo(f"resampled image written to {output}")
     except Exception as exc:

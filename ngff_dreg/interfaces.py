@@ -65,6 +65,7 @@ __all__ = [
     "DeclaresItkModules",
     "SupportsBuildGraph",
     "FieldWriter",
+    "ShardedFieldWriter",
     "SupportsTransformPoints",
     "SupportsToItk",
     "HasReport",
@@ -417,7 +418,8 @@ class FieldWriter(Protocol):
     The reducer is handed one (:class:`~ngff_dreg.io.field_writer.FieldSceneWriter`
     writes an NGFF 0.6 scene). It must pickle: chunk tasks call it on the
     workers. Call order: :meth:`begin`, any :meth:`write_chunk` and quality
-    calls, then :meth:`finish`.
+    calls, then :meth:`finish`. A writer storing sharded arrays is a
+    :class:`ShardedFieldWriter` (written one whole shard per task).
     """
 
     @property
@@ -470,6 +472,33 @@ class FieldWriter(Protocol):
 
     def loader(self, name: str, geometry: ImageGeometry) -> Callable[[Box], npt.NDArray[Any]]:
         """A picklable ``loader(box)`` reading a written field back."""
+        ...
+
+
+@runtime_checkable
+class ShardedFieldWriter(FieldWriter, Protocol):
+    """A :class:`FieldWriter` whose arrays may be sharded (Zarr v3 ``sharding_indexed``).
+
+    A shard is one stored object: writing one of its inner chunks rewrites it
+    whole, so two tasks must never write into one shard. The reduction asks
+    :meth:`shard_shape` for the grouping and then gives each shard to one
+    task, which writes all its inner chunks with one :meth:`write_chunks` (or
+    :meth:`write_quality_chunks`) call.
+    """
+
+    def shard_shape(self, shape: Sequence[int], chunks: Sequence[int] | int
+                    ) -> tuple[int, ...] | None:
+        """Spatial shard shape of an array of ``shape`` and ``chunks`` (``None``: unsharded)."""
+        ...
+
+    def write_chunks(self, name: str, geometry: ImageGeometry, box: Box,
+                     parts: Iterable[tuple[Box, npt.NDArray[Any]]]) -> None:
+        """Write the ``(chunk, vectors)`` parts tiling ``box`` (one shard) at once."""
+        ...
+
+    def write_quality_chunks(self, name: str, box: Box,
+                             parts: Iterable[tuple[Box, npt.NDArray[Any]]]) -> None:
+        """Write the ``(chunk, data)`` parts tiling ``box`` of a quality map at once."""
         ...
 
 

@@ -93,6 +93,7 @@ def register(
     on_stage_done: Callable[[Any], Any] | None = None,
     into_fixed: bool | str = False,
     upgrade_fixed: bool = False,
+    output_shards: int | Sequence[int] | str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` coarse to fine and write the transform.
 
@@ -102,7 +103,7 @@ def register(
         OME-Zarr multiscale image URLs (local path, ``s3://``, ``https://``).
     output:
         URL of the NGFF 0.6 scene to write (must differ from the inputs).
-    schedule, client, storage_options, ..., upgrade_fixed:
+    schedule, client, storage_options, ..., upgrade_fixed, output_shards:
         The run's options, each documented in :class:`~ngff_dreg.run.RunOptions`
         (the schedule, the dask client or ``"local:N"``, fsspec options,
         ``initial_transform``, ``resample``, ``overwrite``, masks...).
@@ -110,7 +111,8 @@ def register(
         each image, by index or ``omero`` label (``channel`` sets both);
         ``fixed_time``/``moving_time`` the time point (``time_index`` both).
         With ``resample``, every channel and time point of the moving image is
-        resampled.
+        resampled. ``output_shards`` writes the output's fields and resampled
+        image sharded (an edge, a shape or ``"auto"``; default unsharded).
 
     Returns
     -------
@@ -124,6 +126,8 @@ def register(
     for key in ("resample_channels", "resample_times"):
         if namespace[key] is not None:
             namespace[key] = tuple(namespace[key])
+    if isinstance(output_shards, (list, tuple)):
+        namespace["output_shards"] = tuple(int(v) for v in output_shards)
     options = RunOptions.from_namespace(namespace)
     t_start = time.perf_counter()
     inputs = open_inputs(fixed, moving, output, options)  # nothing is written before this
@@ -162,6 +166,7 @@ def _resample(run: Run) -> None:
         scheduler=run.client,
         channels=inputs.options.resample_channels,
         times=inputs.options.resample_times,
+        shards=inputs.options.output_shards,
     )
     run.claim.manifest["resampled"] = True
     run.checkpoints.write(run.claim.manifest)

@@ -35,8 +35,10 @@ from ngff_dreg.io.output_state import (
     set_status,
 )
 from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.shards import ShardSpec, resolve_shards
 from ngff_dreg.io.store_stats import IOLedger, reset_counts
 from ngff_dreg.io.stores import location_key
+from ngff_dreg.reduce.reducer import FIELD_CHUNK
 from ngff_dreg.schedule import (
     BlockStage,
     Schedule,
@@ -48,7 +50,8 @@ from ngff_dreg.schedule import (
 from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import check_level_data, check_overlap
 
-__all__ = ["Run", "RunInputs", "RunOptions", "as_initial_transform", "open_inputs", "open_masks"]
+__all__ = ["Run", "RunInputs", "RunOptions", "as_initial_transform", "check_output_shards",
+           "open_inputs", "open_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +125,16 @@ class RunOptions:
     upgrade_fixed:
         With ``into_fixed``, allow rewriting a 0.5 fixed image's metadata as
         0.6 (arrays untouched; the old metadata is kept).
+    output_shards:
+        Write the output's fields (forward, inverse, every pyramid level, the
+        Jacobian map) and the resampled image sharded (Zarr v3
+        ``sharding_indexed``): the spatial shard shape in NumPy order (field
+        nodes / image voxels), one edge for every axis, or ``"auto"`` (4
+        chunks per axis). Each edge must be a whole number of chunks (field
+        chunks are 64 nodes, resampled chunks 64 voxels in 3D, 256 in 2D).
+        One task writes each shard whole, so a task holds one shard (e.g.
+        256³ x 3 float32 = 201 MB for a field shard of 4³ chunks). ``None``
+        (default): one object per chunk. Checkpoints are never sharded.
 
     """
 
@@ -149,6 +162,7 @@ class RunOptions:
     on_stage_done: Callable[[StageReport], Any] | None = None
     into_fixed: bool | str = False
     upgrade_fixed: bool = False
+    output_shards: ShardSpec = None
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, Any]) -> RunOptions:
@@ -257,6 +271,8 @@ class RunInputs:
                 "initial": repr(self.initial),
                 "threshold": o.signal_threshold,
                 "masks": [o.fixed_mask, o.moving_mask],
+                # the layout of what is written (absent when unsharded, as before)
+                **({"shards": o.output_shards} if o.output_shards is not None else {}),
             }
         )
 
@@ -355,6 +371,7 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
             raise ScheduleError("the schedule has no block stage")
         check_overlap(fixed, moving, fixed_geoms[-1], moving_geoms[-1], options.initial_transform)
         check_schedule_levels(schedule, fixed_geoms, fixed)  # before anything is written
+        check_output_shards(options, fixed_geoms[0])
         inputs = RunInputs(fixed, moving, output, options, f_opts, m_opts, o_opts, fixed_geoms,
                            moving_geoms, unit, schedule, into_name=into_name, cache_token=token)
         gs = schedule.global_stage
@@ -372,6 +389,28 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
             close_host_cache(token)
         raise
     return inputs
+
+
+def check_output_shards(options: RunOptions, fixed: ImageGeometry) -> None:
+    """Refuse an ``output_shards`` the field or resampled chunks cannot fill, before any write.
+
+    Raises
+    ------
+    InvalidInputDataError
+        Malformed, or an edge that is not a whole number of field chunks (64
+        nodes) or, with ``resample``, of resampled-image chunks; the message
+        names ``output_shards``.
+
+    """
+    if options.output_shards is None:
+        return
+    from ngff_dreg.apply import output_chunks
+
+    chunk_sets = [(FIELD_CHUNK,) * fixed.ndim]
+    if options.resample:
+        chunk_sets.append(output_chunks(fixed, None))
+    for chunks in chunk_sets:
+        resolve_shards(options.output_shards, chunks, fixed.shape, option="output_shards")
 
 
 MaskLevels = dict[str, tuple[str, StorageOptions, list[ImageGeometry]]]

@@ -11,6 +11,9 @@ Fixtures
     writes a smooth random image with :func:`ngff_dreg.io.image_writer.write_multiscale`.
 ``synthetic_array``
     ``synthetic_array(shape, seed=0, dtype=float32) -> np.ndarray``.
+``store_writes``
+    A ``collections.Counter`` of every object written to a local or fsspec
+    (S3) zarr store in this process during the test, keyed ``"<root>/<key>"``.
 """
 
 from __future__ import annotations
@@ -217,6 +220,29 @@ def make_test_image() -> Callable[..., tuple[np.ndarray, Any]]:
         return data, geometry
 
     return make
+
+
+@pytest.fixture
+def store_writes(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Count the objects zarr writes (``set`` on LocalStore/FsspecStore), by ``root/key``."""
+    import collections
+    import threading
+
+    from zarr.storage import FsspecStore, LocalStore
+
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    for cls, root in ((LocalStore, lambda st: str(st.root)), (FsspecStore, lambda st: st.path)):
+        original = cls.set
+
+        async def counted(self: Any, key: str, value: Any, *args: Any,
+                          _orig: Any = original, _root: Any = root, **kwargs: Any) -> None:
+            with lock:
+                counts[f"{_root(self).rstrip('/')}/{key}"] += 1
+            await _orig(self, key, value, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "set", counted)
+    return counts
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,45 @@ def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path
     assert cached.pieces == plain.pieces
     # Each chunk once (two threads missing the same chunk together may both fetch it).
     assert cached.chunk_bytes < 1.2 * cached.distinct_bytes < plain.chunk_bytes
+
+
+def test_sharded_resample_equals_unsharded_and_writes_each_shard_once(tmp_path, store_writes):
+    import zarr
+
+    moving, mg, fg, chain = _case(3)
+    write_multiscale(str(tmp_path / "mov.zarr"), moving, mg, chunks=16)
+    plain, sharded = str(tmp_path / "plain.zarr"), str(tmp_path / "sharded.zarr")
+    apply_transform(str(tmp_path / "mov.zarr"), fg, chain, plain, chunks=8, n_levels=2,
+                    scheduler="threads")
+    store_writes.clear()
+    apply_transform(str(tmp_path / "mov.zarr"), fg, chain, sharded, chunks=8, n_levels=2,
+                    shards=16, scheduler="threads")
+    for level, shape, shards in (("0", (30, 34, 36), (16, 16, 16)), ("1", (15, 17, 18),
+                                                                     (16, 16, 16))):
+        a = zarr.open_array(plain, path=level, mode="r")
+        b = zarr.open_array(sharded, path=level, mode="r")
+        assert b.shape == shape and tuple(b.chunks) == (8, 8, 8)
+        assert tuple(b.shards) == shards and a.shards is None
+        codecs = [c["name"] for c in b.metadata.to_dict()["codecs"]]
+        assert codecs[0] == "sharding_indexed"
+        np.testing.assert_array_equal(b[...], a[...])
+        written = {k: n for k, n in store_writes.items()
+                   if k.startswith(f"{sharded}/{level}/c/")}
+        n_shards = int(np.prod([-(-n // s) for n, s in zip(shape, shards)]))
+        assert len(written) == n_shards and set(written.values()) == {1}, written
+
+
+@pytest.mark.parametrize(("version", "shards", "match"), [
+    ("0.4", 16, "shards need Zarr v3"),
+    ("0.5", 12, r"shards=12: edge 12 on axis 0 is not a whole number of chunks"),
+])
+def test_bad_resample_shards_are_refused_before_writing(tmp_path, version, shards, match):
+    from ngff_dreg.errors import InvalidInputDataError
+
+    moving, mg, fg, chain = _case(3)
+    write_multiscale(str(tmp_path / "mov.zarr"), moving, mg, chunks=16)
+    out = tmp_path / "warped.zarr"
+    with pytest.raises(InvalidInputDataError, match=match):
+        apply_transform(str(tmp_path / "mov.zarr"), fg, chain, str(out), chunks=8,
+                        version=version, shards=shards)
+    assert not out.exists()

@@ -185,6 +185,42 @@ def test_export_inverse_field_image_and_a_bad_extension(tmp_path):
     assert not (tmp_path / "warp.png").exists()
 
 
+@pytest.mark.parametrize(("value", "match"), [
+    ("40", "output_shards=40: edge 40 on axis 0 is not a whole number of chunks"),
+    ("64,64", "output_shards=(64, 64) must be one positive integer edge or 3 of them"),
+    ("big", "output_shards='big'"),
+])
+def test_bad_output_shards_are_a_one_line_error_before_anything_is_written(
+        small_pair, tmp_path, value, match):
+    out = tmp_path / "out.zarr"
+    proc = _cli("register", small_pair.fixed, small_pair.moving, "-o", str(out),
+                "--output-shards", value, "--no-progress")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and match in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_output_shards_option_is_documented_and_apply_writes_shards(small_pair, tmp_path):
+    import zarr
+
+    for command in ("register", "apply"):
+        text = _cli(command, "--help").stdout
+        assert "--output-shards" in text and "auto" in text
+    geom = small_pair.fixed_geometry
+    field = smooth_displacement(geom, 1.0, seed=4)
+    scene = str(tmp_path / "scene.zarr")
+    write_field_scene(scene, TransformChain(AffineTransform.identity(3), field), chunks=8)
+    plain, sharded = str(tmp_path / "plain.zarr"), str(tmp_path / "sharded.zarr")
+    for out, extra in ((plain, []), (sharded, ["--output-shards", "auto"])):
+        proc = _cli("apply", scene, small_pair.moving, small_pair.fixed, "-o", out, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = zarr.open_array(plain, path="0", mode="r"), zarr.open_array(sharded, path="0",
+                                                                        mode="r")
+    assert a.shards is None and tuple(b.shards) == tuple(b.chunks) == (48, 48, 48)
+    np.testing.assert_array_equal(b[...], a[...])
+
+
 @pytest.mark.slow
 def test_demo_command_reports_error_against_truth(tmp_path):
     """The README's main job, on the real MRI template at 2 mm (half size) to stay quick."""

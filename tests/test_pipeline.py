@@ -310,3 +310,40 @@ def test_into_fixed_is_checked_before_anything_is_written(pair_3d, tmp_path, das
         register(pair_3d.fixed, pair_3d.moving, str(out), schedule=_schedule_3d(),
                  client=dask_client, progress=False, into_fixed=True)
     assert not out.exists()
+
+
+def test_output_shards_shard_the_final_fields_and_the_resampled_image(pair_3d, tmp_path,
+                                                                       dask_client):
+    """register(output_shards=) on a process cluster: sharded outputs, unsharded checkpoints."""
+    import zarr
+
+    out = str(tmp_path / "sharded.zarr")
+    schedule = Schedule(GlobalStage(level=1), [
+        BlockStage(level=1, block_size=32, method="affine", field_spacing_factor=2),
+        BlockStage(level=0, block_size=32, method="affine", field_spacing_factor=3),
+    ])
+    result = register(pair_3d.fixed, pair_3d.moving, out, schedule=schedule,
+                      client=dask_client, progress=False, resample=True, output_shards="auto")
+    assert output_status(out) == "complete"
+
+    def shards(path: str) -> tuple[int, ...] | None:
+        arr = zarr.open_array(out, path=path, mode="r")
+        return None if arr.shards is None else tuple(arr.shards)
+
+    # final fields: 24³ nodes in 64³ chunks, 'auto' capped to the one chunk they need
+    assert shards("coordinateTransformations/fixed_to_moving/s0") == (3, 64, 64, 64)
+    assert shards("coordinateTransformations/moving_to_fixed/s0") == (3, 64, 64, 64)
+    assert shards("quality/jacobian") == (64, 64, 64)
+    # resampled: 72³ voxels in 64³ chunks, one 128³ shard of 8 chunks
+    assert shards("moving_resampled/0") == (128, 128, 128)
+    ckpt = [p for p in zarr.open_group(f"{out}/checkpoints", mode="r").group_keys()]
+    assert ckpt and all(
+        shards(f"checkpoints/{c}/coordinateTransformations/fixed_to_moving/s0") is None
+        for c in ckpt)
+    pts = np.random.default_rng(0).uniform(20, 50, size=(30, 3))
+    np.testing.assert_allclose(read_transform(out).transform_points(pts),
+                               result.transforms.transform.transform_points(pts), atol=1e-6)
+    # the layout is part of the run: a rerun asking for another one is refused
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        register(pair_3d.fixed, pair_3d.moving, out, schedule=schedule, client=dask_client,
+                 progress=False, resample=True)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,9 +52,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError
-from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes, one_per_axis
+from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.io.chunk_cache import cache_enabled, shared_array
 from ngff_dreg.io.output_state import MARKER_KEY, marker, output_status, put_marker
+from ngff_dreg.io.shards import (
+    AUTO_CHUNKS,
+    ShardSpec,
+    assemble,
+    check_shard_request,
+    level_shards,
+    resolve_shards,
+    write_units,
+)
 from ngff_dreg.io.stores import location_key, redact_url, zarr_array, zarr_group
 from ngff_dreg.transforms import AffineTransform, TransformChain
 
@@ -308,6 +317,15 @@ class FieldSceneWriter:
         Per-level factors of the field pyramids (NumPy order, each over the
         level before), normally the fixed image's
         (:func:`~ngff_dreg.io.image_writer.pyramid_factors`); ``None``: 2x.
+    shards:
+        Store every field array (all pyramid levels) and the Jacobian map
+        sharded (Zarr ``sharding_indexed``): the spatial shard shape in NumPy
+        order, one edge, or ``"auto"`` (4 chunks per axis); each edge a whole
+        number of chunks (or spanning its axis), capped by each array.
+        ``None`` (default): one object per chunk. Sharded arrays must be
+        written one whole shard at a time (:meth:`write_chunks`, one task per
+        shard, see :meth:`shard_shape`): a shard is one object, so two writers
+        of one shard would race.
     cache_token:
         Chunk-cache token of the loaders this writer hands out (:meth:`loader`):
         every loader of the same field shares it, so a process fetches a field
@@ -329,11 +347,32 @@ class FieldSceneWriter:
     fixed_url: str | None = None
     moving_url: str | None = None
     downsample_factors: tuple[tuple[int, ...], ...] | None = None
+    shards: ShardSpec = None
     cache_token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False,
                              compare=False)
 
     def _group(self, mode: str = "a") -> Any:
         return _open_group(self.url, self.storage_options, mode)
+
+    def shard_shape(self, shape: Sequence[int], chunks: Sequence[int] | int
+                    ) -> tuple[int, ...] | None:
+        """Spatial shard shape of a field array of ``shape`` and ``chunks`` (``None``: unsharded).
+
+        A caller writing into the field groups its chunks by this
+        (:func:`~ngff_dreg.io.shards.write_units`) and writes each group with
+        one :meth:`write_chunks` call. Raises
+        :class:`~ngff_dreg.errors.InvalidInputDataError` for a shard request
+        that is not whole chunks.
+        """
+        ch = tuple(int(c) for c in one_per_axis(chunks, len(shape), "chunks"))
+        return resolve_shards(self.shards, ch, shape, where=redact_url(self.url))
+
+    def _shard_request(self, chunks: Sequence[int]) -> tuple[int, ...] | None:
+        """The shard request as a shape (``"auto"`` resolved against ``chunks``)."""
+        request = check_shard_request(self.shards, len(chunks), where=redact_url(self.url))
+        if request == "auto":
+            return tuple(AUTO_CHUNKS * int(c) for c in chunks)
+        return request
 
     def begin(self, geometries: Mapping[str, ImageGeometry], *,
               chunks: Sequence[int] | int = 64, dtype: str = "float32") -> None:
@@ -373,8 +412,10 @@ class FieldSceneWriter:
             fgroup = tgroup.require_group(name)
             put_marker(fgroup, "incomplete", versioned=False)
             ch = tuple(int(c) for c in one_per_axis(chunks, geom.ndim, "chunks"))
+            sh = self.shard_shape(geom.shape, ch)
             fgroup.create_array(
                 "s0", shape=(geom.ndim, *geom.shape), chunks=(geom.ndim, *ch),
+                shards=None if sh is None else (geom.ndim, *sh),
                 dtype=dtype, fill_value=0.0, overwrite=True,
                 dimension_names=["c", *_SPATIAL_NAMES[geom.ndim]],
             )
@@ -393,26 +434,47 @@ class FieldSceneWriter:
 
     def write_chunk(self, name: str, geometry: ImageGeometry, box: Box,
                     data: npt.NDArray[Any]) -> None:
-        """Write one block of world-space vectors (NGFF layout) of field ``name``."""
+        """Write one block of world-space vectors (NGFF layout) of field ``name``.
+
+        On a sharded field ``box`` must be a whole shard (or use :meth:`write_chunks`).
+        """
+        self.write_chunks(name, geometry, box, [(box, data)])
+
+    def write_chunks(self, name: str, geometry: ImageGeometry, box: Box,
+                     parts: Iterable[tuple[Box, npt.NDArray[Any]]]) -> None:
+        """Write the ``(chunk, vectors)`` parts tiling ``box`` (a shard) with one store write.
+
+        ``parts`` may be a generator: each part is rotated into the field frame
+        and cast to the stored dtype as it comes, so memory is one ``box`` of
+        the stored dtype plus one part.
+        """
         frame = frame_of(geometry)
-        if not frame.is_identity:
-            data = _rotate_components(data, frame.rotation_zyx.T)
+        rot = None if frame.is_identity else frame.rotation_zyx.T
         arr = zarr_array(self.url, f"{TRANSFORMS_GROUP}/{name}/s0", self.storage_options,
                          mode="r+")
-        arr[(slice(None), *box.slices)] = np.asarray(data, dtype=arr.dtype)
+        stored = ((chunk, data if rot is None else _rotate_components(data, rot))
+                  for chunk, data in parts)
+        arr[(slice(None), *box.slices)] = assemble(box, stored, arr.dtype, (geometry.ndim,))
 
     def create_quality_array(self, name: str, shape: Sequence[int], chunks: Sequence[int],
                              dtype: str = "float32") -> None:
         """Create ``quality/<name>`` (a plain array, e.g. a Jacobian-determinant map)."""
         root = self._group("a")
         qgroup = root.require_group("quality")
-        qgroup.create_array(name, shape=tuple(shape), chunks=tuple(max(1, c) for c in chunks),
+        ch = tuple(max(1, int(c)) for c in chunks)
+        qgroup.create_array(name, shape=tuple(shape), chunks=ch,
+                            shards=self.shard_shape(tuple(shape), ch),
                             dtype=dtype, fill_value=0, overwrite=True)
 
     def write_quality_chunk(self, name: str, box: Box, data: npt.NDArray[Any]) -> None:
-        """Write one block of the quality array ``quality/<name>``."""
+        """Write one block of the quality array ``quality/<name>`` (a whole shard if sharded)."""
+        self.write_quality_chunks(name, box, [(box, data)])
+
+    def write_quality_chunks(self, name: str, box: Box,
+                             parts: Iterable[tuple[Box, npt.NDArray[Any]]]) -> None:
+        """Write the ``(chunk, data)`` parts tiling ``box`` of ``quality/<name>`` at once."""
         arr = zarr_array(self.url, f"quality/{name}", self.storage_options, mode="r+")
-        arr[box.slices] = np.asarray(data, dtype=arr.dtype)
+        arr[box.slices] = assemble(box, parts, arr.dtype)
 
     def finish(self, affine: AffineTransform, geometries: Mapping[str, ImageGeometry], *,
                n_levels: int | None = None, extra: Mapping[str, Any] | None = None) -> None:
@@ -420,8 +482,10 @@ class FieldSceneWriter:
         root = zarr_group(self.url, self.storage_options, mode="r+")
         frames = {name: frame_of(g) for name, g in geometries.items()}
         for name, geom in geometries.items():
-            levels, cumulative = _build_pyramid(root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim,
-                                                n_levels, self.downsample_factors)
+            src: Any = root[f"{TRANSFORMS_GROUP}/{name}/s0"]
+            levels, cumulative = _build_pyramid(
+                root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim, n_levels,
+                self.downsample_factors, self._shard_request(tuple(src.chunks[1:])))
             fgroup = root[f"{TRANSFORMS_GROUP}/{name}"]
             fgroup.attrs.put({"ome": _field_multiscale(name, frames[name], levels, geom.unit,
                                                        cumulative)})
@@ -463,15 +527,18 @@ def _level_step(k: int, ndim: int, factors: Sequence[Sequence[int]] | None) -> t
 
 
 def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None,
-                   factors: Sequence[Sequence[int]] | None = None
+                   factors: Sequence[Sequence[int]] | None = None,
+                   shards: tuple[int, ...] | None = None,
                    ) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Write block-averaged levels s1.. one output chunk at a time.
+    """Write block-averaged levels s1.. one output chunk (or shard) at a time.
 
     Level ``k`` averages ``_level_step(k)`` nodes of level ``k - 1`` per axis
     (the fixed image's per-axis factors, so an anisotropic field does not get
     more anisotropic). Returns the level names and their cumulative factors.
     Each output chunk reads only the finer nodes it averages, so memory stays
-    at a few chunks whatever the field size.
+    at a few chunks whatever the field size. With ``shards`` (a spatial shard
+    request, capped per level) each level is sharded and written one whole
+    shard per store write, its chunks averaged one by one as without shards.
     """
     src = root[f"{path}/s0"]
     levels = ["s0"]
@@ -487,24 +554,34 @@ def _build_pyramid(root: Any, path: str, ndim: int, n_levels: int | None,
             break
         k += 1
         chunks = tuple(min(int(c), n) for c, n in zip(src.chunks[1:], out_shape))
+        level_sh = None if shards is None else level_shards(shards, chunks, out_shape)
         dst = root.create_array(
             f"{path}/s{k}", shape=(src.shape[0], *out_shape), chunks=(src.shape[0], *chunks),
+            shards=None if level_sh is None else (src.shape[0], *level_sh),
             dtype=src.dtype, fill_value=0.0, overwrite=True,
             dimension_names=list(src.metadata.dimension_names),
         )
-        for box in chunk_boxes(out_shape, chunks):
-            fine = Box(tuple(f * a for a, f in zip(box.start, step)),
-                       tuple(f * b for b, f in zip(box.stop, step)))
-            data = np.asarray(src[(slice(None), *fine.slices)], dtype=np.float64)
-            shp = [data.shape[0]]
-            for n, f in zip(box.shape, step):
-                shp += [n, f]
-            mean = data.reshape(shp).mean(axis=tuple(range(2, 2 + 2 * ndim, 2)))
-            dst[(slice(None), *box.slices)] = mean.astype(dst.dtype)
+        for unit in write_units(out_shape, chunks, level_sh):
+            parts = ((box, _block_mean(src, box, step)) for box in unit.chunks)
+            dst[(slice(None), *unit.box.slices)] = assemble(unit.box, parts, dst.dtype,
+                                                            (src.shape[0],))
         levels.append(f"s{k}")
         cumulative.append(tuple(a * f for a, f in zip(cumulative[-1], step)))
         src = dst
     return levels, cumulative
+
+
+def _block_mean(src: Any, box: Box, step: Sequence[int]) -> npt.NDArray[np.float64]:
+    """Mean of ``src``'s nodes over ``box`` of the level ``step`` times coarser."""
+    fine = Box(tuple(f * a for a, f in zip(box.start, step)),
+               tuple(f * b for b, f in zip(box.stop, step)))
+    data = np.asarray(src[(slice(None), *fine.slices)], dtype=np.float64)
+    shp = [data.shape[0]]
+    for n, f in zip(box.shape, step):
+        shp += [n, f]
+    mean: npt.NDArray[np.float64] = data.reshape(shp).mean(
+        axis=tuple(range(2, 2 + 2 * box.ndim, 2)))
+    return mean
 
 
 def write_field_scene(
@@ -520,6 +597,7 @@ def write_field_scene(
     moving_path: str | None = None,
     fixed_url: str | None = None,
     moving_url: str | None = None,
+    shards: ShardSpec = None,
 ) -> None:
     """Write a forward (and inverse) :class:`TransformChain` as an NGFF 0.6 scene.
 
@@ -536,6 +614,9 @@ def write_field_scene(
         See :class:`FieldSceneWriter`.
     fixed_path, moving_path, fixed_url, moving_url:
         Image references (see :class:`FieldSceneWriter`).
+    shards:
+        Sharded field arrays (see :class:`FieldSceneWriter`), written one
+        whole shard at a time.
 
     Examples
     --------
@@ -553,13 +634,21 @@ def write_field_scene(
             raise ValueError("the inverse's affine is not the inverse of the forward affine")
         geoms[INVERSE_NAME] = inverse.field.geometry
     writer = FieldSceneWriter(url, storage_options, overwrite, fixed_path, moving_path,
-                              fixed_url=fixed_url, moving_url=moving_url)
-    writer.begin(geoms, chunks=chunks)
+                              fixed_url=fixed_url, moving_url=moving_url, shards=shards)
     fields = {FORWARD_NAME: transform.field}
     if inverse is not None and inverse.field is not None:
         fields[INVERSE_NAME] = inverse.field
-    for name, fld in fields.items():
+    units = {}
+    for name, fld in fields.items():  # shard requests checked before anything is written
         ch = tuple(int(c) for c in one_per_axis(chunks, fld.ndim, "chunks"))
-        for box in chunk_boxes(fld.geometry.shape, ch):
-            writer.write_chunk(name, fld.geometry, box, fld.read(box))
+        shape = fld.geometry.shape
+        units[name] = write_units(shape, ch, writer.shard_shape(shape, ch))
+    writer.begin(geoms, chunks=chunks)
+    for name, fld in fields.items():
+        for unit in units[name]:
+            if len(unit.chunks) == 1:
+                writer.write_chunk(name, fld.geometry, unit.box, fld.read(unit.box))
+            else:
+                writer.write_chunks(name, fld.geometry, unit.box,
+                                    ((c, fld.read(c)) for c in unit.chunks))
     writer.finish(transform.affine, geoms, n_levels=n_levels)

@@ -84,16 +84,19 @@ def default_system_name(moving_url: str | None) -> str:
 
 
 def _copy_group(src_root: Any, src_path: str, dst_root: Any, dst_path: str) -> None:
-    """Copy a (field multiscale) group's arrays chunk by chunk, then its attributes."""
+    """Copy a (field multiscale) group's arrays chunk by chunk, then its attributes.
+
+    A sharded array stays sharded and is copied one whole shard per write.
+    """
     src = src_root[src_path]
     dst = dst_root.require_group(dst_path)
     for key, arr in src.arrays():
         out = dst.create_array(
-            key, shape=arr.shape, chunks=arr.chunks, dtype=arr.dtype,
+            key, shape=arr.shape, chunks=arr.chunks, shards=arr.shards, dtype=arr.dtype,
             fill_value=arr.fill_value, overwrite=True,
             dimension_names=arr.metadata.dimension_names,
         )
-        for box in chunk_boxes(arr.shape, arr.chunks):
+        for box in chunk_boxes(arr.shape, arr.shards or arr.chunks):
             out[box.slices] = arr[box.slices]
     dst.attrs.put(dict(src.attrs.asdict()))
 

@@ -29,6 +29,13 @@ from ngff_dreg.errors import (
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import ImageGeometry, one_per_axis
+from ngff_dreg.io.shards import (
+    AUTO_CHUNKS,
+    ShardSpec,
+    check_shard_request,
+    level_shards,
+    resolve_shards,
+)
 from ngff_dreg.io.stores import (
     destination_state,
     map_store_errors,
@@ -349,7 +356,7 @@ def write_multiscale(
     factors: Sequence[Sequence[int]] | None = None,
     leading_axes: Sequence[LeadingAxis] = (),
     omero: Mapping[str, Any] | None = None,
-    shards: Sequence[int] | int | None = None,
+    shards: ShardSpec = None,
 ) -> None:
     """Write ``data`` as a multiscale OME-Zarr image.
 
@@ -396,10 +403,9 @@ def write_multiscale(
     shards:
         Zarr v3 only: store each level in shards of this spatial shape (NumPy
         order, or one edge for all spatial axes; the ``sharding_indexed``
-        codec), each holding whole ``chunks``; leading axes are sharded by 1.
-        Shards are rounded up to a multiple of the chunk and capped by the
-        level's shape. Readers then fetch single chunks of a shard with range
-        requests. ``None``: one object per chunk.
+        codec) of whole ``chunks``, or ``"auto"`` (4 chunks per axis); capped
+        per level, leading axes sharded by 1. One dask task writes each shard
+        whole (memory: one shard). ``None`` (default): one object per chunk.
 
     Raises
     ------
@@ -455,7 +461,7 @@ def _plan_pyramid(
     axes: tuple[int, ...], factors: Sequence[Sequence[int]] | None,
     lead: tuple[LeadingAxis, ...], omero: Mapping[str, Any] | None,
     chunk_shape: tuple[int, ...], out_dtype: np.dtype[Any],
-    shards: Sequence[int] | int | None,
+    shards: ShardSpec,
 ) -> _Pyramid:
     """Level geometries, factors, metadata and shard shape of a write (validated)."""
     geoms = level_geometries(geometry, n_levels, axes, factors)
@@ -468,7 +474,8 @@ def _plan_pyramid(
         steps=tuple(tuple(b // a for a, b in zip(p, c))
                     for p, c in itertools.pairwise(cumulative)),
         chunk_shape=chunk_shape, out_dtype=out_dtype, lead=lead,
-        shard_shape=_check_shards(safe, shards, chunk_shape, fmt), attrs=attrs,
+        shard_shape=_check_shards(safe, shards, chunk_shape, tuple(geometry.shape), fmt),
+        attrs=attrs,
     )
 
 
@@ -491,32 +498,19 @@ def _create_root(text: str, storage_options: Mapping[str, Any] | None, overwrite
 
 
 def _check_shards(
-    safe: str, shards: Sequence[int] | int | None, chunk_shape: tuple[int, ...], fmt: int
+    safe: str, shards: ShardSpec, chunk_shape: tuple[int, ...], shape: tuple[int, ...], fmt: int
 ) -> tuple[int, ...] | None:
-    """The requested shard shape, checked (``None``: not sharded)."""
+    """The requested spatial shard shape, checked against level 0 (``None``: not sharded)."""
     if shards is None:
         return None
     if fmt != 3:
         raise InvalidInputDataError(f"{safe}: shards need Zarr v3 (NGFF 0.5 or 0.6), not 0.4")
-    ndim = len(chunk_shape)
-    shape = (int(shards),) * ndim if isinstance(shards, (int, np.integer)) else tuple(
-        int(v) for v in shards)
-    if len(shape) != ndim or any(v < 1 for v in shape):
-        raise InvalidInputDataError(
-            f"{safe}: shards {shards!r} must be one positive edge or {ndim} of them"
-        )
-    return shape
-
-
-def _level_shards(
-    shard_shape: tuple[int, ...], chunks: tuple[int, ...], shape: tuple[int, ...]
-) -> tuple[int, ...]:
-    """A level's shard shape: whole chunks, at least one, no more than the level needs."""
-    out = []
-    for sh, c, n in zip(shard_shape, chunks, shape):
-        need = -(-n // c) * c
-        out.append(min(need, max(c, -(-sh // c) * c)))
-    return tuple(out)
+    request = check_shard_request(shards, len(chunk_shape), where=safe)
+    if request == "auto":
+        return tuple(AUTO_CHUNKS * c for c in chunk_shape)
+    assert request is not None
+    resolve_shards(shards, chunk_shape, shape, where=safe)  # whole chunks, or an error
+    return request
 
 
 def _check_arguments(
@@ -617,8 +611,8 @@ def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         write_chunks = level_chunks
         if shard_shape is not None:
-            write_chunks = (1,) * n_lead + _level_shards(shard_shape, level_chunks[n_lead:],
-                                                         g.shape)
+            write_chunks = (1,) * n_lead + level_shards(shard_shape, level_chunks[n_lead:],
+                                                        g.shape)
             kwargs["shards"] = write_chunks
         arr = map_store_errors(
             text, f"create level {path}", functools.partial(root.create_array, **kwargs)

@@ -1,14 +1,22 @@
 """The reduction's dask graph: one thin task per kernel call, and the builder.
 
-Task layout (B blocks, C field chunks)::
+Task layout (B blocks, C field write units: chunks, or shards)::
 
     sample-<b>      B tasks   BlockSample of one block (small arrays)
     status-<b>      B tasks   (chunk_index, status) — for the status grid
-    blend-<c>       C tasks   blend + fold + write forward chunk c; deps: blocks reaching c
+    blend-<c>       C tasks   blend + fold + write forward unit c; deps: blocks reaching c
     fwd-ready       1 task    barrier + stats (max |D|), no field data
-    invert-<c>      C tasks   inverse chunk c (reads D with a halo), written once
-    check-<c>       C tasks   Jacobian chunk c and inverse residuals at random points
+    invert-<c>      C tasks   inverse unit c (reads D with a halo), written once
+    check-<c>       C tasks   Jacobian unit c and inverse residuals at random points
     finalize        1 task    pyramids + metadata (writer) / assembly (memory), result
+
+A write unit (:class:`~ngff_dreg.io.shards.WriteUnit`) is one field chunk, or,
+when the writer stores its arrays sharded
+(:class:`~ngff_dreg.interfaces.ShardedFieldWriter`), one whole shard: its task
+computes the shard's inner chunks one after the other, exactly as the chunk
+tasks would (same blocks, same kernels, same order), and writes the shard
+once, so no two tasks ever write one shard object. Such a task holds one
+shard of the stored field plus one chunk's working set.
 
 The kernels (:mod:`~ngff_dreg.reduce.blend`, :mod:`~ngff_dreg.reduce.inverse`,
 :mod:`~ngff_dreg.reduce.quality`) are pure NumPy. The tasks here adapt what
@@ -22,6 +30,7 @@ in-memory mode (no writer) is a whole field ever held by one task
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,13 +38,15 @@ from dask import delayed
 from dask.base import tokenize
 
 from ngff_dreg.blocks import status_grid
-from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes, one_per_axis
+from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import (
     BlockRegStatus,
     FieldWriter,
     LocatedBlockResult,
+    ShardedFieldWriter,
     SupportsTransformPoints,
 )
+from ngff_dreg.io.shards import WriteUnit, write_units
 from ngff_dreg.itk_bridge import ItkPointMap, class_name, geometry_of, is_cubic_bspline
 from ngff_dreg.reduce.blend import (
     BlockSample,
@@ -182,24 +193,50 @@ def refused_blocks(statuses: list[Status]) -> list[dict[str, Any]]:
     return out
 
 
-def _t_blend(chunk: Box, samples: list[BlockSample], fgeom: ImageGeometry, fixed: ImageGeometry,
-             initial: Any, affine: AffineTransform, writer: FieldWriter | None, prep: Any
-             ) -> dict[str, Any]:
-    """Kernels :func:`blend_chunk` and :func:`fold_chunk`; the chunk is written once."""
-    residual, coverage = blend_chunk(chunk, samples, fgeom, fixed)
-    total = fold_chunk(chunk, residual, fgeom, initial, affine)
-    norm = np.linalg.norm(total, axis=0)
-    stats: dict[str, Any] = {
-        "box": chunk,
-        "max_disp": float(norm.max()) if norm.size else 0.0,
-        "max_resid": float(np.linalg.norm(residual, axis=0).max()) if residual.size else 0.0,
-        "uncovered": int((coverage <= 0).sum()),
-        "n": int(coverage.size),
-    }
-    if writer is not None:
-        writer.write_chunk(writer.forward_name, fgeom, chunk, total)
+def _write_field(writer: FieldWriter, name: str, geometry: ImageGeometry, unit: WriteUnit,
+                 parts: Iterator[tuple[Box, Any]]) -> None:
+    """Write a unit's parts: one chunk as such, a shard's chunks with one write."""
+    if len(unit.chunks) == 1:
+        writer.write_chunk(name, geometry, unit.box, next(parts)[1])
     else:
-        stats["data"] = total.astype(np.float32)
+        assert isinstance(writer, ShardedFieldWriter)
+        writer.write_chunks(name, geometry, unit.box, parts)
+
+
+def _single(unit: WriteUnit, parts: Iterator[tuple[Box, Any]]) -> Any:
+    """The one part of an in-memory unit (units are chunks without a writer)."""
+    if len(unit.chunks) != 1:
+        raise AssertionError("only a writer's fields are written by shards")
+    return next(parts)[1]
+
+
+def _t_blend(unit: WriteUnit, samples: list[BlockSample], picks: list[list[int]],
+             fgeom: ImageGeometry, fixed: ImageGeometry, initial: Any, affine: AffineTransform,
+             writer: FieldWriter | None, prep: Any) -> dict[str, Any]:
+    """Kernels :func:`blend_chunk` and :func:`fold_chunk` per chunk; the unit is written once.
+
+    ``picks[k]`` are the positions in ``samples`` of the blocks reaching chunk ``k``.
+    """
+    figures: list[tuple[float, float, int, int]] = []
+
+    def parts() -> Iterator[tuple[Box, Any]]:
+        for chunk, pick in zip(unit.chunks, picks):
+            residual, coverage = blend_chunk(chunk, [samples[i] for i in pick], fgeom, fixed)
+            total = fold_chunk(chunk, residual, fgeom, initial, affine)
+            norm = np.linalg.norm(total, axis=0)
+            figures.append((
+                float(norm.max()) if norm.size else 0.0,
+                float(np.linalg.norm(residual, axis=0).max()) if residual.size else 0.0,
+                int((coverage <= 0).sum()), int(coverage.size)))
+            yield chunk, total
+
+    stats: dict[str, Any] = {"box": unit.box}
+    if writer is not None:
+        _write_field(writer, writer.forward_name, fgeom, unit, parts())
+    else:
+        stats["data"] = _single(unit, parts()).astype(np.float32)
+    stats.update(max_disp=max(f[0] for f in figures), max_resid=max(f[1] for f in figures),
+                 uncovered=sum(f[2] for f in figures), n=sum(f[3] for f in figures))
     return stats
 
 
@@ -222,39 +259,60 @@ def _t_assemble(parts: list[dict[str, Any]], fgeom: ImageGeometry, key: str = "d
     return DisplacementField(fgeom, data=data)
 
 
-def _t_invert(chunk: Box, forward: DisplacementField, ready: dict[str, Any], iterations: int,
-              writer: FieldWriter | None) -> dict[str, Any]:
-    """Kernel :func:`~ngff_dreg.reduce.inverse.invert_chunk`; the chunk is written once."""
-    u, change = invert_chunk(chunk, forward, ready["max_disp"], iterations=iterations)
-    out: dict[str, Any] = {"box": chunk, "change": change}
+def _t_invert(unit: WriteUnit, forward: DisplacementField, ready: dict[str, Any],
+              iterations: int, writer: FieldWriter | None) -> dict[str, Any]:
+    """Kernel :func:`~ngff_dreg.reduce.inverse.invert_chunk` per chunk; the unit is written once."""
+    changes: list[float] = []
+
+    def parts() -> Iterator[tuple[Box, Any]]:
+        for chunk in unit.chunks:
+            u, change = invert_chunk(chunk, forward, ready["max_disp"], iterations=iterations)
+            changes.append(change)
+            yield chunk, u
+
+    out: dict[str, Any] = {"box": unit.box}
     if writer is not None:
-        writer.write_chunk(writer.inverse_name, forward.geometry, chunk, u)
+        _write_field(writer, writer.inverse_name, forward.geometry, unit, parts())
     else:
-        out["data"] = u.astype(np.float32)
+        out["data"] = _single(unit, parts()).astype(np.float32)
+    out["change"] = max(changes)
     return out
 
 
-def _t_check(chunk: Box, forward: DisplacementField, inverse: DisplacementField | None,
+def _t_check(unit: WriteUnit, forward: DisplacementField, inverse: DisplacementField | None,
              affine: AffineTransform, within: tuple[Any, Any], writer: FieldWriter | None,
              inv_ready: Any) -> dict[str, Any]:
-    """Kernels :func:`jacobian_chunk` and :func:`inverse_residuals` on one chunk."""
-    jac = jacobian_chunk(chunk, forward)
-    out: dict[str, Any] = {
-        "box": chunk,
-        "jac_min": float(jac.min()) if jac.size else 1.0,
-        "folded": int((jac <= 0).sum()),
-        "n": int(jac.size),
-    }
+    """Kernels :func:`jacobian_chunk` and :func:`inverse_residuals` per chunk of a unit."""
+    figures: list[tuple[float, int, int]] = []
+    residuals: list[Any] = []
+    chains = None
     if inverse is not None:
-        fwd = TransformChain(affine, forward)
-        inv = TransformChain(affine.inverse(), inverse, affine_first=True)
-        # a small float32 sample per chunk keeps the final task's input light
-        out["residuals"] = inverse_residuals(chunk, fwd, inv, n_points=128,
-                                             within=within).astype(np.float32)
-    if writer is not None:
-        writer.write_quality_chunk("jacobian", chunk, jac)
+        chains = (TransformChain(affine, forward),
+                  TransformChain(affine.inverse(), inverse, affine_first=True))
+
+    def parts() -> Iterator[tuple[Box, Any]]:
+        for chunk in unit.chunks:
+            jac = jacobian_chunk(chunk, forward)
+            figures.append((float(jac.min()) if jac.size else 1.0, int((jac <= 0).sum()),
+                            int(jac.size)))
+            if chains is not None:
+                # a small float32 sample per chunk keeps the final task's input light
+                residuals.append(inverse_residuals(chunk, *chains, n_points=128,
+                                                   within=within).astype(np.float32))
+            yield chunk, jac
+
+    out: dict[str, Any] = {"box": unit.box}
+    if writer is None:
+        out["jac"] = _single(unit, parts()).astype(np.float32)
+    elif len(unit.chunks) == 1:
+        writer.write_quality_chunk("jacobian", unit.box, next(parts())[1])
     else:
-        out["jac"] = jac.astype(np.float32)
+        assert isinstance(writer, ShardedFieldWriter)
+        writer.write_quality_chunks("jacobian", unit.box, parts())
+    out.update(jac_min=min(f[0] for f in figures), folded=sum(f[1] for f in figures),
+               n=sum(f[2] for f in figures))
+    if chains is not None:
+        out["residuals"] = np.concatenate(residuals)
     return out
 
 
@@ -343,8 +401,12 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     ndim = fixed.ndim
     affine = linear_part(initial, ndim)
     chunks = tuple(int(c) for c in one_per_axis(reducer.field_chunk, ndim, "field_chunk"))
-    boxes = chunk_boxes(fgeom.shape, chunks)
-    token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks,
+    # a sharded writer's arrays are written one whole shard per task (no two
+    # tasks write one shard object); otherwise one chunk per task
+    shards = (writer.shard_shape(fgeom.shape, chunks)
+              if isinstance(writer, ShardedFieldWriter) else None)
+    units = write_units(fgeom.shape, chunks, shards)
+    token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks, shards,
                      len(block_boxes), [tuple(b.start) + tuple(b.stop) for b in block_boxes])
 
     prep: Any = None
@@ -375,13 +437,16 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
         reach = fill_reach(lo, hi, fixed, reducer.fill_distance)
         reach_boxes.append(nodes.pad(tuple(fill_nodes(reach, sp))))
 
-    # blend tasks: each depends only on the blocks that can reach its chunk
+    # blend tasks: each depends only on the blocks that can reach its chunks
     blends = []
-    for c, cbox in enumerate(boxes):
-        deps = [samples[i] for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
+    for c, unit in enumerate(units):
+        reaching = [[i for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
+                    for cbox in unit.chunks]
+        used = sorted({i for r in reaching for i in r})
+        pos = {i: k for k, i in enumerate(used)}
         blends.append(delayed(_t_blend, pure=True)(
-            cbox, deps, fgeom, fixed, initial, affine, writer, prep,
-            dask_key_name=f"blend-{token}-{c}"))
+            unit, [samples[i] for i in used], [[pos[i] for i in r] for r in reaching],
+            fgeom, fixed, initial, affine, writer, prep, dask_key_name=f"blend-{token}-{c}"))
     ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{token}")
 
     if writer is not None:
@@ -398,9 +463,9 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     inverse: Any = None
     if reducer.compute_inverse:
         inv_parts = [
-            delayed(_t_invert, pure=True)(cbox, forward, ready, reducer.inverse_iterations,
+            delayed(_t_invert, pure=True)(unit, forward, ready, reducer.inverse_iterations,
                                           writer, dask_key_name=f"invert-{token}-{c}")
-            for c, cbox in enumerate(boxes)
+            for c, unit in enumerate(units)
         ]
         if writer is not None:
             inverse = delayed(_loader_field, pure=True)(
@@ -411,9 +476,9 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
                                                       dask_key_name=f"assemble-inv-{token}")
     within = (np.zeros(ndim), (np.asarray(fixed.shape) - 1) / ratio)
     checks = [
-        delayed(_t_check, pure=True)(cbox, forward, inverse, affine, within, writer, inverse,
+        delayed(_t_check, pure=True)(unit, forward, inverse, affine, within, writer, inverse,
                                      dask_key_name=f"check-{token}-{c}")
-        for c, cbox in enumerate(boxes)
+        for c, unit in enumerate(units)
     ]
     return delayed(_t_finalize, pure=True)(
         reducer.n_levels, fgeom, affine, fixed, ready, inv_parts, checks, statuses, writer,

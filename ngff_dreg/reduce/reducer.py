@@ -16,12 +16,16 @@ from typing import Any
 
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import FieldWriter, LocatedBlockResult, ReduceResultsMethod
+from ngff_dreg.io.shards import ShardSpec
 from ngff_dreg.itk_bridge import reader_geometry
 from ngff_dreg.reduce.blend import field_geometry_for
 from ngff_dreg.reduce.graph import build_reduction_graph, padded_box
 from ngff_dreg.reduce.result import BlendedTransformResult
 
-__all__ = ["ReduceToDisplacementField"]
+__all__ = ["FIELD_CHUNK", "ReduceToDisplacementField"]
+
+#: Default field chunk edge, in nodes.
+FIELD_CHUNK = 64
 
 
 @dataclass
@@ -68,6 +72,15 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         dask scheduler used by :meth:`__call__` (``"threads"`` or ``"synchronous"``).
     fixed_url, moving_url:
         The registered images, recorded in the scene ``output`` names.
+    shards:
+        Store the ``output`` fields sharded (see
+        :class:`~ngff_dreg.io.field_writer.FieldSceneWriter`): the spatial
+        shard shape in field nodes, one edge, or ``"auto"`` (4 field chunks
+        per axis). Each blend/invert/check task then computes and writes one
+        whole shard, so its memory is one shard of float32 vectors
+        (``ndim x shard nodes x 4`` bytes) plus one chunk's working set.
+        ``None`` (default): one object and one task per chunk. A ``writer``
+        passed in brings its own.
 
     Examples
     --------
@@ -82,7 +95,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     field_spacing: Sequence[float] | None = None
     output: str | None = None
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
-    field_chunk: int | Sequence[int] = 64
+    field_chunk: int | Sequence[int] = FIELD_CHUNK
     use_quality: bool = False
     fill_distance: float = 0.5
     compute_inverse: bool = True
@@ -92,6 +105,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     scheduler: str = "threads"
     fixed_url: str | None = None
     moving_url: str | None = None
+    shards: ShardSpec = None
     writer: FieldWriter | None = field(default=None, repr=False)
 
     # -- itk-dreg entry point ------------------------------------------
@@ -173,7 +187,8 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         from ngff_dreg.io.field_writer import FieldSceneWriter
 
         return FieldSceneWriter(self.output, self.storage_options, self.overwrite,
-                                fixed_url=self.fixed_url, moving_url=self.moving_url)
+                                fixed_url=self.fixed_url, moving_url=self.moving_url,
+                                shards=self.shards)
 
     def field_geometry(self, fixed: ImageGeometry) -> ImageGeometry:
         """The field grid for a fixed geometry."""

@@ -157,26 +157,30 @@ _CHILD = textwrap.dedent("""
     from ngff_dreg.synthetic import smooth_displacement
     from ngff_dreg.transforms import AffineTransform, TransformChain
 
-    orig = fw.FieldSceneWriter.write_chunk
+    orig = fw.FieldSceneWriter.write_chunks  # write_chunk goes through it too
 
     def slow(self, *args, **kwargs):
         orig(self, *args, **kwargs)
         print("chunk", flush=True)
         time.sleep(0.3)
 
-    fw.FieldSceneWriter.write_chunk = slow
+    fw.FieldSceneWriter.write_chunks = slow
     fixed = ImageGeometry((128, 128), (1.0, 1.0), (0.0, 0.0))
     chain = TransformChain(AffineTransform.identity(2), smooth_displacement(fixed, 2.0, seed=9))
-    fw.write_field_scene(sys.argv[1], chain, chunks=8)
+    shards = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    fw.write_field_scene(sys.argv[1], chain, chunks=8, shards=shards)
     print("done", flush=True)
 """)
 
 
-def test_interrupted_write_is_incomplete_and_a_rerun_completes_it(tmp_path):
+@pytest.mark.parametrize("shards", [None, 16])
+def test_interrupted_write_is_incomplete_and_a_rerun_completes_it(tmp_path, shards):
+    """Killed after 3 chunk (or whole-shard) writes: incomplete; a rerun completes it."""
     url = str(tmp_path / "reg.zarr")
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    proc = subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE,
+    args = [] if shards is None else [str(shards)]
+    proc = subprocess.Popen([sys.executable, str(script), url, *args], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen = 0
     assert proc.stdout is not None
@@ -197,12 +201,14 @@ def test_interrupted_write_is_incomplete_and_a_rerun_completes_it(tmp_path):
     # a rerun (no overwrite needed) completes it
     fixed = ImageGeometry((128, 128), (1.0, 1.0), (0.0, 0.0))
     chain = TransformChain(AffineTransform.identity(2), smooth_displacement(fixed, 2.0, seed=9))
-    write_field_scene(url, chain, chunks=8)
+    write_field_scene(url, chain, chunks=8, shards=shards)
     assert output_status(url) == "complete"
     validate(_attrs(Path(url)), version="0.6", model="scene")
     pts = fixed.sample_points(per_axis=7)
     np.testing.assert_allclose(read_transform(url).transform_points(pts),
                                chain.transform_points(pts), atol=1e-5)
+    s0 = zarr.open_array(url, path="coordinateTransformations/fixed_to_moving/s0", mode="r")
+    assert s0.shards == (None if shards is None else (2, 16, 16))
 
 
 def test_recorded_image_urls_carry_no_credentials(tmp_path):
@@ -229,3 +235,99 @@ def test_loaders_of_one_writer_share_a_cache_token_until_begin(tmp_path: Path) -
     assert a.cache == b.cache == writer.cache_token  # one fetch per process for both
     writer.begin({writer.forward_name: geom}, chunks=4)
     assert writer.loader(writer.forward_name, geom).cache != a.cache  # new arrays, new token
+
+
+# ---------------------------------------------------------------- sharded fields
+def _field_arrays(url: str) -> dict[str, zarr.Array]:
+    root = zarr.open_group(url, mode="r")
+    out = {}
+    for name in ("fixed_to_moving", "moving_to_fixed"):
+        for key, arr in root[f"coordinateTransformations/{name}"].arrays():
+            out[f"{name}/{key}"] = arr
+    return out
+
+
+def _shard_codec(arr: zarr.Array) -> dict | None:
+    codecs = arr.metadata.to_dict()["codecs"]
+    return next((c for c in codecs if c["name"] == "sharding_indexed"), None)
+
+
+@pytest.mark.parametrize(("ndim", "oblique", "with_affine"), [(3, True, True), (2, False, True)])
+def test_sharded_scene_reads_back_identical_to_an_unsharded_one(tmp_path, store_writes, ndim,
+                                                                oblique, with_affine):
+    from ngff_dreg.io.transform_reader import to_itk_transform
+    from ngff_dreg.itk_bridge import transform_points as itk_points
+
+    shape = (40, 44) if ndim == 2 else (60, 66, 72)  # fields of 11x12 / 16x18x19 nodes
+    fwd, inv = _chains(ndim, oblique, with_affine, shape)
+    plain, sharded = str(tmp_path / "plain.zarr"), str(tmp_path / "sharded.zarr")
+    write_field_scene(plain, fwd, inv, chunks=4, n_levels=3)
+    store_writes.clear()
+    write_field_scene(sharded, fwd, inv, chunks=4, n_levels=3, shards=8)
+    a, b = _field_arrays(plain), _field_arrays(sharded)
+    assert sorted(a) == sorted(b) and len(a) == 6  # 3 levels of each field
+    for key, arr in b.items():
+        codec = _shard_codec(arr)
+        assert codec is not None, key
+        chunks = tuple(arr.chunks[1:])  # inner chunks (capped by coarse levels' shapes)
+        assert tuple(codec["configuration"]["chunk_shape"]) == (ndim, *chunks), key
+        assert chunks == tuple(a[key].chunks[1:])
+        # 8 nodes (2 chunks) per axis, or the whole chunks a small level needs
+        shards = tuple(min(8, -(-n // c) * c) if c == 4 else c
+                       for n, c in zip(arr.shape[1:], chunks))
+        assert tuple(arr.shards) == (ndim, *shards), key
+        if key.endswith("/s0"):
+            assert shards == (8,) * ndim
+        assert _shard_codec(a[key]) is None
+        np.testing.assert_array_equal(arr[...], a[key][...], err_msg=key)
+        # every shard object was written exactly once (one write per shard, no partial ones)
+        prefix = f"{tmp_path / 'sharded.zarr'}/coordinateTransformations/{key}/c/"
+        written = {k: n for k, n in store_writes.items() if k.startswith(prefix)}
+        n_shards = int(np.prod([-(-n // s) for n, s in zip(arr.shape[1:], shards)]))
+        assert len(written) == n_shards and set(written.values()) == {1}, (key, written)
+    validate(_attrs(Path(sharded)), version="0.6", model="scene")
+    pts = np.random.default_rng(1).uniform(2, 12, size=(50, ndim))
+    for inverse in (False, True):
+        np.testing.assert_array_equal(
+            read_transform(sharded, inverse=inverse).transform_points(pts),
+            read_transform(plain, inverse=inverse).transform_points(pts))
+    np.testing.assert_array_equal(itk_points(to_itk_transform(sharded), pts),
+                                  itk_points(to_itk_transform(plain), pts))
+
+
+def test_sharded_scene_on_s3_equals_the_local_one(tmp_path, s3_server, store_writes):
+    fwd, inv = _chains(3, True, False, (60, 66, 72))  # 16x18x19 nodes
+    local = str(tmp_path / "local.zarr")
+    write_field_scene(local, fwd, inv, chunks=4, shards=(8, 8, 12))
+    bucket = s3_server.create_bucket()
+    url, opts = s3_server.url(bucket, "reg.zarr"), s3_server.storage_options()
+    store_writes.clear()
+    write_field_scene(url, fwd, inv, chunks=4, shards=(8, 8, 12), storage_options=opts)
+    assert output_status(url, opts) == "complete"
+    arr = zarr.open_array(store=url, path="coordinateTransformations/fixed_to_moving/s0",
+                          mode="r", storage_options=opts)
+    assert tuple(arr.shards) == (3, 8, 8, 12) and tuple(arr.chunks) == (3, 4, 4, 4)
+    np.testing.assert_array_equal(arr[...], zarr.open_array(
+        local, path="coordinateTransformations/fixed_to_moving/s0", mode="r")[...])
+    s0 = [k for k in store_writes if "/fixed_to_moving/s0/c/" in k]
+    assert len(s0) == 2 * 3 * 2 and all(store_writes[k] == 1 for k in s0)  # one PUT per shard
+    pts = np.random.default_rng(2).uniform(2, 10, size=(40, 3))
+    for inverse in (False, True):
+        np.testing.assert_array_equal(
+            read_transform(url, opts, inverse=inverse).transform_points(pts),
+            read_transform(local, inverse=inverse).transform_points(pts))
+
+
+@pytest.mark.parametrize(("shards", "match"), [
+    (6, r"shards=6: edge 6 on axis \d is not a whole number of chunks \(chunk edge 4\)"),
+    ((8, 8), "shards=.* must be one positive integer edge or 3 of them"),
+    ("half", "shards='half'"),
+])
+def test_bad_shards_are_refused_before_anything_is_written(tmp_path, shards, match):
+    from ngff_dreg.errors import InvalidInputDataError
+
+    fwd, inv = _chains(3, False, False, (20, 22, 24))
+    url = tmp_path / "reg.zarr"
+    with pytest.raises(InvalidInputDataError, match=match):
+        write_field_scene(str(url), fwd, inv, chunks=4, shards=shards)
+    assert not url.exists()

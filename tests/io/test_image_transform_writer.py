@@ -258,3 +258,22 @@ def test_ngff_zarr_reads_the_image_and_its_registration_the_same_way(
         cur = itk_points(ngff_zarr_stage_to_itk(item, fixed, 3), cur)
     want = read_transform(fixed).transform_points(pts)
     assert np.abs(cur - want).max() < 1e-3 * min(SPACING)
+
+
+def test_sharded_scene_is_copied_sharded_and_identical(tmp_path, make_test_image):
+    import zarr
+
+    fixed, _scene, fwd, inv = _setup(tmp_path, make_test_image)
+    scene = str(tmp_path / "sharded.zarr")
+    write_field_scene(scene, fwd, inv, chunks=2, shards=4)
+    itw.write_transform_into_image(fixed, scene)
+    for name in ("fixed_to_moving", "moving_to_fixed"):
+        src = zarr.open_array(scene, path=f"coordinateTransformations/{name}/s0", mode="r")
+        dst = zarr.open_array(fixed, path=f"coordinateTransformations/moving/{name}/s0",
+                              mode="r")
+        assert tuple(dst.shards) == tuple(src.shards) == (3, 4, 4, 4)
+        assert tuple(dst.chunks) == (3, 2, 2, 2)
+        np.testing.assert_array_equal(dst[...], src[...])
+    pts = _points()
+    np.testing.assert_array_equal(read_transform(fixed).transform_points(pts),
+                                  read_transform(scene).transform_points(pts))

@@ -356,3 +356,19 @@ def test_bad_factors_are_refused(tmp_path: Path) -> None:
         write_multiscale(str(tmp_path / "a.zarr"), np.zeros((6, 8, 10)), geom, factors=[(2, 2)])
     with pytest.raises(InvalidInputDataError, match="leading"):
         write_multiscale(str(tmp_path / "b.zarr"), np.zeros((2, 6, 8, 10)), geom)
+
+
+def test_shards_auto_and_shards_that_are_not_whole_chunks(tmp_path: Path) -> None:
+    """'auto' is 4 chunks per axis (capped); an edge that splits a chunk is refused, not rounded."""
+    from ngff_dreg.errors import InvalidInputDataError
+
+    geom = ImageGeometry((40, 24, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), unit="micrometer")
+    data = np.arange(40 * 24 * 10, dtype=np.uint16).reshape(40, 24, 10)
+    url = str(tmp_path / "auto.zarr")
+    write_multiscale(url, data, geom, chunks=4, shards="auto", n_levels=1)
+    arr = open_multiscale(url).open_array(0)
+    assert tuple(arr.shards) == (16, 16, 12) and tuple(arr.chunks) == (4, 4, 4)
+    np.testing.assert_array_equal(np.asarray(arr[...]), data)
+    with pytest.raises(InvalidInputDataError, match=r"shards=\(8, 6, 8\): edge 6 on axis 1"):
+        write_multiscale(str(tmp_path / "bad.zarr"), data, geom, chunks=4, shards=(8, 6, 8))
+    assert not (tmp_path / "bad.zarr").exists()

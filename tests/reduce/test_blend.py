@@ -341,3 +341,48 @@ def test_bspline_blocks_are_evaluated_exactly_like_itk(blocks_factory, ctor_fact
     want = np.array([tx.TransformPoint(p.tolist()) for p in pts])
     got = out.transform.transform_points(pts)
     assert np.abs(got - want).max() < 1e-5  # float32 storage only
+
+
+def test_sharded_output_is_written_one_task_per_shard_and_equals_unsharded(
+        blocks_factory, tmp_path, store_writes):
+    """One blend/invert/check task per shard, each shard object written once, same values."""
+    import zarr
+
+    fixed = ImageGeometry((28, 24, 30), (0.9, 0.7, 0.5), (1.0, -2.0, 0.5),
+                          small_rotation(3, 20, 1))
+    truth = _truth(fixed)
+    results, boxes = blocks_factory(fixed, 16, 4,
+                                    lambda c, p: _local_affine(fixed, truth, p))
+    out, graphs = {}, {}
+    for shards in (None, 8):
+        reducer = ReduceToDisplacementField(field_spacing_factor=2, field_chunk=4,
+                                            output=str(tmp_path / f"{shards}.zarr"),
+                                            shards=shards)
+        graphs[shards] = reducer.build_graph([dask.delayed(r) for r in results], boxes,
+                                             fixed, None)
+        if shards == 8:
+            store_writes.clear()
+        out[shards] = graphs[shards].compute(scheduler="threads")
+    fshape = ReduceToDisplacementField(field_spacing_factor=2).field_geometry(fixed).shape
+    assert fshape == (15, 13, 16)
+    n_chunks, n_shards = 4 * 4 * 4, 2 * 2 * 2
+    for shards, n in ((None, n_chunks), (8, n_shards)):
+        keys = [k for k in dict(graphs[shards].__dask_graph__()) if isinstance(k, str)]
+        for kind in ("blend-", "invert-", "check-"):
+            assert sum(k.startswith(kind) for k in keys) == n, (shards, kind)
+    root = str(tmp_path / "8.zarr")
+    for path in ("coordinateTransformations/fixed_to_moving/s0",
+                 "coordinateTransformations/moving_to_fixed/s0", "quality/jacobian"):
+        a = zarr.open_array(str(tmp_path / "None.zarr"), path=path, mode="r")
+        b = zarr.open_array(root, path=path, mode="r")
+        assert b.shards is not None and tuple(b.shards[-3:]) == (8, 8, 8), path
+        assert a.shards is None
+        np.testing.assert_array_equal(b[...], a[...], err_msg=path)
+        written = {k: v for k, v in store_writes.items() if k.startswith(f"{root}/{path}/c/")}
+        assert len(written) == n_shards and set(written.values()) == {1}, (path, written)
+    assert out[8].report == out[None].report
+    pts = _eval_points(fixed, 200)
+    np.testing.assert_array_equal(out[8].transform.transform_points(pts),
+                                  out[None].transform.transform_points(pts))
+    np.testing.assert_array_equal(out[8].inv_transform.transform_points(pts),
+                                  out[None].inv_transform.transform_points(pts))
