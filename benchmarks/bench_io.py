@@ -138,7 +138,11 @@ def child(fixed: str, moving: str, out: str, endpoint: str | None, workers: int)
         peaks = client.run(_peak_rss_mb)
     print(json.dumps({"seconds": seconds, "io": result.io,
                       "peak_worker_rss_mb": max(peaks.values()),
-                      "levels": [[r.fixed_level, r.moving_level] for r in result.levels]}))
+                      "levels": [[r.fixed_level, r.moving_level] for r in result.levels],
+                      "stages": [{"name": r.name, "fixed_level": r.fixed_level,
+                                  "seconds": r.seconds,
+                                  "blocks": None if r.status is None else int(r.status.size)}
+                                 for r in result.levels]}))
 
 
 def _peak_rss_mb() -> float:
@@ -210,7 +214,8 @@ def run_case(pair: Any, storage: str, mode: str, moto: Moto | None, workers: int
     levels = _used_levels(res["io"], urls)
     figs = figures(res["io"], urls, local, levels)
     figs.update(seconds=res["seconds"], load_before=load,
-                peak_worker_rss_mb=res.get("peak_worker_rss_mb", float("nan")))
+                peak_worker_rss_mb=res.get("peak_worker_rss_mb", float("nan")),
+                stages=res.get("stages"))
     return {"storage": storage, "mode": mode, "figures": figs, "io": res["io"]}
 
 

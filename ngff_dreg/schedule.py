@@ -240,7 +240,9 @@ class Schedule:
            control cell (:data:`SAMPLES_PER_CELL_AXIS`: 4.5 per axis in 3D,
            9 in 2D), so the samples, not the voxels, set a block's fitting
            cost, and a 2D cell is not fitted from a fifth of a 3D cell's
-           samples.
+           samples. On an image so large that the last stage's lattice would
+           skip more than :data:`MAX_FINEST_STRIDE` voxels on level 0, that
+           stage runs on the coarsest level where it still skips that many.
         3. Every block maps moving to fixed intensities piecewise linearly
            with a quadratic gain (remaps and bias fields do not bias the
            fit), and is refused when it does not improve held-out samples.
@@ -257,14 +259,21 @@ class Schedule:
         for i, fraction in enumerate(CONTROL_FRACTIONS):
             finest = i == len(CONTROL_FRACTIONS) - 1
             cps = fraction * extent
-            # the last stage runs on level 0, where the accuracy is measured:
-            # on a coarser level its precision is a fraction of that level's
-            # voxel (a 2D fundus photograph: p95 2.2 px from level 2, 1.0 px
-            # from level 0)
-            level = 0 if finest else _level_for(fixed_levels, cps / 8.0)
+            per_axis = SAMPLES_PER_CELL_AXIS.get(base.ndim, 4.5)
+            if finest:
+                # the last stage runs on level 0, where the accuracy is
+                # measured: on a coarser level its precision is a fraction of
+                # that level's voxel (a 2D fundus photograph: p95 2.2 px from
+                # level 2, 1.0 px from level 0). Unless its sample lattice would
+                # skip more than MAX_FINEST_STRIDE voxels there (an image of
+                # thousands of voxels a side): reading every voxel of a level to
+                # sample one in thousands costs I/O and, beyond MAX_BLOCKS
+                # blocks, worker memory (the engine coarsens the blocks)
+                level = _level_for(fixed_levels, cps / per_axis / MAX_FINEST_STRIDE)
+            else:
+                level = _level_for(fixed_levels, cps / 8.0)
             geom = fixed_levels[level]
             cps_vox = cps / float(min(geom.spacing))
-            per_axis = SAMPLES_PER_CELL_AXIS.get(geom.ndim, 4.5)
             stride = max(1, round(cps_vox / per_axis * (1.5 if fast else 1.0)))
             passes = [stride] if finest or fast else [2 * stride, stride]
             sigmas = [0.5] if finest or fast else [1.0, 0.5]
@@ -297,6 +306,10 @@ CONTROL_FRACTIONS = (0.07, 0.045)
 #: micrograph's level-0 blocks 20 samples per cell, and half of them were
 #: refused for not improving their held-out samples).
 SAMPLES_PER_CELL_AXIS = {2: 9.0, 3: 4.5}
+#: The last default block stage runs on level 0 unless its sample stride there
+#: would exceed this many voxels; then on the coarsest level where it is still
+#: this many or more (only images of several thousand voxels a side).
+MAX_FINEST_STRIDE = 16
 #: Bending weight of the default block stages (measured in control cells).
 DEFAULT_BENDING = 0.003
 

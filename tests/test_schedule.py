@@ -16,6 +16,7 @@ from ngff_dreg.methods import (
 )
 from ngff_dreg.schedule import (
     CONTROL_FRACTIONS,
+    MAX_FINEST_STRIDE,
     METHODS,
     BlockStage,
     GlobalStage,
@@ -195,6 +196,31 @@ def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
     stride_c = last_c.method_options["shrink_factors"][-1] * coarse_levels[0].spacing[0]
     stride_f = last_f.method_options["shrink_factors"][-1] * fine_levels[0].spacing[0]
     assert stride_c == pytest.approx(stride_f, rel=0.25)
+
+
+def test_a_very_large_image_keeps_its_last_stage_off_level_0_and_its_blocks_small() -> None:
+    """Level 0 while its sample stride is at most MAX_FINEST_STRIDE voxels; beyond that the
+    coarsest level that still skips that many, so the blocks stay 128 voxels and few enough
+    for the engine not to coarsen them (memory set by the block, not the image)."""
+    from ngff_dreg.engine import MAX_BLOCKS
+
+    mid = Schedule.default(_pyramid(shape=(1024, 1024, 1024), levels=5))
+    assert mid.stages[-1].level == 0
+    assert mid.stages[-1].method_options["shrink_factors"][-1] <= MAX_FINEST_STRIDE
+    shape = (10000, 16000, 16000)
+    levels = _pyramid(shape=shape, levels=8)
+    last = Schedule.default(levels).stages[-1]
+    stride = last.method_options["shrink_factors"][-1]
+    assert last.level == 3 and MAX_FINEST_STRIDE <= stride < 2 * MAX_FINEST_STRIDE
+    assert last.block_size == 128
+    geom = levels[last.level]
+    n_blocks = 1
+    for n in geom.shape:
+        n_blocks *= -(-n // last.block_size)
+    assert n_blocks <= MAX_BLOCKS
+    # the same physical sample stride as level 0 would have had
+    cps = last.method_options["control_point_spacing"]
+    assert stride * geom.spacing[0] == pytest.approx(cps / 4.5, rel=0.05)
 
 
 def test_stage_methods_come_from_the_registry() -> None:
