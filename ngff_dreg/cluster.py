@@ -119,8 +119,8 @@ def compute_stage(
 
     The first block task that raises (an input that cannot be read, see
     :data:`ngff_dreg.engine.STOP_RUN_ERRORS`) stops the stage: its error is
-    raised at once, and the stage's other tasks are cancelled, so they stop
-    using the cluster and the scheduler forgets the failed ones. A rerun on
+    raised at once, and the stage's futures are released, so its other tasks
+    stop using the cluster and the scheduler forgets the failed ones. A rerun on
     the same client then computes them afresh instead of getting the old
     error back.
     """
@@ -136,7 +136,11 @@ def compute_stage(
             bar.update(1)
         result: RegistrationResult = final.result()
     except BaseException:
-        client.cancel(futures)
+        # Releasing (not Client.cancel, whose cascade over the reduction's
+        # intermediate tasks trips an assertion in the scheduler) lets the
+        # scheduler forget the stage's tasks and stop the ones still queued.
+        for fut in futures:
+            fut.release()
         raise
     finally:
         bar.close()
