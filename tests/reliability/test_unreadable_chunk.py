@@ -192,3 +192,31 @@ def test_a_chunk_failing_a_few_times_then_working_gives_the_clean_result(
     diff = field_difference(result.transforms.transform, clean_run.transforms.transform,
                             small_pair)
     assert diff < 1e-3, diff
+
+
+@pytest.mark.slow
+def test_the_cli_fails_with_one_error_line_naming_the_chunk(small_pair: Any, tmp_path: Path
+                                                            ) -> None:
+    import subprocess
+
+    from rel_helpers import cli_command, subprocess_env
+
+    fixed, moving = _copy(small_pair, tmp_path)
+    chunk = Path(fixed) / KEY
+    chunk.unlink()
+    os.symlink(chunk.name, chunk)
+    schedule = tmp_path / "schedule.toml"
+    coarse_global_schedule().save(schedule)
+    out = str(tmp_path / "out.zarr")
+    proc = subprocess.run(
+        cli_command("register", fixed, moving, "-o", out, "--schedule", str(schedule),
+                    "--scheduler", "local:1", "--no-progress"),
+        capture_output=True, text=True, timeout=600, env=subprocess_env(**FAST_RETRIES),
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ngff-dreg: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"{fixed}: cannot read chunk '{KEY}' of level '0'" in errors[0], errors[0]
+    # No traceback from the CLI (the workers' dask logs still report the failed tasks).
+    assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr[-3000:]
+    assert output_status(out) == "incomplete"
