@@ -18,6 +18,7 @@ from typing import Any
 
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.errors import (
+    CorruptChunkError,
     IncompatibleImagesError,
     IncompleteOutputError,
     InvalidInputDataError,
@@ -29,7 +30,9 @@ from ngff_dreg.errors import (
     RegistrationFailedError,
     ScheduleError,
     StoreAccessError,
+    StoreChangedError,
     StoreNotFoundError,
+    StoreReadError,
     UnsupportedFormatError,
     UnsupportedVersionError,
 )
@@ -107,6 +110,7 @@ __all__ = [
     "BlockRegStatus",
     "Box",
     "ConstructReaderMethod",
+    "CorruptChunkError",
     "ImageGeometry",
     "IncompatibleImagesError",
     "IncompleteOutputError",
@@ -123,7 +127,9 @@ __all__ = [
     "RegistrationTransformResult",
     "ScheduleError",
     "StoreAccessError",
+    "StoreChangedError",
     "StoreNotFoundError",
+    "StoreReadError",
     "UnsupportedFormatError",
     "UnsupportedVersionError",
     "__version__",

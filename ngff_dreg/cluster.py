@@ -115,14 +115,33 @@ def progress_bar(enabled: bool, total: int, desc: str, unit: str = "stage") -> P
 def compute_stage(
     client: Any, schedule: RegistrationSchedule, progress: bool, desc: str
 ) -> RegistrationResult:
-    """Compute a planned block stage on ``client`` with a per-block progress bar."""
+    """Compute a planned block stage on ``client`` with a per-block progress bar.
+
+    The first block task that raises (an input that cannot be read, see
+    :data:`ngff_dreg.engine.STOP_RUN_ERRORS`) stops the stage: its error is
+    raised at once, and the stage's futures are released, so its other tasks
+    stop using the cluster and the scheduler forgets the failed ones. A rerun on
+    the same client then computes them afresh instead of getting the old
+    error back.
+    """
     from distributed import as_completed
 
     futures = client.compute([*schedule.block_results, schedule.registration_result])
     blocks, final = futures[:-1], futures[-1]
     bar = progress_bar(progress, len(blocks), desc, unit="block")
-    for _ in as_completed(blocks, loop=client.loop):
-        bar.update(1)
-    bar.close()
-    result: RegistrationResult = final.result()
+    try:
+        for fut in as_completed(blocks, loop=client.loop):
+            if fut.status == "error":
+                fut.result()  # raises the block's error
+            bar.update(1)
+        result: RegistrationResult = final.result()
+    except BaseException:
+        # Releasing (not Client.cancel, whose cascade over the reduction's
+        # intermediate tasks trips an assertion in the scheduler) lets the
+        # scheduler forget the stage's tasks and stop the ones still queued.
+        for fut in futures:
+            fut.release()
+        raise
+    finally:
+        bar.close()
     return result

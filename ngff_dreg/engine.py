@@ -26,7 +26,13 @@ from dask.delayed import Delayed
 
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks, status_grid
-from ngff_dreg.errors import IncompatibleImagesError, ScheduleError, StoreChangedError
+from ngff_dreg.errors import (
+    IncompatibleImagesError,
+    InvalidMetadataError,
+    ScheduleError,
+    StoreAccessError,
+    StoreChangedError,
+)
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import (
     AcceptsNgffTransforms,
@@ -60,6 +66,17 @@ worker_logger = logging.getLogger("distributed.worker")
 
 #: A plan with more blocks than this is coarsened (with a warning).
 MAX_BLOCKS = 20_000
+
+#: Errors reading a block's inputs that stop the run instead of failing the block:
+#: the data changed since planning, or the store could not be read (even after
+#: retrying: a chunk that stays unreadable, a corrupt chunk, metadata gone bad).
+#: A failed block would be filled in from its neighbours, a guessed field that
+#: looks complete.
+STOP_RUN_ERRORS: tuple[type[Exception], ...] = (
+    StoreChangedError,
+    StoreAccessError,
+    InvalidMetadataError,
+)
 
 
 @dataclass(frozen=True)
@@ -265,11 +282,18 @@ def register_block(
     options: BlockOptions,
     method_kwargs: dict[str, Any],
 ) -> LocatedBlockResult:
-    """Register one fixed block; every failure but a changed store becomes a status.
+    """Register one fixed block; every failure but an unreadable input becomes a status.
 
-    A :class:`~ngff_dreg.errors.StoreChangedError` (an input array replaced,
-    or a chunk deleted, since the run was planned) is raised: it stops the
-    run instead of leaving a hole that the reduction would fill.
+    Input errors in :data:`STOP_RUN_ERRORS` are raised, so they stop the run
+    instead of leaving a hole that the reduction would fill from the
+    neighbouring blocks: a :class:`~ngff_dreg.errors.StoreChangedError` (an
+    input array replaced, or a chunk deleted, since the run was planned), a
+    :class:`~ngff_dreg.errors.StoreReadError` (a chunk still unreadable
+    after the retries, or corrupt: :class:`~ngff_dreg.errors.CorruptChunkError`)
+    and any other :class:`~ngff_dreg.errors.StoreAccessError` or
+    :class:`~ngff_dreg.errors.InvalidMetadataError` met opening the inputs.
+    Other failures preparing the block, and every exception of the block
+    method itself, give a failed block (``FAILURE``, ``METHOD_ERROR``).
 
     Reads only the padded fixed block and the moving region it maps to. With
     ``options.skip_blank_blocks``, a block with no signal is skipped before the
@@ -293,11 +317,12 @@ def register_block(
         prepared = _prepare_block(
             plan, fixed_reader_ctor, moving_reader_ctor, method, initial_transform, options
         )
-    except StoreChangedError:
-        # The data is no longer what the run was planned on: a failed block
-        # here would be filled in from its neighbours, a wrong field.
+    except STOP_RUN_ERRORS as exc:
+        # The data changed, or cannot be read: a failed block here would be
+        # filled in from its neighbours, a wrong field that looks complete.
+        worker_logger.error("%s: cannot read its input, stopping the run: %s", name, exc)
         raise
-    except Exception as exc:  # I/O or set-up failure: report, do not stop the run
+    except Exception as exc:  # a set-up failure of this block: report, do not stop the run
         worker_logger.warning("%s: could not prepare block: %s", name, exc)
         return located(_failed(BlockRegStatus.FAILURE, f"{type(exc).__name__}: {exc}"))
     if isinstance(prepared, BlockPairRegistrationResult):

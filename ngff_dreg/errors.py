@@ -15,6 +15,8 @@ __all__ = [
     "LevelNotFoundError",
     "StoreAccessError",
     "StoreNotFoundError",
+    "StoreReadError",
+    "CorruptChunkError",
     "StoreChangedError",
     "PathEscapeError",
     "IncompatibleImagesError",
@@ -55,6 +57,36 @@ class StoreNotFoundError(StoreAccessError, FileNotFoundError):
     """No Zarr group or array exists at the given URL."""
 
 
+class StoreReadError(StoreAccessError):
+    """An object of an input store could not be read, even after retrying.
+
+    Raised for a chunk (or shard) of a level array whose read kept failing
+    (HTTP 5xx, a dropped connection, a permission error...). The message
+    names the object's URL (redacted), the level array, the chunk key and
+    the underlying error's type and message. A registration stops on it: a
+    block that cannot be read is never filled in from its neighbours.
+
+    Attributes
+    ----------
+    url:
+        The URL of the image (multiscale group) read, redacted.
+    key:
+        The object's key below ``url`` (e.g. ``"0/c/1/0/2"``).
+    level:
+        The path of the level array the object belongs to, if known.
+
+    """
+
+    def __init__(
+        self, message: str, *, url: str | None = None, key: str | None = None,
+        level: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.key = key
+        self.level = level
+
+
 class StoreChangedError(NgffDregError, RuntimeError):
     """The data changed between planning a run and reading it (an array replaced)."""
 
@@ -69,6 +101,14 @@ class IncompatibleImagesError(NgffDregError, ValueError):
 
 class InvalidInputDataError(NgffDregError, ValueError):
     """Voxel data cannot be registered (empty, constant, NaN, unsupported dtype)."""
+
+
+class CorruptChunkError(StoreReadError, InvalidInputDataError):
+    """A chunk of an input array was read but cannot be decoded (corrupt or truncated bytes).
+
+    Not retried: the same bytes decode the same way. The message names the
+    chunk's key and the codec's error.
+    """
 
 
 class SelectionNotFoundError(InvalidInputDataError, LookupError):

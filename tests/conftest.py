@@ -14,6 +14,10 @@ Fixtures
 ``store_writes``
     A ``collections.Counter`` of every object written to a local or fsspec
     (S3) zarr store in this process during the test, keyed ``"<root>/<key>"``.
+``read_faults``
+    A :class:`ReadFaults`: ``fail(path, times=None, error=...)`` makes reads of
+    a local store object fail in this process (every read, or the first
+    ``times``); ``hits`` counts the injected failures by path.
 """
 
 from __future__ import annotations
@@ -302,3 +306,61 @@ def ngff_zarr_stage_to_itk() -> Callable[[dict[str, Any], str, int], Any]:
     other implementation that must read our output the way we mean it.
     """
     return _itk_from_ngff_zarr
+
+
+@dataclass
+class ReadFaults:
+    """Failures injected into ``LocalStore.get`` of this process, by object path.
+
+    ``fail(path)`` makes every read of the object at ``path`` (a file below a
+    local store) raise ``error()`` (an ``EIO`` ``OSError`` by default), or only
+    the first ``times`` reads; ``hits`` counts the failures raised, by path.
+    """
+
+    rules: dict[str, tuple[int | None, Callable[[], BaseException]]] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, path: Any, times: int | None = None,
+             error: Callable[[], BaseException] | None = None) -> None:
+        """Fail reads of ``path`` (every one, or the first ``times``)."""
+        import errno
+        import os
+
+        def eio() -> BaseException:
+            return OSError(errno.EIO, os.strerror(errno.EIO))
+
+        self.rules[os.path.realpath(str(path))] = (times, error or eio)
+
+    def clear(self) -> None:
+        """Remove every fault."""
+        self.rules.clear()
+
+    def check(self, path: str) -> None:
+        """Raise the fault planned for ``path``, if any is left."""
+        rule = self.rules.get(path)
+        if rule is None:
+            return
+        times, error = rule
+        n = self.hits.get(path, 0)
+        if times is not None and n >= times:
+            return
+        self.hits[path] = n + 1
+        raise error()
+
+
+@pytest.fixture
+def read_faults(monkeypatch: pytest.MonkeyPatch) -> ReadFaults:
+    """Inject read failures into local zarr stores of this process (see :class:`ReadFaults`)."""
+    import os
+
+    from zarr.storage import LocalStore
+
+    faults = ReadFaults()
+    original = LocalStore.get
+
+    async def get(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        faults.check(os.path.realpath(str(self.root / key)))
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", get)
+    return faults

@@ -417,3 +417,91 @@ def test_block_placement_gives_each_worker_a_contiguous_slab() -> None:
     # axes ranked longest first (4, then 3, then 2): worker numbers never go down
     ranked = [many[indices.index(i)] for i in sorted(indices, key=lambda t: (t[1], t[2], t[0]))]
     assert ranked == sorted(ranked)
+
+
+# --- unreadable inputs stop the run; the method's own errors do not ---------------
+def _on_disk(tmp_path, ctor, name):
+    """An in-memory pair image written as a one-level OME-Zarr image (chunks 16)."""
+    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+
+    url = str(tmp_path / f"{name}.ome.zarr")
+    write_multiscale(url, ctor.array, ctor.geometry, version="0.5", chunks=16, n_levels=1)
+    return OMEZarrReaderConstructor(url)
+
+
+def _run_on_disk(fixed, moving, method=None):
+    schedule = register_images(
+        fixed_reader_ctor=fixed,
+        moving_reader_ctor=moving,
+        block_registration_method=method or ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(32, 32, 32),
+        overlap_factors=0.0,
+    )
+    return schedule.registration_result.compute(scheduler="sync")
+
+
+@pytest.fixture
+def disk_pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "3")
+    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.01")
+    fixed_mem, moving_mem = _pair()
+    return _on_disk(tmp_path, fixed_mem, "fixed"), _on_disk(tmp_path, moving_mem, "moving")
+
+
+def test_an_unreadable_chunk_stops_the_run_instead_of_failing_one_block(disk_pair, read_faults):
+    from ngff_dreg.errors import StoreReadError
+
+    fixed, moving = disk_pair
+    read_faults.fail(f"{fixed.url}/0/c/1/0/1")     # read by block (0, 0, 0) only
+    with pytest.raises(StoreReadError) as info:
+        _run_on_disk(fixed, moving)
+    msg = str(info.value)
+    assert f"{fixed.url}: cannot read chunk '0/c/1/0/1' of level '0'" in msg, msg
+    assert "gave up after 3 attempts" in msg
+    assert sum(read_faults.hits.values()) == 3
+
+
+def test_a_read_that_works_on_retry_gives_the_clean_result(disk_pair, read_faults):
+    fixed, moving = disk_pair
+    clean = _run_on_disk(fixed, moving)
+    read_faults.fail(f"{fixed.url}/0/c/1/0/1", times=2)
+    read_faults.fail(f"{moving.url}/0/c/2/2/2", times=2)
+    flaky = _run_on_disk(fixed, moving)
+    assert sum(read_faults.hits.values()) == 4
+    assert np.all(flaky.status == BlockRegStatus.SUCCESS)
+    np.testing.assert_array_equal(flaky.transforms.transform.t, clean.transforms.transform.t)
+    _check_translation(flaky)
+
+
+def test_a_corrupt_chunk_stops_the_run(disk_pair, tmp_path):
+    from ngff_dreg.errors import CorruptChunkError
+
+    fixed, moving = disk_pair
+    chunk = tmp_path / "moving.ome.zarr" / "0" / "c" / "3" / "3" / "3"
+    chunk.write_bytes(b"\x00garbage" * (chunk.stat().st_size // 8 + 1))
+    with pytest.raises(CorruptChunkError, match=r"moving\.ome\.zarr: chunk '0/c/3/3/3'"):
+        _run_on_disk(fixed, moving)
+
+
+@dataclass
+class RaisesStoreErrorOnOneBlock(BlockPairRegistrationMethod):
+    """A method whose own code fails with an I/O-looking error on one block."""
+
+    def __call__(self, fixed_subimage, moving_subimage, initial_transform, block_info, **kwargs):
+        from ngff_dreg.errors import StoreReadError
+
+        if block_info.chunk_index == (1, 0, 1):
+            raise StoreReadError("the method's own lookup table could not be read")
+        return ItkDregStyleTranslation()(
+            fixed_subimage, moving_subimage, initial_transform, block_info
+        )
+
+
+def test_the_method_own_exceptions_still_fail_only_their_block(disk_pair):
+    fixed, moving = disk_pair
+    result = _run_on_disk(fixed, moving, RaisesStoreErrorOnOneBlock())
+    assert result.status[1, 0, 1] == BlockRegStatus.METHOD_ERROR
+    assert (result.status == BlockRegStatus.SUCCESS).sum() == 7

@@ -27,6 +27,7 @@ from ngff_dreg.io.chunk_inventory import ChunkInventory, build_inventory, invent
 from ngff_dreg.io.consistency import check_unchanged
 from ngff_dreg.io.missing_chunk_guard import MissingChunkGuard
 from ngff_dreg.io.multiscale import LevelInfo, open_multiscale
+from ngff_dreg.io.read_errors import ReadErrorStore, read_selection
 from ngff_dreg.io.retry import retry_transient
 from ngff_dreg.io.store_stats import METADATA_NAMES
 from ngff_dreg.io.stores import (
@@ -332,9 +333,14 @@ class OMEZarrReader:
         guard = None if inventory is None else functools.partial(
             MissingChunkGuard, inventory=inventory, url=url)
 
+        def wrap(store: Any) -> Any:
+            # outermost: a failed read names its key (ngff_dreg.io.read_errors)
+            return ReadErrorStore(store if guard is None else guard(store), self._ctor.url,
+                                  path)
+
         def op() -> Any:
             group = open_group(self._ctor.url, self._ctor.storage_options, cache=cache,
-                               wrap=guard)
+                               wrap=wrap)
             meta = "zarr.json" if int(group.metadata.zarr_format) == 3 else ".zarray"
             return map_read_errors(join_url(url, meta), "open level array",
                                    lambda: group[path])
@@ -356,9 +362,16 @@ class OMEZarrReader:
         ------
         ScheduleError
             If ``box`` does not lie inside the level.
+        StoreReadError
+            A chunk (or shard) could not be read even after every retry; the
+            message names the image URL, the level and the chunk key.
+        CorruptChunkError
+            A chunk was read but cannot be decoded (corrupt or truncated
+            bytes); the message names its key. Not retried.
         StoreAccessError
-            The store still failed after every retry (the message names the
-            array URL and the box).
+            The level array could not be opened after every retry.
+        StoreChangedError
+            The array, or a chunk of it, changed since the run was planned.
         InvalidInputDataError
             Wide-dtype values (``int64``, ``float64``...) whose contrast would
             not survive the conversion to ``float32``
@@ -379,11 +392,13 @@ class OMEZarrReader:
         for i, sl in zip(self._meta.info.spatial_indices, box.slices):
             sel[i] = sl
         arr = self._zarr_array()
-        url = join_url(self.url, self._meta.info.path)
+        path = self._meta.info.path
+        url = join_url(self.url, path)
         what = f"read box {box.start}-{box.stop}"
         out = retry_transient(
-            lambda: map_read_errors(url, what, lambda: arr[tuple(sel)],
-                                    error=InvalidInputDataError),
+            lambda: map_read_errors(
+                url, what, lambda: read_selection(arr, tuple(sel), self.url, path),
+                error=InvalidInputDataError),
             f"{redact_url(url)}: {what}",
         )
         data = np.asarray(out)

@@ -9,8 +9,8 @@ around a complete read: it re-runs the operation when it raised a
 :class:`~ngff_dreg.errors.StoreNotFoundError` or any other error, which a retry
 cannot fix), sleeping ``base * 2**k`` seconds (with jitter, capped) between
 attempts. When every attempt fails, the last error is raised with the number
-of attempts added to its message, so the user sees which object could not be
-read and that retrying did not help.
+of attempts added to its message (and its attributes kept), so the user sees
+which object could not be read and that retrying did not help.
 
 The policy can be tuned without code changes through the environment of the
 process doing the reads (dask workers included)::
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ngff_dreg.errors import StoreAccessError, StoreNotFoundError
+from ngff_dreg.errors import CorruptChunkError, StoreAccessError, StoreNotFoundError
 
 __all__ = ["RetryPolicy", "retry_transient", "is_transient"]
 
@@ -95,8 +95,15 @@ class RetryPolicy:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for storage errors a later attempt may not hit (network, throttling)."""
-    return isinstance(exc, StoreAccessError) and not isinstance(exc, StoreNotFoundError)
+    """True for storage errors a later attempt may not hit (network, throttling).
+
+    A missing object (:class:`~ngff_dreg.errors.StoreNotFoundError`) and a
+    chunk that cannot be decoded (:class:`~ngff_dreg.errors.CorruptChunkError`:
+    the same bytes fail the same way) are not.
+    """
+    return isinstance(exc, StoreAccessError) and not isinstance(
+        exc, (StoreNotFoundError, CorruptChunkError)
+    )
 
 
 def retry_transient(
@@ -142,7 +149,9 @@ def retry_transient(
                 raise
             if attempt == pol.attempts:
                 if pol.attempts > 1:
-                    raise type(exc)(f"{exc} (gave up after {pol.attempts} attempts)") from exc
+                    final = type(exc)(f"{exc} (gave up after {pol.attempts} attempts)")
+                    final.__dict__.update(vars(exc))  # keep e.g. StoreReadError.key
+                    raise final from exc
                 raise
             delay = pol.wait(attempt)
             logger.warning(

@@ -406,8 +406,11 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     shards = (writer.shard_shape(fgeom.shape, chunks)
               if isinstance(writer, ShardedFieldWriter) else None)
     units = write_units(fgeom.shape, chunks, shards)
+    # The block results' keys name their inputs (readers, method, initial
+    # transform): a reduction of other blocks never shares a key with this one.
     token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks, shards,
-                     len(block_boxes), [tuple(b.start) + tuple(b.stop) for b in block_boxes])
+                     len(block_boxes), [tuple(b.start) + tuple(b.stop) for b in block_boxes],
+                     [getattr(r, "key", None) for r in block_results])
 
     prep: Any = None
     if writer is not None:

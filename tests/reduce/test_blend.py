@@ -265,6 +265,30 @@ def test_graph_is_chunk_local_and_never_assembles_the_field(blocks_factory, tmp_
     np.testing.assert_allclose(again.transform_points(pts), pts + shift, atol=1e-5)
 
 
+def test_reductions_of_other_block_results_never_share_a_key(blocks_factory, tmp_path):
+    """Same output and geometry, other blocks (a rerun with other inputs): other keys.
+
+    Shared keys let a scheduler that still knows the first reduction's tasks
+    (a failed run's, in the same session) hand them to the second.
+    """
+    fixed = ImageGeometry((32, 32), (1.0, 1.0), (0.0, 0.0))
+    results, boxes = blocks_factory(fixed, 16, 4, lambda c, p: _translation([0.5, 0.25]))
+    reducer = ReduceToDisplacementField(field_spacing_factor=2, field_chunk=8,
+                                        output=str(tmp_path / "f.zarr"))
+
+    def keys(run: str) -> set[str]:
+        delayed_results = [dask.delayed(r, name=f"{run}-block-{i}")
+                           for i, r in enumerate(results)]
+        graph = reducer.build_graph(delayed_results, boxes, fixed, None)
+        return {k for k in dict(graph.__dask_graph__()) if isinstance(k, str)
+                and not k.startswith(run)}
+
+    first, again, other = keys("run1"), keys("run1"), keys("run2")
+    assert first == again                        # deterministic for the same blocks
+    assert any(k.startswith("blend-") for k in first)
+    assert not first & other, sorted(first & other)[:3]
+
+
 class _ItkStyleReaderCtor:
     """An itk.ImageFileReader-like constructor: geometry only via GetOutput()."""
 
