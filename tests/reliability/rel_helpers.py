@@ -381,3 +381,19 @@ def worker_environ(client: Any, **env: str) -> Iterator[None]:
     finally:
         for address, old in before.items():
             client.run(apply, old, workers=[address])
+
+
+@pytest.fixture(scope="module")
+def s3_pair(s3_server: Any) -> tuple[str, str, str]:
+    """The small pair on moto: (bucket, fixed URL, moving URL)."""
+    bucket = s3_server.create_bucket()
+    fixed, moving = upload_pair(s3_server, bucket)
+    return bucket, fixed, moving
+
+
+def via_endpoint(s3_server: Any, endpoint: str) -> dict[str, Any]:
+    """The moto server's storage options, pointed at ``endpoint`` (a fault proxy)."""
+    opts = s3_server.storage_options()
+    opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": endpoint}
+    return opts
+

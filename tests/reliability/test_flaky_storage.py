@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rel_helpers import field_difference, small_schedule, upload_pair
+from rel_helpers import field_difference, small_schedule, via_endpoint
 
 from ngff_dreg.errors import StoreAccessError, StoreNotFoundError, StoreReadError
 from ngff_dreg.geometry import Box
@@ -68,20 +68,6 @@ def test_retry_policy_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RetryPolicy.from_env().attempts == RetryPolicy().attempts
 
 
-@pytest.fixture(scope="module")
-def s3_pair(s3_server: Any) -> tuple[str, str, str]:
-    """The small pair on moto: (bucket, fixed URL, moving URL)."""
-    bucket = s3_server.create_bucket()
-    fixed, moving = upload_pair(s3_server, bucket)
-    return bucket, fixed, moving
-
-
-def _opts(s3_server: Any, endpoint: str) -> dict[str, Any]:
-    opts = s3_server.storage_options()
-    opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": endpoint}
-    return opts
-
-
 @pytest.mark.parametrize("mode", ["reset", "truncate"])
 def test_reader_rides_out_an_outage_longer_than_s3fs_retries(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, mode: str,
@@ -93,7 +79,8 @@ def test_reader_rides_out_an_outage_longer_than_s3fs_retries(
     reference = direct().read_box(Box.full((48, 48, 48)))
     # 8 consecutive faults per chunk: more than s3fs's own retries absorb.
     proxy = fault_proxy(s3_server.endpoint_url, mode=mode, fail_first=8)
-    ctor = OMEZarrReaderConstructor(moving, storage_options=_opts(s3_server, proxy.endpoint_url))
+    opts = via_endpoint(s3_server, proxy.endpoint_url)
+    ctor = OMEZarrReaderConstructor(moving, storage_options=opts)
     data = ctor().read_box(Box.full((48, 48, 48)))
     assert proxy.total_faults == 8 * 27  # every one of the 27 chunks hit 8 times
     np.testing.assert_array_equal(data, reference)  # never silently different
@@ -110,7 +97,7 @@ def test_metadata_reads_ride_out_an_outage_too(
     reference = open_multiscale(moving, s3_server.storage_options())
     proxy = fault_proxy(s3_server.endpoint_url, mode=mode, fail_first=8,
                         match=lambda line: line.startswith("GET ") and "zarr.json" in line)
-    image = open_multiscale(moving, _opts(s3_server, proxy.endpoint_url))
+    image = open_multiscale(moving, via_endpoint(s3_server, proxy.endpoint_url))
     assert proxy.total_faults >= 8 * 2  # the group and at least one array, 8 times each
     assert [lv.geometry for lv in image.levels] == [lv.geometry for lv in reference.levels]
 
@@ -123,7 +110,8 @@ def test_reader_gives_a_clear_error_when_the_store_stays_down(
     monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
     _, _, moving = s3_pair
     proxy = fault_proxy(s3_server.endpoint_url, mode="truncate", probability=1.0)
-    ctor = OMEZarrReaderConstructor(moving, storage_options=_opts(s3_server, proxy.endpoint_url))
+    opts = via_endpoint(s3_server, proxy.endpoint_url)
+    ctor = OMEZarrReaderConstructor(moving, storage_options=opts)
     with pytest.raises(StoreReadError) as info:
         ctor().read_box(Box((16, 16, 16), (32, 32, 32)))
     msg = str(info.value)
@@ -146,7 +134,7 @@ def test_registration_through_flaky_storage_matches_undisturbed_run(
     out = str(tmp_path / "flaky.zarr")
     result = register(
         fixed, moving, out, schedule=small_schedule(), client=dask_client, progress=False,
-        storage_options=_opts(s3_server, proxy.endpoint_url),
+        storage_options=via_endpoint(s3_server, proxy.endpoint_url),
     )
     assert proxy.total_faults >= 8, proxy.faults
     assert output_status(out) == "complete"
@@ -168,7 +156,7 @@ def test_registration_against_a_dead_store_fails_cleanly_without_output(
                        match=r"(fixed|moving)\.ome\.zarr: cannot read chunk '\d/c/[\d/]+'"):
         register(
             fixed, moving, out, schedule=small_schedule(), client=dask_client, progress=False,
-            storage_options=_opts(s3_server, proxy.endpoint_url),
+            storage_options=via_endpoint(s3_server, proxy.endpoint_url),
         )
     assert proxy.total_faults > 0
     assert output_status(out) == "absent"
@@ -198,8 +186,8 @@ def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
                               shards=32 if sharded else None)
     proxy = fault_proxy(s3_server.endpoint_url, mode="truncate", fail_first=8)
     token = uuid.uuid4().hex
-    ctor = OMEZarrReaderConstructor(url, storage_options=_opts(s3_server, proxy.endpoint_url),
-                                    cache=token)
+    proxied = via_endpoint(s3_server, proxy.endpoint_url)
+    ctor = OMEZarrReaderConstructor(url, storage_options=proxied, cache=token)
     # Sharded: 4 of the shard's 8 inner chunks, so they are fetched as ranges.
     box = Box((0, 0, 0), (32, 32, 12)) if sharded else Box.full((32, 32, 32))
     take_counts()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rel_helpers import field_difference, small_schedule, upload_pair, worker_environ
+from rel_helpers import field_difference, small_schedule, via_endpoint, worker_environ
 
 from ngff_dreg.errors import CorruptChunkError, StoreReadError
 from ngff_dreg.io.output_state import Checkpoints, output_status
@@ -126,20 +126,6 @@ def test_a_corrupt_chunk_stops_the_run_naming_it(
 
 
 # ----------------------------------------------------------------------------- S3
-@pytest.fixture(scope="module")
-def s3_pair(s3_server: Any) -> tuple[str, str, str]:
-    """The small pair on moto: (bucket, fixed URL, moving URL)."""
-    bucket = s3_server.create_bucket()
-    fixed, moving = upload_pair(s3_server, bucket)
-    return bucket, fixed, moving
-
-
-def _via(s3_server: Any, proxy: Any) -> dict[str, Any]:
-    opts = s3_server.storage_options()
-    opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": proxy.endpoint_url}
-    return opts
-
-
 @pytest.mark.s3
 @pytest.mark.slow
 def test_http_503_on_every_read_of_one_chunk_stops_the_run_then_resumes(
@@ -153,7 +139,7 @@ def test_http_503_on_every_read_of_one_chunk_stops_the_run_then_resumes(
     for k, v in FAST_RETRIES.items():
         monkeypatch.setenv(k, v)
     out = str(tmp_path / "out.zarr")
-    opts = _via(s3_server, proxy)
+    opts = via_endpoint(s3_server, proxy.endpoint_url)
     with worker_environ(dask_client, **FAST_RETRIES), pytest.raises(StoreReadError) as info:
         _register(fixed, moving, out, dask_client, storage_options=opts)
     msg = str(info.value)
@@ -186,7 +172,7 @@ def test_a_chunk_failing_a_few_times_then_working_gives_the_clean_result(
     out = str(tmp_path / "out.zarr")
     with worker_environ(dask_client, NGFF_DREG_READ_BACKOFF="0.05"):
         result = _register(fixed, moving, out, dask_client,
-                           storage_options=_via(s3_server, proxy))
+                           storage_options=via_endpoint(s3_server, proxy.endpoint_url))
     assert proxy.faults[path] == 8
     assert output_status(out) == "complete"
     diff = field_difference(result.transforms.transform, clean_run.transforms.transform,
