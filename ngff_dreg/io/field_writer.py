@@ -56,11 +56,10 @@ from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.io.chunk_cache import cache_enabled, shared_array
 from ngff_dreg.io.output_state import MARKER_KEY, marker, output_status, put_marker
 from ngff_dreg.io.shards import (
-    AUTO_CHUNKS,
     ShardSpec,
     assemble,
-    check_shard_request,
     level_shards,
+    requested_shards,
     resolve_shards,
     write_units,
 )
@@ -367,13 +366,6 @@ class FieldSceneWriter:
         ch = tuple(int(c) for c in one_per_axis(chunks, len(shape), "chunks"))
         return resolve_shards(self.shards, ch, shape, where=redact_url(self.url))
 
-    def _shard_request(self, chunks: Sequence[int]) -> tuple[int, ...] | None:
-        """The shard request as a shape (``"auto"`` resolved against ``chunks``)."""
-        request = check_shard_request(self.shards, len(chunks), where=redact_url(self.url))
-        if request == "auto":
-            return tuple(AUTO_CHUNKS * int(c) for c in chunks)
-        return request
-
     def begin(self, geometries: Mapping[str, ImageGeometry], *,
               chunks: Sequence[int] | int = 64, dtype: str = "float32") -> None:
         """Create (or reset) the output and the level-0 field arrays.
@@ -485,7 +477,8 @@ class FieldSceneWriter:
             src: Any = root[f"{TRANSFORMS_GROUP}/{name}/s0"]
             levels, cumulative = _build_pyramid(
                 root, f"{TRANSFORMS_GROUP}/{name}", geom.ndim, n_levels,
-                self.downsample_factors, self._shard_request(tuple(src.chunks[1:])))
+                self.downsample_factors,
+                requested_shards(self.shards, src.chunks[1:], where=redact_url(self.url)))
             fgroup = root[f"{TRANSFORMS_GROUP}/{name}"]
             fgroup.attrs.put({"ome": _field_multiscale(name, frames[name], levels, geom.unit,
                                                        cumulative)})
@@ -646,9 +639,6 @@ def write_field_scene(
     writer.begin(geoms, chunks=chunks)
     for name, fld in fields.items():
         for unit in units[name]:
-            if len(unit.chunks) == 1:
-                writer.write_chunk(name, fld.geometry, unit.box, fld.read(unit.box))
-            else:
-                writer.write_chunks(name, fld.geometry, unit.box,
-                                    ((c, fld.read(c)) for c in unit.chunks))
+            writer.write_chunks(name, fld.geometry, unit.box,
+                                ((c, fld.read(c)) for c in unit.chunks))
     writer.finish(transform.affine, geoms, n_levels=n_levels)

@@ -29,13 +29,7 @@ from ngff_dreg.errors import (
     UnsupportedVersionError,
 )
 from ngff_dreg.geometry import ImageGeometry, one_per_axis
-from ngff_dreg.io.shards import (
-    AUTO_CHUNKS,
-    ShardSpec,
-    check_shard_request,
-    level_shards,
-    resolve_shards,
-)
+from ngff_dreg.io.shards import ShardSpec, level_shards, requested_shards, resolve_shards
 from ngff_dreg.io.stores import (
     destination_state,
     map_store_errors,
@@ -505,12 +499,8 @@ def _check_shards(
         return None
     if fmt != 3:
         raise InvalidInputDataError(f"{safe}: shards need Zarr v3 (NGFF 0.5 or 0.6), not 0.4")
-    request = check_shard_request(shards, len(chunk_shape), where=safe)
-    if request == "auto":
-        return tuple(AUTO_CHUNKS * c for c in chunk_shape)
-    assert request is not None
-    resolve_shards(shards, chunk_shape, shape, where=safe)  # whole chunks, or an error
-    return request
+    resolve_shards(shards, chunk_shape, shape, where=safe)  # malformed or split chunks: an error
+    return requested_shards(shards, chunk_shape, where=safe)
 
 
 def _check_arguments(

@@ -33,6 +33,7 @@ __all__ = [
     "assemble",
     "check_shard_request",
     "level_shards",
+    "requested_shards",
     "resolve_shards",
     "write_units",
 ]
@@ -82,6 +83,19 @@ def check_shard_request(shards: Any, ndim: int, *, option: str = "shards",
     return tuple(int(v) for v in values)
 
 
+def requested_shards(shards: Any, chunks: Sequence[int], *, option: str = "shards",
+                     where: str = "") -> tuple[int, ...] | None:
+    """The shard request as a spatial shape, ``"auto"`` resolved against ``chunks``.
+
+    Not yet checked against the chunks nor capped by an array
+    (:func:`resolve_shards` does both); ``None``: unsharded.
+    """
+    request = check_shard_request(shards, len(chunks), option=option, where=where)
+    if request == "auto":
+        return tuple(AUTO_CHUNKS * int(c) for c in chunks)
+    return request
+
+
 def resolve_shards(shards: Any, chunks: Sequence[int], shape: Sequence[int], *,
                    option: str = "shards", where: str = "") -> tuple[int, ...] | None:
     """The shard shape of one array with spatial ``chunks`` and ``shape``, or ``None``.
@@ -99,11 +113,9 @@ def resolve_shards(shards: Any, chunks: Sequence[int], shape: Sequence[int], *,
 
     """
     chunks = tuple(int(c) for c in chunks)
-    request = check_shard_request(shards, len(chunks), option=option, where=where)
+    request = requested_shards(shards, chunks, option=option, where=where)
     if request is None:
         return None
-    if request == "auto":
-        return level_shards(tuple(AUTO_CHUNKS * c for c in chunks), chunks, shape)
     prefix = f"{where}: " if where else ""
     for axis, (sh, c, n) in enumerate(zip(request, chunks, shape)):
         if sh % c and sh < n:
