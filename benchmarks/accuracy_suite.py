@@ -317,6 +317,11 @@ def _reference_inputs(case: Case) -> Path:
     return inp
 
 
+def _elastix_grid(case: Case, method: str) -> float | None:
+    """The B-spline grid in voxels a reference run uses on ``case`` (``None``: the default)."""
+    return ELASTIX_GRID_VOXELS.get(case.spec.name) if method == "elastix" else None
+
+
 def run_child(case: Case, method: str, workers: int, schedule: str | None,
               work: Path) -> tuple[np.ndarray, dict]:
     """Run ``method`` on ``case`` in a measured child process; (mapped points, figures)."""
@@ -338,8 +343,9 @@ def run_child(case: Case, method: str, workers: int, schedule: str | None,
             if not py:
                 raise RuntimeError("antspyx not found: set ANTS_PYTHON (see the docstring)")
         cmd = [py, me, "--child", method, "--inputs", str(inp), *common]
-        if method == "elastix" and case.spec.name in ELASTIX_GRID_VOXELS:
-            cmd += ["--elastix-grid-voxels", str(ELASTIX_GRID_VOXELS[case.spec.name])]
+        grid = _elastix_grid(case, method)
+        if grid is not None:
+            cmd += ["--elastix-grid-voxels", str(grid)]
     else:
         cmd = [sys.executable, me, "--child", "ngff", "--fixed", case.fixed, "--moving",
                case.moving, *common]
@@ -380,17 +386,16 @@ def run_method(case: Case, method: str, label: str, workers: int,
     cache = case.root / f"ref-{method}.json"
     if method in REFERENCES and cache.exists() and not rerun:
         cached = json.loads(cache.read_text())
-        grid = ELASTIX_GRID_VOXELS.get(case.spec.name) if method == "elastix" else None
         if cached.get("digest") == case.meta["digest"] \
-                and cached["row"].get("elastix_grid_voxels") == grid:
+                and cached["row"].get("elastix_grid_voxels") == _elastix_grid(case, method):
             return {**cached["row"], "cached": True}
     t0, load0 = time.time(), os.getloadavg()[0]
     try:
         mapped, figs = run_child(case, method, workers, schedule, work)
     except Exception as exc:  # a failed method is a result, not a crash
         return {"method": label, "failed": str(exc)[-2000:]}
-    if method == "elastix" and case.spec.name in ELASTIX_GRID_VOXELS:
-        figs["elastix_grid_voxels"] = ELASTIX_GRID_VOXELS[case.spec.name]
+    if _elastix_grid(case, method) is not None:
+        figs["elastix_grid_voxels"] = _elastix_grid(case, method)
     row = {"method": label, **score(case, mapped), **figs,
            "ran_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
            "load_before": load0}
