@@ -526,7 +526,7 @@ def _write(url: Path, data: np.ndarray, geom: ImageGeometry, spec: CaseSpec) -> 
         ms = nz.to_multiscales(img, scale_factors=[2, 4], chunks=64)
         nz.to_ngff_zarr(str(url), ms, overwrite=True)
         return
-    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     write_multiscale(str(url), data, geom, chunks=64 if geom.ndim == 3 else 256,
                      overwrite=True, name=url.stem, downsample_axes=spec.downsample_axes)

@@ -227,7 +227,7 @@ def child_ngff(fixed: str, moving: str, points: Path, result: Path, workers: int
                fast: bool, schedule: str | None) -> dict:
     """ngff-dreg via its Python API; points mapped by the transform read back."""
     import ngff_dreg
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.schedule import Schedule
 
     geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]

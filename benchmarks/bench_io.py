@@ -14,7 +14,7 @@ here (a separate process on 127.0.0.1), this runs the default
 
 Each run is a child process, so the environment reaches its workers. The
 figures come from the store layer (``RegistrationResult.io``,
-:mod:`ngff_dreg.io.store_stats`), summed over the client and every worker:
+:mod:`ngff_dreg.io.storage.store_stats`), summed over the client and every worker:
 
 * ``inputs fetched / distinct``: chunk bytes fetched from the fixed and moving
   images over distinct chunk bytes (1.0 = every chunk or range once);

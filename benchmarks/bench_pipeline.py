@@ -171,7 +171,7 @@ def child_elastix(fixed: str, moving: str, points: str, result: str, threads: in
     import itk
     from data import _read_level
 
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
     fg = open_multiscale(fixed).levels[0].geometry
     mg = open_multiscale(moving).levels[0].geometry
@@ -212,7 +212,7 @@ def child_elastix(fixed: str, moving: str, points: str, result: str, threads: in
 def child_ngff(fixed: str, moving: str, points: str, result: str, workers: int, fast: bool,
                block: int | None, schedule: str | None = None) -> None:
     """Register with ngff-dreg on ``local:<workers>``; save mapped points, print figures."""
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.pipeline import register
     from ngff_dreg.schedule import Schedule
 
@@ -240,7 +240,7 @@ def child_ngff(fixed: str, moving: str, points: str, result: str, workers: int, 
 
 # ------------------------------------------------------------------ scoring
 def _sample_nearest(url: str, idx_zyx: np.ndarray) -> np.ndarray:
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
     arr = open_multiscale(url).open_array(0)
     shape = np.asarray(arr.shape[-idx_zyx.shape[1]:])
@@ -276,7 +276,7 @@ def _to_mha(url: str, path: Path) -> None:
     import itk
     from data import _read_level
 
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
     g = open_multiscale(url).levels[0].geometry
     img = itk.image_from_array(_read_level(url))
@@ -301,7 +301,7 @@ def compare(pair: BenchPair, methods: list[str], workers: int, work: Path,
             itkdreg_block: int, itkdreg_sample: int = 0,
             schedule: str | None = None, force_elastix: bool = False) -> list[dict]:
     """Run every method on ``pair`` in a measured child process and score it."""
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
     pts = pair.geometry.array_index_to_physical(pair.eval_index)
     truth = pair.truth_points(pts)
@@ -446,7 +446,7 @@ def plan_virtual(work: Path, shape=(10000, 20000, 20000), block: int = 512) -> d
     import zarr
 
     from ngff_dreg.engine import register_images
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
     from ngff_dreg.methods import ItkLinearRegistration
     from ngff_dreg.transforms import AffineTransform
 

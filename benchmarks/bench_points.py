@@ -26,7 +26,7 @@ import numpy as np
 
 def _scene(root: Path) -> str:
     from ngff_dreg.geometry import ImageGeometry
-    from ngff_dreg.io.field_writer import write_field_scene
+    from ngff_dreg.io.omezarr.field_writer import write_field_scene
     from ngff_dreg.synthetic import smooth_displacement
     from ngff_dreg.transforms import AffineTransform, TransformChain
 
@@ -107,7 +107,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from ngff_dreg.apply import transform_points as map_array
-    from ngff_dreg.io.transform_reader import read_transform
+    from ngff_dreg.io.omezarr.transform_reader import read_transform
     from ngff_dreg.points import transform_table_file
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-points-"))

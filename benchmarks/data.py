@@ -85,7 +85,7 @@ def _sample_mask(mask: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _read_level(url: str, level: int = 0) -> np.ndarray:
     """A whole level as float32 (small images only)."""
     from ngff_dreg.geometry import Box
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 
     ctor = OMEZarrReaderConstructor(url, level=level)
     return np.asarray(ctor().read_box(Box.full(ctor.geometry.shape)), dtype=np.float32)
@@ -200,7 +200,7 @@ def _write_chunked_pair(out: Path, stamp: Path, geometry: ImageGeometry,
     """
     import dask.array as da
 
-    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     if not overwrite and stamp.exists():
         try:
@@ -336,7 +336,7 @@ def stereo_pair(out: Path, *, n_eval: int = 20000, seed: int = 0) -> BenchPair:
     import skimage.data
     from skimage.color import rgb2gray
 
-    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     reason = stereo_available()
     if reason:

@@ -2,7 +2,7 @@
 
 Runs one default registration of a benchmark pair (as ``bench_io.py`` does,
 local storage: the counts equal S3's) with ``NGFF_DREG_IO_TRACE`` set, so each
-process logs its fetches (:mod:`ngff_dreg.io.store_stats`), then sorts every
+process logs its fetches (:mod:`ngff_dreg.io.storage.store_stats`), then sorts every
 fetched byte into one cause:
 
 * ``first``: the first fetch of that piece (chunk or byte range) in the run;
@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_io import _env  # noqa: E402
 
-from ngff_dreg.io.store_stats import _array_of  # noqa: E402
+from ngff_dreg.io.storage.store_stats import _array_of  # noqa: E402
 
 CAUSES = ("first", "cross", "evicted", "inflight", "uncached")
 

@@ -227,7 +227,7 @@ def main() -> None:
     target = tuple(int(v) for v in args.shape.split(","))
     mlevels = None
     if args.measured_fixed:
-        from ngff_dreg.io.multiscale import open_multiscale
+        from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
         mlevels = [lv.geometry for lv in open_multiscale(args.measured_fixed).levels]
     p = project(measured, mstages, shape, args.measured_workers, target, args.workers,

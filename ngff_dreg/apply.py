@@ -4,7 +4,7 @@ Each output chunk is one dask task: it maps *all* its fixed voxel centres
 through the transform (so interior displacement larger than at the corners is
 seen), takes the bounding box of the mapped points in the moving image plus an
 interpolation margin, reads only that region, and interpolates. Chunks are
-written once each by :func:`ngff_dreg.io.image_writer.write_multiscale`, which
+written once each by :func:`ngff_dreg.io.omezarr.image_writer.write_multiscale`, which
 builds the pyramid (level offsets included) and writes metadata last.
 """
 
@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
 from ngff_dreg.interfaces import RegistrationTransformResult
-from ngff_dreg.io.shards import ShardSpec
+from ngff_dreg.io.omezarr.shards import ShardSpec
 from ngff_dreg.transforms import AffineTransform, TransformChain, map_points
 
 __all__ = [
@@ -41,7 +41,7 @@ FloatArray = npt.NDArray[np.float64]
 def _resolve(transform: Any, storage_options: Mapping[str, Any] | None,
              inverse: bool = False) -> Any:
     if isinstance(transform, str):
-        from ngff_dreg.io.transform_reader import read_transform
+        from ngff_dreg.io.omezarr.transform_reader import read_transform
 
         return read_transform(transform, storage_options, inverse=inverse)
     if isinstance(transform, RegistrationTransformResult):
@@ -227,9 +227,9 @@ def select_moving(moving_url: str, level: int, storage_options: Mapping[str, Any
         A channel or time point does not exist (the message lists the labels).
 
     """
-    from ngff_dreg.io.image_writer import LeadingAxis
-    from ngff_dreg.io.multiscale import open_multiscale
-    from ngff_dreg.io.stores import redact_url
+    from ngff_dreg.io.omezarr.image_writer import LeadingAxis
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
+    from ngff_dreg.io.storage.urls import redact_url
     from ngff_dreg.ngff.channels import resolve_selection, subset_omero
 
     image = open_multiscale(moving_url, storage_options)
@@ -325,9 +325,9 @@ def apply_transform(
     factors:
         Per-level downsampling factors of the output pyramid (NumPy order);
         by default those of the fixed pyramid
-        (:func:`~ngff_dreg.io.image_writer.pyramid_factors`), 2x for a geometry.
+        (:func:`~ngff_dreg.io.omezarr.image_writer.pyramid_factors`), 2x for a geometry.
     shards:
-        Sharded levels (0.5/0.6; :func:`~ngff_dreg.io.image_writer.write_multiscale`).
+        Sharded levels (0.5/0.6; :func:`~ngff_dreg.io.omezarr.image_writer.write_multiscale`).
 
     Returns the geometry of the written level 0. Raises
     :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
@@ -336,7 +336,7 @@ def apply_transform(
     """
     import dask
 
-    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     def opts(specific: Mapping[str, Any] | None) -> dict[str, Any] | None:
         chosen = specific if specific is not None else storage_options
@@ -382,8 +382,8 @@ def _output_grid(fixed: str | ImageGeometry, level: int, storage_options: dict[s
     """The output geometry and, for a fixed image URL, its pyramid's factors from ``level`` on."""
     if isinstance(fixed, ImageGeometry):
         return fixed, None
-    from ngff_dreg.io.image_writer import pyramid_factors
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.image_writer import pyramid_factors
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
     image = open_multiscale(fixed, storage_options)
     geoms = [lv.geometry for lv in image.levels]
@@ -395,14 +395,14 @@ def _moving_readers(moving_url: str, level: int, storage_options: dict[str, Any]
                     sel: MovingSelection, unit: str | None) -> list[Any]:
     """One reader constructor per output plane (time point x channel).
 
-    They share one chunk-cache token (:mod:`ngff_dreg.io.chunk_cache`), drawn
+    They share one chunk-cache token (:mod:`ngff_dreg.io.storage.chunk_cache`), drawn
     for this call: output chunks whose moving regions overlap fetch the
     chunks they share once per process.
     """
     import uuid
 
-    from ngff_dreg.io.chunk_cache import cache_enabled
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.storage.chunk_cache import cache_enabled
 
     token = uuid.uuid4().hex if cache_enabled() else None
     return [OMEZarrReaderConstructor(moving_url, level, storage_options,

@@ -3,7 +3,7 @@
 :class:`BlockStageRunner` plans the stage with the engine
 (:func:`~ngff_dreg.engine.register_images`) from the transform composed so
 far, hands the reducer (:class:`~ngff_dreg.reduce.ReduceToDisplacementField`)
-a :class:`~ngff_dreg.io.field_writer.FieldSceneWriter` for the stage's scene
+a :class:`~ngff_dreg.io.omezarr.field_writer.FieldSceneWriter` for the stage's scene
 (under ``output/checkpoints``, or ``output`` itself for the last stage),
 computes it on the run's client, scores the NCC (on the stage's level when the
 method measures it, else on the global level) and
@@ -32,10 +32,10 @@ from ngff_dreg.interfaces import (
     RegistrationResult,
     RegistrationTransformResult,
 )
-from ngff_dreg.io.field_writer import FieldSceneWriter
-from ngff_dreg.io.image_writer import pyramid_factors
-from ngff_dreg.io.output_state import StageReport, output_status
-from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.io.omezarr.field_writer import FieldSceneWriter
+from ngff_dreg.io.omezarr.image_writer import pyramid_factors
+from ngff_dreg.io.omezarr.output_state import StageReport, output_status
+from ngff_dreg.io.omezarr.transform_reader import read_transform
 from ngff_dreg.reduce import ReduceToDisplacementField
 from ngff_dreg.schedule import BlockStage
 from ngff_dreg.transforms import AffineTransform

@@ -144,7 +144,7 @@ def _storage_options(
 
 
 def _fail(exc: BaseException, verbose: int) -> None:
-    from ngff_dreg.io.stores import redact_text
+    from ngff_dreg.io.storage.urls import redact_text
 
     msg = redact_text(str(exc)) or type(exc).__name__
     typer.echo(f"ngff-dreg: error: {msg}", err=True)
@@ -183,7 +183,7 @@ def _build_schedule(
     method: str | None,
     fast: bool,
 ) -> Any:
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.schedule import BlockStage, Schedule
 
     if schedule is not None:
@@ -290,7 +290,7 @@ def register(
     try:
         import numpy as np
 
-        from ngff_dreg.io.image_transform_writer import default_system_name
+        from ngff_dreg.io.omezarr.image_transform_writer import default_system_name
         from ngff_dreg.pipeline import register as run
 
         opts = _storage_options(anon, endpoint_url, profile)
@@ -355,7 +355,7 @@ def _print_summary(result: Any, verbose: int = 0) -> None:
     if total is not None:
         typer.echo(f"total {total:.1f}s")
     if verbose >= 1 and getattr(result, "io", None):
-        from ngff_dreg.io.store_stats import format_summary
+        from ngff_dreg.io.storage.store_stats import format_summary
 
         for line in format_summary(result.io):  # store I/O per stage and per image
             typer.echo(line)
@@ -473,14 +473,14 @@ def demo(
     try:
         from ngff_dreg.demo import make_demo, point_errors
         from ngff_dreg.geometry import Box
-        from ngff_dreg.io.reader import OMEZarrReaderConstructor
+        from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
         from ngff_dreg.pipeline import register as run
         from ngff_dreg.schedule import Schedule
 
         typer.echo(f"writing the demo pair to {directory} ...")
         pair = make_demo(directory, downsample=downsample, synthetic=synthetic)
         out = str(directory / "registration.ome.zarr")
-        from ngff_dreg.io.multiscale import open_multiscale
+        from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
         ms = open_multiscale(pair.fixed)
         sched = Schedule.default([lvl.geometry for lvl in ms.levels], fast=fast)

@@ -195,8 +195,8 @@ def make_demo(
         (no extra dependency; for quick tests).
 
     """
-    from ngff_dreg.io.image_writer import write_multiscale
-    from ngff_dreg.io.stores import join_url
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
+    from ngff_dreg.io.storage.urls import join_url
 
     if synthetic:
         edge = size if size is not None else (96 if ndim == 3 else 256) // downsample

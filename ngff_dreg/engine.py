@@ -108,7 +108,7 @@ class BlockOptions:
         into as many contiguous slabs (along its longest axis) and each slab's
         tasks prefer one worker, so neighbouring blocks, which share the
         storage chunks of their halos, are read by the same process and its
-        chunk cache (:mod:`ngff_dreg.io.chunk_cache`). Other workers may still
+        chunk cache (:mod:`ngff_dreg.io.storage.chunk_cache`). Other workers may still
         take a task when theirs is busy. Empty: dask places tasks freely.
     skip_blank_blocks:
         Skip (``NO_SIGNAL``) a fixed block with too little signal (see

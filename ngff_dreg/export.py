@@ -2,7 +2,7 @@
 
 :func:`export_transform` reads the NGFF 0.6 transform of a registration output
 (a scene written by :func:`ngff_dreg.register`, or a fixed image holding one)
-and hands it to :func:`~ngff_dreg.io.transform_reader.export_itk`, after
+and hands it to :func:`~ngff_dreg.io.omezarr.transform_reader.export_itk`, after
 checking the destination: the format follows the file's extension, the file
 is local, and an existing file is replaced only when asked. The command
 ``ngff-dreg export`` is this function.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError, UnsupportedFormatError
-from ngff_dreg.io.transform_reader import export_itk, read_transform
+from ngff_dreg.io.omezarr.transform_reader import export_itk, read_transform
 
 __all__ = ["TRANSFORM_SUFFIXES", "FIELD_SUFFIXES", "export_kind", "export_transform"]
 

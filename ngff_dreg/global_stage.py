@@ -22,7 +22,7 @@ from scipy import ndimage
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import BlockInfo, BlockRegStatus
-from ngff_dreg.io.output_state import StageReport
+from ngff_dreg.io.omezarr.output_state import StageReport
 from ngff_dreg.itk_bridge import image_from_array
 from ngff_dreg.methods import ItkLinearRegistration
 from ngff_dreg.schedule import GlobalStage

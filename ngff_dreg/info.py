@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ngff_dreg.io.multiscale import MultiscaleImage, open_multiscale
-from ngff_dreg.io.stores import redact_url
+from ngff_dreg.io.omezarr.multiscale import MultiscaleImage, open_multiscale
+from ngff_dreg.io.storage.urls import redact_url
 from ngff_dreg.ngff.metadata import image_registrations
 
 __all__ = ["describe", "describe_image"]

@@ -241,7 +241,7 @@ class RegistrationResult:
         {stage: ...}}``, where figures count requests, bytes fetched, the
         distinct chunk pieces and bytes behind them, their ratio ``reread``,
         metadata requests per object and cache hits
-        (:meth:`ngff_dreg.io.store_stats.StoreCounts.summary`).
+        (:meth:`ngff_dreg.io.storage.store_stats.StoreCounts.summary`).
 
     """
 
@@ -327,8 +327,8 @@ class HasGeometry(Protocol):
     """A reader constructor (or reader) that knows its image's geometry without ITK.
 
     The engine reads ``geometry`` instead of building a reader and asking its
-    ``GetOutput()`` (:class:`~ngff_dreg.io.reader.OMEZarrReaderConstructor`,
-    :class:`~ngff_dreg.io.memory.ArrayReaderConstructor`).
+    ``GetOutput()`` (:class:`~ngff_dreg.io.omezarr.reader.OMEZarrReaderConstructor`,
+    :class:`~ngff_dreg.io.omezarr.memory.ArrayReaderConstructor`).
     """
 
     @property
@@ -415,7 +415,7 @@ class SupportsBuildGraph(Protocol):
 class FieldWriter(Protocol):
     """Where a chunked reduction writes its forward and inverse fields.
 
-    The reducer is handed one (:class:`~ngff_dreg.io.field_writer.FieldSceneWriter`
+    The reducer is handed one (:class:`~ngff_dreg.io.omezarr.field_writer.FieldSceneWriter`
     writes an NGFF 0.6 scene). It must pickle: chunk tasks call it on the
     workers. Call order: :meth:`begin`, any :meth:`write_chunk` and quality
     calls, then :meth:`finish`. A writer storing sharded arrays is a

@@ -2,7 +2,7 @@
 
 1. **Read and check** (:func:`ngff_dreg.run.open_inputs`): both pyramids,
    the schedule's levels and the data, before anything is written; the
-   output is then claimed (:func:`ngff_dreg.io.output_state.claim_output`).
+   output is then claimed (:func:`ngff_dreg.io.omezarr.output_state.claim_output`).
 2. **Global stage** (:mod:`ngff_dreg.global_stage`): rigid then affine on a
    coarse level, in one task, started from the images' centres of mass (or a
    user's initial transform).
@@ -32,9 +32,9 @@ from ngff_dreg.block_stage import BlockStageRunner
 from ngff_dreg.cluster import client_context, progress_bar
 from ngff_dreg.global_stage import GlobalStageRunner
 from ngff_dreg.interfaces import RegistrationResult
-from ngff_dreg.io.chunk_cache import close_host_cache
-from ngff_dreg.io.output_state import RESAMPLED, claim_output, set_status
-from ngff_dreg.io.stores import join_url
+from ngff_dreg.io.omezarr.output_state import RESAMPLED, claim_output, set_status
+from ngff_dreg.io.storage.chunk_cache import close_host_cache
+from ngff_dreg.io.storage.urls import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
 from ngff_dreg.schedule import Schedule
 
@@ -177,7 +177,7 @@ def _resample(run: Run) -> None:
 
 def _into_fixed(run: Run, inputs: RunInputs) -> None:
     """Copy the registration into the fixed image's own group."""
-    from ngff_dreg.io.image_transform_writer import write_transform_into_image
+    from ngff_dreg.io.omezarr.image_transform_writer import write_transform_into_image
 
     t0 = time.perf_counter()
     write_transform_into_image(inputs.fixed, inputs.output, name=inputs.into_name,

@@ -32,7 +32,7 @@ def _resolved(transform: Any, storage_options: Mapping[str, Any] | None, inverse
     from ngff_dreg.interfaces import RegistrationTransformResult
 
     if isinstance(transform, str | os.PathLike):
-        from ngff_dreg.io.transform_reader import read_transform
+        from ngff_dreg.io.omezarr.transform_reader import read_transform
 
         url = os.fspath(transform)
         if inverse:
@@ -146,8 +146,8 @@ def transform_table_file(transform: Any, points_url: str | os.PathLike[str],
     """
     import dask
 
-    from ngff_dreg.io.stores import redact_url
-    from ngff_dreg.io.tables import read_table, table_format, write_table
+    from ngff_dreg.io.omezarr.tables import read_table, table_format, write_table
+    from ngff_dreg.io.storage.urls import redact_url
 
     t_opts = storage_options if table_storage_options is None else table_storage_options
     table_format(os.fspath(output_url))  # fail on a bad output name before reading anything
@@ -201,8 +201,8 @@ def transform_points(transform: Any, table: Any, inverse: bool = False, *,
 
         return map_array(table, transform, inverse, storage_options=storage_options)
     if isinstance(table, str | os.PathLike):
-        from ngff_dreg.io.stores import redact_url
-        from ngff_dreg.io.tables import read_table
+        from ngff_dreg.io.omezarr.tables import read_table
+        from ngff_dreg.io.storage.urls import redact_url
 
         where = redact_url(os.fspath(table))
         table = read_table(table, storage_options)

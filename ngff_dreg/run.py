@@ -25,19 +25,19 @@ from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import ItkTransformLike, RegistrationResult, RegistrationTransformResult
-from ngff_dreg.io.chunk_cache import cache_enabled, close_host_cache, open_host_cache
-from ngff_dreg.io.multiscale import open_multiscale
-from ngff_dreg.io.output_state import (
+from ngff_dreg.io.omezarr.multiscale import open_multiscale
+from ngff_dreg.io.omezarr.output_state import (
     Checkpoints,
     OutputClaim,
     StageReport,
     fingerprint,
     set_status,
 )
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
-from ngff_dreg.io.shards import ShardSpec, resolve_shards
-from ngff_dreg.io.store_stats import IOLedger, reset_counts
-from ngff_dreg.io.stores import location_key
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.omezarr.shards import ShardSpec, resolve_shards
+from ngff_dreg.io.storage.chunk_cache import cache_enabled, close_host_cache, open_host_cache
+from ngff_dreg.io.storage.store_stats import IOLedger, reset_counts
+from ngff_dreg.io.storage.urls import location_key
 from ngff_dreg.reduce.reducer import FIELD_CHUNK
 from ngff_dreg.schedule import (
     BlockStage,
@@ -121,7 +121,7 @@ class RunOptions:
         Also write the transform into the fixed image's own group, as an NGFF
         0.6 transform from its intrinsic coordinate system to a new one named
         after the moving image (or this string). Checked before the run starts.
-        See :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`.
+        See :func:`ngff_dreg.io.omezarr.image_transform_writer.write_transform_into_image`.
     upgrade_fixed:
         With ``into_fixed``, allow rewriting a 0.5 fixed image's metadata as
         0.6 (arrays untouched; the old metadata is kept).
@@ -208,7 +208,7 @@ class RunInputs:
         Coordinate-system name for ``into_fixed`` (``None``: not requested).
     cache_token:
         Names this run's entries in each process's chunk cache
-        (:mod:`ngff_dreg.io.chunk_cache`): metadata is read once per process
+        (:mod:`ngff_dreg.io.storage.chunk_cache`): metadata is read once per process
         and chunks shared by blocks are fetched once per worker.
 
     """
@@ -286,7 +286,7 @@ def as_initial_transform(
     if isinstance(initial, (AffineTransform, TransformChain)):
         return initial
     if isinstance(initial, str):
-        from ngff_dreg.io.transform_reader import read_transform
+        from ngff_dreg.io.omezarr.transform_reader import read_transform
 
         return read_transform(initial, storage_options)
     if isinstance(initial, ItkTransformLike):
@@ -309,7 +309,7 @@ def _into_name(fixed: str, moving: str, output: str, options: RunOptions) -> str
     """The coordinate-system name for ``into_fixed``, checked before the run starts."""
     if not options.into_fixed:
         return None
-    from ngff_dreg.io.image_transform_writer import check_into_image, default_system_name
+    from ngff_dreg.io.omezarr.image_transform_writer import check_into_image, default_system_name
 
     into = options.into_fixed
     name = into if isinstance(into, str) else default_system_name(moving)
@@ -357,7 +357,7 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
                 f"output {output} is (inside) input {url}: write the transform somewhere else"
             )
     into_name = _into_name(fixed, moving, output, options)
-    reset_counts()  # this run's I/O is counted from here (ngff_dreg.io.store_stats)
+    reset_counts()  # this run's I/O is counted from here (ngff_dreg.io.storage.store_stats)
     token = uuid.uuid4().hex if cache_enabled() else None
     if token is not None:  # the client's reads while opening are shared with the workers
         open_host_cache(token)
@@ -451,7 +451,7 @@ class Run:
     reports, timings:
         One :class:`StageReport` per stage, wall times by stage key.
     io:
-        Store I/O counted per stage (:class:`~ngff_dreg.io.store_stats.IOLedger`):
+        Store I/O counted per stage (:class:`~ngff_dreg.io.storage.store_stats.IOLedger`):
         ``"open"`` (the inputs opened and checked), then one entry per stage key.
 
     """
@@ -485,7 +485,7 @@ class Run:
         """Open the host chunk cache of ``token`` here and on every worker.
 
         The workers of one machine then fetch each chunk read under ``token``
-        once between them (:class:`~ngff_dreg.io.chunk_cache.HostCache`);
+        once between them (:class:`~ngff_dreg.io.storage.chunk_cache.HostCache`);
         :meth:`close_host_cache` removes it at the end of the run.
         """
         self._host_tokens.append(token)

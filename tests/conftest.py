@@ -8,7 +8,7 @@ Fixtures
     manager enforcing IAM signatures and yielding valid credentials), ``client()``.
 ``make_test_image``
     ``make_test_image(url, shape=..., version=..., ...) -> (array, geometry)``:
-    writes a smooth random image with :func:`ngff_dreg.io.image_writer.write_multiscale`.
+    writes a smooth random image with :func:`ngff_dreg.io.omezarr.image_writer.write_multiscale`.
 ``synthetic_array``
     ``synthetic_array(shape, seed=0, dtype=float32) -> np.ndarray``.
 ``store_writes``
@@ -190,7 +190,7 @@ def synthetic_array() -> Callable[..., np.ndarray]:
 def make_test_image() -> Callable[..., tuple[np.ndarray, Any]]:
     """Write a synthetic multiscale image; returns ``(level0 array, geometry)``."""
     from ngff_dreg.geometry import ImageGeometry
-    from ngff_dreg.io.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     def make(
         url: str,
@@ -319,10 +319,13 @@ class ReadFaults:
 
     rules: dict[str, tuple[int | None, Callable[[], BaseException]]] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    #: paths whose faults hit only byte-range reads ``[a:b]`` (a shard's inner chunks)
+    ranges_only: set[str] = field(default_factory=set)
 
     def fail(self, path: Any, times: int | None = None,
-             error: Callable[[], BaseException] | None = None) -> None:
-        """Fail reads of ``path`` (every one, or the first ``times``)."""
+             error: Callable[[], BaseException] | None = None, *,
+             ranges_only: bool = False) -> None:
+        """Fail reads of ``path`` (every one, or the first ``times``; only ranged ones)."""
         import errno
         import os
 
@@ -330,15 +333,17 @@ class ReadFaults:
             return OSError(errno.EIO, os.strerror(errno.EIO))
 
         self.rules[os.path.realpath(str(path))] = (times, error or eio)
+        if ranges_only:
+            self.ranges_only.add(os.path.realpath(str(path)))
 
     def clear(self) -> None:
         """Remove every fault."""
         self.rules.clear()
 
-    def check(self, path: str) -> None:
+    def check(self, path: str, byte_range: Any = None) -> None:
         """Raise the fault planned for ``path``, if any is left."""
         rule = self.rules.get(path)
-        if rule is None:
+        if rule is None or (path in self.ranges_only and not hasattr(byte_range, "end")):
             return
         times, error = rule
         n = self.hits.get(path, 0)
@@ -359,7 +364,8 @@ def read_faults(monkeypatch: pytest.MonkeyPatch) -> ReadFaults:
     original = LocalStore.get
 
     async def get(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-        faults.check(os.path.realpath(str(self.root / key)))
+        byte_range = args[1] if len(args) > 1 else kwargs.get("byte_range")
+        faults.check(os.path.realpath(str(self.root / key)), byte_range)
         return await original(self, key, *args, **kwargs)
 
     monkeypatch.setattr(LocalStore, "get", get)

@@ -10,9 +10,9 @@ import pytest
 
 from ngff_dreg.apply import apply_transform, transform_points, warp_chunk
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.field_writer import write_field_scene
-from ngff_dreg.io.image_writer import write_multiscale
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.omezarr.field_writer import write_field_scene
+from ngff_dreg.io.omezarr.image_writer import write_multiscale
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 from ngff_dreg.reduce import invert_field
 from ngff_dreg.synthetic import small_rotation, smooth_displacement, textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform, TransformChain
@@ -148,7 +148,7 @@ def test_apply_accepts_a_registration_result(tmp_path):
 
 
 def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path, monkeypatch):
-    from ngff_dreg.io.store_stats import take_counts
+    from ngff_dreg.io.storage.store_stats import take_counts
 
     moving, mg, fg, chain = _case(3)
     mov = str(tmp_path / "mov.zarr")

@@ -13,9 +13,9 @@ import pytest
 
 from ngff_dreg.demo import make_demo
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.field_writer import write_field_scene
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.transform_reader import read_transform, to_itk_transform
+from ngff_dreg.io.omezarr.field_writer import write_field_scene
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.transform_reader import read_transform, to_itk_transform
 from ngff_dreg.itk_bridge import transform_points as itk_points
 from ngff_dreg.reduce import invert_field
 from ngff_dreg.synthetic import smooth_displacement
@@ -250,7 +250,7 @@ def test_verbose_summary_names_each_refused_block_with_its_reason(capsys) -> Non
     from types import SimpleNamespace
 
     from ngff_dreg.cli import _print_summary
-    from ngff_dreg.io.output_state import StageReport
+    from ngff_dreg.io.omezarr.output_state import StageReport
 
     refused = [{"block": [0, 1], "status": "LOW_QUALITY",
                 "reason": "block (0, 1): the fit folds (det J min -0.2)"}]

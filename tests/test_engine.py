@@ -22,7 +22,7 @@ from ngff_dreg import (
 from ngff_dreg.engine import BlockOptions, register_images
 from ngff_dreg.errors import IncompatibleImagesError, StoreChangedError
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.memory import ArrayReader, ArrayReaderConstructor
+from ngff_dreg.io.omezarr.memory import ArrayReader, ArrayReaderConstructor
 from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform
 
@@ -260,7 +260,7 @@ MAIN_SCRIPT = textwrap.dedent(
     from ngff_dreg import (BlockPairRegistrationMethod, BlockPairRegistrationResult,
                            BlockRegStatus, ReduceResultsMethod, RegistrationTransformResult)
     from ngff_dreg.geometry import ImageGeometry
-    from ngff_dreg.io.memory import ArrayReader, ArrayReaderConstructor
+    from ngff_dreg.io.omezarr.memory import ArrayReader, ArrayReaderConstructor
     from ngff_dreg.engine import register_images
     from ngff_dreg.synthetic import textured_phantom, warp_to_fixed
     from ngff_dreg.transforms import AffineTransform
@@ -422,8 +422,8 @@ def test_block_placement_gives_each_worker_a_contiguous_slab() -> None:
 # --- unreadable inputs stop the run; the method's own errors do not ---------------
 def _on_disk(tmp_path, ctor, name):
     """An in-memory pair image written as a one-level OME-Zarr image (chunks 16)."""
-    from ngff_dreg.io.image_writer import write_multiscale
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 
     url = str(tmp_path / f"{name}.ome.zarr")
     write_multiscale(url, ctor.array, ctor.geometry, version="0.5", chunks=16, n_levels=1)

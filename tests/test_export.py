@@ -17,8 +17,8 @@ from ngff_dreg.errors import (
 )
 from ngff_dreg.export import export_kind, export_transform
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.field_writer import write_field_scene
-from ngff_dreg.io.transform_reader import read_transform, to_itk_transform
+from ngff_dreg.io.omezarr.field_writer import write_field_scene
+from ngff_dreg.io.omezarr.transform_reader import read_transform, to_itk_transform
 from ngff_dreg.reduce import invert_field
 from ngff_dreg.synthetic import small_rotation, smooth_displacement
 from ngff_dreg.transforms import AffineTransform, TransformChain

@@ -12,7 +12,7 @@ import pytest
 
 from ngff_dreg import itk_bridge as ib
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.memory import ArrayReaderConstructor
+from ngff_dreg.io.omezarr.memory import ArrayReaderConstructor
 from ngff_dreg.synthetic import small_rotation
 
 

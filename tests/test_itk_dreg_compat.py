@@ -40,7 +40,7 @@ from itk_dreg.reduce_dfield.dreg import ReduceToDisplacementFieldMethod
 
 import ngff_dreg
 from ngff_dreg.geometry import ImageGeometry
-from ngff_dreg.io.image_writer import write_multiscale
+from ngff_dreg.io.omezarr.image_writer import write_multiscale
 from ngff_dreg.synthetic import small_rotation, textured_phantom, warp_to_fixed
 from ngff_dreg.transforms import AffineTransform
 

@@ -20,7 +20,7 @@ import pytest
 
 from ngff_dreg.demo import FLUORESCENCE_CHANNELS, demo_truth, load_fluorescence_volume
 from ngff_dreg.errors import SelectionNotFoundError
-from ngff_dreg.io.multiscale import open_multiscale
+from ngff_dreg.io.omezarr.multiscale import open_multiscale
 from ngff_dreg.synthetic import warp_to_fixed
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -82,7 +82,7 @@ def registered(pair: dict[str, Any], dask_client: Any) -> str:
 
 def test_resample_writes_every_channel_as_uint16_on_the_fixed_pyramid(
         pair: dict[str, Any], registered: str) -> None:
-    from ngff_dreg.io.transform_reader import read_transform
+    from ngff_dreg.io.omezarr.transform_reader import read_transform
 
     fixed = open_multiscale(pair["fixed"])
     out = open_multiscale(f"{registered}/moving_resampled")
@@ -116,7 +116,7 @@ def test_resample_writes_every_channel_as_uint16_on_the_fixed_pyramid(
 
 def test_registration_recovers_the_known_warp(pair: dict[str, Any], registered: str) -> None:
     from ngff_dreg.demo import point_errors
-    from ngff_dreg.io.transform_reader import read_transform
+    from ngff_dreg.io.omezarr.transform_reader import read_transform
     from ngff_dreg.transforms import AffineTransform
 
     geom = pair["geometry"]
@@ -128,7 +128,7 @@ def test_registration_recovers_the_known_warp(pair: dict[str, Any], registered: 
 
 def test_transform_points_cli_maps_a_csv_like_the_itk_transform(
         pair: dict[str, Any], registered: str, dask_client: Any, tmp_path: Path) -> None:
-    from ngff_dreg.io.transform_reader import read_transform, to_itk_transform
+    from ngff_dreg.io.omezarr.transform_reader import read_transform, to_itk_transform
 
     geom = pair["geometry"]
     rng = np.random.default_rng(3)
@@ -189,7 +189,7 @@ def test_tczyx_registers_one_time_point_and_resamples_all(
     """Time point 0 is blank (registering it would fail); t=1 holds the data."""
     import ngff_dreg
     from ngff_dreg.geometry import ImageGeometry
-    from ngff_dreg.io.image_writer import LeadingAxis, write_multiscale
+    from ngff_dreg.io.omezarr.image_writer import LeadingAxis, write_multiscale
     from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
     from ngff_dreg.synthetic import textured_phantom
     from ngff_dreg.transforms import AffineTransform

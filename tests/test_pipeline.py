@@ -9,9 +9,9 @@ from ngff_dreg.demo import make_demo, point_errors
 from ngff_dreg.errors import IncompatibleImagesError, OutputExistsError
 from ngff_dreg.geometry import Box
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
-from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.omezarr.transform_reader import read_transform
 from ngff_dreg.pipeline import register
 from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 from ngff_dreg.transforms import AffineTransform
@@ -84,7 +84,7 @@ def test_3d_recovers_known_warp_and_refines(pair_3d, run_3d):
     assert final["mean_vox"] < 0.35, final
     assert final["p95_vox"] < 0.8, final
     # Coarse to fine refines: affine-only error > first block stage >= final.
-    from ngff_dreg.io.output_state import Checkpoints
+    from ngff_dreg.io.omezarr.output_state import Checkpoints
 
     manifest = Checkpoints(out, None).read()
     affine = AffineTransform.from_homogeneous(manifest["stages"]["global"]["affine"])
@@ -120,7 +120,7 @@ def test_store_io_is_counted_per_image_and_stage(pair_3d, run_3d):
         assert f["cache_hits"] > 0  # neighbouring blocks share chunks
         # metadata: read by the client once, handed to the workers
         assert f["metadata_requests"] == f["metadata_objects"] > 0
-    # The workers share one host cache (ngff_dreg.io.chunk_cache.HostCache): each
+    # The workers share one host cache (ngff_dreg.io.storage.chunk_cache.HostCache): each
     # chunk is fetched once by the whole run, whichever process reads it.
     assert fixed["reread"] == 1.0 and moving["reread"] == 1.0
     assert io["run"]["total"]["reread"] == 1.0  # the run's own fields too
@@ -129,7 +129,7 @@ def test_store_io_is_counted_per_image_and_stage(pair_3d, run_3d):
     assert stage_sum == fixed["chunk_bytes"]
     # The stage reports carry their own figures (manifest and HTML report).
     assert result.levels[-1].report["io"]["total"]["requests"] > 0
-    from ngff_dreg.io.output_state import Checkpoints
+    from ngff_dreg.io.omezarr.output_state import Checkpoints
 
     entry = Checkpoints(out, None).read()["stages"]["stage_1"]
     assert entry["report"]["io"]["total"] == result.levels[-1].report["io"]["total"]

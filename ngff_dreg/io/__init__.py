@@ -1,12 +1,14 @@
 """OME-Zarr input/output: the only layer that touches zarr and fsspec.
 
-:mod:`~ngff_dreg.io.stores` opens every store and group; readers
-(:mod:`~ngff_dreg.io.multiscale`, :mod:`~ngff_dreg.io.reader`,
-:mod:`~ngff_dreg.io.transform_reader`) and writers
-(:mod:`~ngff_dreg.io.field_writer`, :mod:`~ngff_dreg.io.image_writer`,
-:mod:`~ngff_dreg.io.image_transform_writer`) build on it, and
-:mod:`~ngff_dreg.io.output_state` owns an output's completion marker,
-checkpoint manifest and stage reports.
+Two layers:
+
+* :mod:`ngff_dreg.io.storage`: stores and the wrappers every read goes
+  through (counting, chunk cache, missing-chunk guard, read-error naming,
+  retries), composed in one place, :mod:`ngff_dreg.io.storage.stack`; URLs and
+  their redaction (:mod:`ngff_dreg.io.storage.urls`);
+* :mod:`ngff_dreg.io.omezarr`: OME-Zarr readers and writers built on it
+  (multiscale images, the reader constructor, transforms, fields, output
+  state, shards).
 
 The main entry points are re-exported lazily (importing ``ngff_dreg.io`` does
 not import zarr, dask or itk):
@@ -25,19 +27,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "open_multiscale": "ngff_dreg.io.multiscale",
-    "MultiscaleImage": "ngff_dreg.io.multiscale",
-    "LevelInfo": "ngff_dreg.io.multiscale",
-    "OMEZarrReaderConstructor": "ngff_dreg.io.reader",
-    "OMEZarrReader": "ngff_dreg.io.reader",
-    "write_multiscale": "ngff_dreg.io.image_writer",
-    "to_dask": "ngff_dreg.io.arrays",
-    "to_xarray": "ngff_dreg.io.arrays",
-    "open_store": "ngff_dreg.io.stores",
-    "open_group": "ngff_dreg.io.stores",
-    "redact_url": "ngff_dreg.io.stores",
-    "redact_options": "ngff_dreg.io.stores",
-    "output_status": "ngff_dreg.io.output_state",
+    "open_multiscale": "ngff_dreg.io.omezarr.multiscale",
+    "MultiscaleImage": "ngff_dreg.io.omezarr.multiscale",
+    "LevelInfo": "ngff_dreg.io.omezarr.multiscale",
+    "OMEZarrReaderConstructor": "ngff_dreg.io.omezarr.reader",
+    "OMEZarrReader": "ngff_dreg.io.omezarr.reader",
+    "write_multiscale": "ngff_dreg.io.omezarr.image_writer",
+    "to_dask": "ngff_dreg.io.omezarr.arrays",
+    "to_xarray": "ngff_dreg.io.omezarr.arrays",
+    "open_store": "ngff_dreg.io.storage.stores",
+    "open_group": "ngff_dreg.io.storage.stores",
+    "redact_url": "ngff_dreg.io.storage.urls",
+    "redact_options": "ngff_dreg.io.storage.urls",
+    "output_status": "ngff_dreg.io.omezarr.output_state",
 }
 
 __all__ = sorted(_EXPORTS)

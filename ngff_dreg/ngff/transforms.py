@@ -2,7 +2,7 @@
 
 Image metadata (:mod:`ngff_dreg.ngff.metadata`), the 0.5 -> 0.6 upgrade
 (:mod:`ngff_dreg.ngff.upgrade`), the transform-scene reader
-(:mod:`ngff_dreg.io.transform_reader`) and the image-transform writer all read
+(:mod:`ngff_dreg.io.omezarr.transform_reader`) and the image-transform writer all read
 transforms here:
 
 * :func:`flatten` opens nested ``sequence`` transforms, checking each entry;
@@ -185,7 +185,7 @@ def has_field_transform(item: Any) -> bool:
     """True if a 0.6 transform is (or contains) a ``displacements``/``coordinates`` field.
 
     Such a transform (for example a registration stored inside an image by
-    :func:`ngff_dreg.io.image_transform_writer.write_transform_into_image`)
+    :func:`ngff_dreg.io.omezarr.image_transform_writer.write_transform_into_image`)
     maps to another image's space; it is not part of the image's own geometry.
     """
     if not isinstance(item, Mapping):

@@ -10,7 +10,7 @@ Task layout (B blocks, C field write units: chunks, or shards)::
     check-<c>       C tasks   Jacobian unit c and inverse residuals at random points
     finalize        1 task    pyramids + metadata (writer) / assembly (memory), result
 
-A write unit (:class:`~ngff_dreg.io.shards.WriteUnit`) is one field chunk, or,
+A write unit (:class:`~ngff_dreg.io.omezarr.shards.WriteUnit`) is one field chunk, or,
 when the writer stores its arrays sharded
 (:class:`~ngff_dreg.interfaces.ShardedFieldWriter`), one whole shard: its task
 computes the shard's inner chunks one after the other, exactly as the chunk
@@ -46,7 +46,7 @@ from ngff_dreg.interfaces import (
     ShardedFieldWriter,
     SupportsTransformPoints,
 )
-from ngff_dreg.io.shards import WriteUnit, write_units
+from ngff_dreg.io.omezarr.shards import WriteUnit, write_units
 from ngff_dreg.itk_bridge import ItkPointMap, class_name, geometry_of, is_cubic_bspline
 from ngff_dreg.reduce.blend import (
     BlockSample,

@@ -16,7 +16,7 @@ from typing import Any
 
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import FieldWriter, LocatedBlockResult, ReduceResultsMethod
-from ngff_dreg.io.shards import ShardSpec
+from ngff_dreg.io.omezarr.shards import ShardSpec
 from ngff_dreg.itk_bridge import reader_geometry
 from ngff_dreg.reduce.blend import field_geometry_for
 from ngff_dreg.reduce.graph import build_reduction_graph, padded_box
@@ -41,11 +41,11 @@ class ReduceToDisplacementField(ReduceResultsMethod):
     writer:
         Where the fields go: any :class:`~ngff_dreg.interfaces.FieldWriter`
         (the pipeline hands each stage a
-        :class:`~ngff_dreg.io.field_writer.FieldSceneWriter`). ``None``: the
+        :class:`~ngff_dreg.io.omezarr.field_writer.FieldSceneWriter`). ``None``: the
         one ``output`` names, or memory when ``output`` is ``None`` too.
     output:
         Shorthand for ``writer``: the Zarr URL of an NGFF scene group written
-        by a :class:`~ngff_dreg.io.field_writer.FieldSceneWriter` made from
+        by a :class:`~ngff_dreg.io.omezarr.field_writer.FieldSceneWriter` made from
         this and the ``storage_options``, ``overwrite``, ``fixed_url`` and
         ``moving_url`` fields. ``None`` (and no writer): keep the field in
         memory (small cases).
@@ -74,7 +74,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         The registered images, recorded in the scene ``output`` names.
     shards:
         Store the ``output`` fields sharded (see
-        :class:`~ngff_dreg.io.field_writer.FieldSceneWriter`): the spatial
+        :class:`~ngff_dreg.io.omezarr.field_writer.FieldSceneWriter`): the spatial
         shard shape in field nodes, one edge, or ``"auto"`` (4 field chunks
         per axis). Each blend/invert/check task then computes and writes one
         whole shard, so its memory is one shard of float32 vectors
@@ -184,7 +184,7 @@ class ReduceToDisplacementField(ReduceResultsMethod):
         """The writer fields go to: ``writer``, or a scene writer for ``output``."""
         if self.writer is not None or self.output is None:
             return self.writer
-        from ngff_dreg.io.field_writer import FieldSceneWriter
+        from ngff_dreg.io.omezarr.field_writer import FieldSceneWriter
 
         return FieldSceneWriter(self.output, self.storage_options, self.overwrite,
                                 fixed_url=self.fixed_url, moving_url=self.moving_url,

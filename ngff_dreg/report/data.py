@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidMetadataError
 from ngff_dreg.geometry import Box, ImageGeometry, chunk_boxes
-from ngff_dreg.io.output_state import MARKER_KEY, Checkpoints, StageReport, stage_reports
+from ngff_dreg.io.omezarr.output_state import MARKER_KEY, Checkpoints, StageReport, stage_reports
 from ngff_dreg.transforms import TransformChain
 
 __all__ = [
@@ -57,7 +57,7 @@ class SceneInfo:
     report:
         The final reduction's figures.
     stages:
-        One :class:`~ngff_dreg.io.output_state.StageReport` per stage, in run order.
+        One :class:`~ngff_dreg.io.omezarr.output_state.StageReport` per stage, in run order.
 
     """
 
@@ -89,7 +89,7 @@ def read_scene_info(url: str, storage_options: Mapping[str, Any] | None = None) 
         ``url`` is not a complete ngff-dreg scene.
 
     """
-    from ngff_dreg.io.transform_reader import read_scene_attributes
+    from ngff_dreg.io.omezarr.transform_reader import read_scene_attributes
 
     attrs = read_scene_attributes(url, storage_options)
     own = attrs.get(MARKER_KEY, {}) if isinstance(attrs.get(MARKER_KEY), Mapping) else {}
@@ -255,8 +255,8 @@ def image_planes(
         One :class:`ImagePlanes` per plane, the fixed level's geometry and its index.
 
     """
-    from ngff_dreg.io.multiscale import open_multiscale
-    from ngff_dreg.io.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
     from ngff_dreg.schedule import matching_level
 
     fms = open_multiscale(fixed_url, storage_options)
@@ -313,7 +313,7 @@ def displacement_planes(
 
 
 def _jacobian_array(url: str, storage_options: Mapping[str, Any] | None) -> Any | None:
-    from ngff_dreg.io.stores import zarr_array
+    from ngff_dreg.io.storage.stores import zarr_array
 
     try:
         return zarr_array(url, "quality/jacobian", storage_options, mode="r")

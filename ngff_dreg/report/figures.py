@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.output_state import StageReport
+from ngff_dreg.io.omezarr.output_state import StageReport
 from ngff_dreg.report.data import ImagePlanes
 
 __all__ = [

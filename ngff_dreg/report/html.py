@@ -91,8 +91,8 @@ def write_report(
     """
     import matplotlib
 
-    from ngff_dreg.io.stores import is_remote, local_path
-    from ngff_dreg.io.transform_reader import read_transform
+    from ngff_dreg.io.omezarr.transform_reader import read_transform
+    from ngff_dreg.io.storage.urls import is_remote, local_path
 
     url = os.fspath(output_url)
     if to is None:
@@ -292,9 +292,9 @@ def _page(
     notes: Sequence[str],
     vers: Mapping[str, str],
 ) -> str:
-    from ngff_dreg.io.stores import redact_url
+    from ngff_dreg.io.storage.urls import redact_url
 
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = _table(
         [
             ["output", redact_url(info.url)],

@@ -26,9 +26,9 @@ from ngff_dreg.errors import (
     ScheduleError,
 )
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.image_writer import write_multiscale
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.omezarr.image_writer import write_multiscale
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 from ngff_dreg.pipeline import register
 from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 
@@ -165,7 +165,7 @@ def test_int64_with_a_modest_range_is_accepted(tmp_path: Path) -> None:
 
 
 def test_missing_level_is_found_by_the_up_front_check(small_pair: Any) -> None:
-    from ngff_dreg.io.multiscale import open_multiscale
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.schedule import check_schedule_levels
 
     geoms = [lv.geometry for lv in open_multiscale(small_pair.fixed).levels]

@@ -5,7 +5,7 @@ GETs faulted on their first N requests): s3fs absorbs up to ~5 faults per
 object (HTTP 503 SlowDown, dropped connections, truncated bodies) within ~2 s;
 beyond that a truncated body surfaced as ``StoreAccessError
 (ClientPayloadError)``. The reader now adds a slower retry layer
-(:mod:`ngff_dreg.io.retry`); these tests pin both layers down and check that a
+(:mod:`ngff_dreg.io.storage.retry`); these tests pin both layers down and check that a
 run through a flaky store gives the undisturbed answer, and that a dead store
 gives a clear error naming the object and no output.
 """
@@ -20,10 +20,10 @@ from rel_helpers import field_difference, small_schedule, via_endpoint
 
 from ngff_dreg.errors import StoreAccessError, StoreNotFoundError, StoreReadError
 from ngff_dreg.geometry import Box
-from ngff_dreg.io.multiscale import open_multiscale
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
-from ngff_dreg.io.retry import RetryPolicy, retry_transient
+from ngff_dreg.io.omezarr.multiscale import open_multiscale
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.storage.retry import RetryPolicy, retry_transient
 from ngff_dreg.pipeline import register
 
 pytestmark = [pytest.mark.s3]
@@ -175,8 +175,8 @@ def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
     """
     import uuid
 
-    from ngff_dreg.io.chunk_cache import process_cache
-    from ngff_dreg.io.store_stats import take_counts
+    from ngff_dreg.io.storage.chunk_cache import process_cache
+    from ngff_dreg.io.storage.store_stats import take_counts
 
     monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
     bucket = s3_server.create_bucket()
@@ -194,14 +194,18 @@ def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
     got = ctor().read_box(box)
     np.testing.assert_array_equal(got, data[box.slices])
     assert proxy.total_faults >= 8 * (1 if sharded else 8)
-    if sharded:  # the shard index (a suffix range) and 4 inner-chunk ranges
-        assert len(take_counts(reset=False)[1][url].pieces) == 5
+    _, counts = take_counts()
+    held_pieces = process_cache().pieces((token, url))
+    if sharded:  # the shard index (a suffix range) and 4 inner-chunk ranges, as asked
+        assert len(held_pieces) == 5
+        # fetched in 5 requests, or 2 when zarr >= 3.3 coalesces the adjacent ranges
+        assert len(counts[url].pieces) in (5, 2)
+    else:
+        assert sorted(held_pieces) == sorted(counts[url].pieces)
     # What the cache holds is byte for byte what the store holds.
     client = s3_server.client()
-    _, counts = take_counts()
-    pieces = counts[url].pieces
-    assert pieces
-    for piece in pieces:
+    assert held_pieces
+    for piece in held_pieces:
         key, _, rng = piece.partition("[")
         stored = client.get_object(Bucket=bucket, Key=f"img.ome.zarr/{key}")["Body"].read()
         if rng:  # "a:b" or "-n:" (the last n bytes)
@@ -212,4 +216,4 @@ def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
     # Read again: from the cache, the same voxels, no request.
     np.testing.assert_array_equal(ctor().read_box(box), data[box.slices])
     _, again = take_counts()
-    assert again[url].chunk_requests == 0 and again[url].cache_hits == len(pieces)
+    assert again[url].chunk_requests == 0 and again[url].cache_hits == len(held_pieces)

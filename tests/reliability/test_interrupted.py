@@ -28,9 +28,9 @@ from rel_helpers import (
 )
 
 from ngff_dreg.errors import IncompleteOutputError, NgffDregError
-from ngff_dreg.io.multiscale import open_multiscale
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.io.omezarr.multiscale import open_multiscale
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.transform_reader import read_transform
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

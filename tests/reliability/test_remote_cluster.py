@@ -25,8 +25,8 @@ from rel_helpers import (
     wait_for,
 )
 
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.transform_reader import read_transform
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.transform_reader import read_transform
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.s3]
 

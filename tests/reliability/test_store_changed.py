@@ -1,6 +1,6 @@
 """Chunks deleted between planning and reading: the run stops, no field is written.
 
-The chunk inventory made at planning (:mod:`ngff_dreg.io.chunk_inventory`)
+The chunk inventory made at planning (:mod:`ngff_dreg.io.storage.chunk_inventory`)
 costs one S3 LIST request per 1000 objects, measured here through a proxy in
 front of moto; transient LIST failures are retried; and a chunk of the fixed
 image deleted after a block stage was planned stops ``register`` with a
@@ -22,10 +22,10 @@ from rel_helpers import small_schedule
 import ngff_dreg.block_stage
 from ngff_dreg.errors import StoreChangedError
 from ngff_dreg.geometry import Box, ImageGeometry
-from ngff_dreg.io.image_writer import write_multiscale
-from ngff_dreg.io.output_state import output_status
-from ngff_dreg.io.reader import OMEZarrReaderConstructor
-from ngff_dreg.io.store_stats import take_counts
+from ngff_dreg.io.omezarr.image_writer import write_multiscale
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+from ngff_dreg.io.storage.store_stats import take_counts
 from ngff_dreg.pipeline import register
 
 

@@ -26,7 +26,7 @@ import pytest
 from rel_helpers import field_difference, small_schedule, via_endpoint, worker_environ
 
 from ngff_dreg.errors import CorruptChunkError, StoreReadError
-from ngff_dreg.io.output_state import Checkpoints, output_status
+from ngff_dreg.io.omezarr.output_state import Checkpoints, output_status
 from ngff_dreg.pipeline import register
 from ngff_dreg.schedule import GlobalStage, Schedule
 

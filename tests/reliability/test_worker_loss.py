@@ -13,7 +13,7 @@ import pytest
 from rel_helpers import field_difference, small_schedule, wait_for
 
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.output_state import output_status
+from ngff_dreg.io.omezarr.output_state import output_status
 from ngff_dreg.pipeline import register
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -9,7 +9,7 @@ import pytest
 
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.output_state import StageReport
+from ngff_dreg.io.omezarr.output_state import StageReport
 from ngff_dreg.report import figures
 from ngff_dreg.report.data import ImagePlanes, mid_planes
 

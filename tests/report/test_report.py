@@ -152,7 +152,7 @@ def test_remote_output_needs_a_folder():
 def test_refused_blocks_are_listed_per_stage():
     from types import SimpleNamespace
 
-    from ngff_dreg.io.output_state import StageReport
+    from ngff_dreg.io.omezarr.output_state import StageReport
     from ngff_dreg.report.html import _refused_rows
 
     stages = [StageReport("global", 2, 2, "rigid+affine"),
