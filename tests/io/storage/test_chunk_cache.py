@@ -10,9 +10,9 @@ import uuid
 from typing import Any
 
 import numpy as np
+import pytest
 import zarr
 import zarr.abc.store
-import pytest
 
 from ngff_dreg.errors import InvalidInputDataError
 from ngff_dreg.geometry import Box
