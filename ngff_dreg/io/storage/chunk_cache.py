@@ -409,6 +409,12 @@ def host_cache(token: str) -> HostCache | None:
     return _HOST.get(token)
 
 
+#: Fetches under way in this process, by (event loop, scope, piece): their outcome
+#: is the piece's bytes, :data:`_ABSENT`, or ``None`` when the fetch failed.
+_IN_FLIGHT: dict[tuple[int, Scope, str], asyncio.Future[bytes | object | None]] = {}
+_ABSENT = object()
+
+
 class CachingStore(ReadThroughStore):
     """Serves repeated reads of ``store`` from a :class:`ChunkCache`.
 
@@ -495,7 +501,38 @@ class CachingStore(ReadThroughStore):
     async def _fetch(
         self, piece: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
     ) -> Buffer | None:
-        """Fetch ``piece`` from the wrapped store and keep it in the process cache."""
+        """Fetch ``piece`` from the wrapped store and keep it in the process cache.
+
+        One fetch per piece and process at a time: a read that misses a piece
+        another task of this process is fetching waits for that fetch and is
+        served its bytes (counted as a cache hit) instead of fetching it too.
+        """
+        loop = asyncio.get_running_loop()
+        flight = (id(loop), self.scope, piece)
+        pending = _IN_FLIGHT.get(flight)
+        if pending is not None:
+            got = await asyncio.shield(pending)
+            if got is _ABSENT:
+                return None
+            if isinstance(got, bytes):
+                record_hit(self.image, key, len(got))
+                return prototype.buffer.from_bytes(got)
+            # that fetch failed: this read tries for itself
+        mine: asyncio.Future[bytes | object | None] = loop.create_future()
+        _IN_FLIGHT[flight] = mine
+        outcome: bytes | object | None = None
+        try:
+            buf = await self._fetch_once(piece, key, prototype, byte_range)
+            outcome = _ABSENT if buf is None else buf.to_bytes()
+            return buf
+        finally:
+            _IN_FLIGHT.pop(flight, None)
+            mine.set_result(outcome)
+
+    async def _fetch_once(
+        self, piece: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+    ) -> Buffer | None:
+        """One fetch of ``piece`` through the wrapped store, kept in the process cache."""
         tracing = trace_enabled() and not is_metadata_key(key)
         if tracing:
             cause = self.cache.miss_cause(self.scope, piece, start=True)

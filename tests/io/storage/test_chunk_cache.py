@@ -291,3 +291,35 @@ def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, monkeypatch
     assert open_host_cache(token)
     assert not stale.exists() and recent.exists()  # another run's live cache stays
     close_host_cache(token)
+
+
+def test_concurrent_misses_of_one_chunk_fetch_it_once() -> None:
+    """Tasks of one process missing the same piece together share one fetch."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    from ngff_dreg.io.storage.chunk_cache import CachingStore, ChunkCache
+    from ngff_dreg.io.storage.counting_store import CountingStore
+
+    class Slow(MemoryStore):
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            await asyncio.sleep(0.05)  # long enough for every task to miss together
+            return await super().get(key, prototype, byte_range)
+
+    proto = default_buffer_prototype()
+    base = Slow()
+    asyncio.run(base.set("0/c/0", proto.buffer.from_bytes(b"x" * 100)))
+    store = CachingStore(CountingStore(base, "mem://slow"), ("t", "mem://slow"), "mem://slow",
+                         ChunkCache(10**6))
+
+    async def many() -> list[Any]:
+        return list(await asyncio.gather(*(store.get("0/c/0", proto) for _ in range(8)),
+                                         store.get("0/c/9", proto), store.get("0/c/9", proto)))
+
+    take_counts()
+    got = asyncio.run(many())
+    assert all(b.to_bytes() == b"x" * 100 for b in got[:8]) and got[8:] == [None, None]
+    c = take_counts()[1]["mem://slow"]
+    assert (c.chunk_requests, c.cache_hits, c.missing) == (1, 7, 1)
