@@ -18,6 +18,7 @@ from typing import Any
 
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.errors import (
+    ConfigError,
     CorruptChunkError,
     IncompatibleImagesError,
     IncompleteOutputError,
@@ -109,6 +110,7 @@ __all__ = [
     "BlockPairRegistrationResult",
     "BlockRegStatus",
     "Box",
+    "ConfigError",
     "ConstructReaderMethod",
     "CorruptChunkError",
     "ImageGeometry",

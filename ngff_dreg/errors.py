@@ -27,6 +27,7 @@ __all__ = [
     "ScheduleError",
     "RegistrationFailedError",
     "UnsupportedFormatError",
+    "ConfigError",
 ]
 
 
@@ -136,3 +137,12 @@ class RegistrationFailedError(NgffDregError, RuntimeError):
 
 class UnsupportedFormatError(NgffDregError, ValueError):
     """A file format or destination ngff-dreg cannot write (e.g. an unknown extension)."""
+
+
+class ConfigError(NgffDregError, ValueError):
+    """A setting has a value ngff-dreg cannot use.
+
+    Settings are dask configuration keys under ``ngff-dreg`` (see
+    :mod:`ngff_dreg.config`), or the deprecated ``NGFF_DREG_*`` environment
+    variables. The message names the key (or variable) and the value.
+    """
