@@ -14,6 +14,11 @@ Fixtures
 ``store_writes``
     A ``collections.Counter`` of every object written to a local or fsspec
     (S3) zarr store in this process during the test, keyed ``"<root>/<key>"``.
+``ngff_config``
+    ``ngff_config({"io.read-attempts": 2, ...})``: ngff-dreg settings
+    (:mod:`ngff_dreg.config`, keys below ``ngff-dreg``) set with
+    ``dask.config.set`` until the test ends. A run's client applies them on
+    its workers.
 ``read_faults``
     A :class:`ReadFaults`: ``fail(path, times=None, error=...)`` makes reads of
     a local store object fail in this process (every read, or the first
@@ -27,7 +32,7 @@ import json
 import socket
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +252,20 @@ def store_writes(monkeypatch: pytest.MonkeyPatch) -> Any:
 
         monkeypatch.setattr(cls, "set", counted)
     return counts
+
+
+@pytest.fixture
+def ngff_config() -> Iterator[Callable[[Mapping[str, Any]], None]]:
+    """Set ngff-dreg settings (keys below ``ngff-dreg``) in dask's configuration for one test."""
+    import dask
+
+    with contextlib.ExitStack() as stack:
+
+        def set_settings(values: Mapping[str, Any]) -> None:
+            stack.enter_context(
+                dask.config.set({f"ngff-dreg.{k}": v for k, v in values.items()}))
+
+        yield set_settings
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,9 @@ def test_apply_accepts_a_registration_result(tmp_path):
     np.testing.assert_allclose(transform_points(pts, result), chain.transform_points(pts))
 
 
-def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path, monkeypatch):
+def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path):
+    import dask
+
     from ngff_dreg.io.storage.store_stats import take_counts
 
     moving, mg, fg, chain = _case(3)
@@ -155,10 +157,10 @@ def test_apply_reads_the_moving_image_once_and_equals_an_uncached_apply(tmp_path
     write_multiscale(mov, moving, mg, chunks=16)
     runs = {}
     for mb in ("0", "64"):
-        monkeypatch.setenv("NGFF_DREG_CHUNK_CACHE_MB", mb)
         take_counts()
         out = str(tmp_path / f"warped-{mb}.zarr")
-        apply_transform(mov, fg, chain, out, chunks=8)
+        with dask.config.set({"ngff-dreg.io.chunk-cache-mb": int(mb)}):
+            apply_transform(mov, fg, chain, out, chunks=8)
         c = take_counts()[1][mov]
         runs[mb] = (OMEZarrReaderConstructor(out, 0)().read_box(Box.full(fg.shape)), c)
     np.testing.assert_array_equal(runs["64"][0], runs["0"][0])  # same voxels

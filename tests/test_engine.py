@@ -444,9 +444,8 @@ def _run_on_disk(fixed, moving, method=None):
 
 
 @pytest.fixture
-def disk_pair(tmp_path, monkeypatch):
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "3")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.01")
+def disk_pair(tmp_path, ngff_config):
+    ngff_config({"io.read-attempts": 3, "io.read-backoff": 0.01})
     fixed_mem, moving_mem = _pair()
     return _on_disk(tmp_path, fixed_mem, "fixed"), _on_disk(tmp_path, moving_mem, "moving")
 

@@ -32,12 +32,14 @@ instead of fetching it too. Each process keeps the bytes it wrote there under
 its own budget (oldest files first); :func:`close_host_cache` removes the
 directory when the run ends.
 
-The budgets are read from the environment of each process::
+The budgets are settings (:mod:`ngff_dreg.config`), read when needed, so a
+run's client's values (applied on its workers) hold from the run's first read::
 
-    NGFF_DREG_CHUNK_CACHE_MB   chunk bytes kept in memory per process (default 256; 0 disables)
-    NGFF_DREG_HOST_CACHE_MB    chunk bytes each process may keep on local disk (default 4096;
-                               0 disables the host cache)
-    NGFF_DREG_HOST_CACHE_DIR   where (default: the temporary directory)
+    ngff-dreg.io.chunk-cache-mb   chunk bytes kept in memory per process (default 256;
+                                  0 disables)
+    ngff-dreg.io.host-cache-mb    chunk bytes each process may keep on local disk
+                                  (default 4096; 0 disables the host cache)
+    ngff-dreg.io.host-cache-dir   where (default: the temporary directory)
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from zarr.abc.store import Store
 
+from ngff_dreg import config
 from ngff_dreg.io.storage.read_through import RangeBatch, ReadThroughStore
 from ngff_dreg.io.storage.store_stats import (
     is_metadata_key,
@@ -76,8 +79,6 @@ __all__ = [
     "process_cache",
     "cache_enabled",
     "shared_array",
-    "DEFAULT_CACHE_MB",
-    "DEFAULT_HOST_CACHE_MB",
     "HostCache",
     "open_host_cache",
     "close_host_cache",
@@ -86,10 +87,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Default budget of a process's chunk cache, in MB (10**6 bytes).
-DEFAULT_CACHE_MB = 256.0
-#: Default disk budget of each process in a run's host cache, in MB.
-DEFAULT_HOST_CACHE_MB = 4096.0
 #: How long a process waits for another process's fetch of the same chunk, in seconds.
 HOST_WAIT_S = 60.0
 #: Run directories of the host cache idle this long (seconds) are removed as stale.
@@ -118,7 +115,7 @@ class ChunkCache:
         self._meta: dict[tuple[str, str, str], bytes] = {}
         self._nbytes = 0
         self._lock = threading.Lock()
-        # Diagnosis only (NGFF_DREG_IO_TRACE): what was ever kept, what is being fetched.
+        # Diagnosis only (ngff-dreg.io.trace-dir): what was ever kept, what is being fetched.
         self._kept: set[tuple[str, str, str]] = set()
         self._inflight: dict[tuple[str, str, str], int] = {}
 
@@ -181,6 +178,16 @@ class ChunkCache:
                 return "inflight"
             return "evicted" if k in self._kept else "first"
 
+    def resize(self, max_bytes: int) -> None:
+        """Change the budget, dropping the least recently used chunks beyond it."""
+        if max_bytes < 0:
+            raise ValueError("ChunkCache.max_bytes must be >= 0")
+        with self._lock:
+            self.max_bytes = int(max_bytes)
+            while self._nbytes > self.max_bytes:
+                _, dropped = self._chunks.popitem(last=False)
+                self._nbytes -= len(dropped)
+
     def pieces(self, scope: Scope) -> list[str]:
         """The chunk pieces held under ``scope`` (metadata not included)."""
         with self._lock:
@@ -209,21 +216,9 @@ class ChunkCache:
             self._nbytes = 0
 
 
-def _budget_from_env(name: str = "NGFF_DREG_CHUNK_CACHE_MB",
-                     default_mb: float = DEFAULT_CACHE_MB) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return int(default_mb * 1e6)
-    try:
-        return max(0, int(float(raw) * 1e6))
-    except ValueError:
-        logger.warning("ignoring %s=%r (not a number)", name, raw)
-        return int(default_mb * 1e6)
-
-
 def cache_enabled() -> bool:
-    """False when ``NGFF_DREG_CHUNK_CACHE_MB=0``: runs then make no cache token at all."""
-    return _budget_from_env() > 0
+    """False when ``ngff-dreg.io.chunk-cache-mb`` is 0: runs then make no cache token at all."""
+    return config.chunk_cache_bytes() > 0
 
 
 _CACHE: ChunkCache | None = None
@@ -231,11 +226,19 @@ _CACHE_LOCK = threading.Lock()
 
 
 def process_cache() -> ChunkCache:
-    """The cache of this process (created on first use, sized by ``NGFF_DREG_CHUNK_CACHE_MB``)."""
+    """The cache of this process, sized by ``ngff-dreg.io.chunk-cache-mb``.
+
+    Created on first use; the budget is read at every call, so a new value
+    (a run's client's, applied on the worker after the cache was made) resizes
+    it.
+    """
     global _CACHE
+    budget = config.chunk_cache_bytes()
     with _CACHE_LOCK:
         if _CACHE is None:
-            _CACHE = ChunkCache(_budget_from_env())
+            _CACHE = ChunkCache(budget)
+        elif _CACHE.max_bytes != budget:
+            _CACHE.resize(budget)
         return _CACHE
 
 
@@ -351,7 +354,7 @@ _HOST: dict[str, HostCache] = {}
 
 
 def _host_root(token: str) -> str:
-    base = os.environ.get("NGFF_DREG_HOST_CACHE_DIR", "").strip() or tempfile.gettempdir()
+    base = config.host_cache_dir() or tempfile.gettempdir()
     return os.path.join(base, f"ngff-dreg-chunks-{token}")
 
 
@@ -379,20 +382,22 @@ def open_host_cache(token: str) -> bool:
     """Open this process's view of run ``token``'s host cache (False: disabled).
 
     Call it in every process of the run (``client.run(open_host_cache, token)``
-    and on the client); the budget is ``NGFF_DREG_HOST_CACHE_MB`` of this process.
-    Directories of other runs idle for a day (a killed client never removed
-    them) are removed on the way.
+    and on the client); the budget is ``ngff-dreg.io.host-cache-mb`` and the
+    place ``ngff-dreg.io.host-cache-dir``, as set in this process. Directories
+    of other runs idle for a day (a killed client never removed them) are
+    removed on the way.
     """
-    budget = _budget_from_env("NGFF_DREG_HOST_CACHE_MB", DEFAULT_HOST_CACHE_MB)
-    if budget <= 0 or _budget_from_env() <= 0:
+    budget = config.host_cache_bytes()
+    if budget <= 0 or not cache_enabled():
         return False
     with _CACHE_LOCK:
         if token not in _HOST:
-            _sweep_stale(os.path.dirname(_host_root(token)))
+            root = _host_root(token)
+            _sweep_stale(os.path.dirname(root))
             try:
-                _HOST[token] = HostCache(_host_root(token), budget)
+                _HOST[token] = HostCache(root, budget)
             except OSError as exc:
-                logger.warning("no host chunk cache (%s): %s", _host_root(token), exc)
+                logger.warning("no host chunk cache (%s): %s", root, exc)
                 return False
     return True
 
@@ -400,8 +405,8 @@ def open_host_cache(token: str) -> bool:
 def close_host_cache(token: str) -> None:
     """Forget run ``token``'s host cache in this process and remove its directory."""
     with _CACHE_LOCK:
-        _HOST.pop(token, None)
-    shutil.rmtree(_host_root(token), ignore_errors=True)
+        host = _HOST.pop(token, None)
+    shutil.rmtree(host.root if host is not None else _host_root(token), ignore_errors=True)
 
 
 def host_cache(token: str) -> HostCache | None:

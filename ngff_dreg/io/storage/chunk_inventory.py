@@ -16,11 +16,12 @@ fill values. A chunk absent at planning and absent at read stays fill value.
 Listing costs one LIST request per 1000 objects on S3 (far fewer requests
 than the GETs of the same chunks). It is counted with the store's other
 requests (:mod:`ngff_dreg.io.storage.store_stats`, ``list_calls`` and
-``listed_keys``), and controlled from the client's environment::
+``listed_keys``), and controlled by a setting of the client
+(:mod:`ngff_dreg.config`)::
 
-    NGFF_DREG_CHUNK_INVENTORY   auto (default): list every store but http(s)://
-                                0: never list (missing chunks read as fill value)
-                                1: list http(s):// stores too
+    ngff-dreg.io.chunk-inventory   auto (default): list every store but http(s)://
+                                   false: never list (missing chunks read as fill value)
+                                   true: list http(s):// stores too
 
 HTTP servers have no standard listing: fsspec scrapes the links of
 directory index pages, one GET per directory, which most object-store HTTP
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
 
+from ngff_dreg import config
 from ngff_dreg.errors import NgffDregError, StoreAccessError
 from ngff_dreg.io.storage.retry import retry_transient
 from ngff_dreg.io.storage.store_errors import map_store_errors
@@ -190,16 +191,11 @@ class ChunkInventory:
 
 
 def inventory_wanted(url: str) -> bool:
-    """Whether to list the level arrays of ``url`` (``NGFF_DREG_CHUNK_INVENTORY``)."""
-    raw = os.environ.get("NGFF_DREG_CHUNK_INVENTORY", "auto").strip().lower()
-    if raw in ("0", "off", "false", "no"):
-        return False
-    http = str(url).lower().startswith(("http://", "https://"))
-    if raw in ("1", "on", "true", "yes"):
-        return True
-    if raw not in ("", "auto"):
-        logger.warning("ignoring NGFF_DREG_CHUNK_INVENTORY=%r (use auto, 0 or 1)", raw)
-    return not http
+    """Whether to list the level arrays of ``url`` (``ngff-dreg.io.chunk-inventory``)."""
+    mode = config.chunk_inventory()
+    if mode != "auto":
+        return mode == "on"
+    return not str(url).lower().startswith(("http://", "https://"))
 
 
 async def _collect(keys: AsyncIterator[str]) -> list[str]:

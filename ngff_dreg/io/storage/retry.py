@@ -12,24 +12,25 @@ attempts. When every attempt fails, the last error is raised with the number
 of attempts added to its message (and its attributes kept), so the user sees
 which object could not be read and that retrying did not help.
 
-The policy can be tuned without code changes through the environment of the
-process doing the reads (dask workers included)::
+The policy is set without code changes by settings (:mod:`ngff_dreg.config`),
+read at each read, in the process doing it (a run's client's values are
+applied on its workers)::
 
-    NGFF_DREG_READ_ATTEMPTS   total attempts (default 4; 1 disables retrying)
-    NGFF_DREG_READ_BACKOFF    first backoff in seconds (default 0.5)
-    NGFF_DREG_READ_MAX_WAIT   cap on one backoff in seconds (default 8)
+    ngff-dreg.io.read-attempts   total attempts (default 4; 1 disables retrying)
+    ngff-dreg.io.read-backoff    first backoff in seconds (default 0.5)
+    ngff-dreg.io.read-max-wait   cap on one backoff in seconds (default 8)
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ngff_dreg import config
 from ngff_dreg.errors import CorruptChunkError, StoreAccessError, StoreNotFoundError
 
 __all__ = ["RetryPolicy", "retry_transient", "is_transient"]
@@ -68,24 +69,12 @@ class RetryPolicy:
             raise ValueError("RetryPolicy times must be non-negative")
 
     @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """The policy set by ``NGFF_DREG_READ_*`` environment variables (else defaults)."""
-        default = cls()
-
-        def get(name: str, conv: Callable[[str], float], fallback: float) -> float:
-            raw = os.environ.get(name)
-            if raw is None or not raw.strip():
-                return fallback
-            try:
-                return conv(raw)
-            except ValueError:
-                logger.warning("ignoring %s=%r (not a number)", name, raw)
-                return fallback
-
+    def from_config(cls) -> RetryPolicy:
+        """The policy set by the ``ngff-dreg.io.read-*`` settings in force (default jitter)."""
         return cls(
-            attempts=max(1, int(get("NGFF_DREG_READ_ATTEMPTS", int, default.attempts))),
-            backoff=float(get("NGFF_DREG_READ_BACKOFF", float, default.backoff)),
-            max_wait=float(get("NGFF_DREG_READ_MAX_WAIT", float, default.max_wait)),
+            attempts=config.read_attempts(),
+            backoff=config.read_backoff(),
+            max_wait=config.read_max_wait(),
         )
 
     def wait(self, attempt: int) -> float:
@@ -123,7 +112,7 @@ def retry_transient(
     what:
         What is being read, for log messages (already redacted).
     policy:
-        Defaults to :meth:`RetryPolicy.from_env`.
+        Defaults to :meth:`RetryPolicy.from_config`.
     sleep:
         Injected for tests.
 
@@ -140,7 +129,7 @@ def retry_transient(
         Any non-transient error, at once.
 
     """
-    pol = policy or RetryPolicy.from_env()
+    pol = policy or RetryPolicy.from_config()
     for attempt in range(1, pol.attempts + 1):
         try:
             return func()

@@ -21,11 +21,12 @@ stages read them.
 
 The figures are load-independent: they count requests and bytes, not time.
 
-For diagnosis, ``NGFF_DREG_IO_TRACE=<directory>`` makes every process also
-log each fetch (time, image, piece, bytes, and for cached stores why the cache
-missed) to ``<directory>/<process>.jsonl``, with a ``take`` line whenever
-:func:`take_counts` is called (the stage boundaries of a run's
-:class:`IOLedger`); ``benchmarks/io_breakdown.py`` reads these logs.
+For diagnosis, the setting ``ngff-dreg.io.trace-dir`` (:mod:`ngff_dreg.config`;
+a run's client's value is applied on its workers) names a directory, and
+every process then also logs each fetch (time, image, piece, bytes, and for
+cached stores why the cache missed) to ``<directory>/<process>.jsonl``, with
+a ``take`` line whenever :func:`take_counts` is called (the stage boundaries
+of a run's :class:`IOLedger`); ``benchmarks/io_breakdown.py`` reads these logs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ngff_dreg import config
 
 __all__ = [
     "METADATA_NAMES",
@@ -68,28 +71,29 @@ METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
 _PROCESS = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 _LOCK = threading.Lock()
-_TRACE_DIR = os.environ.get("NGFF_DREG_IO_TRACE", "").strip() or None
 _TRACE: list[list[Any]] = []
 
 
 def trace_enabled() -> bool:
-    """True when ``NGFF_DREG_IO_TRACE`` names a directory for fetch logs."""
-    return _TRACE_DIR is not None
+    """True when ``ngff-dreg.io.trace-dir`` names a directory for fetch logs (read now)."""
+    return config.trace_dir() is not None
 
 
 def trace_event(*fields: Any) -> None:
     """Log one event (with the time) when tracing; written out by :func:`take_counts`."""
-    if _TRACE_DIR is not None:
+    if trace_enabled():
         with _LOCK:
             _TRACE.append([time.time(), *fields])
 
 
 def _flush_trace() -> None:
     """Append the logged events and a ``take`` mark to this process's log (lock held)."""
-    if _TRACE_DIR is None:
+    trace_dir = config.trace_dir()
+    if trace_dir is None:
+        _TRACE.clear()
         return
-    os.makedirs(_TRACE_DIR, exist_ok=True)
-    with open(os.path.join(_TRACE_DIR, f"{_PROCESS}.jsonl"), "a") as f:
+    os.makedirs(trace_dir, exist_ok=True)
+    with open(os.path.join(trace_dir, f"{_PROCESS}.jsonl"), "a") as f:
         for ev in _TRACE:
             f.write(json.dumps(ev) + "\n")
         f.write(json.dumps([time.time(), "take"]) + "\n")
@@ -293,9 +297,10 @@ def _row(image: str) -> StoreCounts:
 
 def record_fetch(image: str, key: str, byte_range: Any, nbytes: int | None) -> None:
     """Count one request that reached the store (``nbytes`` ``None``: the object is absent)."""
+    tracing = trace_enabled()
     with _LOCK:
         row = _row(image)
-        if _TRACE_DIR is not None:
+        if tracing:
             _TRACE.append([time.time(), "fetch", image, piece_id(key, byte_range), nbytes,
                            threading.get_ident()])
         if nbytes is None:

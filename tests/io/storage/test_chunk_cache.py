@@ -17,7 +17,7 @@ import zarr.abc.store
 from ngff_dreg.errors import InvalidInputDataError
 from ngff_dreg.geometry import Box
 from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
-from ngff_dreg.io.storage.chunk_cache import ChunkCache, process_cache
+from ngff_dreg.io.storage.chunk_cache import ChunkCache, cache_enabled, process_cache
 from ngff_dreg.io.storage.store_stats import StoreCounts, take_counts
 
 SHAPE = (40, 36, 44)
@@ -119,6 +119,19 @@ def test_chunk_cache_is_bounded_lru() -> None:
         ChunkCache(-1)
 
 
+def test_the_process_cache_follows_its_budget_setting(ngff_config: Any) -> None:
+    """The budget is read at each use: a value set after the cache was made resizes it."""
+    cache = process_cache()
+    scope = ("budget-test", "u")
+    cache.put(scope, "a", b"x" * 600)
+    cache.put(scope, "b", b"y" * 600)
+    ngff_config({"io.chunk-cache-mb": 0.001})   # 1000 bytes: only the newer chunk fits
+    assert process_cache() is cache and cache.max_bytes == 1000
+    assert cache.pieces(scope) == ["b"]
+    ngff_config({"io.chunk-cache-mb": 0})
+    assert not cache_enabled() and process_cache().nbytes == 0
+
+
 def _sharded_image(url: str, opts: dict[str, Any] | None, make_test_image: Any) -> np.ndarray:
     data, _ = make_test_image(url, SHAPE, chunks=8, n_levels=1, storage_options=opts, shards=16)
     return np.asarray(data)
@@ -202,7 +215,7 @@ print(json.dumps(take_counts()[1][url].chunk_requests))
 
 
 def test_host_cache_fetches_each_chunk_once_per_machine(
-    tmp_path: Any, make_test_image: Any, monkeypatch: Any
+    tmp_path: Any, make_test_image: Any, ngff_config: Any
 ) -> None:
     import json
     import os
@@ -213,13 +226,14 @@ def test_host_cache_fetches_each_chunk_once_per_machine(
 
     url = str(tmp_path / "img.ome.zarr")
     data, _ = make_test_image(url, SHAPE, chunks=8, n_levels=1)
-    monkeypatch.setenv("NGFF_DREG_HOST_CACHE_DIR", str(tmp_path / "host"))
+    ngff_config({"io.host-cache-dir": str(tmp_path / "host")})
     token = uuid.uuid4().hex
     boxes = json.dumps([[list(b.start), list(b.stop)] for b in BOXES])
     # Another worker process of this machine reads the boxes first...
     out = subprocess.run([sys.executable, "-c", _OTHER_PROCESS, url, token, boxes],
                          capture_output=True, text=True, check=True,
-                         env={**os.environ, "NGFF_DREG_HOST_CACHE_DIR": str(tmp_path / "host")})
+                         env={**os.environ,
+                              "DASK_NGFF_DREG__IO__HOST_CACHE_DIR": str(tmp_path / "host")})
     first = json.loads(out.stdout.strip().splitlines()[-1])
     distinct = len({
         tuple(lo // 8 + i for lo, i in zip(b.start, idx)) for b in BOXES
@@ -274,13 +288,13 @@ def test_host_cache_waits_for_another_fetch_and_keeps_its_budget(tmp_path: Any) 
     assert host.read(scope, "huge") is None
 
 
-def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, monkeypatch: Any) -> None:
+def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, ngff_config: Any) -> None:
     import os
     import time
 
     from ngff_dreg.io.storage.chunk_cache import close_host_cache, open_host_cache
 
-    monkeypatch.setenv("NGFF_DREG_HOST_CACHE_DIR", str(tmp_path))
+    ngff_config({"io.host-cache-dir": str(tmp_path)})
     stale, recent = tmp_path / "ngff-dreg-chunks-old", tmp_path / "ngff-dreg-chunks-busy"
     for d in (stale, recent):
         d.mkdir()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
+from ngff_dreg.errors import ConfigError
 from ngff_dreg.io.storage import chunk_inventory
 from ngff_dreg.io.storage.chunk_inventory import (
     ChunkInventory,
@@ -137,7 +138,8 @@ def test_too_large_a_grid_is_not_listed(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_store_that_refuses_listing_gets_no_inventory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ngff_config: Any,
 ) -> None:
     _array(tmp_path, "v3-default")
     arr = open_group(str(tmp_path))["lvl"]
@@ -148,8 +150,7 @@ def test_a_store_that_refuses_listing_gets_no_inventory(
         raise PermissionError("AccessDenied: s3:ListBucket")
 
     monkeypatch.setattr(chunk_inventory, "_list_keys", refuse)
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "2")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0")
+    ngff_config({"io.read-attempts": 2, "io.read-backoff": 0})
     with caplog.at_level(logging.WARNING):
         assert build_inventory(arr, str(tmp_path / "lvl")) is None
     assert calls == ["lvl", "lvl"]                  # retried once, like a read
@@ -167,23 +168,26 @@ def test_memo_lists_a_level_once_per_run(tmp_path: Path) -> None:
     assert take_counts()[1][str(tmp_path)].list_calls == 1
 
 
-@pytest.mark.parametrize(("env", "url", "wanted"), [
+@pytest.mark.parametrize(("setting", "url", "wanted"), [
     (None, "/data/a.zarr", True),
     (None, "s3://bucket/a.zarr", True),
     (None, "https://host/a.zarr", False),
     ("auto", "http://host/a.zarr", False),
-    ("1", "https://host/a.zarr", True),
-    ("0", "s3://bucket/a.zarr", False),
+    (True, "https://host/a.zarr", True),
+    (False, "s3://bucket/a.zarr", False),
     ("off", "/data/a.zarr", False),
-    ("bogus", "/data/a.zarr", True),
 ])
-def test_inventory_wanted_by_environment(monkeypatch: pytest.MonkeyPatch, env: str | None,
+def test_inventory_wanted_by_the_setting(ngff_config: Any, setting: str | bool | None,
                                          url: str, wanted: bool) -> None:
-    if env is None:
-        monkeypatch.delenv("NGFF_DREG_CHUNK_INVENTORY", raising=False)
-    else:
-        monkeypatch.setenv("NGFF_DREG_CHUNK_INVENTORY", env)
+    if setting is not None:
+        ngff_config({"io.chunk-inventory": setting})
     assert inventory_wanted(url) is wanted
+
+
+def test_a_bad_inventory_setting_is_an_error_naming_it(ngff_config: Any) -> None:
+    ngff_config({"io.chunk-inventory": "bogus"})
+    with pytest.raises(ConfigError, match=r"ngff-dreg\.io\.chunk-inventory='bogus'"):
+        inventory_wanted("/data/a.zarr")
 
 
 def test_packing_sets_exactly_the_listed_bits() -> None:

@@ -99,10 +99,10 @@ def test_never_written_chunk_still_reads_as_fill_value(tmp_path: Path) -> None:
 
 
 def test_without_the_inventory_a_deleted_chunk_reads_as_zeros(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ngff_config: Any
 ) -> None:
     """The escape hatch restores zarr's behaviour, which is what the guard prevents."""
-    monkeypatch.setenv("NGFF_DREG_CHUNK_INVENTORY", "0")
+    ngff_config({"io.chunk-inventory": False})
     url = str(tmp_path / "img.zarr")
     _write(url, "0.5")
     ctor = OMEZarrReaderConstructor(url, level=0)
@@ -171,10 +171,7 @@ def test_deleted_chunk_on_s3(s3_server: Any, version: str) -> None:
 # -- HTTP: no listing by default ------------------------------------------------------
 
 
-def test_http_store_is_not_listed_and_reads_as_before(
-    http_root: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("NGFF_DREG_CHUNK_INVENTORY", raising=False)
+def test_http_store_is_not_listed_and_reads_as_before(http_root: tuple[Path, str]) -> None:
     root, base = http_root
     data = _write(str(root / "h.zarr"), "0.5")
     take_counts()

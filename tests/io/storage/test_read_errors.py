@@ -41,20 +41,19 @@ def _write(url: str, shards: int | None = None, version: str = "0.5") -> np.ndar
 
 
 @pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> int:
+def fast_retries(ngff_config: Any) -> int:
     """Two read attempts, 10 ms apart."""
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "2")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.01")
+    ngff_config({"io.read-attempts": 2, "io.read-backoff": 0.01})
     return 2
 
 
 @pytest.mark.parametrize("cache", [None, "token"])
-@pytest.mark.parametrize("inventory", ["auto", "0"])
+@pytest.mark.parametrize("inventory", ["auto", False])
 def test_a_chunk_that_stays_unreadable_is_an_error_naming_it(
-    tmp_path: Path, read_faults: Any, fast_retries: int, monkeypatch: pytest.MonkeyPatch,
-    cache: str | None, inventory: str,
+    tmp_path: Path, read_faults: Any, fast_retries: int, ngff_config: Any,
+    cache: str | None, inventory: str | bool,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_CHUNK_INVENTORY", inventory)
+    ngff_config({"io.chunk-inventory": inventory})
     url = str(tmp_path / "img.ome.zarr")
     data = _write(url)
     ctor = OMEZarrReaderConstructor(url, cache=None if cache is None else uuid.uuid4().hex)
@@ -76,9 +75,9 @@ def test_a_chunk_that_stays_unreadable_is_an_error_naming_it(
 
 
 def test_a_chunk_read_that_fails_twice_then_works_reads_the_stored_voxels(
-    tmp_path: Path, read_faults: Any, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, read_faults: Any, ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.01")   # 4 attempts (the default)
+    ngff_config({"io.read-backoff": 0.01})   # 4 attempts (the default)
     url = str(tmp_path / "img.ome.zarr")
     data = _write(url)
     read_faults.fail(tmp_path / "img.ome.zarr" / KEY, times=2)
@@ -135,9 +134,9 @@ def test_an_inner_chunk_range_that_stays_unreadable_is_a_store_read_error(
 @pytest.mark.parametrize(("version", "shards", "key"),
                          [("0.5", None, KEY), ("0.4", None, "0/1/1/1"), ("0.5", 16, "0/c/0/0/0")])
 def test_a_corrupt_chunk_is_an_error_naming_it(
-    tmp_path: Path, version: str, shards: int | None, key: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, version: str, shards: int | None, key: str, ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "5")   # a retry would time the test out
+    ngff_config({"io.read-backoff": 5})   # a retry would time the test out
     url = str(tmp_path / "img.ome.zarr")
     data = _write(url, shards=shards, version=version)
     chunk = tmp_path / "img.ome.zarr" / key
