@@ -334,8 +334,6 @@ def apply_transform(
     point the moving image does not have.
 
     """
-    import dask
-
     from ngff_dreg.io.omezarr.image_writer import write_multiscale
 
     def opts(specific: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -352,8 +350,7 @@ def apply_transform(
     warped = _warped(fixed, chain, ctors, ch, order, fill_value, dtype, sel.shape)
     logger.info("resampling %d chunks of %s x %s", warped.npartitions, sel.shape, fixed.shape)
     if compute:
-        ctx = dask.config.set(scheduler=scheduler) if scheduler is not None else _null()
-        with ctx:
+        with _computing_on(scheduler):
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
                              overwrite=overwrite, name="resampled", dtype=dtype,
@@ -443,6 +440,20 @@ def _warped(
     return da.map_blocks(block, template, dtype=dtype, tx=chain, new_axis=list(range(n_lead)),
                          chunks=tuple((n,) for n in leading) + template.chunks,
                          meta=np.empty((0,) * (n_lead + fixed.ndim), dtype))
+
+
+def _computing_on(scheduler: Any) -> Any:
+    """A context computing on ``scheduler`` (if given) whose workers read with our settings.
+
+    The settings of this process (:mod:`ngff_dreg.config`) are applied on the
+    workers of a ``distributed`` scheduler, or of the default client.
+    """
+    import dask
+
+    from ngff_dreg.cluster import share_settings
+
+    share_settings(scheduler)
+    return dask.config.set(scheduler=scheduler) if scheduler is not None else _null()
 
 
 class _null:

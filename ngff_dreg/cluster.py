@@ -1,19 +1,37 @@
-"""The dask client a run uses, and computing a planned stage on it with progress bars."""
+"""The dask client a run uses, and computing a planned stage on it with progress bars.
+
+A run's client applies its ngff-dreg settings (:mod:`ngff_dreg.config`) on
+every worker, workers that join later included: :func:`client_context` (and
+``apply_transform``, ``transform_table_file``) call :func:`share_settings`,
+which registers a :class:`SettingsPlugin`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any, Protocol
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ngff_dreg import config
 from ngff_dreg.engine import RegistrationSchedule
 from ngff_dreg.errors import ScheduleError
 from ngff_dreg.interfaces import RegistrationResult
 from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK
 from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
 
-__all__ = ["ProgressBar", "client_context", "compute_stage", "progress_bar", "worker_addresses"]
+__all__ = [
+    "ProgressBar",
+    "SettingsPlugin",
+    "client_context",
+    "compute_stage",
+    "progress_bar",
+    "share_settings",
+    "worker_addresses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +48,20 @@ def client_context(client: Any, stack: ExitStack) -> Any:
     stack:
         Clusters and clients started here close with it.
 
+    A ``distributed`` client gets this process's ngff-dreg settings applied on
+    its workers (:func:`share_settings`).
+
     Raises
     ------
     ScheduleError
         A ``local:N`` with N < 1.
+    ConfigError
+        A setting has an unusable value (before any cluster starts).
 
     """
     from distributed import Client, LocalCluster
 
+    config.settings()  # a bad value fails here, before a cluster starts
     n_workers: int | None = None
     if client is None:
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -67,10 +91,75 @@ def client_context(client: Any, stack: ExitStack) -> Any:
         warm_up_workers(client, modules=NUMPY_ENGINE_ITK)
     elif isinstance(client, str):
         client = stack.enter_context(Client(client, set_as_default=False))
+    share_settings(client)
     link = getattr(client, "dashboard_link", None)
     if link:
         logging.getLogger("ngff_dreg.dashboard").info("dask dashboard: %s", link)
     return client
+
+
+class SettingsPlugin(WorkerPlugin):
+    """Applies a client's ngff-dreg settings on each worker, now and when one joins.
+
+    Registered by :func:`share_settings` under one name, so registering it
+    again (the next run, other values) replaces it on every worker.
+
+    Parameters
+    ----------
+    values:
+        :func:`ngff_dreg.config.settings` of the client.
+    origin:
+        :data:`ngff_dreg.config.PROCESS_ID` of the client's process.
+
+    """
+
+    name = "ngff-dreg-settings"
+
+    def __init__(self, values: Mapping[str, Any], origin: str) -> None:
+        self.values = dict(values)
+        self.origin = origin
+
+    def setup(self, worker: Any) -> None:
+        """Called by ``distributed`` on each worker: put the values in force there."""
+        config.apply_settings(self.values, self.origin)
+
+
+def share_settings(client: Any = None) -> bool:
+    """Apply this process's ngff-dreg settings on every worker of ``client``.
+
+    Workers that join the cluster later get them when they start. Calling it
+    again replaces the values (idempotent for the same values).
+
+    Parameters
+    ----------
+    client:
+        A ``distributed.Client``; ``None``: the default client, if there is
+        one (dask computes on it); anything else (a scheduler name such as
+        ``"threads"``) runs in this process, which has the settings already.
+
+    Returns
+    -------
+    bool
+        True when the settings were sent to a cluster.
+
+    Raises
+    ------
+    ConfigError
+        A setting has an unusable value.
+
+    """
+    from distributed import Client, default_client
+
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:  # no client: dask computes in this process
+            return False
+    if not isinstance(client, Client):
+        return False
+    plugin = SettingsPlugin(config.settings(), config.PROCESS_ID)
+    client.register_plugin(plugin, name=SettingsPlugin.name)
+    return True
 
 
 def worker_addresses(client: Any) -> tuple[str, ...]:

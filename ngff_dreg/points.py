@@ -154,6 +154,9 @@ def transform_table_file(transform: Any, points_url: str | os.PathLike[str],
     frame = read_table(points_url, t_opts, blocksize=blocksize)
     mapped = map_table(transform, frame, inverse=inverse, columns=columns,
                        storage_options=storage_options, where=redact_url(os.fspath(points_url)))
+    from ngff_dreg.cluster import share_settings
+
+    share_settings(client)  # the workers read the transform with this process's settings
     ctx = dask.config.set(scheduler=client) if client is not None else dask.config.set({})
     with ctx:
         write_table(mapped, output_url, t_opts)

@@ -18,7 +18,8 @@ Fixtures
     ``ngff_config({"io.read-attempts": 2, ...})``: ngff-dreg settings
     (:mod:`ngff_dreg.config`, keys below ``ngff-dreg``) set with
     ``dask.config.set`` until the test ends. A run's client applies them on
-    its workers.
+    its workers; at the end of the test the session cluster's workers get
+    the restored values back.
 ``read_faults``
     A :class:`ReadFaults`: ``fail(path, times=None, error=...)`` makes reads of
     a local store object fail in this process (every read, or the first
@@ -266,6 +267,14 @@ def ngff_config() -> Iterator[Callable[[Mapping[str, Any]], None]]:
                 dask.config.set({f"ngff-dreg.{k}": v for k, v in values.items()}))
 
         yield set_settings
+    if _SESSION_CLIENTS:  # a run in the test applied the values on the workers: undo
+        from ngff_dreg.cluster import share_settings
+
+        for client in _SESSION_CLIENTS:
+            share_settings(client)
+
+
+_SESSION_CLIENTS: list[Any] = []
 
 
 @pytest.fixture(scope="session")
@@ -282,7 +291,11 @@ def dask_client() -> Iterator[Any]:
     )
     # Not the default client: code under test must use the client it is given.
     with cluster, Client(cluster, set_as_default=False) as client:
-        yield client
+        _SESSION_CLIENTS.append(client)
+        try:
+            yield client
+        finally:
+            _SESSION_CLIENTS.remove(client)
 
 
 def _itk_from_ngff_zarr(item: dict[str, Any], store: str, ndim: int) -> Any:

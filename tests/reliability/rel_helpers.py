@@ -15,7 +15,7 @@ Fixtures (re-exported by ``conftest.py``)
 Helpers
 -------
 :func:`small_schedule`, :func:`field_difference`, :func:`truth_error`,
-:func:`free_port`, :func:`upload_pair`, :func:`subprocess_env`, :func:`worker_environ`.
+:func:`free_port`, :func:`upload_pair`, :func:`subprocess_env`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -354,33 +353,6 @@ def tree_files(root: str | Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()
     }
-
-
-@contextmanager
-def worker_environ(client: Any, **env: str) -> Iterator[None]:
-    """Set environment variables in every worker process of ``client`` inside the block.
-
-    For settings read per read (``NGFF_DREG_READ_*``): the session cluster's
-    workers were started before a test could ``monkeypatch`` them.
-    """
-
-    def apply(values: dict[str, str | None]) -> dict[str, str | None]:
-        import os as _os
-
-        old = {k: _os.environ.get(k) for k in values}
-        for k, v in values.items():
-            if v is None:
-                _os.environ.pop(k, None)
-            else:
-                _os.environ[k] = v
-        return old
-
-    before = client.run(apply, dict(env))
-    try:
-        yield
-    finally:
-        for address, old in before.items():
-            client.run(apply, old, workers=[address])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rel_helpers import field_difference, small_schedule, via_endpoint
 
-from ngff_dreg.errors import StoreAccessError, StoreNotFoundError, StoreReadError
+from ngff_dreg.errors import ConfigError, StoreAccessError, StoreNotFoundError, StoreReadError
 from ngff_dreg.geometry import Box
 from ngff_dreg.io.omezarr.multiscale import open_multiscale
 from ngff_dreg.io.omezarr.output_state import output_status
@@ -59,21 +59,21 @@ def test_retry_policy_retries_only_transient_errors() -> None:
         retry_transient(dead, "read", policy=pol, sleep=lambda s: None)
 
 
-def test_retry_policy_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "7")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.25")
-    pol = RetryPolicy.from_env()
-    assert (pol.attempts, pol.backoff) == (7, 0.25)
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "lots")
-    assert RetryPolicy.from_env().attempts == RetryPolicy().attempts
+def test_retry_policy_from_config(ngff_config: Any) -> None:
+    ngff_config({"io.read-attempts": 7, "io.read-backoff": 0.25})
+    pol = RetryPolicy.from_config()
+    assert (pol.attempts, pol.backoff, pol.max_wait) == (7, 0.25, 8.0)
+    ngff_config({"io.read-attempts": "lots"})
+    with pytest.raises(ConfigError, match=r"ngff-dreg\.io\.read-attempts='lots'"):
+        RetryPolicy.from_config()
 
 
 @pytest.mark.parametrize("mode", ["reset", "truncate"])
 def test_reader_rides_out_an_outage_longer_than_s3fs_retries(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, mode: str,
-    monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-backoff": 0.05})
     _, _, moving = s3_pair
     direct = OMEZarrReaderConstructor(moving, storage_options=s3_server.storage_options())
     reference = direct().read_box(Box.full((48, 48, 48)))
@@ -89,10 +89,10 @@ def test_reader_rides_out_an_outage_longer_than_s3fs_retries(
 @pytest.mark.parametrize("mode", ["reset", "truncate"])
 def test_metadata_reads_ride_out_an_outage_too(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, mode: str,
-    monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
     """Opening an image (group and array ``zarr.json`` GETs) is retried like chunk reads."""
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-backoff": 0.05})
     _, _, moving = s3_pair
     reference = open_multiscale(moving, s3_server.storage_options())
     proxy = fault_proxy(s3_server.endpoint_url, mode=mode, fail_first=8,
@@ -104,10 +104,9 @@ def test_metadata_reads_ride_out_an_outage_too(
 
 def test_reader_gives_a_clear_error_when_the_store_stays_down(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "2")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-attempts": 2, "io.read-backoff": 0.05})
     _, _, moving = s3_pair
     proxy = fault_proxy(s3_server.endpoint_url, mode="truncate", probability=1.0)
     opts = via_endpoint(s3_server, proxy.endpoint_url)
@@ -145,10 +144,9 @@ def test_registration_through_flaky_storage_matches_undisturbed_run(
 
 def test_registration_against_a_dead_store_fails_cleanly_without_output(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, dask_client: Any,
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any, ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_ATTEMPTS", "2")
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-attempts": 2, "io.read-backoff": 0.05})
     _, fixed, moving = s3_pair
     proxy = fault_proxy(s3_server.endpoint_url, mode="truncate", probability=1.0)
     out = str(tmp_path / "dead.zarr")
@@ -164,7 +162,7 @@ def test_registration_against_a_dead_store_fails_cleanly_without_output(
 
 @pytest.mark.parametrize("sharded", [False, True])
 def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
-    s3_server: Any, fault_proxy: Any, make_test_image: Any, monkeypatch: pytest.MonkeyPatch,
+    s3_server: Any, fault_proxy: Any, make_test_image: Any, ngff_config: Any,
     sharded: bool,
 ) -> None:
     """Bodies cut short (whole chunks, or inner-chunk ranges of shards) are refetched, never cached.
@@ -178,7 +176,7 @@ def test_cached_retried_reads_never_return_or_keep_a_partial_chunk(
     from ngff_dreg.io.storage.chunk_cache import process_cache
     from ngff_dreg.io.storage.store_stats import take_counts
 
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-backoff": 0.05})
     bucket = s3_server.create_bucket()
     opts = s3_server.storage_options()
     url = s3_server.url(bucket, "img.ome.zarr")

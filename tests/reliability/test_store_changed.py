@@ -71,9 +71,9 @@ def test_planning_lists_a_level_in_one_request_per_1000_objects(
 @pytest.mark.s3
 def test_transient_list_failures_are_retried(
     s3_server: Any, many_chunks: tuple[str, str, int], fault_proxy: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-backoff": 0.05})
     _, url, n = many_chunks
     # More failures in a row than s3fs retries itself (max_attempts=2 in the options).
     proxy = fault_proxy(s3_server.endpoint_url, mode="error", fail_first=3, match=_is_list)
@@ -87,9 +87,9 @@ def test_transient_list_failures_are_retried(
 @pytest.mark.s3
 def test_transient_chunk_errors_are_still_retried_with_the_inventory(
     s3_server: Any, many_chunks: tuple[str, str, int], fault_proxy: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
-    monkeypatch.setenv("NGFF_DREG_READ_BACKOFF", "0.05")
+    ngff_config({"io.read-backoff": 0.05})
     _, url, _ = many_chunks
     direct = OMEZarrReaderConstructor(url, level=0, storage_options=s3_server.storage_options())
     want = direct().read_box(Box((0, 0), (8, 8)))
@@ -105,14 +105,15 @@ def test_transient_chunk_errors_are_still_retried_with_the_inventory(
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_register_stops_when_a_fixed_chunk_is_deleted_after_planning(
-    small_pair: Any, dask_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_pair: Any, dask_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ngff_config: Any,
 ) -> None:
     fixed = str(tmp_path / "fixed.ome.zarr")
     moving = str(tmp_path / "moving.ome.zarr")
     shutil.copytree(small_pair.fixed, fixed)
     shutil.copytree(small_pair.moving, moving)
     # No cache token: the global stage must not leave the chunk in a worker's cache.
-    monkeypatch.setenv("NGFF_DREG_CHUNK_CACHE_MB", "0")
+    ngff_config({"io.chunk-cache-mb": 0})
     chunk = Path(fixed) / "0" / "c" / "0" / "0" / "0"   # a corner: most blocks never read it
     assert chunk.is_file()
     planned = ngff_dreg.block_stage.register_images

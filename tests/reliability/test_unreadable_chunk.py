@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rel_helpers import field_difference, small_schedule, via_endpoint, worker_environ
+from rel_helpers import field_difference, small_schedule, via_endpoint
 
 from ngff_dreg.errors import CorruptChunkError, StoreReadError
 from ngff_dreg.io.omezarr.output_state import Checkpoints, output_status
@@ -36,7 +36,11 @@ KEY = "0/c/0/0/0"
 """Level 0's corner chunk: 8 of the 27 blocks read it (with their halos), so
 before, the other 19 registered and the run "succeeded", 8 blocks filled in."""
 
-FAST_RETRIES = {"NGFF_DREG_READ_ATTEMPTS": "2", "NGFF_DREG_READ_BACKOFF": "0.05"}
+#: Set on the client only: the run applies them on the workers, which do the reads.
+FAST_RETRIES = {"io.read-attempts": 2, "io.read-backoff": 0.05}
+#: The same for a CLI run (dask's environment variables).
+FAST_RETRIES_ENV = {"DASK_NGFF_DREG__IO__READ_ATTEMPTS": "2",
+                    "DASK_NGFF_DREG__IO__READ_BACKOFF": "0.05"}
 
 
 def coarse_global_schedule() -> Schedule:
@@ -72,7 +76,7 @@ def _stages_done(out: str) -> set[str]:
 @pytest.mark.parametrize("cache", [True, False])
 def test_an_unreadable_chunk_stops_the_run_and_a_rerun_resumes_to_the_clean_result(
     small_pair: Any, clean_run: Any, dask_client: Any, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, cache: bool,
+    ngff_config: Any, cache: bool,
 ) -> None:
     """Rerun in the same session, on the same client.
 
@@ -81,16 +85,15 @@ def test_an_unreadable_chunk_stops_the_run_and_a_rerun_resumes_to_the_clean_resu
     forgotten those, or the rerun gets the old error back.
     """
     if not cache:
-        monkeypatch.setenv("NGFF_DREG_CHUNK_CACHE_MB", "0")
+        ngff_config({"io.chunk-cache-mb": 0})
     fixed, moving = _copy(small_pair, tmp_path)
     chunk = Path(fixed) / KEY
     stored = chunk.read_bytes()
     chunk.unlink()
     os.symlink(chunk.name, chunk)   # a loop: every open fails with ELOOP, in every process
     out = str(tmp_path / "out.zarr")
-    for k, v in FAST_RETRIES.items():
-        monkeypatch.setenv(k, v)
-    with worker_environ(dask_client, **FAST_RETRIES), pytest.raises(StoreReadError) as info:
+    ngff_config(FAST_RETRIES)
+    with pytest.raises(StoreReadError) as info:
         _register(fixed, moving, out, dask_client)
     msg = str(info.value)
     assert msg.startswith(f"{fixed}: cannot read chunk '{KEY}' of level '0' (OSError: "), msg
@@ -130,17 +133,16 @@ def test_a_corrupt_chunk_stops_the_run_naming_it(
 @pytest.mark.slow
 def test_http_503_on_every_read_of_one_chunk_stops_the_run_then_resumes(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, clean_run: Any,
-    small_pair: Any, dask_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    small_pair: Any, dask_client: Any, tmp_path: Path, ngff_config: Any,
 ) -> None:
     bucket, fixed, moving = s3_pair
     path = f"/{bucket}/pair/fixed.ome.zarr/{KEY}"
     proxy = fault_proxy(s3_server.endpoint_url, mode="error", probability=1.0,
                         match=lambda line: line.split("?")[0] == f"GET {path}")
-    for k, v in FAST_RETRIES.items():
-        monkeypatch.setenv(k, v)
+    ngff_config(FAST_RETRIES)
     out = str(tmp_path / "out.zarr")
     opts = via_endpoint(s3_server, proxy.endpoint_url)
-    with worker_environ(dask_client, **FAST_RETRIES), pytest.raises(StoreReadError) as info:
+    with pytest.raises(StoreReadError) as info:
         _register(fixed, moving, out, dask_client, storage_options=opts)
     msg = str(info.value)
     assert msg.startswith(f"{fixed}: cannot read chunk '{KEY}' of level '0'"), msg
@@ -162,7 +164,7 @@ def test_http_503_on_every_read_of_one_chunk_stops_the_run_then_resumes(
 @pytest.mark.slow
 def test_a_chunk_failing_a_few_times_then_working_gives_the_clean_result(
     s3_server: Any, s3_pair: tuple[str, str, str], fault_proxy: Any, clean_run: Any,
-    small_pair: Any, dask_client: Any, tmp_path: Path,
+    small_pair: Any, dask_client: Any, tmp_path: Path, ngff_config: Any,
 ) -> None:
     bucket, fixed, moving = s3_pair
     path = f"/{bucket}/pair/fixed.ome.zarr/{KEY}"
@@ -170,9 +172,9 @@ def test_a_chunk_failing_a_few_times_then_working_gives_the_clean_result(
     proxy = fault_proxy(s3_server.endpoint_url, mode="error", fail_first=8,
                         match=lambda line: line.split("?")[0] == f"GET {path}")
     out = str(tmp_path / "out.zarr")
-    with worker_environ(dask_client, NGFF_DREG_READ_BACKOFF="0.05"):
-        result = _register(fixed, moving, out, dask_client,
-                           storage_options=via_endpoint(s3_server, proxy.endpoint_url))
+    ngff_config({"io.read-backoff": 0.05})
+    result = _register(fixed, moving, out, dask_client,
+                       storage_options=via_endpoint(s3_server, proxy.endpoint_url))
     assert proxy.faults[path] == 8
     assert output_status(out) == "complete"
     diff = field_difference(result.transforms.transform, clean_run.transforms.transform,
@@ -197,7 +199,7 @@ def test_the_cli_fails_with_one_error_line_naming_the_chunk(small_pair: Any, tmp
     proc = subprocess.run(
         cli_command("register", fixed, moving, "-o", out, "--schedule", str(schedule),
                     "--scheduler", "local:1", "--no-progress"),
-        capture_output=True, text=True, timeout=600, env=subprocess_env(**FAST_RETRIES),
+        capture_output=True, text=True, timeout=600, env=subprocess_env(**FAST_RETRIES_ENV),
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ngff-dreg: error:")]
