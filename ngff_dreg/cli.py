@@ -157,18 +157,30 @@ def _fail(exc: BaseException, verbose: int) -> None:
 
 @app.command()
 def info(
-    url: Annotated[str, typer.Argument(help="OME-Zarr multiscale image (path, s3://, https://).")],
+    url: Annotated[str | None, typer.Argument(
+        help="OME-Zarr multiscale image (path, s3://, https://).")] = None,
+    show_config: Annotated[bool, typer.Option(
+        "--config", help="Print ngff-dreg's settings in force (dask config keys under "
+        "ngff-dreg) and where each came from.")] = False,
     anon: Anon = False,
     endpoint_url: Endpoint = None,
     profile: Profile = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Print levels, shapes, chunks, dtype, spacing, origin, direction and units."""
+    """Print levels, shapes, chunks, dtype, spacing, origin, direction and units.
+
+    With --config, print ngff-dreg's settings in force instead (or before the image).
+    """
+    if url is None and not show_config:
+        raise typer.BadParameter("give an image URL, or --config", param_hint="URL")
     _setup_logging(verbose)
     try:
-        from ngff_dreg.info import describe
+        from ngff_dreg.info import describe, describe_settings
 
-        typer.echo(describe(url, _storage_options(anon, endpoint_url, profile)))
+        if show_config:
+            typer.echo(describe_settings() + ("\n" if url is not None else ""))
+        if url is not None:
+            typer.echo(describe(url, _storage_options(anon, endpoint_url, profile)))
     except Exception as exc:
         _fail(exc, verbose)
 

@@ -269,9 +269,10 @@ def _warn(setting: Setting, used: bool) -> None:
         _STATE.warned.add(str(setting.old_name))
     how = (f"set the dask config key {setting.path} instead ({setting.env_name}=..., a YAML "
            "file in ~/.config/dask, or dask.config.set)")
-    message = (f"the environment variable {setting.old_name} is deprecated: {how}" if used else
-               f"the environment variable {setting.old_name} is deprecated and ignored: "
-               f"{setting.path} is set the dask way")
+    message = (f"ngff-dreg: the environment variable {setting.old_name} is deprecated: {how}"
+               if used else
+               f"ngff-dreg: the environment variable {setting.old_name} is deprecated and "
+               f"ignored: {setting.path} is set the dask way")
     warnings.warn(message, DeprecatedSettingWarning, stacklevel=4)
 
 

@@ -1,4 +1,4 @@
-"""Human-readable summary of an OME-Zarr multiscale image (``ngff-dreg info``)."""
+"""Human-readable summaries for ``ngff-dreg info``: an OME-Zarr multiscale image, the settings."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from ngff_dreg.io.omezarr.multiscale import MultiscaleImage, open_multiscale
-from ngff_dreg.io.storage.urls import redact_url
+from ngff_dreg.io.storage.urls import redact_options, redact_text, redact_url
 from ngff_dreg.ngff.metadata import image_registrations
 
-__all__ = ["describe", "describe_image"]
+__all__ = ["describe", "describe_image", "describe_settings"]
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -101,3 +101,46 @@ def describe(
 
     """
     return describe_image(open_multiscale(url, storage_options, unit=unit))
+
+
+def _setting_text(key: str, value: Any) -> str:
+    """A setting's value as printed: YAML spelling, never a secret.
+
+    The value goes through the same redaction as storage options (a key
+    that names a credential shows ``***``, a URL loses its user info and
+    signed query values), so printing stays safe whatever settings are added.
+    """
+    name = key.rsplit(".", 1)[-1].replace("-", "_")
+    safe = redact_options({name: value})[name]
+    if safe is None:
+        return "null"
+    if isinstance(safe, bool):
+        return "true" if safe else "false"
+    if isinstance(safe, float):
+        return f"{safe:g}"
+    return str(safe)
+
+
+def describe_settings() -> str:
+    """ngff-dreg's settings in force, each with where it came from (``ngff-dreg info --config``).
+
+    Sources: ``default`` (the YAML file shipped in the package), a dask
+    configuration file, a ``DASK_NGFF_DREG__...`` variable, ``dask.config.set``
+    or a deprecated ``NGFF_DREG_*`` variable.
+    """
+    import dask.config
+
+    from ngff_dreg import config
+
+    rows = [["key", "value", "source"]]
+    rows += [[s.key, _setting_text(s.key, s.value), redact_text(s.source)]
+             for s in config.sources()]
+    example = config.SETTINGS["io.chunk-cache-mb"]
+    return "\n".join([
+        _table(rows),
+        "",
+        f"Set them in a YAML file in one of {', '.join(dask.config.paths)}",
+        f"(under '{config.NAMESPACE}:'), with variables such as {example.env_name}=512,",
+        f"or with dask.config.set({{'{example.path}': 512}}) in Python.",
+        f"Their defaults and meaning: {config.DEFAULTS_FILE}",
+    ])

@@ -263,3 +263,23 @@ def test_verbose_summary_names_each_refused_block_with_its_reason(capsys) -> Non
     out = capsys.readouterr().out
     assert "1/2 blocks" in out
     assert "refused block (0, 1) LOW_QUALITY: block (0, 1): the fit folds" in out
+
+
+def test_info_config_prints_the_settings_and_their_sources(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NGFF_DREG_", "DASK_NGFF"))}
+    env.update(DASK_NGFF_DREG__IO__CHUNK_CACHE_MB="512", NGFF_DREG_READ_ATTEMPTS="6")
+    proc = subprocess.run([sys.executable, "-m", "ngff_dreg.cli", "info", "--config"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {ln.split()[0]: ln.split()[1:] for ln in proc.stdout.splitlines()
+            if ln.startswith("ngff-dreg.")}
+    assert rows["ngff-dreg.io.chunk-cache-mb"] == [
+        "512", "DASK_NGFF_DREG__IO__CHUNK_CACHE_MB", "variable"]
+    assert rows["ngff-dreg.io.read-attempts"] == ["6", "NGFF_DREG_READ_ATTEMPTS", "(deprecated)"]
+    assert rows["ngff-dreg.io.read-backoff"] == ["0.5", "default"]
+    assert "NGFF_DREG_READ_ATTEMPTS is deprecated" in proc.stderr
+
+
+def test_info_needs_a_url_or_config():
+    proc = _cli("info")
+    assert proc.returncode == 2 and "--config" in proc.stderr

@@ -51,3 +51,32 @@ def test_describe_s3_hides_credentials(s3_server: Any, make_test_image: Any) -> 
     text = describe(url, opts)
     assert f"s3://{bucket}/i.zarr" in text
     assert "hidden-secret" not in text and "AKIAVISIBLE" not in text
+
+
+def test_describe_settings_lists_every_key_and_its_source(ngff_config: Any) -> None:
+    from ngff_dreg import config
+    from ngff_dreg.info import describe_settings
+
+    ngff_config({"io.read-attempts": 2, "io.host-cache-dir": "/scratch/chunks"})
+    lines = describe_settings().splitlines()
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines if ln.startswith("ngff-dreg.")}
+    assert set(rows) == {s.path for s in config.SETTINGS.values()}
+    assert rows["ngff-dreg.io.read-attempts"] == ["2", "dask.config.set"]
+    assert rows["ngff-dreg.io.host-cache-dir"] == ["/scratch/chunks", "dask.config.set"]
+    assert rows["ngff-dreg.io.chunk-cache-mb"] == ["256", "default"]
+    assert rows["ngff-dreg.io.trace-dir"] == ["null", "default"]
+    assert any("DASK_NGFF_DREG__IO__CHUNK_CACHE_MB" in ln for ln in lines)
+
+
+def test_describe_settings_never_prints_a_secret(monkeypatch: Any) -> None:
+    from ngff_dreg import config
+    from ngff_dreg.info import describe_settings
+
+    fake = [config.SettingSource("ngff-dreg.io.access-token", "hunter2", "dask.config.set"),
+            config.SettingSource("ngff-dreg.io.mirror", "s3://AKIAVISIBLE:pw@host/b?token=t0k",
+                                 "/home/u/.config/dask/x.yaml")]
+    monkeypatch.setattr(config, "sources", lambda: fake)
+    text = describe_settings()
+    assert "ngff-dreg.io.access-token" in text and "***" in text
+    for secret in ("hunter2", "AKIAVISIBLE", ":pw@", "t0k"):
+        assert secret not in text, secret
