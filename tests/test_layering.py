@@ -6,7 +6,11 @@
   the reduction's kernels import neither dask, the I/O layer nor ITK;
 * no import cycles between ngff-dreg modules (imports inside functions
   count; ``if TYPE_CHECKING:`` blocks do not);
-* no function is longer than 100 lines, and ``pipeline.register`` is at most 80.
+* no function is longer than 100 lines, and ``pipeline.register`` is at most 80;
+* only ``ngff_dreg.config`` reads ngff-dreg settings from the environment:
+  elsewhere an environment read names a literal variable that is not one of
+  ours (``worker`` alone handles the malloc variables of the workers it
+  spawns), and no code outside ``config`` spells an ``NGFF_DREG_`` name.
 """
 
 from __future__ import annotations
@@ -180,3 +184,83 @@ def test_functions_are_short() -> None:
     assert long == [], long
     register = [n for m, f, n in _functions() if (m, f) == ("ngff_dreg.pipeline", "register")]
     assert register and register[0] <= 80, register
+
+
+#: Modules that may read the environment with names that are not literals, and why.
+ENV_MODULES = {
+    "ngff_dreg.config": "the configuration module: the deprecated NGFF_DREG_* variables",
+    "ngff_dreg.worker": "glibc's malloc variables (WORKER_MALLOC_ENV) of the workers it spawns",
+}
+OUR_PREFIXES = ("NGFF_DREG", "DASK_NGFF_DREG")
+
+
+def _literal(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _env_reads(tree: ast.AST) -> list[tuple[int, str | None]]:
+    """Every use of the process environment: ``(line, variable name if a literal)``."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    out: list[tuple[int, str | None]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(
+                node.func, "id", None)) == "getenv":
+            out.append((node.lineno, _literal(node.args[0]) if node.args else None))
+            continue
+        if getattr(node, "attr", getattr(node, "id", None)) != "environ":
+            continue
+        parent = parents.get(node)
+        call = parents.get(parent) if isinstance(parent, ast.Attribute) else None
+        if isinstance(call, ast.Call):            # os.environ.get("X"), .setdefault, .pop
+            out.append((node.lineno, _literal(call.args[0]) if call.args else None))
+        elif isinstance(parent, ast.Subscript):   # os.environ["X"]
+            out.append((node.lineno, _literal(parent.slice)))
+        elif isinstance(parent, ast.Compare):     # "X" in os.environ
+            out.append((node.lineno, _literal(parent.left)))
+        else:                                     # the whole environment, passed along
+            out.append((node.lineno, None))
+    return out
+
+
+def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants that are not docstrings: ``(line, text)``."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and _literal(
+                body[0].value) is not None:
+            docstrings.add(id(body[0].value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if _literal(n) is not None and id(n) not in docstrings]
+
+
+def _settings_read_outside_config(name: str, source: str) -> list[str]:
+    """How module ``name`` reads ngff-dreg settings from the environment (none allowed)."""
+    if name == "ngff_dreg.config":
+        return []
+    tree = ast.parse(source)
+    bad = [f"{name}:{line}: reads the environment ({key or 'a computed name'})"
+           for line, key in _env_reads(tree)
+           if (key is None and name not in ENV_MODULES)
+           or (key is not None and key.startswith(OUR_PREFIXES))]
+    bad += [f"{name}:{line}: spells {text!r}" for line, text in _code_strings(tree)
+            if "NGFF_DREG_" in text]
+    return bad
+
+
+def test_only_the_configuration_module_reads_settings_from_the_environment() -> None:
+    bad = [msg for name, path in MODULES.items()
+           for msg in _settings_read_outside_config(name, path.read_text())]
+    assert bad == [], "read settings with ngff_dreg.config instead:\n" + "\n".join(bad)
+    assert _env_reads(ast.parse(MODULES["ngff_dreg.config"].read_text()))  # it is found there
+    # the check finds each way of reading one
+    for snippet in ('import os\nx = os.environ.get("NGFF_DREG_CHUNK_CACHE_MB", "")',
+                    'import os\nx = os.getenv("DASK_NGFF_DREG__IO__READ_ATTEMPTS")',
+                    'from os import environ\nx = environ["NGFF_DREG_IO_TRACE"]',
+                    'import os\nx = "NGFF_DREG_IO_TRACE" in os.environ',
+                    'import os\nname = "IO_TRACE"\nx = os.environ.get(name)',
+                    'import os\nx = dict(os.environ)',
+                    'NAME = "NGFF_DREG_READ_BACKOFF"'):
+        assert _settings_read_outside_config("ngff_dreg.some_module", snippet), snippet
+    ok = 'import os\nos.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")'
+    assert _settings_read_outside_config("ngff_dreg.some_module", ok) == []
