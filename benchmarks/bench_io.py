@@ -5,14 +5,15 @@ For one benchmark pair (``mni``: the 1 mm MRI pair; ``big``/``mniup`` at any
 here (a separate process on 127.0.0.1), this runs the default
 ``ngff_dreg.register`` on a ``local:<workers>`` cluster twice:
 
-* **baseline**: ``NGFF_DREG_CHUNK_CACHE_MB=0`` (no chunk cache, no metadata
+* **baseline**: ``ngff-dreg.io.chunk-cache-mb: 0`` (no chunk cache, no metadata
   handed to the workers: every block reads every chunk it touches);
-* **memory**: ``NGFF_DREG_HOST_CACHE_MB=0`` (the per-process chunk cache in
+* **memory**: ``ngff-dreg.io.host-cache-mb: 0`` (the per-process chunk cache in
   memory only, no host cache shared by the workers of a machine);
 * **cached**: the defaults (per-process chunk cache, metadata read once, and
   the host cache: each chunk fetched once per machine).
 
-Each run is a child process, so the environment reaches its workers. The
+Each run is a child process whose settings come from ``DASK_NGFF_DREG__...``
+environment variables; its client applies them on its workers. The
 figures come from the store layer (``RegistrationResult.io``,
 :mod:`ngff_dreg.io.storage.store_stats`), summed over the client and every worker:
 
@@ -51,8 +52,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 INPUTS = ("fixed", "moving")
-MODES = {"baseline": {"NGFF_DREG_CHUNK_CACHE_MB": "0"},
-         "memory": {"NGFF_DREG_HOST_CACHE_MB": "0"},
+MODES = {"baseline": {"DASK_NGFF_DREG__IO__CHUNK_CACHE_MB": "0"},
+         "memory": {"DASK_NGFF_DREG__IO__HOST_CACHE_MB": "0"},
          "cached": {}}
 
 

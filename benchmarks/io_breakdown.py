@@ -1,7 +1,7 @@
 """Where a default run's fetched bytes go: by stage, level, worker and cause.
 
 Runs one default registration of a benchmark pair (as ``bench_io.py`` does,
-local storage: the counts equal S3's) with ``NGFF_DREG_IO_TRACE`` set, so each
+local storage: the counts equal S3's) with ``ngff-dreg.io.trace-dir`` set, so each
 process logs its fetches (:mod:`ngff_dreg.io.storage.store_stats`), then sorts every
 fetched byte into one cause:
 
@@ -49,7 +49,7 @@ def run_traced(fixed: str, moving: str, out: str, workers: int, trace: Path,
     """Run ``bench_io.py --child`` with tracing; ``(client pid, its JSON answer)``."""
     if trace.exists():
         shutil.rmtree(trace)
-    env = _env({"NGFF_DREG_IO_TRACE": str(trace), **extra_env})
+    env = _env({"DASK_NGFF_DREG__IO__TRACE_DIR": str(trace), **extra_env})
     cmd = [sys.executable, str(HERE / "bench_io.py"), "--child", fixed, moving, out,
            "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -153,7 +153,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ngff-dreg-bench")
     ap.add_argument("--json", default=None)
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment of the run (e.g. NGFF_DREG_CHUNK_CACHE_MB=1024)")
+                    help="extra environment of the run "
+                    "(e.g. DASK_NGFF_DREG__IO__CHUNK_CACHE_MB=1024)")
     args = ap.parse_args()
     from data import make_pair
 
