@@ -40,7 +40,7 @@ def test_reading_the_registry_imports_no_method_module() -> None:
 
 
 def test_cli_help_lists_the_registered_methods() -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from ngff_dreg.cli import app
 

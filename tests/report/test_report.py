@@ -134,7 +134,7 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
 
 
 def test_report_to_folder_and_cli(registered, tmp_path):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from ngff_dreg.cli import app
 
