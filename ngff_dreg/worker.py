@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from ngff_dreg._pickling import register_module_reducers
 from ngff_dreg.itk_bridge import preload_itk, set_itk_threads
 
@@ -184,7 +186,7 @@ def warm_up_workers(
     return len(futures)
 
 
-class ItkWorkerPlugin:
+class ItkWorkerPlugin(WorkerPlugin):
     """A ``distributed`` worker plugin that runs :func:`prepare_worker` at start-up.
 
     Register with ``client.register_plugin(ItkWorkerPlugin())``.

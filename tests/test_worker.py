@@ -109,3 +109,13 @@ def test_prepare_worker_loads_only_the_named_modules(monkeypatch) -> None:
     assert full == [True]
     worker.prepare_worker(1, modules=("WarpImageFilter",))  # covered by the full load
     assert touched == ["Image", "BSplineTransform"]
+
+
+def test_the_itk_worker_plugin_registers_and_prepares_every_worker() -> None:
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        client.register_plugin(worker.ItkWorkerPlugin(itk_threads=1))
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert all(worker.ItkWorkerPlugin.name in names for names in plugins.values())
