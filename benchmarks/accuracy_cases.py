@@ -1098,6 +1098,67 @@ def _lattice(geom: ImageGeometry, stride: tuple[int, ...]) -> FloatArray:
     return geom.array_index_to_physical(idx)
 
 
+def correlation_ratio(f: np.ndarray, m: np.ndarray, bins: int = 64) -> float:
+    """eta^2 of ``f`` given ``m``: Var(E[f | m]) / Var(f), ``m`` in ``bins`` equal bins.
+
+    1 when ``f`` is a function of ``m`` (up to the binning), small when it is not.
+    """
+    f, m = np.asarray(f, dtype=np.float64), np.asarray(m, dtype=np.float64)
+    q = np.clip(((m - m.min()) / max(float(m.max() - m.min()), 1e-12) * bins).astype(int),
+                0, bins - 1)
+    cnt = np.bincount(q, minlength=bins)
+    mean = np.bincount(q, f, bins) / np.maximum(cnt, 1)
+    return float((cnt * (mean - f.mean()) ** 2).sum() / max(float(f.var()) * len(f), 1e-30))
+
+
+def check_case(case: Case, png: Path | None = None) -> dict:
+    """Sanity figures of a written case (and a picture of it with ``png``).
+
+    ``eta2_fixed_given_moving``: correlation ratio of the stored fixed image given
+    the stored moving image pulled through the truth, at the evaluation points
+    (≈ 1 for one contrast up to a monotone remap; well below 1 when the fixed
+    intensities are not a function of the moving ones). The picture shows a
+    fixed slice (3D: the middle z), the moving image pulled through the truth on
+    that slice (should match the fixed one's geometry) and a moving slice.
+    """
+    from data import _read_level
+
+    def linear(arr: np.ndarray, g: ImageGeometry, pts: FloatArray) -> np.ndarray:
+        idx = g.physical_to_index(pts)[:, ::-1]
+        return ndimage.map_coordinates(arr, idx.T, order=1, mode="constant", cval=0.0)
+
+    fixed, moving = _read_level(case.fixed), _read_level(case.moving)
+    pts = case.eval_points
+    fv = linear(fixed, case.geometry, pts)
+    mv = linear(moving, case.moving_geometry, case.truth.transform_points(pts))
+    out = {"eta2_fixed_given_moving": correlation_ratio(fv, mv),
+           "eta2_moving_given_fixed": correlation_ratio(mv, fv),
+           "n_eval": int(len(pts)), "truth_jacobian_min": case.meta["truth_jacobian_min"],
+           "truth_max_warp": case.meta["truth_max_warp"]}
+    if png is not None:
+        import skimage.io
+
+        g = case.geometry
+        sl = (g.shape[0] // 2,) if g.ndim == 3 else ()
+        axes = [np.arange(n, dtype=np.float64) for n in g.shape[len(sl):]]
+        idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
+        if sl:
+            idx = np.concatenate([np.full((len(idx), 1), float(sl[0])), idx], axis=1)
+        shape = g.shape[len(sl):]
+        pulled = linear(moving, case.moving_geometry,
+                        case.truth.transform_points(g.array_index_to_physical(idx)))
+        panels = [fixed[sl] if sl else fixed, pulled.reshape(shape),
+                  moving[moving.shape[0] // 2] if sl else moving]
+        h = max(p.shape[0] for p in panels)
+        row = []
+        for p in panels:
+            v = np.zeros((h, p.shape[1]), np.uint8)
+            v[:p.shape[0]] = np.clip(p / max(float(np.percentile(p, 99.8)), 1e-9) * 255, 0, 255)
+            row.append(v)
+        skimage.io.imsave(str(png), np.concatenate(row, axis=1), check_contrast=False)
+    return out
+
+
 def main() -> None:
     """List the cases, or write some."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1106,6 +1167,8 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--reduced", action="store_true")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--check", type=Path, default=None,
+                    help="after --make: print sanity figures, write a PNG per case here")
     args = ap.parse_args()
     if args.list or not args.make:
         for c in CASES + SELFCHECK_CASES:
@@ -1121,6 +1184,11 @@ def main() -> None:
                   f"warp max {m['truth_max_warp']:.2f}, total max {m['truth_max_total']:.2f}, "
                   f"truth det J min {m['truth_jacobian_min']:.3f}, "
                   f"{m['n_eval']} points, {m['generation_seconds']:.1f} s", flush=True)
+            if args.check is not None:
+                args.check.mkdir(parents=True, exist_ok=True)
+                c = check_case(case, args.check / f"{case.name}.png")
+                print(f"    eta2(fixed | moving) {c['eta2_fixed_given_moving']:.3f}, "
+                      f"eta2(moving | fixed) {c['eta2_moving_given_fixed']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
