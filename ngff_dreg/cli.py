@@ -535,6 +535,37 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
     click.echo(f"{n} partition(s) of points mapped to {output}")
 
 
+@app.command("transform-coords")
+@click.argument("path")
+@click.argument("source")
+@click.argument("target")
+@click.argument("coordinates")
+@_storage
+def transform_coords(path: str, source: str, target: str, coordinates: str, anon: bool,
+                     endpoint_url: str | None, profile: str | None) -> None:
+    """Map COORDINATES from system SOURCE to system TARGET of the RFC-5 scene at PATH.
+
+    COORDINATES is a JSON list of points, each in SOURCE's axis order
+    (``[[z, y, x], ...]``). Prints ``{"coordinates": [...]}``; on failure
+    prints ``{"message": ...}`` and exits non-zero (the protocol of the
+    ome-zarr-transformations-conformance suite). A system is named by its
+    name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
+    """
+    import json
+
+    from ngff_dreg.io.omezarr.scene_reader import open_scene_graph
+    from ngff_dreg.io.storage.urls import redact_text
+
+    try:
+        points = json.loads(coordinates)
+        graph = open_scene_graph(path, _storage_options(anon, endpoint_url, profile))
+        mapped = graph.path(graph.resolve(source), graph.resolve(target))(points)
+    except Exception as exc:
+        click.echo(json.dumps({"message": redact_text(f"{type(exc).__name__}: {exc}")}))
+        raise SystemExit(2 if isinstance(exc, NgffDregError) else 1) from None
+    click.echo(json.dumps({"coordinates": mapped.tolist()}))
+
+
 def main() -> None:
     """Entry point of the ``ngff-dreg`` script."""
     app(prog_name="ngff-dreg")

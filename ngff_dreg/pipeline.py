@@ -156,7 +156,8 @@ def _resample(run: Run) -> None:
     t0 = time.perf_counter()
     # Until the image is written the output as a whole is incomplete.
     set_status(inputs.output, inputs.o_opts, "incomplete")
-    zarr_group(join_url(inputs.output, VIEW_GROUP), inputs.o_opts, mode="a", zarr_format=3)
+    # The view is ours and written whole each time (a killed run may have left part of it).
+    zarr_group(join_url(inputs.output, VIEW_GROUP), inputs.o_opts, mode="w", zarr_format=3)
     common: dict[str, Any] = dict(
         level=0, fixed_storage_options=inputs.f_opts, output_storage_options=inputs.o_opts,
         overwrite=True, scheduler=run.client, shards=inputs.options.output_shards)
