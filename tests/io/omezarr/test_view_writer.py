@@ -144,3 +144,28 @@ def test_ngff_zarr_scene_reader_finds_both_images(registered):
         assert fixed.scale == warped.scale and fixed.translation == warped.translation
         np.testing.assert_allclose([fixed.scale[a] for a in fixed.dims],
                                    pair.fixed_geometry.spacing[::-1])
+
+
+def test_info_and_transform_coords_read_the_output_as_a_scene(registered):
+    from click.testing import CliRunner
+
+    from ngff_dreg.cli import app
+    from ngff_dreg.info import describe
+
+    pair, out = registered
+    text = describe(out)
+    assert "view/fixed/physical" in text and "view/moving_resampled/physical" in text
+    assert "view/fixed/physical -> moving: bijection (invertible)" in text
+    pts = np.asarray([[30.0, 40.0], [50.0, 20.0]]) * np.asarray(pair.fixed_geometry.spacing)
+    want = read_transform(out).transform_points(pts)
+    res = CliRunner().invoke(app, ["transform-coords", out, "view/fixed", "moving",
+                                   json.dumps(pts[:, ::-1].tolist())])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(np.asarray(json.loads(res.output)["coordinates"])[:, ::-1], want,
+                               atol=1e-6)
+    # moving -> the resampled image: through the stored inverse, then the identity
+    res = CliRunner().invoke(app, ["transform-coords", out, "moving", "view/moving_resampled",
+                                   json.dumps(want[:, ::-1].tolist())])
+    back = np.asarray(json.loads(res.output)["coordinates"])[:, ::-1]
+    np.testing.assert_allclose(back, read_transform(out, inverse=True).transform_points(want),
+                               atol=1e-6)
