@@ -101,6 +101,7 @@ def describe(
 
     A group holding an RFC-5 scene (``ome.scene``) is described by
     :func:`describe_scene` instead.
+
     """
     from ngff_dreg.io.storage.stores import open_group
 
