@@ -535,6 +535,46 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
     click.echo(f"{n} partition(s) of points mapped to {output}")
 
 
+@app.command()
+@click.argument("output")
+@click.option("--screenshot", "png", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Render in headless Chromium, write this PNG and exit.")
+@click.option("--size", default="800x600", show_default=True,
+              help="Screenshot size, WIDTHxHEIGHT pixels.")
+@_verbose
+@_guarded
+def view(output: str, png: Path | None, size: str, verbose: int) -> None:
+    """Show OUTPUT's fixed and resampled moving images overlaid in neuroglancer.
+
+    OUTPUT is a local registration output written with --resample. The fixed
+    image is green, the resampled moving image magenta (grey where they
+    agree). Serves on 127.0.0.1 and prints the viewer's URL; runs until
+    Ctrl-C, or, with --screenshot, writes the PNG and exits.
+    """
+    import time
+
+    from ngff_dreg.view import open_viewer, screenshot
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("WIDTHxHEIGHT, e.g. 800x600", param_hint="--size") from None
+    session = open_viewer(output)
+    click.echo(session.url)
+    try:
+        if png is not None:
+            screenshot(session, png, size=(w, h))
+            click.echo(f"wrote {png}")
+            return
+        click.echo("serving; Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+
+
 @app.command("transform-coords")
 @click.argument("path")
 @click.argument("source")
