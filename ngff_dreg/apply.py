@@ -41,8 +41,13 @@ FloatArray = npt.NDArray[np.float64]
 def _resolve(transform: Any, storage_options: Mapping[str, Any] | None,
              inverse: bool = False) -> Any:
     if isinstance(transform, str):
+        from ngff_dreg.io.omezarr.scene_reader import SceneMap, parse_scene_reference
         from ngff_dreg.io.omezarr.transform_reader import read_transform
 
+        ref = parse_scene_reference(transform)
+        if ref is not None:  # SCENE:SOURCE:TARGET, any RFC-5 scene
+            scene = SceneMap(*ref, storage_options=storage_options)
+            return (scene.inverse() if inverse else scene).check()
         return read_transform(transform, storage_options, inverse=inverse)
     if isinstance(transform, RegistrationTransformResult):
         return transform.inv_transform if inverse else transform.transform

@@ -380,6 +380,8 @@ def apply(transform: str, moving: str, fixed: str, output: str, level: int, over
 
     Every channel and time point is resampled (or those of --channels/--times);
     the output keeps MOVING's axes, dtype and channel metadata, on FIXED's pyramid.
+    TRANSFORM is the scene register wrote, or SCENE:SOURCE:TARGET: the map from
+    FIXED's physical space (system SOURCE) to MOVING's (TARGET) in any RFC-5 scene.
     """
     from ngff_dreg.apply import apply_transform
 
@@ -516,7 +518,9 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
                      columns: str | None, blocksize: int, **o: Any) -> None:
     """Map a table of POINTS fixed -> moving (or moving -> fixed) through TRANSFORM.
 
-    TRANSFORM is the NGFF scene register wrote; POINTS a CSV or Parquet table
+    TRANSFORM is the NGFF scene register wrote, or SCENE:SOURCE:TARGET for the map
+    between two coordinate systems of any RFC-5 scene (names as ``ngff-dreg info
+    SCENE`` lists them; spatial axes z, y, x); POINTS a CSV or Parquet table
     with columns x,y,z (or x,y) in physical units of the fixed image. Rows are
     processed in partitions on the dask cluster, so the table never sits in
     one process.

@@ -30,7 +30,8 @@ from ngff_dreg.ngff._checks import check_relative_path
 from ngff_dreg.ngff.scene_graph import Edge, SceneGraph, parse_transform, reference
 from ngff_dreg.ngff.upgrade import PHYSICAL_SYSTEM
 
-__all__ = ["ZarrArraySource", "open_scene_graph", "scene_transform"]
+__all__ = ["SceneMap", "ZarrArraySource", "open_scene_graph", "parse_scene_reference",
+           "scene_transform"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,57 @@ def scene_transform(url: str, source: str, target: str,
     """The :class:`~ngff_dreg.ngff.scene_graph.PointMap` from system ``source`` to ``target``."""
     graph = open_scene_graph(url, storage_options)
     return graph.path(graph.resolve(source), graph.resolve(target))
+
+
+def parse_scene_reference(text: str) -> tuple[str, str, str] | None:
+    """``(scene, source, target)`` of ``SCENE:SOURCE:TARGET``; ``None`` for a plain URL.
+
+    ``s3://bucket/x.zarr`` is a plain URL (its only ``:`` is the scheme's).
+    """
+    parts = str(text).rsplit(":", 2)
+    if len(parts) != 3 or not all(parts) or len(parts[0]) == 1:  # (a drive letter)
+        return None
+    if any(p.startswith("//") for p in parts[1:]):  # a URL scheme, not names
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass(frozen=True)
+class SceneMap:
+    """The map between two systems of a scene, in ITK point order (x, y, z).
+
+    Holds only the scene URL and the two names, so it pickles small; the
+    graph is opened on first use in each process. ``transform_points`` makes it
+    usable wherever ngff-dreg maps points (``apply``, ``transform-points``).
+    """
+
+    url: str
+    source: str
+    target: str
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def _map(self) -> Any:
+        cached = _MAPS.get(self)
+        if cached is None:
+            cached = scene_transform(self.url, self.source, self.target, self.storage_options)
+            _MAPS[self] = cached
+        return cached
+
+    def check(self) -> SceneMap:
+        """Open the scene and find the path now (errors before any work starts)."""
+        self._map()
+        return self
+
+    def inverse(self) -> SceneMap:
+        """The map from ``target`` to ``source``."""
+        return SceneMap(self.url, self.target, self.source, self.storage_options)
+
+    def transform_points(self, points: Any) -> Any:
+        """Map ``(n, ndim)`` ITK-order (x, y, z) physical points."""
+        import numpy as np
+
+        pts = np.asarray(points, dtype=np.float64)
+        return np.asarray(self._map()(pts[:, ::-1]))[:, ::-1]
+
+
+_MAPS: dict[SceneMap, Any] = {}

@@ -131,3 +131,36 @@ def test_paths_that_leave_the_store_and_bad_scenes_are_refused(tmp_path):
         open_scene_graph(url)
     with pytest.raises(StoreAccessError):
         open_scene_graph(str(tmp_path / "absent.zarr"))
+
+
+def test_scene_references_map_points_and_resample(tmp_path):
+    from ngff_dreg.apply import apply_transform
+    from ngff_dreg.geometry import Box
+    from ngff_dreg.io.omezarr.image_writer import write_multiscale
+    from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
+    from ngff_dreg.io.omezarr.scene_reader import parse_scene_reference
+    from ngff_dreg.points import transform_points
+
+    assert parse_scene_reference("s3://bucket/x.zarr") is None
+    assert parse_scene_reference("x.zarr") is None
+    assert parse_scene_reference("s3://b/x.zarr:view/fixed:moving") == (
+        "s3://b/x.zarr", "view/fixed", "moving")
+    url, fixed = _scene(tmp_path, False)
+    rng = np.random.default_rng(2)
+    pts = fixed.array_index_to_physical(rng.uniform(1, np.asarray(fixed.shape) - 2, (30, 3)))
+    np.testing.assert_allclose(transform_points(f"{url}:fixed:moving", pts),
+                               read_transform(url).transform_points(pts), atol=1e-5)
+    ys = read_transform(url).transform_points(pts)
+    np.testing.assert_allclose(transform_points(f"{url}:fixed:moving", ys, inverse=True),
+                               read_transform(url, inverse=True).transform_points(ys),
+                               atol=1e-5)
+    # apply through the scene reference resamples as through the scene itself
+    img = str(tmp_path / "img.zarr")
+    g = ImageGeometry((18, 20, 22), (0.4, 0.7, 1.0), (2.0, 0.5, -1.0))
+    write_multiscale(img, rng.random(g.shape, dtype=np.float32), g, n_levels=1)
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    apply_transform(img, img, url, a, n_levels=1)
+    apply_transform(img, img, f"{url}:fixed:moving", b, n_levels=1)
+    box = Box.full(g.shape)
+    np.testing.assert_allclose(OMEZarrReaderConstructor(a)().read_box(box),
+                               OMEZarrReaderConstructor(b)().read_box(box), atol=1e-4)
