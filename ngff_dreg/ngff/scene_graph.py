@@ -126,7 +126,7 @@ class Linear(PointMap):
             raise NonInvertibleTransformError(
                 f"{self.label}: a {m.shape[0] - 1}x{m.shape[1] - 1} linear map that is not "
                 "invertible")
-        return Linear(np.linalg.inv(m), f"inverse of {self.label}")
+        return Linear(np.asarray(np.linalg.inv(m), dtype=np.float64), f"inverse of {self.label}")
 
     def homogeneous(self) -> FloatArray | None:
         """The matrix."""
