@@ -64,10 +64,19 @@ def _range(url: str) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _ndim(url: Path) -> int:
+_UNITS = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm", "meter": "m",
+          "centimeter": "cm"}
+
+
+def _space(url: Path) -> tuple[list[str], list[str], list[float]]:
+    """Spatial axis names (NumPy order), neuroglancer units and level-0 spacing."""
     from ngff_dreg.io.omezarr.multiscale import open_multiscale
 
-    return open_multiscale(str(url)).levels[0].geometry.ndim
+    image = open_multiscale(str(url))
+    g = image.levels[0].geometry
+    names = [a.name for a in image.multiscale.axes if a.type == "space"]
+    unit = _UNITS.get(g.unit or "", "")
+    return names, [unit] * len(names), [float(v) for v in g.spacing[::-1]]
 
 
 @dataclass
@@ -132,7 +141,9 @@ def open_viewer(out: str, *, bind_address: str = "127.0.0.1") -> ViewerSession:
         s.layout = "xy"
         # x across, y down (z through the screen), without the axis lines and
         # bounding boxes, so only the two images are coloured
-        s.display_dimensions = ["x", "y", "z"][: _ndim(fixed)]
+        names, units, scales = _space(fixed)
+        s.dimensions = neuroglancer.CoordinateSpace(names=names, units=units, scales=scales)
+        s.display_dimensions = [n for n in ("x", "y", "z") if n in names]
         s.show_axis_lines = False
         s.show_default_annotations = False
     logger.info("serving %s at %s", root, base)

@@ -169,3 +169,13 @@ def test_info_and_transform_coords_read_the_output_as_a_scene(registered):
     back = np.asarray(json.loads(res.output)["coordinates"])[:, ::-1]
     np.testing.assert_allclose(back, read_transform(out, inverse=True).transform_points(want),
                                atol=1e-6)
+
+
+def test_both_scenes_validate_against_the_06_schema(registered):
+    from ngff_zarr.validate import validate
+
+    _, out = registered
+    validate(_attrs(out), version="0.6", model="scene")
+    validate(_attrs(f"{out}/{VIEW_GROUP}"), version="0.6", model="scene")
+    for path in (VIEW_FIXED, VIEW_RESAMPLED):  # plain 0.5 images
+        validate(_attrs(f"{out}/{path}"), version="0.5", model="image")
