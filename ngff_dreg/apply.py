@@ -41,8 +41,13 @@ FloatArray = npt.NDArray[np.float64]
 def _resolve(transform: Any, storage_options: Mapping[str, Any] | None,
              inverse: bool = False) -> Any:
     if isinstance(transform, str):
+        from ngff_dreg.io.omezarr.scene_reader import SceneMap, parse_scene_reference
         from ngff_dreg.io.omezarr.transform_reader import read_transform
 
+        ref = parse_scene_reference(transform)
+        if ref is not None:  # SCENE:SOURCE:TARGET, any RFC-5 scene
+            scene = SceneMap(*ref, storage_options=storage_options)
+            return (scene.inverse() if inverse else scene).check()
         return read_transform(transform, storage_options, inverse=inverse)
     if isinstance(transform, RegistrationTransformResult):
         return transform.inv_transform if inverse else transform.transform
@@ -284,6 +289,7 @@ def apply_transform(
     times: Sequence[int | str] | None = None,
     factors: Sequence[Sequence[int]] | None = None,
     shards: ShardSpec = None,
+    name: str = "resampled",
 ) -> ImageGeometry:
     """Warp the moving image into fixed space and write it as a multiscale OME-Zarr.
 
@@ -328,6 +334,8 @@ def apply_transform(
         (:func:`~ngff_dreg.io.omezarr.image_writer.pyramid_factors`), 2x for a geometry.
     shards:
         Sharded levels (0.5/0.6; :func:`~ngff_dreg.io.omezarr.image_writer.write_multiscale`).
+    name:
+        The multiscale's ``name`` (viewers show it as the layer name).
 
     Returns the geometry of the written level 0. Raises
     :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
@@ -353,7 +361,7 @@ def apply_transform(
         with _computing_on(scheduler):
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
-                             overwrite=overwrite, name="resampled", dtype=dtype,
+                             overwrite=overwrite, name=name, dtype=dtype,
                              factors=factors, leading_axes=sel.leading, omero=sel.omero,
                              shards=shards)
     return fixed

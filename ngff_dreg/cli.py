@@ -380,6 +380,8 @@ def apply(transform: str, moving: str, fixed: str, output: str, level: int, over
 
     Every channel and time point is resampled (or those of --channels/--times);
     the output keeps MOVING's axes, dtype and channel metadata, on FIXED's pyramid.
+    TRANSFORM is the scene register wrote, or SCENE:SOURCE:TARGET: the map from
+    FIXED's physical space (system SOURCE) to MOVING's (TARGET) in any RFC-5 scene.
     """
     from ngff_dreg.apply import apply_transform
 
@@ -516,7 +518,9 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
                      columns: str | None, blocksize: int, **o: Any) -> None:
     """Map a table of POINTS fixed -> moving (or moving -> fixed) through TRANSFORM.
 
-    TRANSFORM is the NGFF scene register wrote; POINTS a CSV or Parquet table
+    TRANSFORM is the NGFF scene register wrote, or SCENE:SOURCE:TARGET for the map
+    between two coordinate systems of any RFC-5 scene (names as ``ngff-dreg info
+    SCENE`` lists them; spatial axes z, y, x); POINTS a CSV or Parquet table
     with columns x,y,z (or x,y) in physical units of the fixed image. Rows are
     processed in partitions on the dask cluster, so the table never sits in
     one process.
@@ -533,6 +537,77 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
         n = transform_table_file(transform, points, output, inverse=inverse, columns=cols,
                                  storage_options=opts, blocksize=blocksize, client=client)
     click.echo(f"{n} partition(s) of points mapped to {output}")
+
+
+@app.command()
+@click.argument("output")
+@click.option("--screenshot", "png", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Render in headless Chromium, write this PNG and exit.")
+@click.option("--size", default="800x600", show_default=True,
+              help="Screenshot size, WIDTHxHEIGHT pixels.")
+@_verbose
+@_guarded
+def view(output: str, png: Path | None, size: str, verbose: int) -> None:
+    """Show OUTPUT's fixed and resampled moving images overlaid in neuroglancer.
+
+    OUTPUT is a local registration output written with --resample. The fixed
+    image is green, the resampled moving image magenta (grey where they
+    agree). Serves on 127.0.0.1 and prints the viewer's URL; runs until
+    Ctrl-C, or, with --screenshot, writes the PNG and exits.
+    """
+    import time
+
+    from ngff_dreg.view import open_viewer, screenshot
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("WIDTHxHEIGHT, e.g. 800x600", param_hint="--size") from None
+    session = open_viewer(output)
+    click.echo(session.url)
+    try:
+        if png is not None:
+            screenshot(session, png, size=(w, h))
+            click.echo(f"wrote {png}")
+            return
+        click.echo("serving; Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+
+
+@app.command("transform-coords")
+@click.argument("path")
+@click.argument("source")
+@click.argument("target")
+@click.argument("coordinates")
+@_storage
+def transform_coords(path: str, source: str, target: str, coordinates: str, anon: bool,
+                     endpoint_url: str | None, profile: str | None) -> None:
+    """Map COORDINATES from system SOURCE to system TARGET of the RFC-5 scene at PATH.
+
+    COORDINATES is a JSON list of points, each in SOURCE's axis order
+    (``[[z, y, x], ...]``). Prints ``{"coordinates": [...]}``; on failure
+    prints ``{"message": ...}`` and exits non-zero (the protocol of the
+    ome-zarr-transformations-conformance suite). A system is named by its
+    name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
+    """
+    import json
+
+    from ngff_dreg.io.omezarr.scene_reader import open_scene_graph
+    from ngff_dreg.io.storage.urls import redact_text
+
+    try:
+        points = json.loads(coordinates)
+        graph = open_scene_graph(path, _storage_options(anon, endpoint_url, profile))
+        mapped = graph.path(graph.resolve(source), graph.resolve(target))(points)
+    except Exception as exc:
+        click.echo(json.dumps({"message": redact_text(f"{type(exc).__name__}: {exc}")}))
+        raise SystemExit(2 if isinstance(exc, NgffDregError) else 1) from None
+    click.echo(json.dumps({"coordinates": mapped.tolist()}))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from ngff_dreg.io.omezarr.multiscale import MultiscaleImage, open_multiscale
 from ngff_dreg.io.storage.urls import redact_options, redact_text, redact_url
 from ngff_dreg.ngff.metadata import image_registrations
 
-__all__ = ["describe", "describe_image", "describe_settings"]
+__all__ = ["describe", "describe_image", "describe_scene", "describe_settings"]
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -99,8 +99,54 @@ def describe(
         Header (URL redacted, version, axes, unit, direction) and one row per
         level: path, shape, chunks, dtype, spacing, origin.
 
+    A group holding an RFC-5 scene (``ome.scene``) is described by
+    :func:`describe_scene` instead.
+
     """
+    from ngff_dreg.io.storage.stores import open_group
+
+    try:
+        attrs = dict(open_group(os.fspath(url), storage_options).attrs.asdict())
+    except Exception:  # let the image reader give its own error
+        attrs = {}
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and isinstance(ome.get("scene"), Mapping):
+        return describe_scene(os.fspath(url), storage_options)
     return describe_image(open_multiscale(url, storage_options, unit=unit))
+
+
+def describe_scene(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """The coordinate systems of an RFC-5 scene and the transforms between them.
+
+    One line per coordinate system (``name`` for the scene's own,
+    ``image/name`` for a referenced image's, with its axes), then one per
+    stored transform: ``source -> target``, its type, and whether it can be
+    walked backwards (inverted in closed form or through a ``bijection``).
+    """
+    from ngff_dreg.io.omezarr.scene_reader import open_scene_graph
+    from ngff_dreg.ngff.scene_graph import NonInvertibleTransformError
+
+    graph = open_scene_graph(url, storage_options)
+    lines = [f"URL:        {redact_url(url)}", "NGFF:       scene (RFC-5)", "",
+             "Coordinate systems:"]
+    for (path, name), axes in graph.systems.items():
+        label = f"{path}/{name}" if path else name
+        names = ", ".join(f"{a.get('name')}[{a.get('type', '?')}"
+                          f"{', ' + a['unit'] if a.get('unit') else ''}]" for a in axes)
+        lines.append(f"  {label}: {names or 'axes not given'}")
+    lines += ["", "Transforms:"]
+    for e in graph.edges:
+        def show(key: tuple[str, str]) -> str:
+            return f"{key[0]}/{key[1]}" if key[0] else key[1]
+
+        try:
+            e.transform.inverse()
+            back = "invertible"
+        except NonInvertibleTransformError:
+            back = "one way"
+        kind = e.transform.label.split(" (", 1)[0]
+        lines.append(f"  {show(e.source)} -> {show(e.target)}: {kind} ({back})")
+    return "\n".join(lines)
 
 
 def _setting_text(key: str, value: Any) -> str:

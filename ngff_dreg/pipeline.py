@@ -33,10 +33,13 @@ from ngff_dreg.cluster import client_context, progress_bar
 from ngff_dreg.global_stage import GlobalStageRunner
 from ngff_dreg.interfaces import RegistrationResult
 from ngff_dreg.io.omezarr.output_state import RESAMPLED, claim_output, set_status
+from ngff_dreg.io.omezarr.view_writer import VIEW_FIXED, VIEW_GROUP, link_view
 from ngff_dreg.io.storage.chunk_cache import close_host_cache
+from ngff_dreg.io.storage.stores import zarr_group
 from ngff_dreg.io.storage.urls import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
 from ngff_dreg.schedule import Schedule
+from ngff_dreg.transforms import TransformChain
 
 __all__ = ["RunOptions", "register", "stage_runners"]
 
@@ -153,21 +156,34 @@ def _resample(run: Run) -> None:
     t0 = time.perf_counter()
     # Until the image is written the output as a whole is incomplete.
     set_status(inputs.output, inputs.o_opts, "incomplete")
+    # The view is ours and written whole each time (a killed run may have left part of it).
+    zarr_group(join_url(inputs.output, VIEW_GROUP), inputs.o_opts, mode="w", zarr_format=3)
+    common: dict[str, Any] = dict(
+        level=0, fixed_storage_options=inputs.f_opts, output_storage_options=inputs.o_opts,
+        overwrite=True, scheduler=run.client, shards=inputs.options.output_shards)
     apply_transform(
         inputs.moving,
         inputs.fixed,
         run.final.transform,
         join_url(inputs.output, RESAMPLED),
-        level=0,
         moving_storage_options=inputs.m_opts,
-        fixed_storage_options=inputs.f_opts,
-        output_storage_options=inputs.o_opts,
-        overwrite=True,
-        scheduler=run.client,
         channels=inputs.options.resample_channels,
         times=inputs.options.resample_times,
-        shards=inputs.options.output_shards,
+        name="moving_resampled",
+        **common,
     )
+    # The fixed image beside it, on its own grid (so a viewer finds both in one
+    # scene, with the same pyramid and metadata), then the scenes that link them.
+    apply_transform(
+        inputs.fixed,
+        inputs.fixed,
+        TransformChain.identity(inputs.ndim),
+        join_url(inputs.output, VIEW_FIXED),
+        moving_storage_options=inputs.f_opts,
+        name="fixed",
+        **common,
+    )
+    link_view(inputs.output, inputs.o_opts)
     run.claim.manifest["resampled"] = True
     run.checkpoints.write(run.claim.manifest)
     set_status(inputs.output, inputs.o_opts, "complete")

@@ -35,6 +35,12 @@ def _resolved(transform: Any, storage_options: Mapping[str, Any] | None, inverse
         from ngff_dreg.io.omezarr.transform_reader import read_transform
 
         url = os.fspath(transform)
+        from ngff_dreg.io.omezarr.scene_reader import SceneMap, parse_scene_reference
+
+        ref = parse_scene_reference(url)
+        if ref is not None:  # SCENE:SOURCE:TARGET, any RFC-5 scene
+            scene = SceneMap(*ref, storage_options=storage_options)
+            return (scene.inverse() if inverse else scene).check(), False
         if inverse:
             try:
                 return read_transform(url, storage_options, inverse=True), False

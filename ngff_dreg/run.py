@@ -277,17 +277,49 @@ class RunInputs:
         )
 
 
+def _scene_initial(ref: tuple[str, str, str], storage_options: Mapping[str, Any] | None,
+                   grid: ImageGeometry | None) -> AffineTransform | TransformChain:
+    """The map of ``SCENE:SOURCE:TARGET``: exact if linear, else sampled on ``grid``."""
+    from ngff_dreg.io.omezarr.scene_reader import SceneMap
+    from ngff_dreg.ngff.transforms import reverse_axes
+    from ngff_dreg.transforms import DisplacementField
+
+    scene = SceneMap(*ref, storage_options=storage_options)
+    h = scene.check()._map().homogeneous()
+    if h is not None:
+        return AffineTransform.from_homogeneous(reverse_axes(np.asarray(h)))
+    if grid is None:
+        raise ScheduleError(f"{ref[0]}: the map from {ref[1]!r} to {ref[2]!r} is not linear; "
+                            "it needs the fixed image's grid to be sampled on")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), axis=-1)
+    pts = grid.array_index_to_physical(idx.reshape(-1, grid.ndim).astype(np.float64))
+    disp = scene.transform_points(pts) - pts
+    data = disp[:, ::-1].T.reshape((grid.ndim, *grid.shape))
+    return TransformChain(AffineTransform.identity(grid.ndim), DisplacementField(grid, data=data))
+
+
 def as_initial_transform(
-    initial: Any, ndim: int, storage_options: Mapping[str, Any] | None
+    initial: Any, ndim: int, storage_options: Mapping[str, Any] | None,
+    grid: ImageGeometry | None = None,
 ) -> AffineTransform | TransformChain | None:
-    """A user's initial transform as an :class:`AffineTransform` or :class:`TransformChain`."""
+    """A user's initial transform as an :class:`AffineTransform` or :class:`TransformChain`.
+
+    A string is an ngff-dreg output scene, or ``SCENE:SOURCE:TARGET``: the map
+    between two coordinate systems of any RFC-5 scene, kept exact when it is
+    linear and otherwise sampled as a displacement field on ``grid`` (a
+    level of the fixed image).
+    """
     if initial is None:
         return None
     if isinstance(initial, (AffineTransform, TransformChain)):
         return initial
     if isinstance(initial, str):
+        from ngff_dreg.io.omezarr.scene_reader import parse_scene_reference
         from ngff_dreg.io.omezarr.transform_reader import read_transform
 
+        ref = parse_scene_reference(initial)
+        if ref is not None:
+            return _scene_initial(ref, storage_options, grid)
         return read_transform(initial, storage_options)
     if isinstance(initial, ItkTransformLike):
         return AffineTransform.from_itk(initial)
@@ -383,7 +415,11 @@ def open_inputs(fixed: str, moving: str, output: str, options: RunOptions) -> Ru
         inputs.gm_level = matching_level(moving_geoms, fixed_geoms[inputs.g_level].spacing)
         for name, url, c in zip(("fixed", "moving"), (fixed, moving), inputs.global_readers()):
             check_level_data(name, url, int(c.level), c().read_box(Box.full(c.geometry.shape)))
-        inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts)
+        # a non-linear scene map is sampled on the finest fixed level of <= 2**21 voxels
+        grid = next((g for g in fixed_geoms if int(np.prod(g.shape)) <= 2**21),
+                    fixed_geoms[-1])
+        inputs.initial = as_initial_transform(options.initial_transform, inputs.ndim, f_opts,
+                                              grid)
     except BaseException:
         if token is not None:  # the run never starts: nothing will close it
             close_host_cache(token)

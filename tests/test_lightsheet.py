@@ -85,7 +85,7 @@ def test_resample_writes_every_channel_as_uint16_on_the_fixed_pyramid(
     from ngff_dreg.io.omezarr.transform_reader import read_transform
 
     fixed = open_multiscale(pair["fixed"])
-    out = open_multiscale(f"{registered}/moving_resampled")
+    out = open_multiscale(f"{registered}/view/moving_resampled")
     assert [a.name for a in out.multiscale.axes] == ["c", "z", "y", "x"]
     assert out.multiscale.axes[0].type == "channel"
     assert len(out.levels) == len(fixed.levels) == 3
@@ -219,7 +219,7 @@ def test_tczyx_registers_one_time_point_and_resamples_all(
     ngff_dreg.register(fixed, moving, out, schedule=schedule, client=dask_client,
                        fixed_time=1, moving_time=-2, fixed_channel="DAPI", moving_channel="DAPI",
                        resample=True, resample_channels=["GFP"], progress=False)
-    res = open_multiscale(f"{out}/moving_resampled")
+    res = open_multiscale(f"{out}/view/moving_resampled")
     assert [a.name for a in res.multiscale.axes] == ["t", "c", "z", "y", "x"]
     assert res.levels[0].shape == (3, 1, *geom.shape)
     assert res.channel_labels == ("GFP",)

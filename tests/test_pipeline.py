@@ -235,7 +235,8 @@ def test_2d_pair(pair_2d, tmp_path, dask_client):
     # The resampled moving image matches the fixed image far better than the raw one.
     fixed = OMEZarrReaderConstructor(pair_2d.fixed)().read_box(Box.full((192, 192)))
     moving = OMEZarrReaderConstructor(pair_2d.moving)().read_box(Box.full((192, 192)))
-    warped = OMEZarrReaderConstructor(f"{out}/moving_resampled")().read_box(Box.full((192, 192)))
+    warped = OMEZarrReaderConstructor(f"{out}/view/moving_resampled")().read_box(
+        Box.full((192, 192)))
     inner = (slice(16, -16), slice(16, -16))
     before = np.abs(fixed[inner] - moving[inner]).mean()
     after = np.abs(fixed[inner] - warped[inner]).mean()
@@ -335,7 +336,7 @@ def test_output_shards_shard_the_final_fields_and_the_resampled_image(pair_3d, t
     assert shards("coordinateTransformations/moving_to_fixed/s0") == (3, 64, 64, 64)
     assert shards("quality/jacobian") == (64, 64, 64)
     # resampled: 72³ voxels in 64³ chunks, one 128³ shard of 8 chunks
-    assert shards("moving_resampled/0") == (128, 128, 128)
+    assert shards("view/moving_resampled/0") == (128, 128, 128)
     ckpt = [p for p in zarr.open_group(f"{out}/checkpoints", mode="r").group_keys()]
     assert ckpt and all(
         shards(f"checkpoints/{c}/coordinateTransformations/fixed_to_moving/s0") is None

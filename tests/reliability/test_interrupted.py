@@ -48,7 +48,7 @@ def _field_started(out: Path) -> bool:
 
 
 def _resample_started(out: Path) -> bool:
-    return (out / "moving_resampled").exists()
+    return (out / "view" / "moving_resampled").exists()
 
 
 TRIGGERS = {"block": _global_done, "field": _field_started, "resample": _resample_started}
@@ -101,7 +101,7 @@ def test_killed_run_is_recognisable_and_a_rerun_completes_it(
         assert state == "incomplete", state
         # ...the half-written image has no multiscale metadata yet: unreadable, not wrong.
         with pytest.raises(NgffDregError):
-            open_multiscale(str(out / "moving_resampled"))
+            open_multiscale(str(out / "view" / "moving_resampled"))
     finished_before = {
         k: v for k, v in tree_files(out).items()
         if k.startswith("coordinateTransformations") or k.startswith("checkpoints/stage")
@@ -114,12 +114,13 @@ def test_killed_run_is_recognisable_and_a_rerun_completes_it(
     assert output_status(str(out)) == "complete"
     tx = read_transform(str(out))
     assert field_difference(tx, reference.transforms.transform, small_pair) < 1e-3
-    image = open_multiscale(str(out / "moving_resampled"))
+    image = open_multiscale(str(out / "view" / "moving_resampled"))
     assert image.levels[0].shape == (48, 48, 48)
     after = tree_files(out)
     for key, data in finished_before.items():  # nothing finished earlier was rewritten
         assert after.get(key) == data, key
     warped = np.asarray(
-        __import__("zarr").open_array(str(out / "moving_resampled" / image.levels[0].path))[:]
+        __import__("zarr").open_array(
+            str(out / "view" / "moving_resampled" / image.levels[0].path))[:]
     )
     assert np.isfinite(warped).all() and float(np.ptp(warped)) > 0

@@ -107,4 +107,4 @@ def test_cli_on_a_standalone_cluster_with_s3_data(
         stray = [p for p in d.rglob("*.zarr")] + [p for p in d.rglob("zarr.json")]
         assert not stray, stray
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
-    assert "result.zarr/moving_resampled/zarr.json" in keys
+    assert "result.zarr/view/moving_resampled/zarr.json" in keys

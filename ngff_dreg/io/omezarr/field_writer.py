@@ -505,8 +505,10 @@ class FieldSceneWriter:
 
 
 def _redacted(url: str | None) -> str | None:
-    """An image URL as recorded in the output: never with credentials in it."""
-    return None if url is None else redact_url(url)
+    """An image URL as recorded in the output: absolute if local, never with credentials."""
+    from ngff_dreg.io.omezarr.view_writer import recorded_location
+
+    return recorded_location(url)
 
 
 def _level_step(k: int, ndim: int, factors: Sequence[Sequence[int]] | None) -> tuple[int, ...]:

@@ -63,8 +63,9 @@ MARKER_VERSION = 1
 CHECKPOINTS = "checkpoints"
 #: Attribute of the checkpoints group holding the manifest.
 MANIFEST_KEY = "ngff_dreg_manifest"
-#: Group below an output holding the resampled moving image.
-RESAMPLED = "moving_resampled"
+#: Group below an output holding the resampled moving image (in the viewer scene,
+#: :mod:`ngff_dreg.io.omezarr.view_writer`; outputs before it: ``moving_resampled``).
+RESAMPLED = "view/moving_resampled"
 
 
 # ------------------------------------------------------------------ the marker
