@@ -25,7 +25,7 @@ from ngff_dreg.cluster import compute_stage
 from ngff_dreg.engine import register_images
 from ngff_dreg.errors import RegistrationFailedError
 from ngff_dreg.geometry import one_per_axis
-from ngff_dreg.global_stage import ncc_at_level
+from ngff_dreg.global_stage import metric_name, ncc_at_level
 from ngff_dreg.interfaces import (
     BlockRegStatus,
     HasReport,
@@ -108,8 +108,9 @@ class BlockStageRunner:
         run.timings[self.key] = rep.seconds
         run.record(self.key, rep.to_json(), rep)
         logger.info(
-            "stage %d (level %d): %d/%d blocks, NCC %.3f -> %.3f in %.1fs",
-            self.index, f_level, n_ok, status.size, rep.ncc_before or 0, rep.ncc_after or 0,
+            "stage %d (level %d): %d/%d blocks, %s %.3f -> %.3f in %.1fs",
+            self.index, f_level, n_ok, status.size, rep.metric, rep.ncc_before or 0,
+            rep.ncc_after or 0,
             rep.seconds,
         )
         if self.is_last:
@@ -183,9 +184,12 @@ class BlockStageRunner:
         transforms = result.transforms
         figures = dict(transforms.report or {}) if isinstance(transforms, HasReport) else {}
         before, after = figures.get("ncc_before"), figures.get("ncc_after")
+        metric = metric_name(str(self.stage.method_options.get("similarity", "intensity")))
         if before is None or after is None:
+            metric = "NCC"  # of the intensities, on the global level
             g_fixed, g_moving = run.inputs.global_readers()
-            last = run.reports[-1].ncc_after if run.reports else None
+            last = run.reports[-1].ncc_after \
+                if run.reports and run.reports[-1].metric == "NCC" else None
             before = (
                 last
                 if last is not None
@@ -200,6 +204,7 @@ class BlockStageRunner:
             status=np.asarray(result.status),
             ncc_before=before,
             ncc_after=after,
+            metric=metric,
             seconds=time.perf_counter() - t0,
             report=figures,
         )

@@ -334,7 +334,7 @@ def _print_summary(result: Any, verbose: int = 0) -> None:
     for rep in result.levels:
         ncc = ""
         if rep.ncc_before is not None and rep.ncc_after is not None:
-            ncc = f"NCC {rep.ncc_before:.3f} -> {rep.ncc_after:.3f}"
+            ncc = f"{rep.metric} {rep.ncc_before:.3f} -> {rep.ncc_after:.3f}"
         blocks = ""
         if rep.status is not None:
             import numpy as np

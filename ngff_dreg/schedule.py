@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ngff_dreg.errors import ScheduleError
+from ngff_dreg.fitting.descriptors import SIMILARITIES
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import BlockPairRegistrationMethod
 from ngff_dreg.methods import make_method, method_names
@@ -48,6 +49,9 @@ _SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1
 
 
 GLOBAL_METHODS = ("gauss-newton", "itk")
+#: Where the global stage starts: centres of mass of the intensities, of the
+#: foreground (illumination-flattened), the geometric centres, or identity.
+INITIALIZERS = ("moments", "foreground", "centers", "none")
 
 
 @dataclass
@@ -60,7 +64,9 @@ class GlobalStage:
         Fixed level; ``None`` picks the coarsest level with at least
         ``min_size`` voxels along every axis.
     initializer:
-        ``"moments"`` (centres of mass), ``"centers"`` (geometric centres) or
+        ``"moments"`` (centres of mass), ``"foreground"`` (centres of mass of
+        the objects' masks, found after flattening the illumination: uneven
+        lighting does not pull it), ``"centers"`` (geometric centres) or
         ``"none"``.
     kinds:
         Linear stages run in order (``"translation"``, ``"rigid"``, ``"affine"``).
@@ -75,6 +81,10 @@ class GlobalStage:
         Maximum iterations per kind and resolution.
     min_size:
         See ``level``.
+    similarity:
+        For ``method="gauss-newton"``: ``"intensity"`` (the intensity model)
+        or ``"mind"`` (MIND-SSC descriptors,
+        :mod:`~ngff_dreg.fitting.descriptors`).
 
     """
 
@@ -85,13 +95,16 @@ class GlobalStage:
     metric: str = "mattes"
     iterations: int = 200
     min_size: int = 48
+    similarity: str = "intensity"
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
-        if self.initializer not in ("moments", "centers", "none"):
-            raise ScheduleError(
-                f"global initializer {self.initializer!r} is not one of moments, centers, none"
-            )
+        if self.similarity not in SIMILARITIES:
+            raise ScheduleError(f"global similarity {self.similarity!r} is not one of "
+                                f"{', '.join(SIMILARITIES)}")
+        if self.initializer not in INITIALIZERS:
+            raise ScheduleError(f"global initializer {self.initializer!r} is not one of "
+                                f"{', '.join(INITIALIZERS)}")
         for k in self.kinds:
             if k not in ("translation", "rigid", "affine"):
                 raise ScheduleError(f"global stage kind {k!r} is not translation, rigid or affine")
@@ -144,7 +157,7 @@ class BlockStage:
         """The block method this stage runs (from the registry in :mod:`ngff_dreg.methods`)."""
         try:
             return make_method(self.method, self.method_options)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ScheduleError(f"bad options for method {self.method!r}: {exc}") from exc
 
 
@@ -224,7 +237,8 @@ class Schedule:
 
     # -- defaults -----------------------------------------------------------
     @classmethod
-    def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False) -> Schedule:
+    def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False,
+                similarity: str = "intensity") -> Schedule:
         """A schedule adapted to the fixed image's physical extent and pyramid.
 
         1. Global rigid then affine (Gauss-Newton) on the coarsest level with
@@ -250,8 +264,15 @@ class Schedule:
         The fields are stored at a fifth (last stage) or an eighth
         (intermediate) of the control spacing, so their linear interpolation
         loses little of the B-spline. ``fast``: one pass per stage on a 1.5x
-        sparser lattice and fewer iterations.
+        sparser lattice and fewer iterations. ``similarity``: what every stage
+        fits (``"intensity"`` or ``"mind"``, see
+        :mod:`~ngff_dreg.fitting.descriptors`); with ``"mind"`` the global
+        stage starts from the centres of the objects' illumination-flattened
+        masks (``initializer="foreground"``).
         """
+        if similarity not in SIMILARITIES:
+            raise ScheduleError(f"similarity {similarity!r} is not one of "
+                                f"{', '.join(SIMILARITIES)}")
         g_level = default_global_level(fixed_levels, 48)
         base = fixed_levels[0]
         extent = float(np.max((np.asarray(base.size) - 1) * np.asarray(base.spacing)))
@@ -284,6 +305,7 @@ class Schedule:
                 "smoothing_sigmas": sigmas,
                 "iterations": 6 if fast else (8 if finest else 10),
                 "bending": DEFAULT_BENDING,
+                "similarity": similarity,
             }
             stages.append(
                 BlockStage(
@@ -295,7 +317,9 @@ class Schedule:
                     field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))),
                 )
             )
-        return cls(global_stage=GlobalStage(level=g_level, iterations=30), stages=stages)
+        initializer = "foreground" if similarity == "mind" else "moments"
+        return cls(global_stage=GlobalStage(level=g_level, iterations=30, initializer=initializer,
+                                            similarity=similarity), stages=stages)
 
 
 #: Control-point spacings of the default block stages, as fractions of the
