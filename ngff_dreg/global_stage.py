@@ -237,8 +237,8 @@ def similarity_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
     warped, inside = _warp_into(fixed, fg, moving, mg, transform)
     if inside.sum() < 10:
         return float("nan")
-    df = mind_ssc(fixed).reshape(-1, inside.size)[:, inside].ravel()
-    dw = mind_ssc(warped.reshape(fixed.shape)).reshape(-1, inside.size)[:, inside].ravel()
+    df = mind_ssc(fixed, 2.0).reshape(-1, inside.size)[:, inside].ravel()
+    dw = mind_ssc(warped.reshape(fixed.shape), 2.0).reshape(-1, inside.size)[:, inside].ravel()
     return _ncc_flat(df.astype(np.float64), dw.astype(np.float64))
 
 

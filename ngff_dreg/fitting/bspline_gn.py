@@ -90,6 +90,8 @@ class GaussNewtonOptions:
         descriptors of both images, :mod:`~ngff_dreg.fitting.descriptors`: for
         contrasts that are not a function of each other and strong
         illumination differences; the intensity settings are then unused).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels).
 
     """
 
@@ -104,6 +106,7 @@ class GaussNewtonOptions:
     gain_degree: int = 2
     tolerance: float = 1e-3
     similarity: str = "intensity"
+    patch_sigma: float = 0.8
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -169,13 +172,15 @@ class _Images:
     """
 
     def __init__(self, fixed: FloatArray, warped: FloatArray, valid: BoolArray,
-                 geom: ImageGeometry, similarity: str = "intensity") -> None:
+                 geom: ImageGeometry, similarity: str = "intensity",
+                 patch_sigma: float = 1.0) -> None:
         self.fixed = fixed
         self.warped = warped
         self.valid = valid.astype(np.float32)
         self.valid_bool = valid
         self.geom = geom
         self.similarity = similarity
+        self.patch_sigma = patch_sigma
         self._sigma: float | None = None
         self._images: tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]] | None \
             = None
@@ -188,8 +193,8 @@ class _Images:
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
             if self.similarity == "mind":
-                fc = list(mind_ssc(f))
-                wc = list(mind_ssc(w, valid=self.valid_bool))
+                fc = list(mind_ssc(f, self.patch_sigma))
+                wc = list(mind_ssc(w, self.patch_sigma, valid=self.valid_bool))
             else:
                 fc, wc = [f], [w]
             grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
@@ -475,7 +480,7 @@ def gauss_newton_fit(
     fill = float(warped[valid].mean()) if valid.any() else 0.0
     images = _Images(np.asarray(fixed, dtype=np.float64),
                      np.where(valid, warped, fill).astype(np.float64), valid, geom,
-                     options.similarity)
+                     options.similarity, options.patch_sigma)
     history: list[tuple[int, float, float, float]] = []
     value = float("nan")
     its = cgs = 0

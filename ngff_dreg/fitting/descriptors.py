@@ -37,7 +37,7 @@ FloatArray = npt.NDArray[np.float64]
 #: the moving intensity predicts the fixed one), or MIND-SSC descriptors.
 SIMILARITIES = ("intensity", "mind")
 #: ``V`` is floored at this fraction of its median over the image.
-VARIANCE_FLOOR = 0.1
+VARIANCE_FLOOR = 0.5
 
 
 def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -59,7 +59,7 @@ def _shifted(padded: npt.NDArray[np.float32], offset: tuple[int, ...], shape: tu
     return padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, shape))]
 
 
-def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 0.8,
+def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
              valid: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.float32]:
     """MIND-SSC descriptors of ``image``: ``(channels, *image.shape)`` float32 in (0, 1].
 

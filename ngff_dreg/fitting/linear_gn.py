@@ -59,10 +59,10 @@ class _MovingSampler:
     """The smoothed moving image (or its descriptors) and physical gradients at points."""
 
     def __init__(self, moving: FloatArray, geom: ImageGeometry, sigma: float,
-                 similarity: str = "intensity") -> None:
+                 similarity: str = "intensity", patch_sigma: float = 2.0) -> None:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
-        self.imgs = list(mind_ssc(img)) if similarity == "mind" else [img]
+        self.imgs = list(mind_ssc(img, patch_sigma)) if similarity == "mind" else [img]
         self.grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
                        for k in range(c.ndim)] for c in self.imgs]
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
@@ -197,6 +197,7 @@ def linear_fit(
     tolerance: float = 1e-4,
     max_samples: int = MAX_SAMPLES,
     similarity: str = "intensity",
+    patch_sigma: float = 2.0,
 ) -> LinearFitResult:
     """Refine the fixed→moving affine ``(matrix, translation)`` by Gauss-Newton.
 
@@ -226,6 +227,10 @@ def linear_fit(
     similarity:
         ``"intensity"`` (the intensity model) or ``"mind"`` (MIND-SSC
         descriptors of both images, :mod:`~ngff_dreg.fitting.descriptors`).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels): larger than the block
+        fits' by default, for the wider capture range a coarse whole-image
+        alignment needs.
 
     """
     if similarity not in SIMILARITIES:
@@ -252,10 +257,10 @@ def linear_fit(
         xc = fixed_geom.array_index_to_physical(idx.astype(np.float64)) - centre
         f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, fixed_geom)) \
             if sigma > 0 else fixed
-        f_chan = list(mind_ssc(f_img)) if similarity == "mind" else [f_img]
+        f_chan = list(mind_ssc(f_img, patch_sigma)) if similarity == "mind" else [f_img]
         f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
                           for c in f_chan])
-        sampler = _MovingSampler(moving, moving_geom, float(sigma), similarity)
+        sampler = _MovingSampler(moving, moving_geom, float(sigma), similarity, patch_sigma)
         for kind in kinds:
             _, _, inside = sampler(xc @ a.T + (a @ centre + t), False)
             n_in = int(inside.sum())

@@ -130,6 +130,8 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         ``"intensity"`` (the intensity model above) or ``"mind"`` (MIND-SSC
         descriptors: contrasts that are not a function of each other, strong
         illumination differences; the intensity settings are then unused).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels of the block).
     validate:
         Refuse (LOW_QUALITY) a fit that does not lower the data term on a
         held-out lattice.
@@ -151,6 +153,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     intensity_bins: int = 12
     gain_degree: int = 2
     similarity: str = "intensity"
+    patch_sigma: float = 0.8
     validate: bool = True
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
@@ -173,6 +176,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
             intensity_bins=int(self.intensity_bins),
             gain_degree=int(self.gain_degree),
             similarity=self.similarity,
+            patch_sigma=float(self.patch_sigma),
         )
 
     @property
