@@ -97,11 +97,36 @@ def _start(fixed: npt.NDArray[np.float32], fg: ImageGeometry, moving: npt.NDArra
         return initial
     if initializer == "none":
         return AffineTransform.identity(fg.ndim)
-    if initializer in ("moments", "foreground"):
+    if initializer in ("moments", "foreground", "multi"):
         robust = initializer == "foreground"
         cf, cm = _centre_of_mass(fixed, fg, robust), _centre_of_mass(moving, mg, robust)
         return AffineTransform.from_arrays(np.eye(fg.ndim), cm - cf)
     return _centres_translation(fg, mg)
+
+
+def _best_start(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+                moving: npt.NDArray[np.float32], mg: ImageGeometry, sigma: float, stride: int,
+                iterations: int, similarity: str) -> AffineTransform:
+    """The best of several starts, each refined by a coarse rigid fit.
+
+    The starts are the geometric centres (objects that fill the field of view),
+    the centres of mass (objects in an empty background) and the centres of
+    the illumination-flattened foreground masks (unevenly lit objects). Each
+    is refined by a rigid fit at the coarsest smoothing, and the one with the
+    highest similarity (:func:`similarity_arrays`) is kept.
+    """
+    best: tuple[float, AffineTransform] | None = None
+    f64, m64 = np.asarray(fixed, np.float64), np.asarray(moving, np.float64)
+    for name in ("centers", "moments", "foreground"):
+        start = _start(fixed, fg, moving, mg, None, name)
+        fit = linear_fit(f64, fg, m64, mg, start.A, start.t, kinds=("rigid",), sigmas=(sigma,),
+                         strides=(stride,), iterations=iterations, similarity=similarity)
+        cand = AffineTransform.from_arrays(fit.matrix, fit.translation)
+        score = similarity_arrays(fixed, fg, moving, mg, cand, similarity)
+        logger.debug("global start %s: %s %.4f", name, metric_name(similarity), score)
+        if np.isfinite(score) and (best is None or score > best[0]):
+            best = (score, cand)
+    return best[1] if best is not None else _start(fixed, fg, moving, mg, None, "centers")
 
 
 def global_alignment(
@@ -135,12 +160,16 @@ def _align_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
                   metric: str, iterations: int, method: str,
                   similarity: str = "intensity") -> AffineTransform:
     """:func:`global_alignment` on arrays already read."""
-    current = _start(fixed, fg, moving, mg, initial, initializer)
+    smallest = min(fg.shape)
+    sigmas = tuple(s for s, f in ((2.0, 4), (1.0, 2), (0.0, 1)) if smallest // f >= 8) \
+        or (0.0,)
+    strides = tuple(2 if s >= 2 else 1 for s in sigmas)
+    if initial is None and initializer == "multi" and method == "gauss-newton":
+        current = _best_start(fixed, fg, moving, mg, sigmas[0], strides[0], iterations,
+                              similarity)
+    else:
+        current = _start(fixed, fg, moving, mg, initial, initializer)
     if method == "gauss-newton":
-        smallest = min(fg.shape)
-        sigmas = tuple(s for s, f in ((2.0, 4), (1.0, 2), (0.0, 1)) if smallest // f >= 8) \
-            or (0.0,)
-        strides = tuple(2 if s >= 2 else 1 for s in sigmas)
         fit = linear_fit(np.asarray(fixed, np.float64), fg, np.asarray(moving, np.float64), mg,
                          current.A, current.t, kinds=kinds, sigmas=sigmas, strides=strides,
                          iterations=iterations, similarity=similarity)
@@ -302,7 +331,7 @@ def _centres_translation(fg: ImageGeometry, mg: ImageGeometry) -> AffineTransfor
 def _initial_only(fixed_ctor: Any, moving_ctor: Any, initializer: str) -> AffineTransform:
     """The transform the global stage starts from, without the moments (scored before it)."""
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
-    if initializer == "centers":
+    if initializer in ("centers", "multi"):
         return _centres_translation(fg, mg)
     return AffineTransform.identity(fg.ndim)
 

@@ -51,7 +51,7 @@ _SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1
 GLOBAL_METHODS = ("gauss-newton", "itk")
 #: Where the global stage starts: centres of mass of the intensities, of the
 #: foreground (illumination-flattened), the geometric centres, or identity.
-INITIALIZERS = ("moments", "foreground", "centers", "none")
+INITIALIZERS = ("moments", "foreground", "centers", "multi", "none")
 
 
 @dataclass
@@ -66,8 +66,9 @@ class GlobalStage:
     initializer:
         ``"moments"`` (centres of mass), ``"foreground"`` (centres of mass of
         the objects' masks, found after flattening the illumination: uneven
-        lighting does not pull it), ``"centers"`` (geometric centres) or
-        ``"none"``.
+        lighting does not pull it), ``"centers"`` (geometric centres),
+        ``"multi"`` (each of those three refined by a coarse rigid fit, the
+        one the stage's similarity prefers kept) or ``"none"``.
     kinds:
         Linear stages run in order (``"translation"``, ``"rigid"``, ``"affine"``).
     method:
@@ -267,8 +268,7 @@ class Schedule:
         sparser lattice and fewer iterations. ``similarity``: what every stage
         fits (``"intensity"`` or ``"mind"``, see
         :mod:`~ngff_dreg.fitting.descriptors`); with ``"mind"`` the global
-        stage starts from the centres of the objects' illumination-flattened
-        masks (``initializer="foreground"``).
+        stage tries several starts (``initializer="multi"``).
         """
         if similarity not in SIMILARITIES:
             raise ScheduleError(f"similarity {similarity!r} is not one of "
@@ -317,7 +317,7 @@ class Schedule:
                     field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))),
                 )
             )
-        initializer = "foreground" if similarity == "mind" else "moments"
+        initializer = "multi" if similarity == "mind" else "moments"
         return cls(global_stage=GlobalStage(level=g_level, iterations=30, initializer=initializer,
                                             similarity=similarity), stages=stages)
 

@@ -52,6 +52,8 @@ __all__ = ["GaussNewtonOptions", "GaussNewtonResult", "gauss_newton_fit"]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: Smallest automatic MIND-SSC patch (Gaussian sigma, voxels).
+MIN_PATCH_SIGMA = 0.8
 #: On an every-voxel lattice, one sample in this many is held out for validation.
 HOLD_OUT_EVERY = 5
 
@@ -91,7 +93,11 @@ class GaussNewtonOptions:
         contrasts that are not a function of each other and strong
         illumination differences; the intensity settings are then unused).
     patch_sigma:
-        MIND-SSC patch size (Gaussian sigma, voxels).
+        MIND-SSC patch size (Gaussian sigma, voxels of the finest axis);
+        ``None``: half the pass's lattice stride, at least
+        :data:`MIN_PATCH_SIGMA` (a sparse lattice samples descriptors of
+        patches about as large as the gaps between its samples, which are
+        less noisy than single-voxel ones).
 
     """
 
@@ -106,7 +112,7 @@ class GaussNewtonOptions:
     gain_degree: int = 2
     tolerance: float = 1e-3
     similarity: str = "intensity"
-    patch_sigma: float = 0.8
+    patch_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -173,7 +179,7 @@ class _Images:
 
     def __init__(self, fixed: FloatArray, warped: FloatArray, valid: BoolArray,
                  geom: ImageGeometry, similarity: str = "intensity",
-                 patch_sigma: float = 1.0) -> None:
+                 patch_sigma: float | None = None) -> None:
         self.fixed = fixed
         self.warped = warped
         self.valid = valid.astype(np.float32)
@@ -181,25 +187,31 @@ class _Images:
         self.geom = geom
         self.similarity = similarity
         self.patch_sigma = patch_sigma
-        self._sigma: float | None = None
+        self._sigma: tuple[float, float] | None = None
         self._images: tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]] | None \
             = None
 
-    def get(self, sigma: float
+    def get(self, sigma: float, factor: int = 1
             ) -> tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]]:
-        """``(fixed channels, warped channels, warped gradients per channel)`` at ``sigma``."""
-        if self._images is None or self._sigma != sigma:
+        """``(fixed channels, warped channels, warped gradients per channel)`` at ``sigma``.
+
+        ``factor``: the pass's lattice stride (sets the automatic MIND patch).
+        """
+        patch = self.patch_sigma if self.patch_sigma is not None \
+            else max(MIN_PATCH_SIGMA, 0.5 * factor)
+        key = (sigma, patch if self.similarity == "mind" else 0.0)
+        if self._images is None or self._sigma != key:
             sig = physical_sigmas(sigma, self.geom)
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
             if self.similarity == "mind":
-                fc = list(mind_ssc(f, self.patch_sigma))
-                wc = list(mind_ssc(w, self.patch_sigma, valid=self.valid_bool))
+                fc = list(mind_ssc(f, patch))
+                wc = list(mind_ssc(w, patch, valid=self.valid_bool))
             else:
                 fc, wc = [f], [w]
             grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
                       for k in range(c.ndim)] for c in wc]
-            self._sigma, self._images = sigma, (fc, wc, grads)
+            self._sigma, self._images = key, (fc, wc, grads)
         return self._images
 
 
@@ -212,7 +224,7 @@ class _Pass:
         self.nd = geom.ndim
         self.sizes = grid.sizes
         self.shape = np.asarray(images.fixed.shape)
-        f_imgs, self.w_imgs, self.grad_imgs = images.get(sigma)
+        f_imgs, self.w_imgs, self.grad_imgs = images.get(sigma, factor)
         self.valid = images.valid
         steps = lattice_strides(factor, geom)
         starts = [(n % st) // 2 for n, st in zip(images.fixed.shape, steps)]

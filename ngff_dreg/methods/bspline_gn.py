@@ -131,7 +131,8 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         descriptors: contrasts that are not a function of each other, strong
         illumination differences; the intensity settings are then unused).
     patch_sigma:
-        MIND-SSC patch size (Gaussian sigma, voxels of the block).
+        MIND-SSC patch size (Gaussian sigma, voxels of the block's finest
+        axis); ``None``: half of each pass's lattice stride, at least 0.8.
     validate:
         Refuse (LOW_QUALITY) a fit that does not lower the data term on a
         held-out lattice.
@@ -153,7 +154,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     intensity_bins: int = 12
     gain_degree: int = 2
     similarity: str = "intensity"
-    patch_sigma: float = 0.8
+    patch_sigma: float | None = None
     validate: bool = True
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
@@ -176,7 +177,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
             intensity_bins=int(self.intensity_bins),
             gain_degree=int(self.gain_degree),
             similarity=self.similarity,
-            patch_sigma=float(self.patch_sigma),
+            patch_sigma=None if self.patch_sigma is None else float(self.patch_sigma),
         )
 
     @property
