@@ -13,6 +13,7 @@ same arguments is read back instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy.typing as npt
 from ngff_dreg.cluster import compute_stage
 from ngff_dreg.engine import register_images
 from ngff_dreg.errors import RegistrationFailedError
+from ngff_dreg.fitting.descriptors import AUTO
 from ngff_dreg.geometry import one_per_axis
 from ngff_dreg.global_stage import metric_name, ncc_at_level
 from ngff_dreg.interfaces import (
@@ -85,6 +87,11 @@ class BlockStageRunner:
         if self._resume(run, url):
             return
         t0 = time.perf_counter()
+        if self.stage.method_options.get("similarity") == AUTO:
+            # the global stage chose (MIND when there was none)
+            chosen = run.similarity or "mind"
+            self.stage = dataclasses.replace(
+                self.stage, method_options={**self.stage.method_options, "similarity": chosen})
         f_level, m_level = run.inputs.levels(self.stage)
         result = self._compute(run, url, f_level, m_level)
         status = np.asarray(result.status)

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ngff_dreg.fitting.descriptors import mind_ssc
+from ngff_dreg.fitting.descriptors import AUTO, mind_ssc
+from ngff_dreg.fitting.intensity import IntensityModel
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import BlockInfo, BlockRegStatus
@@ -227,6 +228,36 @@ def _itk_alignment(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
     return current
 
 
+#: ``similarity="auto"`` picks the intensity model when it explains at least
+#: this much of the fixed image (the correlation of the fixed global level with
+#: the model's prediction from the aligned moving level), MIND otherwise.
+AUTO_MIN_MODEL_NCC = 0.97
+
+
+def model_ncc(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+              moving: npt.NDArray[np.float32], mg: ImageGeometry, transform: Any) -> float:
+    """How well a function of the moving intensity predicts the fixed one (0–1).
+
+    The correlation of the fixed level with the piecewise-linear intensity map
+    of the block stages (no gain) fitted to the moving level warped by
+    ``transform``, where the warp lands inside: about 1 for the same contrast
+    up to a remap, lower when the contrasts are not a function of one another
+    or the illumination differs across the image.
+    """
+    warped, inside = _warp_into(fixed, fg, moving, mg, transform)
+    f = fixed.reshape(-1)[inside].astype(np.float64)
+    if f.size < 64:
+        return float("nan")
+    model = IntensityModel.for_samples("piecewise", 12, None, f.size)
+    pred, _ = model.fit(warped[inside], f)
+    return _ncc_flat(f, pred)
+
+
+def choose_similarity(explained: float) -> str:
+    """The block stages' similarity for ``similarity="auto"`` (see :func:`model_ncc`)."""
+    return "intensity" if np.isfinite(explained) and explained >= AUTO_MIN_MODEL_NCC else "mind"
+
+
 def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
                       ) -> tuple[AffineTransform, float, float]:
     """The global stage in one task: its affine, and its similarity before and after it.
@@ -240,11 +271,25 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     affine = _align_arrays(fixed, fg, moving, mg, None, stage.initializer, stage.kinds,
-                           stage.metric, stage.iterations, stage.method, stage.similarity)
-    sim = stage.similarity if stage.method == "gauss-newton" else "intensity"
+                           stage.metric, stage.iterations, stage.method,
+                           _fitted(stage.similarity))
+    sim = _fitted(stage.similarity) if stage.method == "gauss-newton" else "intensity"
     before = similarity_arrays(fixed, fg, moving, mg,
                                _initial_only(fixed_ctor, moving_ctor, stage.initializer), sim)
     return affine, before, similarity_arrays(fixed, fg, moving, mg, affine, sim)
+
+
+def _fitted(similarity: str) -> str:
+    """What the global stage fits for a stage similarity (``"auto"`` aligns with MIND)."""
+    return "mind" if similarity == AUTO else similarity
+
+
+def auto_similarity_task(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> tuple[str, float]:
+    """``(similarity, model NCC)`` for the block stages, at the global level after it."""
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    explained = model_ncc(fixed, fixed_ctor.geometry, moving, moving_ctor.geometry, transform)
+    return choose_similarity(explained), explained
 
 
 def metric_name(similarity: str) -> str:
@@ -353,6 +398,7 @@ class GlobalStageRunner:
         entry = run.done.get(self.key)
         if entry is not None:
             run.current = AffineTransform.from_homogeneous(entry["affine"])
+            run.similarity = entry.get("similarity")
             run.reports.append(StageReport.from_entry(self.key, entry))
             run.timings["global"] = run.reports[-1].seconds
             return
@@ -361,12 +407,22 @@ class GlobalStageRunner:
         g_fixed, g_moving = inputs.global_readers()
         fut = run.client.submit(global_stage_task, g_fixed, g_moving, gs, pure=False)
         run.current, ncc_before, ncc_after = fut.result()
-        sim = gs.similarity if gs.method == "gauss-newton" else "intensity"
+        explained = None
+        if gs.similarity == AUTO:
+            run.similarity, explained = run.client.submit(
+                auto_similarity_task, g_fixed, g_moving, run.current, pure=False).result()
+            logger.info("similarity auto: the intensity model explains %.3f of the fixed "
+                        "global level (intensity from %.2f): the block stages fit %s",
+                        explained, AUTO_MIN_MODEL_NCC, run.similarity)
+        sim = _fitted(gs.similarity) if gs.method == "gauss-newton" else "intensity"
         rep = StageReport("global", inputs.g_level, inputs.gm_level, "+".join(gs.kinds),
                           ncc_before=ncc_before, ncc_after=ncc_after, metric=metric_name(sim),
                           seconds=time.perf_counter() - t0)
+        if explained is not None:
+            rep.report["model_ncc"] = explained
+            rep.report["similarity"] = run.similarity
         run.record(self.key, {"affine": run.current.homogeneous.tolist(),
-                              "report": rep.to_json()}, rep)
+                              "similarity": run.similarity, "report": rep.to_json()}, rep)
         run.timings["global"] = rep.seconds
         logger.info("global stage: %s %.3f -> %.3f in %.1fs", rep.metric, rep.ncc_before or 0,
                     rep.ncc_after or 0, rep.seconds)

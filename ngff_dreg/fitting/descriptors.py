@@ -29,15 +29,21 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["SIMILARITIES", "mind_ssc", "ssc_pairs"]
+__all__ = ["AUTO", "SIMILARITIES", "mind_ssc", "ssc_pairs"]
 
 FloatArray = npt.NDArray[np.float64]
 
 #: Similarities the Gauss-Newton solvers fit: an intensity model (a function of
 #: the moving intensity predicts the fixed one), or MIND-SSC descriptors.
 SIMILARITIES = ("intensity", "mind")
-#: ``V`` is floored at this fraction of its median over the image.
+#: Also accepted by schedules: the global stage aligns with MIND and then picks
+#: one of :data:`SIMILARITIES` for the block stages (see
+#: :func:`ngff_dreg.global_stage.choose_similarity`).
+AUTO = "auto"
+#: ``V`` is floored at this fraction of its :data:`FLOOR_PERCENTILE` th
+#: percentile over the image.
 VARIANCE_FLOOR = 0.5
+FLOOR_PERCENTILE = 50.0
 
 
 def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -84,7 +90,7 @@ def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
     dist -= dist.min(axis=0, keepdims=True)
     var = dist.mean(axis=0)
     sel = var if valid is None or not valid.any() else var[valid]
-    floor = float(np.median(sel)) * VARIANCE_FLOOR if sel.size else 0.0
+    floor = float(np.percentile(sel, FLOOR_PERCENTILE)) * VARIANCE_FLOOR if sel.size else 0.0
     var = np.maximum(var, max(floor, 1e-12))
     np.divide(dist, var[None], out=dist)
     np.negative(dist, out=dist)
