@@ -60,6 +60,8 @@ def test_the_model_ncc_tells_a_remap_from_another_contrast() -> None:
     assert choose_similarity(same) == "intensity"
     assert choose_similarity(other) == "mind"
     assert choose_similarity(float("nan")) == "mind"
+    assert choose_similarity(0.9, 0.95) == "intensity"  # same contrast, misaligned
+    assert choose_similarity(0.9, 0.5) == "mind"
     # what a MIND stage reports: higher at the truth than off it
     shifted = AffineTransform.from_arrays(np.eye(2), np.array([3.0, 0.0]))
     assert similarity_arrays(t1, geom, t2, geom, ident, "mind") > \
