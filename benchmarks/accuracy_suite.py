@@ -102,7 +102,10 @@ REFERENCES = ("elastix", "ants")
 #: the default maps ran for over 35 minutes there without finishing). The reference
 #: keeps every other default and uses the grid the default means at 1 mm: 10 voxels.
 ELASTIX_GRID_VOXELS = {"retina2d": 10.0, "retina2d-rg": 10.0}
-METHODS = ("default", "fast", "elastix", "ants")
+METHODS = ("default", "fast", "elastix", "ants", "intensity", "mind")
+#: ngff-dreg's default schedule with every stage fitting one similarity
+#: (``Schedule.default(similarity=...)``), whatever the default is.
+SIMILARITY_METHODS = {"intensity": "intensity", "mind": "mind"}
 #: selfcheck pass marks (voxels of the fixed image): the mean mapped shift must match the
 #: true one (a reversed direction or a swapped axis misses by about twice the shift, i.e.
 #: several voxels), the median error stay below a voxel (a wrong spacing or origin scales
@@ -224,14 +227,15 @@ def child_ants(inp: Path, points: Path, result: Path, n_eval: int, threads: int)
 
 
 def child_ngff(fixed: str, moving: str, points: Path, result: Path, workers: int,
-               fast: bool, schedule: str | None) -> dict:
+               fast: bool, schedule: str | None, similarity: str | None = None) -> dict:
     """ngff-dreg via its Python API; points mapped by the transform read back."""
     import ngff_dreg
     from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.schedule import Schedule
 
     geoms = [lvl.geometry for lvl in open_multiscale(fixed).levels]
-    sched = Schedule.load(schedule) if schedule else Schedule.default(geoms, fast=fast)
+    extra = {"similarity": similarity} if similarity else {}
+    sched = Schedule.load(schedule) if schedule else Schedule.default(geoms, fast=fast, **extra)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out.zarr")
         t0, c0 = time.perf_counter(), _cpu_now()
@@ -351,6 +355,8 @@ def run_child(case: Case, method: str, workers: int, schedule: str | None,
                case.moving, *common]
         if method == "fast":
             cmd.append("--fast")
+        if method in SIMILARITY_METHODS:
+            cmd += ["--similarity", SIMILARITY_METHODS[method]]
         if method == "schedule":
             cmd += ["--schedule", str(schedule)]
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -688,6 +694,7 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=0)
     ap.add_argument("--elastix-grid-voxels", type=float, default=None)
     ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--similarity", default=None, choices=("intensity", "mind"))
     ap.add_argument("--merge", default=None,
                     help="comma list of result JSONs to combine into one table (no run)")
     args = ap.parse_args()
@@ -700,7 +707,7 @@ def main() -> None:
             info = child_ants(args.inputs, args.points, args.result, args.n_eval, args.workers)
         else:
             info = child_ngff(args.fixed, args.moving, args.points, args.result, args.workers,
-                              args.fast, args.schedule)
+                              args.fast, args.schedule, args.similarity)
         print(json.dumps(info))
         return
 

@@ -13,6 +13,7 @@ same arguments is read back instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ import numpy.typing as npt
 from ngff_dreg.cluster import compute_stage
 from ngff_dreg.engine import register_images
 from ngff_dreg.errors import RegistrationFailedError
+from ngff_dreg.fitting.descriptors import AUTO
 from ngff_dreg.geometry import one_per_axis
-from ngff_dreg.global_stage import ncc_at_level
+from ngff_dreg.global_stage import metric_name, ncc_at_level
 from ngff_dreg.interfaces import (
     BlockRegStatus,
     HasReport,
@@ -85,6 +87,11 @@ class BlockStageRunner:
         if self._resume(run, url):
             return
         t0 = time.perf_counter()
+        if self.stage.method_options.get("similarity") == AUTO:
+            # the global stage chose (MIND when there was none)
+            chosen = run.similarity or "mind"
+            self.stage = dataclasses.replace(
+                self.stage, method_options={**self.stage.method_options, "similarity": chosen})
         f_level, m_level = run.inputs.levels(self.stage)
         result = self._compute(run, url, f_level, m_level)
         status = np.asarray(result.status)
@@ -108,8 +115,9 @@ class BlockStageRunner:
         run.timings[self.key] = rep.seconds
         run.record(self.key, rep.to_json(), rep)
         logger.info(
-            "stage %d (level %d): %d/%d blocks, NCC %.3f -> %.3f in %.1fs",
-            self.index, f_level, n_ok, status.size, rep.ncc_before or 0, rep.ncc_after or 0,
+            "stage %d (level %d): %d/%d blocks, %s %.3f -> %.3f in %.1fs",
+            self.index, f_level, n_ok, status.size, rep.metric, rep.ncc_before or 0,
+            rep.ncc_after or 0,
             rep.seconds,
         )
         if self.is_last:
@@ -183,9 +191,12 @@ class BlockStageRunner:
         transforms = result.transforms
         figures = dict(transforms.report or {}) if isinstance(transforms, HasReport) else {}
         before, after = figures.get("ncc_before"), figures.get("ncc_after")
+        metric = metric_name(str(self.stage.method_options.get("similarity", "intensity")))
         if before is None or after is None:
+            metric = "NCC"  # of the intensities, on the global level
             g_fixed, g_moving = run.inputs.global_readers()
-            last = run.reports[-1].ncc_after if run.reports else None
+            last = run.reports[-1].ncc_after \
+                if run.reports and run.reports[-1].metric == "NCC" else None
             before = (
                 last
                 if last is not None
@@ -200,6 +211,7 @@ class BlockStageRunner:
             status=np.asarray(result.status),
             ncc_before=before,
             ncc_after=after,
+            metric=metric,
             seconds=time.perf_counter() - t0,
             report=figures,
         )

@@ -209,15 +209,23 @@ def _build_schedule(
     overlap: float | None,
     method: str | None,
     fast: bool,
+    similarity: str | None = None,
 ) -> Any:
     from ngff_dreg.io.omezarr.multiscale import open_multiscale
     from ngff_dreg.schedule import BlockStage, Schedule
 
-    if schedule is not None:
-        sched = Schedule.load(schedule)
-    else:
+    if schedule is None:
         ms = open_multiscale(fixed, opts)
-        sched = Schedule.default([lvl.geometry for lvl in ms.levels], fast=fast)
+        sched = Schedule.default([lvl.geometry for lvl in ms.levels], fast=fast,
+                                 similarity=similarity)
+    else:
+        sched = Schedule.load(schedule)
+    if schedule is not None and similarity is not None:
+        if sched.global_stage is not None:
+            sched.global_stage.similarity = similarity
+        for st in sched.stages:
+            if st.method == "bspline":
+                st.method_options["similarity"] = similarity
     if levels:
         specs: list[Any] = [int(v) if v.strip().isdigit() else v.strip() for v in levels.split(",")]
         template = sched.stages[-1] if sched.stages else BlockStage()
@@ -256,6 +264,10 @@ def _build_schedule(
 @click.option("--overlap", type=float, default=None, help="Total block overlap fraction.")
 @click.option("--method", default=None, help=_METHOD_HELP)
 @click.option("--fast", is_flag=True, help="A lighter default schedule.")
+@click.option("--similarity", type=click.Choice(["auto", "mind", "intensity"]), default=None,
+              help="What the stages fit: 'auto' (default: the global stage decides), "
+              "'mind' (MIND-SSC descriptors: any contrasts and illumination) or 'intensity' "
+              "(an intensity map with a smooth gain: the same contrast up to a remap).")
 @_scheduler
 @_storage
 @click.option("--resample", is_flag=True, help="Also write the resampled moving image.")
@@ -294,7 +306,7 @@ def register(fixed: str, moving: str, output: str, **o: Any) -> None:
 
     opts = _storage_options(o["anon"], o["endpoint_url"], o["profile"])
     sched = _build_schedule(fixed, opts, o["schedule"], o["levels"], o["block_size"],
-                            o["overlap"], o["method"], o["fast"])
+                            o["overlap"], o["method"], o["fast"], o["similarity"])
     init: Any = None
     if o["initial"]:
         init = np.load(o["initial"]) if o["initial"].endswith(".npy") else o["initial"]
@@ -334,7 +346,7 @@ def _print_summary(result: Any, verbose: int = 0) -> None:
     for rep in result.levels:
         ncc = ""
         if rep.ncc_before is not None and rep.ncc_after is not None:
-            ncc = f"NCC {rep.ncc_before:.3f} -> {rep.ncc_after:.3f}"
+            ncc = f"{rep.metric} {rep.ncc_before:.3f} -> {rep.ncc_after:.3f}"
         blocks = ""
         if rep.status is not None:
             import numpy as np

@@ -478,6 +478,9 @@ class Run:
         The output's state before the run, and the manifest being updated.
     masks:
         :func:`open_masks` of the run.
+    similarity:
+        What block stages with ``similarity="auto"`` fit, as the global stage
+        chose it (``None``: no choice made).
     current:
         The fixed→moving transform composed so far (``None`` before any).
     final:
@@ -497,6 +500,7 @@ class Run:
     claim: OutputClaim
     masks: MaskLevels = field(default_factory=dict)
     current: Any = None
+    similarity: str | None = None
     final: RegistrationTransformResult | None = None
     last_status: npt.NDArray[np.integer[Any]] = field(
         default_factory=lambda: np.zeros((0,), dtype=np.int16)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ngff_dreg.errors import ScheduleError
+from ngff_dreg.fitting.descriptors import AUTO, SIMILARITIES
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import BlockPairRegistrationMethod
 from ngff_dreg.methods import make_method, method_names
@@ -34,6 +35,7 @@ __all__ = [
     "default_global_level",
     "check_schedule_levels",
     "CONTROL_FRACTIONS",
+    "DEFAULT_SIMILARITY",
     "GLOBAL_METHODS",
     "METHODS",
 ]
@@ -48,6 +50,9 @@ _SUFFIX_FACTORS = {"": 1.0, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3, "m": 1
 
 
 GLOBAL_METHODS = ("gauss-newton", "itk")
+#: Where the global stage starts: centres of mass of the intensities, of the
+#: foreground (illumination-flattened), the geometric centres, or identity.
+INITIALIZERS = ("moments", "foreground", "centers", "multi", "none")
 
 
 @dataclass
@@ -60,8 +65,11 @@ class GlobalStage:
         Fixed level; ``None`` picks the coarsest level with at least
         ``min_size`` voxels along every axis.
     initializer:
-        ``"moments"`` (centres of mass), ``"centers"`` (geometric centres) or
-        ``"none"``.
+        ``"moments"`` (centres of mass), ``"foreground"`` (centres of mass of
+        the objects' masks, found after flattening the illumination: uneven
+        lighting does not pull it), ``"centers"`` (geometric centres),
+        ``"multi"`` (each of those three refined by a coarse rigid fit, the
+        one the stage's similarity prefers kept) or ``"none"``.
     kinds:
         Linear stages run in order (``"translation"``, ``"rigid"``, ``"affine"``).
     method:
@@ -75,6 +83,12 @@ class GlobalStage:
         Maximum iterations per kind and resolution.
     min_size:
         See ``level``.
+    similarity:
+        For ``method="gauss-newton"``: ``"intensity"`` (the intensity model),
+        ``"mind"`` (MIND-SSC descriptors, :mod:`~ngff_dreg.fitting.descriptors`)
+        or ``"auto"`` (aligns with MIND, then chooses what the block stages
+        whose similarity is ``"auto"`` fit:
+        :func:`~ngff_dreg.global_stage.choose_similarity`).
 
     """
 
@@ -85,13 +99,16 @@ class GlobalStage:
     metric: str = "mattes"
     iterations: int = 200
     min_size: int = 48
+    similarity: str = "intensity"
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
-        if self.initializer not in ("moments", "centers", "none"):
-            raise ScheduleError(
-                f"global initializer {self.initializer!r} is not one of moments, centers, none"
-            )
+        if self.similarity not in (*SIMILARITIES, AUTO):
+            raise ScheduleError(f"global similarity {self.similarity!r} is not one of "
+                                f"{', '.join((*SIMILARITIES, AUTO))}")
+        if self.initializer not in INITIALIZERS:
+            raise ScheduleError(f"global initializer {self.initializer!r} is not one of "
+                                f"{', '.join(INITIALIZERS)}")
         for k in self.kinds:
             if k not in ("translation", "rigid", "affine"):
                 raise ScheduleError(f"global stage kind {k!r} is not translation, rigid or affine")
@@ -144,7 +161,7 @@ class BlockStage:
         """The block method this stage runs (from the registry in :mod:`ngff_dreg.methods`)."""
         try:
             return make_method(self.method, self.method_options)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ScheduleError(f"bad options for method {self.method!r}: {exc}") from exc
 
 
@@ -224,7 +241,8 @@ class Schedule:
 
     # -- defaults -----------------------------------------------------------
     @classmethod
-    def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False) -> Schedule:
+    def default(cls, fixed_levels: Sequence[ImageGeometry], *, fast: bool = False,
+                similarity: str | None = None) -> Schedule:
         """A schedule adapted to the fixed image's physical extent and pyramid.
 
         1. Global rigid then affine (Gauss-Newton) on the coarsest level with
@@ -243,15 +261,28 @@ class Schedule:
            samples. On an image so large that the last stage's lattice would
            skip more than :data:`MAX_FINEST_STRIDE` voxels on level 0, that
            stage runs on the coarsest level where it still skips that many.
-        3. Every block maps moving to fixed intensities piecewise linearly
-           with a quadratic gain (remaps and bias fields do not bias the
-           fit), and is refused when it does not improve held-out samples.
+        3. With ``similarity="auto"`` (:data:`DEFAULT_SIMILARITY`) the global
+           stage aligns MIND-SSC descriptors from the best of several starts
+           and then measures how well a function of the moving intensity
+           predicts the fixed one; where it does, every block maps moving to
+           fixed intensities piecewise linearly with a quadratic gain (remaps
+           and bias fields do not bias the fit), and where it does not (other
+           contrasts, uneven lighting) the blocks fit MIND-SSC descriptors.
+           A block is refused when it does not improve held-out samples.
 
         The fields are stored at a fifth (last stage) or an eighth
         (intermediate) of the control spacing, so their linear interpolation
         loses little of the B-spline. ``fast``: one pass per stage on a 1.5x
-        sparser lattice and fewer iterations.
+        sparser lattice and fewer iterations. ``similarity``: what every stage
+        fits (``"intensity"`` or ``"mind"``, see
+        :mod:`~ngff_dreg.fitting.descriptors`); with ``"mind"`` the global
+        stage tries several starts (``initializer="multi"``). ``None``:
+        :data:`DEFAULT_SIMILARITY`.
         """
+        similarity = DEFAULT_SIMILARITY if similarity is None else similarity
+        if similarity not in (*SIMILARITIES, AUTO):
+            raise ScheduleError(f"similarity {similarity!r} is not one of "
+                                f"{', '.join((*SIMILARITIES, AUTO))}")
         g_level = default_global_level(fixed_levels, 48)
         base = fixed_levels[0]
         extent = float(np.max((np.asarray(base.size) - 1) * np.asarray(base.spacing)))
@@ -284,6 +315,7 @@ class Schedule:
                 "smoothing_sigmas": sigmas,
                 "iterations": 6 if fast else (8 if finest else 10),
                 "bending": DEFAULT_BENDING,
+                "similarity": similarity,
             }
             stages.append(
                 BlockStage(
@@ -295,7 +327,9 @@ class Schedule:
                     field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))),
                 )
             )
-        return cls(global_stage=GlobalStage(level=g_level, iterations=30), stages=stages)
+        initializer = "moments" if similarity == "intensity" else "multi"
+        return cls(global_stage=GlobalStage(level=g_level, iterations=30, initializer=initializer,
+                                            similarity=similarity), stages=stages)
 
 
 #: Control-point spacings of the default block stages, as fractions of the
@@ -310,6 +344,12 @@ SAMPLES_PER_CELL_AXIS = {2: 9.0, 3: 4.5}
 #: would exceed this many voxels; then on the coarsest level where it is still
 #: this many or more (only images of several thousand voxels a side).
 MAX_FINEST_STRIDE = 16
+#: What the default schedule's stages fit: ``"auto"``, the global stage aligns
+#: with MIND-SSC descriptors (which hold across contrasts and uneven
+#: illumination) and the block stages then fit the intensity model where it
+#: explains the fixed image (same contrast up to a remap: the most precise) and
+#: MIND where it does not (T1 against T2, stains, channels, opposite lighting).
+DEFAULT_SIMILARITY = "auto"
 #: Bending weight of the default block stages (measured in control cells).
 DEFAULT_BENDING = 0.003
 

@@ -249,3 +249,29 @@ def test_schedule_levels_are_checked_before_a_run() -> None:
     bad = Schedule(None, [BlockStage(level=7)])
     with pytest.raises(LevelNotFoundError, match=r"fixed image fixed\.zarr"):
         check_schedule_levels(bad, levels, "fixed.zarr")
+
+
+def test_the_default_schedule_chooses_its_similarity_and_can_be_told() -> None:
+    from ngff_dreg.schedule import DEFAULT_SIMILARITY
+
+    levels = [ImageGeometry((96, 96, 96), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+              ImageGeometry((48, 48, 48), (2.0, 2.0, 2.0), (0.5, 0.5, 0.5))]
+    auto = Schedule.default(levels)
+    assert DEFAULT_SIMILARITY == "auto"
+    assert auto.global_stage is not None
+    assert auto.global_stage.similarity == "auto" and auto.global_stage.initializer == "multi"
+    assert {st.method_options["similarity"] for st in auto.stages} == {"auto"}
+    plain = Schedule.default(levels, similarity="intensity")
+    assert plain.global_stage is not None and plain.global_stage.initializer == "moments"
+    assert {st.method_options["similarity"] for st in plain.stages} == {"intensity"}
+    for st in Schedule.default(levels, similarity="mind").stages:
+        assert st.make_method().similarity == "mind"  # type: ignore[attr-defined]
+    with pytest.raises(ScheduleError, match="similarity"):
+        Schedule.default(levels, similarity="mutual-information")
+    with pytest.raises(ScheduleError, match="similarity"):
+        GlobalStage(similarity="mi")
+    with pytest.raises(ScheduleError, match="initializer"):
+        GlobalStage(initializer="guess")
+    bad = BlockStage(method="bspline", method_options={"similarity": "mi"})
+    with pytest.raises(ScheduleError, match="similarity"):
+        bad.make_method()

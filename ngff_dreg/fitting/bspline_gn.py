@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage, sparse
 
+from ngff_dreg.fitting.descriptors import SIMILARITIES, mind_ssc
 from ngff_dreg.fitting.intensity import INTENSITY_MODELS, IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import (
     BSplineLattice,
@@ -51,6 +52,8 @@ __all__ = ["GaussNewtonOptions", "GaussNewtonResult", "gauss_newton_fit"]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
+#: Smallest automatic MIND-SSC patch (Gaussian sigma, voxels).
+MIN_PATCH_SIGMA = 0.8
 #: On an every-voxel lattice, one sample in this many is held out for validation.
 HOLD_OUT_EVERY = 5
 
@@ -84,6 +87,17 @@ class GaussNewtonOptions:
     tolerance:
         A pass stops when an iteration lowers the objective by less than this
         fraction.
+    similarity:
+        ``"intensity"`` (the intensity model above) or ``"mind"`` (MIND-SSC
+        descriptors of both images, :mod:`~ngff_dreg.fitting.descriptors`: for
+        contrasts that are not a function of each other and strong
+        illumination differences; the intensity settings are then unused).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels of the finest axis);
+        ``None``: half the pass's lattice stride, at least
+        :data:`MIN_PATCH_SIGMA` (a sparse lattice samples descriptors of
+        patches about as large as the gaps between its samples, which are
+        less noisy than single-voxel ones).
 
     """
 
@@ -97,8 +111,13 @@ class GaussNewtonOptions:
     intensity_bins: int = 12
     gain_degree: int = 2
     tolerance: float = 1e-3
+    similarity: str = "intensity"
+    patch_sigma: float | None = None
 
     def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(
+                f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.intensity not in INTENSITY_MODELS:
             raise ValueError(f"intensity must be one of {INTENSITY_MODELS}, got {self.intensity!r}")
         if len(self.shrink_factors) != len(self.smoothing_sigmas) or not self.shrink_factors:
@@ -152,28 +171,47 @@ class GaussNewtonResult:
 
 
 class _Images:
-    """Smoothed fixed and warped images and the warped image's gradients (one sigma kept)."""
+    """Smoothed fixed and warped images (or their descriptors) and the warped gradients.
+
+    Channels: one (the intensities) for the intensity similarity, the
+    MIND-SSC descriptors for ``"mind"``; the result of one sigma is kept.
+    """
 
     def __init__(self, fixed: FloatArray, warped: FloatArray, valid: BoolArray,
-                 geom: ImageGeometry) -> None:
+                 geom: ImageGeometry, similarity: str = "intensity",
+                 patch_sigma: float | None = None) -> None:
         self.fixed = fixed
         self.warped = warped
         self.valid = valid.astype(np.float32)
+        self.valid_bool = valid
         self.geom = geom
-        self._sigma: float | None = None
-        self._images: tuple[FloatArray, FloatArray, list[FloatArray]] | None = None
+        self.similarity = similarity
+        self.patch_sigma = patch_sigma
+        self._sigma: tuple[float, float] | None = None
+        self._images: tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]] | None \
+            = None
 
-    def get(self, sigma: float) -> tuple[FloatArray, FloatArray, list[FloatArray]]:
-        """``(fixed, warped, warped gradients)`` smoothed by ``sigma`` (finest-axis voxels)."""
-        if self._images is None or self._sigma != sigma:
+    def get(self, sigma: float, factor: int = 1
+            ) -> tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]]:
+        """``(fixed channels, warped channels, warped gradients per channel)`` at ``sigma``.
+
+        ``factor``: the pass's lattice stride (sets the automatic MIND patch).
+        """
+        patch = self.patch_sigma if self.patch_sigma is not None \
+            else max(MIN_PATCH_SIGMA, 0.5 * factor)
+        key = (sigma, patch if self.similarity == "mind" else 0.0)
+        if self._images is None or self._sigma != key:
             sig = physical_sigmas(sigma, self.geom)
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
-            grads = [
-                np.gradient(w, axis=k) if w.shape[k] > 1 else np.zeros_like(w)
-                for k in range(w.ndim)
-            ]
-            self._sigma, self._images = sigma, (f, w, grads)
+            if self.similarity == "mind":
+                fc = list(mind_ssc(f, patch))
+                wc = list(mind_ssc(w, patch, valid=self.valid_bool))
+            else:
+                fc, wc = [f], [w]
+            grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
+                      for k in range(c.ndim)] for c in wc]
+            self._sigma, self._images = key, (fc, wc, grads)
         return self._images
 
 
@@ -186,7 +224,7 @@ class _Pass:
         self.nd = geom.ndim
         self.sizes = grid.sizes
         self.shape = np.asarray(images.fixed.shape)
-        f_img, self.w_img, self.grad_imgs = images.get(sigma)
+        f_imgs, self.w_imgs, self.grad_imgs = images.get(sigma, factor)
         self.valid = images.valid
         steps = lattice_strides(factor, geom)
         starts = [(n % st) // 2 for n, st in zip(images.fixed.shape, steps)]
@@ -206,7 +244,9 @@ class _Pass:
             diag = sum(np.ix_(*[np.arange(len(a)) for a in axes_idx])) % HOLD_OUT_EVERY == 0
             diag = np.broadcast_to(diag, self.lat_shape).reshape(-1)
             self.keep = diag if held_out else ~diag
-        self.f = f_img[np.ix_(*axes_idx)].reshape(-1).astype(np.float64)
+        #: ``(channels, N)`` fixed values at the samples
+        self.f = np.stack([f[np.ix_(*axes_idx)].reshape(-1).astype(np.float64)
+                           for f in f_imgs])
         idx = np.stack(np.meshgrid(*axes_idx, indexing="ij"), -1).reshape(-1, self.nd)
         self.points = geom.array_index_to_physical(idx.astype(np.float64))
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
@@ -227,10 +267,11 @@ class _Pass:
 
     def sample(self, c: FloatArray, gradient: bool,
                with_mask: bool = False) -> tuple[FloatArray, FloatArray | None, BoolArray | None]:
-        """Warped values (physical gradients, inside-mask) at the displaced samples."""
+        """Warped channels ``(C, N)`` (physical gradients ``(C, N, nd)``, inside-mask)."""
         q = self.points + self.displacement(c)
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1].T
-        w = ndimage.map_coordinates(self.w_img, cidx, order=1, mode="nearest")
+        w = np.stack([ndimage.map_coordinates(img, cidx, order=1, mode="nearest")
+                      for img in self.w_imgs])
         inside = None
         if with_mask:
             inside = ndimage.map_coordinates(self.valid, cidx, order=1, mode="nearest") > 0.999
@@ -239,9 +280,10 @@ class _Pass:
                 inside &= self.keep
         g = None
         if gradient:
-            gi = [ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
-                  for a in self.grad_imgs]
-            g = np.stack(gi, 1) @ self.dindex
+            g = np.stack([
+                np.stack([ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
+                          for a in grads], 1) @ self.dindex
+                for grads in self.grad_imgs])
         return w, g, inside
 
 
@@ -252,35 +294,45 @@ class _Problem:
                  c0: FloatArray, scaled: bool = True) -> None:
         self.lev = lev
         self.q = q
+        self.similarity = opts.similarity
         w, g, inside = lev.sample(c0, gradient=scaled, with_mask=True)
         assert inside is not None
         self.mask = inside
-        self.fm = lev.f[inside]
+        self.fm = lev.f[:, inside]
         n_in = int(inside.sum())
         poly = None
-        if opts.gain_degree > 0:
+        if opts.gain_degree > 0 and self.similarity == "intensity":
             poly = polynomial_terms(lev.lat_shape, opts.gain_degree)[inside]
         self.model = IntensityModel.for_samples(opts.intensity, opts.intensity_bins, poly, n_in)
         self.ok = n_in >= 64
         self.kappa = 1.0
         if self.ok and g is not None:
-            _, slope = self.model.fit(w[inside], self.fm)
-            k = float(np.mean(slope**2 * np.sum(g[inside] ** 2, axis=1))) / lev.nd
+            _, slope = self._predict(w[:, inside])
+            jg = slope[:, :, None] * g[:, inside]
+            k = float(np.mean(np.sum(jg**2, axis=(0, 2)))) / lev.nd
             self.kappa = k if k > 0 and math.isfinite(k) else 1.0
         self.scale = 1.0 / (max(1, n_in) * self.kappa)
+
+    def _predict(self, w: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Predicted fixed channels and their slopes in the warped ones, ``(C, n)`` each."""
+        if self.similarity == "mind":
+            return w, np.ones_like(w)
+        pred, slope = self.model.fit(w[0], self.fm[0])
+        return pred[None], slope[None]
 
     def penalty(self, c: FloatArray) -> float:
         cc = c.reshape(c.shape[0], -1)
         return float(sum(np.dot(cc[k], self.q @ cc[k]) for k in range(cc.shape[0])))
 
     def data(self, c: FloatArray, gradient: bool
-             ) -> tuple[float, FloatArray, FloatArray, FloatArray | None, FloatArray]:
-        """``(data term, residual, model slope, gradients, prediction)`` on the mask."""
+             ) -> tuple[float, FloatArray, FloatArray | None, FloatArray]:
+        """``(data term, residual (C, n), Jacobian (C, n, nd), prediction (C, n))`` on the mask."""
         w, g, _ = self.lev.sample(c, gradient)
         m = self.mask
-        pred, slope = self.model.fit(w[m], self.fm)
+        pred, slope = self._predict(w[:, m])
         r = pred - self.fm
-        return float(np.dot(r, r)) * self.scale, r, slope, (None if g is None else g[m]), pred
+        jac = None if g is None else slope[:, :, None] * g[:, m]
+        return float(np.sum(r * r)) * self.scale, r, jac, pred
 
     def value(self, c: FloatArray) -> float:
         return self.data(c, False)[0] + self.penalty(c)
@@ -314,24 +366,24 @@ def _pcg(matvec: Callable[[FloatArray], FloatArray], rhs: FloatArray, prec: Floa
     return x, done
 
 
-def _normal_system(prob: _Problem, coeffs: FloatArray, r: FloatArray, slope: FloatArray,
-                   g: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Gradient, Jacobi diagonal and per-sample Jacobian factors at ``coeffs``."""
+def _normal_system(prob: _Problem, coeffs: FloatArray, r: FloatArray, jac: FloatArray
+                   ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Gradient, Jacobi diagonal and per-sample Gauss-Newton blocks ``(n, nd, nd)``."""
     lev, q = prob.lev, prob.q
     nd, m = lev.nd, prob.mask
     n_nodes = int(np.prod(lev.sizes))
-    sg = np.zeros((lev.n, nd))
-    sg[m] = slope[:, None] * g
-    res = np.zeros(lev.n)
-    res[m] = r
+    b = np.zeros((lev.n, nd))
+    b[m] = np.einsum("cni,cn->ni", jac, r)
+    h = np.zeros((lev.n, nd, nd))
+    h[m] = np.einsum("cni,cnj->nij", jac, jac)
     cc = coeffs.reshape(nd, -1)
     grad = np.empty((nd, n_nodes))
     diag = np.empty((nd, n_nodes))
     q_diag = q.diagonal()
     for k in range(nd):
-        grad[k] = prob.scale * lev.to_nodes(sg[:, k] * res) + q @ cc[k]
-        diag[k] = prob.scale * lev.to_nodes(sg[:, k] ** 2, squared=True) + q_diag
-    return grad, diag, sg
+        grad[k] = prob.scale * lev.to_nodes(b[:, k]) + q @ cc[k]
+        diag[k] = prob.scale * lev.to_nodes(h[:, k, k], squared=True) + q_diag
+    return grad, diag, h
 
 
 History = list[tuple[int, float, float, float]]
@@ -343,25 +395,24 @@ def _solve_pass(prob: _Problem, coeffs: FloatArray, opts: GaussNewtonOptions,
     lev, q = prob.lev, prob.q
     nd = lev.nd
     n_nodes = int(np.prod(lev.sizes))
-    data, r, slope, g, _ = prob.data(coeffs, True)
+    data, r, jac, _ = prob.data(coeffs, True)
     val = data + prob.penalty(coeffs)
     mu = 1e-3
     its = cgs = 0
     for _ in range(int(opts.iterations)):
         its += 1
-        assert g is not None
-        grad, diag, sg = _normal_system(prob, coeffs, r, slope, g)
+        assert jac is not None
+        grad, diag, h = _normal_system(prob, coeffs, r, jac)
 
         def matvec(v: FloatArray, mu: float = mu, diag: FloatArray = diag,
-                   sg: FloatArray = sg) -> FloatArray:
+                   h: FloatArray = h) -> FloatArray:
             vv = v.reshape(nd, *lev.sizes)
-            t = np.zeros(lev.n)
-            for k in range(nd):
-                t += sg[:, k] * apply_axes(vv[k], lev.bases).ravel()
+            t = np.stack([apply_axes(vv[k], lev.bases).ravel() for k in range(nd)], 1)
+            ht = np.einsum("nij,nj->ni", h, t)
             out = np.empty((nd, n_nodes))
             vf = v.reshape(nd, -1)
             for k in range(nd):
-                out[k] = prob.scale * lev.to_nodes(sg[:, k] * t) + q @ vf[k] + mu * diag[k] * vf[k]
+                out[k] = prob.scale * lev.to_nodes(ht[:, k]) + q @ vf[k] + mu * diag[k] * vf[k]
             return out.ravel()
 
         prec = 1.0 / ((1.0 + mu) * diag.ravel() + 1e-30)
@@ -376,7 +427,7 @@ def _solve_pass(prob: _Problem, coeffs: FloatArray, opts: GaussNewtonOptions,
             mu = max(mu / 3.0, 1e-6)
             if rel < opts.tolerance:
                 break
-            _, r, slope, g, _ = prob.data(coeffs, True)
+            _, r, jac, _ = prob.data(coeffs, True)
         else:
             mu *= 8.0
             if mu > 1e2:
@@ -440,7 +491,8 @@ def gauss_newton_fit(
         q = sparse.csr_matrix(q + (options.ridge / grid.n_nodes) * eye)
     fill = float(warped[valid].mean()) if valid.any() else 0.0
     images = _Images(np.asarray(fixed, dtype=np.float64),
-                     np.where(valid, warped, fill).astype(np.float64), valid, geom)
+                     np.where(valid, warped, fill).astype(np.float64), valid, geom,
+                     options.similarity, options.patch_sigma)
     history: list[tuple[int, float, float, float]] = []
     value = float("nan")
     its = cgs = 0
@@ -461,6 +513,7 @@ def gauss_newton_fit(
             before = check.data(np.zeros_like(coeffs), False)
             after = check.data(coeffs, False)
             out.before, out.after = before[0], after[0]
-            out.ncc_before, out.ncc_after = _ncc(check.fm, before[4]), _ncc(check.fm, after[4])
-            out.held_out = len(check.fm)
+            out.ncc_before = _ncc(check.fm.ravel(), before[3].ravel())
+            out.ncc_after = _ncc(check.fm.ravel(), after[3].ravel())
+            out.held_out = check.fm.shape[1]
     return out

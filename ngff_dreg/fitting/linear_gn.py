@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from ngff_dreg.fitting.descriptors import SIMILARITIES, mind_ssc
 from ngff_dreg.fitting.intensity import IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import lattice_strides, physical_sigmas
 from ngff_dreg.geometry import ImageGeometry
@@ -55,14 +56,15 @@ def rotation_matrix(omega: FloatArray) -> FloatArray:
 
 
 class _MovingSampler:
-    """The smoothed moving image and its physical gradient at physical points."""
+    """The smoothed moving image (or its descriptors) and physical gradients at points."""
 
-    def __init__(self, moving: FloatArray, geom: ImageGeometry, sigma: float) -> None:
+    def __init__(self, moving: FloatArray, geom: ImageGeometry, sigma: float,
+                 similarity: str = "intensity", patch_sigma: float = 2.0) -> None:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
-        self.img = img
-        self.grads = [np.gradient(img, axis=k) if img.shape[k] > 1 else np.zeros_like(img)
-                      for k in range(img.ndim)]
+        self.imgs = list(mind_ssc(img, patch_sigma)) if similarity == "mind" else [img]
+        self.grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
+                       for k in range(c.ndim)] for c in self.imgs]
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
         self.dindex = self.to_index[::-1]
         self.origin = np.asarray(geom.origin, dtype=np.float64)
@@ -70,19 +72,23 @@ class _MovingSampler:
 
     def __call__(self, pts: FloatArray, gradient: bool
                  ) -> tuple[FloatArray, FloatArray | None, npt.NDArray[np.bool_]]:
+        """``(channels (C, n), physical gradients (C, n, nd), inside)`` at ``pts``."""
         cidx = ((pts - self.origin) @ self.to_index.T)[:, ::-1].T
         inside = np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
-        w = ndimage.map_coordinates(self.img, cidx, order=1, mode="nearest")
+        w = np.stack([ndimage.map_coordinates(c, cidx, order=1, mode="nearest")
+                      for c in self.imgs])
         g = None
         if gradient:
-            gi = [ndimage.map_coordinates(a, cidx, order=1, mode="nearest") for a in self.grads]
-            g = np.stack(gi, 1) @ self.dindex
+            g = np.stack([
+                np.stack([ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
+                          for a in grads], 1) @ self.dindex
+                for grads in self.grads])
         return w, g, inside
 
 
 def _jacobian(kind: str, sg: FloatArray, xc: FloatArray, q: FloatArray,
               mapped_centre: FloatArray) -> FloatArray:
-    """d(residual)/d(step parameters) of ``kind`` (``sg``: model slope x moving gradient)."""
+    """d(residual)/d(step parameters) of ``kind`` (``sg``: one channel's slope x gradient)."""
     nd = sg.shape[1]
     if kind == "translation":
         return sg
@@ -110,26 +116,36 @@ def _apply_step(kind: str, delta: FloatArray, a: FloatArray, t: FloatArray,
     return a_new, mapped_centre + delta[nd * nd :] - a_new @ centre
 
 
+Evaluation = tuple[float, FloatArray, FloatArray, FloatArray]
+
+
 def _levenberg_marquardt(
     kind: str,
-    evaluate: Callable[[FloatArray, FloatArray], tuple[float, FloatArray, FloatArray,
-                                                      FloatArray, FloatArray]],
+    evaluate: Callable[[FloatArray, FloatArray], Evaluation],
     a: FloatArray, t: FloatArray, xc: FloatArray, centre: FloatArray,
     iterations: int, tolerance: float, history: list[tuple[str, float, float]],
 ) -> tuple[FloatArray, FloatArray, float, int]:
-    """Iterate one kind at one smoothing level; returns the transform and objective."""
-    val, r, slope, g, q = evaluate(a, t)
-    kappa = float(np.mean(slope**2 * np.sum(g**2, axis=1))) / g.shape[1] or 1.0
+    """Iterate one kind at one smoothing level; returns the transform and objective.
+
+    ``evaluate(a, t)`` gives ``(objective, residuals (C, n), Jacobians in the
+    mapped point (C, n, nd), mapped points)``: one channel per residual.
+    """
+    val, r, jg, q = evaluate(a, t)
+    kappa = float(np.mean(np.sum(jg**2, axis=(0, 2)))) / jg.shape[2] or 1.0
     mu = 1e-3
     its = 0
     for _ in range(int(iterations)):
         its += 1
-        jac = _jacobian(kind, slope[:, None] * g, xc, q, a @ centre + t)
-        h = jac.T @ jac
+        h = rhs = None
+        for c in range(jg.shape[0]):
+            jac = _jacobian(kind, jg[c], xc, q, a @ centre + t)
+            h = jac.T @ jac if h is None else h + jac.T @ jac
+            rhs = jac.T @ r[c] if rhs is None else rhs + jac.T @ r[c]
+        assert h is not None and rhs is not None
         d = np.diag(h).copy()
         d[d <= 0] = 1.0
         try:
-            delta = -np.asarray(np.linalg.solve(h + mu * np.diag(d), jac.T @ r), np.float64)
+            delta = -np.asarray(np.linalg.solve(h + mu * np.diag(d), rhs), np.float64)
         except np.linalg.LinAlgError:
             break
         a_new, t_new = _apply_step(kind, delta, a, t, centre)
@@ -138,7 +154,7 @@ def _levenberg_marquardt(
         if new[0] < val:
             rel = (val - new[0]) / max(val, 1e-30)
             a, t = a_new, t_new
-            val, r, slope, g, q = new
+            val, r, jg, q = new
             mu = max(mu / 3.0, 1e-7)
             if rel < tolerance:
                 break
@@ -180,6 +196,8 @@ def linear_fit(
     gain_degree: int = 1,
     tolerance: float = 1e-4,
     max_samples: int = MAX_SAMPLES,
+    similarity: str = "intensity",
+    patch_sigma: float = 2.0,
 ) -> LinearFitResult:
     """Refine the fixed→moving affine ``(matrix, translation)`` by Gauss-Newton.
 
@@ -204,8 +222,21 @@ def linear_fit(
         A level's stride grows until its lattice has at most this many
         samples: twelve parameters need far fewer than a whole image's
         voxels, and the cost of a level stays bounded whatever its size.
+        With ``similarity="mind"`` each sample holds several channels, so a
+        quarter as many samples are taken.
+    similarity:
+        ``"intensity"`` (the intensity model) or ``"mind"`` (MIND-SSC
+        descriptors of both images, :mod:`~ngff_dreg.fitting.descriptors`).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels): larger than the block
+        fits' by default, for the wider capture range a coarse whole-image
+        alignment needs.
 
     """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if similarity == "mind":
+        max_samples = max(1, max_samples // 4)
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"linear kind {kind!r} is not one of {KINDS}")
@@ -226,27 +257,31 @@ def linear_fit(
         xc = fixed_geom.array_index_to_physical(idx.astype(np.float64)) - centre
         f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, fixed_geom)) \
             if sigma > 0 else fixed
-        f_all = np.asarray(f_img, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
-        sampler = _MovingSampler(moving, moving_geom, float(sigma))
+        f_chan = list(mind_ssc(f_img, patch_sigma)) if similarity == "mind" else [f_img]
+        f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
+                          for c in f_chan])
+        sampler = _MovingSampler(moving, moving_geom, float(sigma), similarity, patch_sigma)
         for kind in kinds:
             _, _, inside = sampler(xc @ a.T + (a @ centre + t), False)
             n_in = int(inside.sum())
             if n_in < 64:
                 continue
-            fm, xm = f_all[inside], xc[inside]
+            fm, xm = f_all[:, inside], xc[inside]
             poly = polynomial_terms(lat_shape, gain_degree)[inside] if gain_degree else None
             model = IntensityModel.for_samples(intensity, 12, poly, n_in)
 
             def evaluate(a_: FloatArray, t_: FloatArray, xm: FloatArray = xm,
                          fm: FloatArray = fm, model: IntensityModel = model,
-                         sampler: _MovingSampler = sampler,
-                         ) -> tuple[float, FloatArray, FloatArray, FloatArray, FloatArray]:
+                         sampler: _MovingSampler = sampler) -> Evaluation:
                 q = xm @ a_.T + (a_ @ centre + t_)
                 w, g, _ = sampler(q, True)
                 assert g is not None
-                pred, slope = model.fit(w, fm)
-                r = pred - fm
-                return float(np.dot(r, r)) / len(r), r, slope, g, q
+                if similarity == "mind":
+                    r = w - fm
+                    return float(np.sum(r * r)) / r.shape[1], r, g, q
+                pred, slope = model.fit(w[0], fm[0])
+                r = (pred - fm[0])[None]
+                return float(np.sum(r * r)) / r.shape[1], r, slope[None, :, None] * g, q
 
             a, t, value, n = _levenberg_marquardt(kind, evaluate, a, t, xm, centre,
                                                   iterations, tolerance, history)

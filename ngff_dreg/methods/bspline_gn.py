@@ -126,6 +126,13 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         Segments of the piecewise-linear intensity map.
     gain_degree:
         Degree (0–2) of the smooth multiplicative gain over the block.
+    similarity:
+        ``"intensity"`` (the intensity model above) or ``"mind"`` (MIND-SSC
+        descriptors: contrasts that are not a function of each other, strong
+        illumination differences; the intensity settings are then unused).
+    patch_sigma:
+        MIND-SSC patch size (Gaussian sigma, voxels of the block's finest
+        axis); ``None``: half of each pass's lattice stride, at least 0.8.
     validate:
         Refuse (LOW_QUALITY) a fit that does not lower the data term on a
         held-out lattice.
@@ -146,6 +153,8 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     intensity: str = "piecewise"
     intensity_bins: int = 12
     gain_degree: int = 2
+    similarity: str = "intensity"
+    patch_sigma: float | None = None
     validate: bool = True
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
@@ -167,6 +176,8 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
             intensity=self.intensity,
             intensity_bins=int(self.intensity_bins),
             gain_degree=int(self.gain_degree),
+            similarity=self.similarity,
+            patch_sigma=None if self.patch_sigma is None else float(self.patch_sigma),
         )
 
     @property

@@ -74,3 +74,40 @@ def test_capped_strides_bound_the_samples_and_keep_small_levels_dense() -> None:
     assert steps[0] < steps[1]  # the thick axis keeps more of its samples (physical stride)
     small = ImageGeometry((20, 30, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     assert capped_strides(1, small, 50_000) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mind_recovers_a_rigid_transform_across_contrasts(ndim: int) -> None:
+    """Fixed and moving weight two tissue maps differently (no function between them)."""
+    shape = (44, 48, 40) if ndim == 3 else (110, 100)
+    geom = ImageGeometry(shape, (2.0, 2.0, 2.5)[:ndim], (-50.0, -60.0, -40.0)[:ndim])
+    rng = np.random.default_rng(3)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = sum(g**2 for g in grids) < 0.7
+    a = (ndimage.gaussian_filter(rng.standard_normal(shape), 3.0) > 0) & body
+    b = (ndimage.gaussian_filter(rng.standard_normal(shape), 4.0) > 0.2) & body
+    t1 = ndimage.gaussian_filter(0.3 * body + 1.0 * a + 0.5 * b, 0.8)
+    t2 = ndimage.gaussian_filter(0.8 * (body & ~a & ~b) + 0.25 * a, 0.8)
+    rot = small_rotation(ndim, 5.0) if ndim == 2 else small_rotation(3, 5.0, 1)
+    centre = geom.index_to_physical((np.asarray(geom.size) - 1) / 2)
+    translation = centre - rot @ centre + np.array([4.0, -3.0, 2.0][:ndim])
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    pts = geom.array_index_to_physical(idx.reshape(-1, ndim).astype(float))
+    truth = pts @ rot.T + translation
+    midx = geom.physical_to_index(truth)[:, ::-1]
+    fixed = ndimage.map_coordinates(t1, midx.T, order=3).reshape(shape)
+    fit = linear_fit(fixed, geom, t2, geom, np.eye(ndim), np.zeros(ndim), kinds=("rigid",),
+                     similarity="mind")
+    mapped = pts @ fit.matrix.T + fit.translation
+    inside = body.ravel()
+    err = np.linalg.norm(mapped - truth, axis=1)[inside]
+    start = np.linalg.norm(pts - truth, axis=1)[inside]
+    assert start.mean() > 4.0
+    assert err.mean() < 0.5, err.mean()  # a quarter of a voxel
+
+
+def test_an_unknown_similarity_is_refused_by_the_linear_fit() -> None:
+    geom = ImageGeometry((20, 20), (1.0, 1.0), (0.0, 0.0))
+    img = np.ones((20, 20))
+    with pytest.raises(ValueError, match="similarity"):
+        linear_fit(img, geom, img, geom, np.eye(2), np.zeros(2), similarity="mi")

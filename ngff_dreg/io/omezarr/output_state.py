@@ -185,8 +185,13 @@ class StageReport:
         Block status codes (block-grid shaped, ``-1`` where no block), ``None``
         for the global stage.
     ncc_before, ncc_after:
-        Normalised cross-correlation of fixed vs warped moving on the global
-        level, before and after the stage.
+        The similarity the stage optimised, before and after it, on the
+        stage's own level: ``metric`` names it.
+    metric:
+        ``"NCC"`` (normalised cross-correlation of the fixed image and the
+        intensity model's prediction from the warped moving image) or
+        ``"MIND NCC"`` (the same between the images' MIND-SSC descriptors,
+        for stages fitted with ``similarity="mind"``).
     seconds:
         Wall time.
     report:
@@ -203,6 +208,7 @@ class StageReport:
     status: npt.NDArray[np.integer[Any]] | None = None
     ncc_before: float | None = None
     ncc_after: float | None = None
+    metric: str = "NCC"
     seconds: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
@@ -223,6 +229,7 @@ class StageReport:
             "status": None if self.status is None else np.asarray(self.status).tolist(),
             "ncc_before": self.ncc_before,
             "ncc_after": self.ncc_after,
+            "metric": self.metric,
             "seconds": self.seconds,
             "report": jsonable(self.report),
         }
@@ -239,6 +246,7 @@ class StageReport:
             status=None if status is None else np.asarray(status, dtype=np.int16),
             ncc_before=_float_or_none(d.get("ncc_before")),
             ncc_after=_float_or_none(d.get("ncc_after")),
+            metric=str(d.get("metric", "NCC")),
             seconds=float(d.get("seconds", 0.0) or 0.0),
             report=dict(d.get("report", {}) or {}),
             resumed=True,

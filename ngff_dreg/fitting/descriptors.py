@@ -1,0 +1,98 @@
+"""MIND-SSC self-similarity descriptors: a similarity that holds across contrasts.
+
+The modality independent neighbourhood descriptor (MIND, Heinrich et al. 2012)
+describes each voxel by how alike small patches around it are to one another,
+not by its intensity. Its self-similarity-context form (MIND-SSC, Heinrich et
+al. 2013) compares the patches centred on pairs of the voxel's 2·ndim direct
+neighbours that are √2 apart: 4 pairs in 2D, 12 in 3D. For a pair ``(a, b)``
+
+    D_ab(x) = G_σ * (I(x + a) - I(x + b))²              (patch distance)
+    MIND_ab(x) = exp(-(D_ab(x) - min_pairs D(x)) / V(x)),
+
+with ``V`` the mean over pairs of the shifted distances (a local noise
+estimate), floored at a fraction of its median over the image so that flat
+background reads as "every patch alike" in both images. A T1 edge and a T2 edge
+at the same place give the same descriptor although their intensities are
+unrelated, and a smooth multiplicative attenuation (lightsheet illumination,
+bias fields) scales both the distances and ``V`` and cancels.
+
+The descriptors are smooth functions of the image, so the sum of squared
+descriptor differences over the channels is a least-squares data term that the
+Gauss-Newton solvers fit like an intensity residual, one residual per channel.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+__all__ = ["AUTO", "SIMILARITIES", "mind_ssc", "ssc_pairs"]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Similarities the Gauss-Newton solvers fit: an intensity model (a function of
+#: the moving intensity predicts the fixed one), or MIND-SSC descriptors.
+SIMILARITIES = ("intensity", "mind")
+#: Also accepted by schedules: the global stage aligns with MIND and then picks
+#: one of :data:`SIMILARITIES` for the block stages (see
+#: :func:`ngff_dreg.global_stage.choose_similarity`).
+AUTO = "auto"
+#: ``V`` is floored at this fraction of its :data:`FLOOR_PERCENTILE` th
+#: percentile over the image.
+VARIANCE_FLOOR = 0.5
+FLOOR_PERCENTILE = 50.0
+
+
+def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The pairs of direct neighbours that are √2 apart (NumPy-order offsets)."""
+    units = []
+    for axis in range(ndim):
+        for sign in (-1, 1):
+            off = [0] * ndim
+            off[axis] = sign
+            units.append(tuple(off))
+    # two unit offsets are √2 apart when they lie on different axes
+    return [(a, b) for a, b in itertools.combinations(units, 2)
+            if int(np.argmax(np.abs(a))) != int(np.argmax(np.abs(b)))]
+
+
+def _shifted(padded: npt.NDArray[np.float32], offset: tuple[int, ...], shape: tuple[int, ...]
+             ) -> npt.NDArray[np.float32]:
+    """``I(x + offset)`` from an image padded by one voxel per side."""
+    return padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, shape))]
+
+
+def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
+             valid: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.float32]:
+    """MIND-SSC descriptors of ``image``: ``(channels, *image.shape)`` float32 in (0, 1].
+
+    Parameters
+    ----------
+    image:
+        2D or 3D image (NumPy order); axes of length 1 are allowed.
+    patch_sigma:
+        Gaussian patch size in voxels.
+    valid:
+        Where the image holds data; the variance floor is taken over it.
+
+    """
+    img = np.asarray(image, dtype=np.float32)
+    shape = img.shape
+    padded = np.pad(img, 1, mode="edge")
+    pairs = ssc_pairs(img.ndim)
+    dist = np.empty((len(pairs), *shape), dtype=np.float32)
+    for c, (a, b) in enumerate(pairs):
+        diff = _shifted(padded, a, shape) - _shifted(padded, b, shape)
+        dist[c] = ndimage.gaussian_filter(diff * diff, patch_sigma, mode="nearest")
+    dist -= dist.min(axis=0, keepdims=True)
+    var = dist.mean(axis=0)
+    sel = var if valid is None or not valid.any() else var[valid]
+    floor = float(np.percentile(sel, FLOOR_PERCENTILE)) * VARIANCE_FLOOR if sel.size else 0.0
+    var = np.maximum(var, max(floor, 1e-12))
+    np.divide(dist, var[None], out=dist)
+    np.negative(dist, out=dist)
+    np.exp(dist, out=dist)
+    return dist

@@ -1,0 +1,86 @@
+"""The global stage: robust starts, the similarity choice and the metric it reports."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.global_stage import (
+    AUTO_MIN_MODEL_NCC,
+    _align_arrays,
+    _centre_of_mass,
+    choose_similarity,
+    foreground,
+    model_ncc,
+    similarity_arrays,
+)
+from ngff_dreg.transforms import AffineTransform
+
+
+def _tissues(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = sum(g**2 for g in grids) < 0.5
+    a = (ndimage.gaussian_filter(rng.standard_normal(shape), 3.0) > 0) & body
+    smooth = ndimage.gaussian_filter(rng.standard_normal(shape), 4.0)
+    b = (smooth > 0.5 * smooth.std()) & body
+    return body, a, b
+
+
+def test_the_foreground_centre_ignores_opposite_attenuation() -> None:
+    shape = (120, 140)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    body, a, b = _tissues(shape)
+    img = ndimage.gaussian_filter(0.3 * body + a + 0.5 * b, 1.0)
+    x = np.linspace(0, 1, shape[1])[None, :]
+    left, right = img * np.exp(-3.0 * x), img * np.exp(-3.0 * (1 - x))
+    plain = np.linalg.norm(_centre_of_mass(left, geom) - _centre_of_mass(right, geom))
+    robust = np.linalg.norm(_centre_of_mass(left, geom, True) - _centre_of_mass(right, geom, True))
+    assert plain > 15.0  # the lighting pulls the centres of mass apart
+    assert robust < 2.0, robust
+    mask = foreground(left, geom)
+    assert abs(mask.sum() - body.sum()) < 0.15 * body.sum()
+
+
+def test_the_model_ncc_tells_a_remap_from_another_contrast() -> None:
+    shape = (100, 110)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    body, a, b = _tissues(shape, 1)
+    # b is invisible in t1 and as dark as the background in t2: where t2 is dark,
+    # t1 is either background or tissue (no function of t2 predicts t1)
+    t1 = ndimage.gaussian_filter(0.3 * body + a, 0.8)
+    remap = np.sqrt(t1)
+    t2 = ndimage.gaussian_filter(0.8 * (body & ~a & ~b) + 0.25 * a, 0.8)
+    ident = AffineTransform.identity(2)
+    same = model_ncc(t1, geom, remap, geom, ident)
+    other = model_ncc(t1, geom, t2, geom, ident)
+    assert same > 0.99
+    assert other < AUTO_MIN_MODEL_NCC
+    assert choose_similarity(same) == "intensity"
+    assert choose_similarity(other) == "mind"
+    assert choose_similarity(float("nan")) == "mind"
+    assert choose_similarity(0.9, 0.95) == "intensity"  # same contrast, misaligned
+    assert choose_similarity(0.9, 0.5) == "mind"
+    # what a MIND stage reports: higher at the truth than off it
+    shifted = AffineTransform.from_arrays(np.eye(2), np.array([3.0, 0.0]))
+    assert similarity_arrays(t1, geom, t2, geom, ident, "mind") > \
+        similarity_arrays(t1, geom, t2, geom, shifted, "mind") + 0.05
+
+
+def test_the_multi_start_finds_an_object_that_fills_the_view_under_uneven_light() -> None:
+    """Moments are pulled by the lighting; the geometric centres are right here."""
+    shape = (128, 128)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    rng = np.random.default_rng(2)
+    tex = ndimage.gaussian_filter(rng.standard_normal((160, 160)), 2.0)
+    tex = tex - tex.min() + 0.2
+    x = np.linspace(0, 1, shape[1])[None, :]
+    fixed = tex[16:144, 16:144] * np.exp(-2.5 * x)
+    moving = tex[19:147, 14:142] * np.exp(-2.5 * (1 - x))  # shifted by (3, -2) voxels
+    truth = np.array([2.0, -3.0])  # fixed -> moving, ITK order (x, y)
+    got = _align_arrays(fixed.astype(np.float32), geom, moving.astype(np.float32), geom, None,
+                        "multi", ("rigid",), "mattes", 30, "gauss-newton", "mind")
+    centre = np.array([63.5, 63.5])
+    err = np.linalg.norm(got.A @ centre + got.t - (centre + truth))
+    assert err < 0.5, (got.A, got.t)
