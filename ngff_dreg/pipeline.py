@@ -2,7 +2,9 @@
 
 1. **Read and check** (:func:`ngff_dreg.run.open_inputs`): both pyramids,
    the schedule's levels and the data, before anything is written; the
-   output is then claimed (:func:`ngff_dreg.io.omezarr.output_state.claim_output`).
+   output is then leased (:mod:`ngff_dreg.io.storage.lease`: one run writes
+   it at a time) and claimed
+   (:func:`ngff_dreg.io.omezarr.output_state.claim_output`).
 2. **Global stage** (:mod:`ngff_dreg.global_stage`): rigid then affine on a
    coarse level, in one task, started from the images' centres of mass (or a
    user's initial transform).
@@ -34,6 +36,7 @@ from ngff_dreg.global_stage import GlobalStageRunner
 from ngff_dreg.interfaces import RegistrationResult
 from ngff_dreg.io.omezarr.output_state import RESAMPLED, claim_output, set_status
 from ngff_dreg.io.storage.chunk_cache import close_host_cache
+from ngff_dreg.io.storage.lease import hold_output
 from ngff_dreg.io.storage.urls import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
 from ngff_dreg.schedule import Schedule
@@ -134,9 +137,11 @@ def register(
     with ExitStack() as stack:
         if inputs.cache_token is not None:  # opened by open_inputs in this process
             stack.callback(close_host_cache, inputs.cache_token)
+        # one writer per output: see ngff_dreg.io.storage.lease
+        lease = stack.enter_context(hold_output(output, inputs.o_opts, inputs.fingerprint()))
         claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
         masks = open_masks(inputs)
-        run = Run(inputs, client_context(client, stack), claim, masks)
+        run = Run(inputs, client_context(client, stack), claim, masks, lease=lease)
         stack.callback(run.close_host_cache)  # before the client closes
         _run_stages(run, progress, resample)
     if inputs.into_name is not None:
@@ -152,6 +157,7 @@ def _resample(run: Run) -> None:
     assert run.final is not None
     t0 = time.perf_counter()
     # Until the image is written the output as a whole is incomplete.
+    run.check_lease()
     set_status(inputs.output, inputs.o_opts, "incomplete")
     apply_transform(
         inputs.moving,
@@ -169,6 +175,7 @@ def _resample(run: Run) -> None:
         shards=inputs.options.output_shards,
     )
     run.claim.manifest["resampled"] = True
+    run.check_lease()
     run.checkpoints.write(run.claim.manifest)
     set_status(inputs.output, inputs.o_opts, "complete")
     run.timings["resample"] = time.perf_counter() - t0

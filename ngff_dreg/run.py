@@ -36,6 +36,7 @@ from ngff_dreg.io.omezarr.output_state import (
 from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.omezarr.shards import ShardSpec, resolve_shards
 from ngff_dreg.io.storage.chunk_cache import cache_enabled, close_host_cache, open_host_cache
+from ngff_dreg.io.storage.lease import OutputLease
 from ngff_dreg.io.storage.store_stats import IOLedger, reset_counts
 from ngff_dreg.io.storage.urls import location_key
 from ngff_dreg.reduce.reducer import FIELD_CHUNK
@@ -450,6 +451,8 @@ class Run:
         The last block stage's status grid.
     reports, timings:
         One :class:`StageReport` per stage, wall times by stage key.
+    lease:
+        The run's lease on its output (:mod:`ngff_dreg.io.storage.lease`), if any.
     io:
         Store I/O counted per stage (:class:`~ngff_dreg.io.storage.store_stats.IOLedger`):
         ``"open"`` (the inputs opened and checked), then one entry per stage key.
@@ -468,6 +471,7 @@ class Run:
     reports: list[StageReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"global": 0.0})
     io: IOLedger = field(default_factory=IOLedger)
+    lease: OutputLease | None = None
     checkpoints: Checkpoints = field(init=False, repr=False)
     _host_tokens: list[str] = field(default_factory=list, init=False, repr=False)
 
@@ -512,6 +516,11 @@ class Run:
         stages: dict[str, Any] = self.claim.manifest["stages"]
         return stages
 
+    def check_lease(self) -> None:
+        """Raise :class:`~ngff_dreg.errors.OutputInUseError` if the run lost its output's lease."""
+        if self.lease is not None:
+            self.lease.check()
+
     def record(self, key: str, entry: Mapping[str, Any], report: StageReport) -> None:
         """Keep a finished stage's report and checkpoint it in the manifest.
 
@@ -527,6 +536,7 @@ class Run:
             target["io"] = io
         self.reports.append(report)
         self.done[key] = entry
+        self.check_lease()  # a run that lost its output writes nothing more
         self.checkpoints.write(self.claim.manifest)
 
     def stage_done(self, report: StageReport) -> None:
@@ -542,6 +552,7 @@ class Run:
         """
         last_key = f"stage_{len(self.inputs.schedule.stages) - 1}"
         if self.claim.same_run and last_key in self.done and self.claim.state == "incomplete":
+            self.check_lease()
             set_status(self.inputs.output, self.inputs.o_opts, "complete")
 
     def block_options(self, f_level: int, m_level: int) -> BlockOptions:
