@@ -74,24 +74,36 @@ def _scene(out: Path) -> dict[str, bytes]:
 
 
 GATED_RUN = """
-import sys, time, pathlib
+import json, logging, sys, time, pathlib
 from ngff_dreg import register
-fixed, moving, out, schedule, address, gate = sys.argv[1:]
+logging.basicConfig(level=logging.WARNING)
+fixed, moving, out, schedule, address, gate, opts = sys.argv[1:]
 def hold(report):  # a real run that keeps the output until the test lets it go
     while not pathlib.Path(gate).exists():
         time.sleep(0.05)
 register(fixed, moving, out, schedule=schedule, client=address, progress=False,
-         on_stage_done=hold)
+         on_stage_done=hold, storage_options=json.loads(opts) or None)
 """
 
 
-def _gated_run(pair: DemoPair, out: Path, schedule: str, address: str,
-               gate: Path) -> subprocess.Popen[str]:
+def _gated_run(pair: DemoPair, out: Path | str, schedule: str, address: str, gate: Path,
+               opts: dict[str, Any] | None = None) -> subprocess.Popen[str]:
     """A real registration process into ``out`` that holds it until ``gate`` exists."""
+    import json
     import sys
 
     return _start([sys.executable, "-c", GATED_RUN, pair.fixed, pair.moving, str(out), schedule,
-                   address, str(gate)])
+                   address, str(gate), json.dumps(opts or {})])
+
+
+def _fs_scene(url: str, opts: dict[str, Any] | None) -> dict[str, bytes]:
+    """The output's transform objects and root metadata, by key (any store)."""
+    import fsspec.core
+
+    fs, root = fsspec.core.url_to_fs(url, **(opts or {}))
+    keys = [k for k in fs.find(root) if "/coordinateTransformations/" in k
+            or k.endswith(root.rstrip("/") + "/zarr.json")]
+    return {k: fs.cat_file(k) for k in keys}
 
 
 class _Lines:
@@ -199,3 +211,40 @@ def test_a_killed_holder_is_taken_over(
     assert "stale" in log  # taken over, not waited for
     assert output_status(str(out)) == "complete"
     assert time.monotonic() - t0 < 240
+
+
+def test_same_arguments_on_s3_wait_then_end_with_the_finished_result(
+    schedule_file: str, dask_client: Any, s3_server: Any, tmp_path: Path,
+) -> None:
+    """The same two runs into one output on moto S3 (the lease is a conditional put there)."""
+    bucket = s3_server.create_bucket()
+    opts = s3_server.storage_options()
+    pair = make_demo(s3_server.url(bucket, "pair"), synthetic=True, ndim=2, size=96,
+                     max_displacement_voxels=2.0, chunks=32, storage_options=opts)
+    out = s3_server.url(bucket, "out.zarr")
+    gate = tmp_path / "go"
+    address = dask_client.scheduler.address
+    first = _gated_run(pair, out, schedule_file, address, gate, opts)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert wait_for(lambda: read_lease(out, opts) is not None or first.poll() is not None,
+                        timeout=120, poll=0.2)
+        second = _gated_run(pair, out, schedule_file, address, tmp_path, opts)  # no gate
+        lines = _Lines(second)
+        assert wait_for(lambda: "same arguments" in lines.text or second.poll() is not None,
+                        timeout=120)
+        gate.touch()
+        code1, log1 = _finish(first)
+        assert code1 == 0, log1
+        finished = _fs_scene(out, opts)
+        code2, log2 = lines.finish()
+    finally:
+        gate.touch()
+        _kill(first, *([second] if second else []))
+    assert code2 == 0, log2
+    assert f"pid {first.pid}" in log2
+    assert output_status(out, opts) == "complete"
+    assert finished and _fs_scene(out, opts) == finished
+    assert read_lease(out, opts) is None
+    err = point_errors(read_transform(out, opts), pair.truth, pair.fixed_geometry)
+    assert err["mean_vox"] < 1.0, err

@@ -159,3 +159,26 @@ def test_only_one_of_many_racing_processes_holds_the_lease(tmp_path: Path) -> No
         assert p.wait(60) == 0
     lines = log.read_text().split()
     assert lines == ["in", "out"] * 4  # never two holders at once
+
+
+def test_on_s3_the_lease_is_a_conditional_put(s3_server: Any) -> None:
+    """On moto S3 the create is ``If-None-Match: *`` (412 when taken), not check-then-put."""
+    bucket = s3_server.create_bucket()
+    out, opts = s3_server.url(bucket, "out.zarr"), s3_server.storage_options()
+    with hold_output(out, opts, "fp-a", **FAST) as lease:
+        assert lease._backend.create(lease.name, b"x") is False  # refused by the store
+        assert getattr(lease._backend, "conditional", False)  # a real conditional put
+        time.sleep(0.35)
+        held = read_lease(out, opts)
+        assert held is not None and held.beat >= 1 and held.fingerprint == "fp-a"
+        with pytest.raises(OutputInUseError, match=r"other arguments.*pid"):
+            OutputLease(out, opts, "fp-b", **FAST).acquire()
+    assert read_lease(out, opts) is None
+    # a dead holder's lease on S3 is taken over once its beat stops
+    s3_lease = _foreign_record("fp-c", age=1.5)
+    lease = OutputLease(out, opts, "fp", **FAST)
+    lease._backend.write(lease.name, s3_lease.to_bytes())
+    lease.acquire()
+    held = read_lease(out, opts)
+    assert held is not None and held.fingerprint == "fp"
+    lease.release()
