@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.cluster import worker_addresses
+from ngff_dreg.cluster import share_host_cache, unshare_host_cache, worker_addresses
 from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -490,10 +490,13 @@ class Run:
 
         The workers of one machine then fetch each chunk read under ``token``
         once between them (:class:`~ngff_dreg.io.storage.chunk_cache.HostCache`);
-        :meth:`close_host_cache` removes it at the end of the run.
+        workers that join the cluster later open it when they start
+        (:class:`~ngff_dreg.cluster.HostCachePlugin`). :meth:`close_host_cache`
+        removes it at the end of the run.
         """
         self._host_tokens.append(token)
         self._host_cache(open_host_cache, token)
+        share_host_cache(self.client, token)  # workers that join later open it too
 
     def _host_cache(self, action: Any, token: str) -> None:
         """Open (or close) the host chunk cache of ``token`` here and on every worker."""
@@ -508,7 +511,9 @@ class Run:
     def close_host_cache(self) -> None:
         """Remove the run's host chunk caches (every machine of the cluster)."""
         while self._host_tokens:
-            self._host_cache(close_host_cache, self._host_tokens.pop())
+            token = self._host_tokens.pop()
+            unshare_host_cache(self.client, token)
+            self._host_cache(close_host_cache, token)
 
     @property
     def done(self) -> dict[str, Any]:
