@@ -38,10 +38,12 @@ import numpy.typing as npt
 
 from ngff_dreg.errors import InvalidInputDataError
 
-__all__ = ["SCHEME", "VirtualPair", "value_noise"]
+__all__ = ["ROLES", "SCHEME", "VirtualPair", "value_noise"]
 
 #: URL scheme of a virtual image (``virtual://fixed?shape=...``).
 SCHEME = "virtual"
+#: The images of a pair: the fixed one, the moving one, and a region mask.
+ROLES = ("fixed", "moving", "mask")
 
 _BATCH = 1 << 18  # points evaluated at once (about 60 MB of temporaries in 3-D)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -143,6 +145,10 @@ class VirtualPair:
         level-0 voxels.
     dtype:
         ``"uint16"`` or ``"float32"``.
+    mask_box:
+        The box of the ``"mask"`` role (a uint8 label image, 1 inside): its
+        low then high corner as fractions of the extent, NumPy order (a
+        registration limited to a region passes it as ``fixed_mask``).
 
     """
 
@@ -155,6 +161,7 @@ class VirtualPair:
     translation_vox: float = 3.0
     deformation_vox: float = 2.0
     dtype: str = "uint16"
+    mask_box: tuple[float, ...] = ()
     _R: npt.NDArray[np.float64] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -177,6 +184,11 @@ class VirtualPair:
             while max(math.ceil(s / 2**n) for s in self.shape) > max(self.chunks) and n < 30:
                 n += 1
             object.__setattr__(self, "levels", n + 1)  # levels 0..n, the last within a chunk
+        box = tuple(float(v) for v in self.mask_box)
+        if box and (len(box) != 2 * ndim or any(not 0 <= v <= 1 for v in box)):
+            raise InvalidInputDataError(
+                f"virtual image: mask_box {self.mask_box} needs {2 * ndim} fractions in [0, 1]")
+        object.__setattr__(self, "mask_box", box)
         th = math.radians(self.rotation_deg)
         r = np.eye(ndim)
         r[-2:, -2:] = [[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]
@@ -185,14 +197,15 @@ class VirtualPair:
     # ---------------------------------------------------------------- URLs
     def url(self, role: str) -> str:
         """``virtual://<role>?...``: the URL ngff-dreg opens this image by (picklable)."""
-        if role not in ("fixed", "moving"):
-            raise InvalidInputDataError(f"virtual image role {role!r} is not fixed or moving")
+        if role not in ROLES:
+            raise InvalidInputDataError(f"virtual image role {role!r} is not one of {ROLES}")
         query = {
             "shape": "x".join(map(str, self.shape)), "chunks": "x".join(map(str, self.chunks)),
             "levels": self.levels, "spacing": "x".join(repr(s) for s in self.spacing),
             "seed": self.seed, "rotation_deg": self.rotation_deg,
             "translation_vox": self.translation_vox, "deformation_vox": self.deformation_vox,
             "dtype": self.dtype,
+            **({"mask_box": "x".join(repr(v) for v in self.mask_box)} if self.mask_box else {}),
         }
         return f"{SCHEME}://{role}?{urlencode(query)}"
 
@@ -200,9 +213,9 @@ class VirtualPair:
     def from_url(cls, url: str) -> tuple[VirtualPair, str]:
         """The pair and the role (``"fixed"``/``"moving"``) a ``virtual://`` URL names."""
         parts = urlsplit(str(url))
-        if parts.scheme != SCHEME or parts.netloc not in ("fixed", "moving"):
+        if parts.scheme != SCHEME or parts.netloc not in ROLES:
             raise InvalidInputDataError(
-                f"{url}: not a virtual image URL (virtual://fixed?... or virtual://moving?...)")
+                f"{url}: not a virtual image URL (virtual://<fixed|moving|mask>?...)")
         q = dict(parse_qsl(parts.query))
         try:
             shape = tuple(int(v) for v in q.pop("shape").split("x"))
@@ -217,6 +230,7 @@ class VirtualPair:
                 translation_vox=float(q.pop("translation_vox", 3.0)),
                 deformation_vox=float(q.pop("deformation_vox", 2.0)),
                 dtype=q.pop("dtype", "uint16"),
+                mask_box=tuple(float(v) for v in q.pop("mask_box", "").split("x") if v),
             )
         except (KeyError, ValueError) as exc:
             raise InvalidInputDataError(f"{url}: bad virtual image parameters: {exc}") from exc
@@ -257,6 +271,10 @@ class VirtualPair:
     def nbytes(self, level: int = 0) -> int:
         """Bytes of one image's level ``level``."""
         return math.prod(self.level_shape(level)) * np.dtype(self.dtype).itemsize
+
+    def dtype_of(self, role: str) -> str:
+        """The data type of ``role``'s arrays (the mask is ``uint8``)."""
+        return "uint8" if role == "mask" else self.dtype
 
     # ---------------------------------------------------------------- voxels
     def intensity(self, points: npt.NDArray[np.float64], level: int = 0) -> npt.NDArray[np.float64]:
@@ -321,6 +339,8 @@ class VirtualPair:
         origin = np.asarray(self.level_origin(level))
         lshape = self.level_shape(level)
         shape = tuple(int(n) for n in shape)
+        if role == "mask":
+            return self._mask_region(level, start, shape)
         out = np.zeros(math.prod(shape), dtype=self.dtype)
         total = out.size
         for lo in range(0, total, _BATCH):  # bounded temporaries, whatever the chunk
@@ -334,3 +354,24 @@ class VirtualPair:
             out[lo : lo + lin.size] = (
                 np.round(values * 50000) if self.dtype == "uint16" else values)
         return out.reshape(shape)
+
+    def _mask_region(
+        self, level: int, start: Sequence[int], shape: tuple[int, ...]
+    ) -> npt.NDArray[np.uint8]:
+        """The mask role: 1 at voxels whose centre lies in ``mask_box`` (all 1 without one)."""
+        lshape = self.level_shape(level)
+        spacing = np.asarray(self.level_spacing(level))
+        origin = np.asarray(self.level_origin(level))
+        box = self.mask_box or (0.0,) * self.ndim + (1.0,) * self.ndim
+        lo = np.asarray(box[: self.ndim]) * self.extent
+        hi = np.asarray(box[self.ndim :]) * self.extent
+        inside = [
+            ((np.arange(s0, s0 + n) * spacing[a] + origin[a] >= lo[a])
+             & (np.arange(s0, s0 + n) * spacing[a] + origin[a] < hi[a])
+             & (np.arange(s0, s0 + n) < lshape[a]))
+            for a, (s0, n) in enumerate(zip(start, shape))
+        ]
+        out = np.ones(shape, dtype=np.uint8)
+        for a, keep in enumerate(inside):
+            out *= keep.reshape([-1 if b == a else 1 for b in range(self.ndim)]).astype(np.uint8)
+        return out

@@ -33,7 +33,7 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from ngff_dreg.virtual_image import VirtualPair
+from ngff_dreg.virtual_image import ROLES, VirtualPair
 
 __all__ = ["VirtualStore", "open_virtual_store"]
 
@@ -41,14 +41,15 @@ _AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
 class VirtualStore(Store):
-    """One image (``role`` ``"fixed"`` or ``"moving"``) of ``pair`` as a read-only store.
+    """One image (``role`` ``"fixed"``, ``"moving"`` or ``"mask"``) of ``pair``, read-only.
 
     Parameters
     ----------
     pair:
         The procedural pair.
     role:
-        ``"fixed"`` or ``"moving"`` (the fixed image warped by the pair's transform).
+        ``"fixed"``, ``"moving"`` (the fixed image warped by the pair's
+        transform) or ``"mask"`` (uint8, 1 inside the pair's ``mask_box``).
 
     """
 
@@ -58,8 +59,8 @@ class VirtualStore(Store):
 
     def __init__(self, pair: VirtualPair, role: str) -> None:
         super().__init__(read_only=True)
-        if role not in ("fixed", "moving"):
-            raise ValueError(f"role must be 'fixed' or 'moving', not {role!r}")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         self.pair = pair
         self.role = role
 
@@ -107,7 +108,7 @@ class VirtualStore(Store):
         p = self.pair
         return {
             "zarr_format": 3, "node_type": "array",
-            "shape": list(p.level_shape(level)), "data_type": p.dtype,
+            "shape": list(p.level_shape(level)), "data_type": p.dtype_of(self.role),
             "chunk_grid": {"name": "regular",
                            "configuration": {"chunk_shape": list(p.chunks)}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
@@ -182,7 +183,7 @@ class VirtualStore(Store):
         if found is None:
             raise FileNotFoundError(key)
         if found[0] == "chunk":
-            return math.prod(self.pair.chunks) * np.dtype(self.pair.dtype).itemsize
+            return math.prod(self.pair.chunks) * np.dtype(self.pair.dtype_of(self.role)).itemsize
         data = self._bytes(key)
         assert data is not None
         return len(data)

@@ -141,3 +141,14 @@ def test_ngff_dreg_reads_it_by_url() -> None:
     np.testing.assert_array_equal(
         np.asarray(reader.read_box(box)),
         SMALL.region("moving", 1, (0, 0, 0), SMALL.level_shape(1)).astype(np.float32))
+
+
+def test_the_mask_role_is_a_box() -> None:
+    pair = VirtualPair(shape=(40, 100, 90), chunks=(32,), levels=2,
+                       mask_box=(0.25, 0.5, 0.0, 0.75, 1.0, 0.5))
+    mask = np.asarray(zarr.open_array(store=open_virtual_store(pair.url("mask")), path="0")[:])
+    assert mask.dtype == np.uint8
+    expected = np.zeros(pair.shape, np.uint8)
+    expected[10:30, 50:100, 0:45] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert VirtualPair.from_url(pair.url("mask")) == (pair, "mask")
