@@ -214,13 +214,12 @@ def test_a_killed_holder_is_taken_over(
 
 
 def test_same_arguments_on_s3_wait_then_end_with_the_finished_result(
-    schedule_file: str, dask_client: Any, s3_server: Any, tmp_path: Path,
+    pair_2d: DemoPair, schedule_file: str, dask_client: Any, s3_server: Any, tmp_path: Path,
 ) -> None:
     """The same two runs into one output on moto S3 (the lease is a conditional put there)."""
     bucket = s3_server.create_bucket()
-    opts = s3_server.storage_options()
-    pair = make_demo(s3_server.url(bucket, "pair"), synthetic=True, ndim=2, size=96,
-                     max_displacement_voxels=2.0, chunks=32, storage_options=opts)
+    opts = s3_server.storage_options()  # the output's (the inputs are local files)
+    pair = pair_2d
     out = s3_server.url(bucket, "out.zarr")
     gate = tmp_path / "go"
     address = dask_client.scheduler.address
