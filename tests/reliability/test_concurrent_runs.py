@@ -1,7 +1,8 @@
 """Two ``ngff-dreg register`` processes into one output (issue #23, item 4).
 
 Real CLI subprocesses on the shared multi-process test cluster, a small 2-D
-pair, heartbeats every 0.3 s. A second run with the same arguments waits for
+pair, heartbeats every 0.3 s (stale after 10 s: a loaded machine never fakes
+a dead holder). A second run with the same arguments waits for
 the first and ends with the finished result, untouched; one with other
 arguments is refused, naming the holder; a killed holder is taken over.
 """
@@ -28,7 +29,7 @@ from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 LEASE_ENV = {"DASK_NGFF_DREG__OUTPUT__LEASE_HEARTBEAT": "0.3",
-             "DASK_NGFF_DREG__OUTPUT__LEASE_STALE_AFTER": "2"}
+             "DASK_NGFF_DREG__OUTPUT__LEASE_STALE_AFTER": "10"}
 
 
 @pytest.fixture(scope="module")
