@@ -161,7 +161,7 @@ def test_only_one_of_many_racing_processes_holds_the_lease(tmp_path: Path) -> No
     code = (
         "import sys, time\n"
         "from ngff_dreg.io.storage.lease import hold_output\n"
-        f"with hold_output({out!r}, None, 'fp', heartbeat=0.1, stale_after=5, max_wait=60):\n"
+        f"with hold_output({out!r}, None, 'fp', heartbeat=0.1, stale_after=30, max_wait=600):\n"
         f"    open({str(log)!r}, 'a').write('in\\n')\n"
         "    time.sleep(0.3)\n"
         f"    open({str(log)!r}, 'a').write('out\\n')\n"
@@ -169,7 +169,7 @@ def test_only_one_of_many_racing_processes_holds_the_lease(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(4)]
     for p in procs:
-        assert p.wait(60) == 0
+        assert p.wait(600) == 0  # a loaded machine takes long to import
     lines = log.read_text().split()
     assert lines == ["in", "out"] * 4  # never two holders at once
 
