@@ -26,6 +26,9 @@ from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
 __all__ = [
     "ProgressBar",
     "SettingsPlugin",
+    "HostCachePlugin",
+    "share_host_cache",
+    "unshare_host_cache",
     "client_context",
     "compute_stage",
     "progress_bar",
@@ -160,6 +163,61 @@ def share_settings(client: Any = None) -> bool:
     plugin = SettingsPlugin(config.settings(), config.PROCESS_ID)
     client.register_plugin(plugin, name=SettingsPlugin.name)
     return True
+
+
+class HostCachePlugin(WorkerPlugin):
+    """Opens a run's host chunk cache on each worker, now and on every worker that joins.
+
+    Without it a worker that joins the cluster in the middle of a run (an
+    adaptive cluster scaling up, a restarted worker) has no host cache and
+    fetches every chunk again from the store.
+
+    Parameters
+    ----------
+    token:
+        The run's cache token (:func:`ngff_dreg.io.storage.chunk_cache.open_host_cache`).
+
+    """
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    @staticmethod
+    def name_for(token: str) -> str:
+        """The plugin's name on the cluster for ``token`` (one per run)."""
+        return f"ngff-dreg-host-cache-{token}"
+
+    def setup(self, worker: Any) -> None:
+        """Called by ``distributed`` on each worker: open the host cache there."""
+        from ngff_dreg.io.storage.chunk_cache import open_host_cache
+
+        open_host_cache(self.token)
+
+
+def share_host_cache(client: Any, token: str) -> bool:
+    """Open run ``token``'s host cache on every worker of ``client``, late joiners included.
+
+    Returns False when ``client`` is not a ``distributed`` client or refused
+    the plugin (the caller then opens it with ``client.run``).
+    """
+    from distributed import Client
+
+    if not isinstance(client, Client):
+        return False
+    try:
+        client.register_plugin(HostCachePlugin(token), name=HostCachePlugin.name_for(token))
+    except Exception as exc:  # an old scheduler, a dying cluster
+        logger.warning("host chunk cache plugin not registered: %s", exc)
+        return False
+    return True
+
+
+def unshare_host_cache(client: Any, token: str) -> None:
+    """Stop opening run ``token``'s host cache on joining workers (best effort)."""
+    try:
+        client.unregister_worker_plugin(HostCachePlugin.name_for(token))
+    except Exception as exc:  # already gone, or the cluster is closing
+        logger.debug("host chunk cache plugin not unregistered: %s", exc)
 
 
 def worker_addresses(client: Any) -> tuple[str, ...]:

@@ -71,6 +71,9 @@ __all__ = [
     "read_backoff",
     "read_max_wait",
     "trace_dir",
+    "lease_heartbeat",
+    "lease_stale_after",
+    "lease_max_wait",
 ]
 
 #: The top-level key of ngff-dreg's settings in dask's configuration.
@@ -113,6 +116,10 @@ def _megabytes(value: Any, where: str) -> float:
 
 def _seconds(value: Any, where: str) -> float:
     return _number(value, where, minimum=0)
+
+
+def _positive_seconds(value: Any, where: str) -> float:
+    return _number(value, where, minimum=0.01)
 
 
 def _attempts(value: Any, where: str) -> int:
@@ -189,6 +196,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("io.read-backoff", _seconds, "NGFF_DREG_READ_BACKOFF"),
     Setting("io.read-max-wait", _seconds, "NGFF_DREG_READ_MAX_WAIT"),
     Setting("io.trace-dir", _directory, "NGFF_DREG_IO_TRACE"),
+    Setting("output.lease-heartbeat", _positive_seconds),
+    Setting("output.lease-stale-after", _positive_seconds),
+    Setting("output.lease-max-wait", _seconds),
 )}
 
 
@@ -357,6 +367,21 @@ def trace_dir() -> str | None:
     """Directory of the per-process fetch logs (``io.trace-dir``; ``None``: no logs)."""
     value: str | None = get("io.trace-dir")
     return value
+
+
+def lease_heartbeat() -> float:
+    """Seconds between two heartbeats of a run's output lease (``output.lease-heartbeat``)."""
+    return float(get("output.lease-heartbeat"))
+
+
+def lease_stale_after() -> float:
+    """Seconds without a heartbeat after which a lease is stale (``output.lease-stale-after``)."""
+    return float(get("output.lease-stale-after"))
+
+
+def lease_max_wait() -> float:
+    """Longest wait for a live run with the same arguments, s (``output.lease-max-wait``)."""
+    return float(get("output.lease-max-wait"))
 
 
 def apply_settings(values: Mapping[str, Any], origin: str) -> bool:

@@ -24,6 +24,7 @@ __all__ = [
     "SelectionNotFoundError",
     "OutputExistsError",
     "IncompleteOutputError",
+    "OutputInUseError",
     "ScheduleError",
     "RegistrationFailedError",
     "UnsupportedFormatError",
@@ -125,6 +126,26 @@ class OutputExistsError(NgffDregError, FileExistsError):
 
 class IncompleteOutputError(NgffDregError, RuntimeError):
     """An output store was left incomplete by an interrupted run."""
+
+
+class OutputInUseError(NgffDregError, RuntimeError):
+    """Another live run holds the output (its lease has a fresh heartbeat).
+
+    The message names the holder: its host, process id and start time, and
+    where its lease is.
+
+    Attributes
+    ----------
+    host, pid, started:
+        The holder's host name, process id and start time (ISO 8601, UTC).
+
+    """
+
+    def __init__(self, message: str, *, host: str = "?", pid: int = -1, started: str = "?") -> None:
+        super().__init__(message)
+        self.host = host
+        self.pid = pid
+        self.started = started
 
 
 class ScheduleError(NgffDregError, ValueError):

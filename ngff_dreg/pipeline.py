@@ -2,7 +2,9 @@
 
 1. **Read and check** (:func:`ngff_dreg.run.open_inputs`): both pyramids,
    the schedule's levels and the data, before anything is written; the
-   output is then claimed (:func:`ngff_dreg.io.omezarr.output_state.claim_output`).
+   output is then leased (:mod:`ngff_dreg.io.storage.lease`: one run writes
+   it at a time) and claimed
+   (:func:`ngff_dreg.io.omezarr.output_state.claim_output`).
 2. **Global stage** (:mod:`ngff_dreg.global_stage`): rigid then affine on a
    coarse level, in one task, started from the images' centres of mass (or a
    user's initial transform).
@@ -35,6 +37,7 @@ from ngff_dreg.interfaces import RegistrationResult
 from ngff_dreg.io.omezarr.output_state import RESAMPLED, claim_output, set_status
 from ngff_dreg.io.omezarr.view_writer import VIEW_FIXED, VIEW_GROUP, link_view
 from ngff_dreg.io.storage.chunk_cache import close_host_cache
+from ngff_dreg.io.storage.lease import hold_output
 from ngff_dreg.io.storage.stores import zarr_group
 from ngff_dreg.io.storage.urls import join_url
 from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
@@ -137,9 +140,11 @@ def register(
     with ExitStack() as stack:
         if inputs.cache_token is not None:  # opened by open_inputs in this process
             stack.callback(close_host_cache, inputs.cache_token)
+        # one writer per output: see ngff_dreg.io.storage.lease
+        lease = stack.enter_context(hold_output(output, inputs.o_opts, inputs.fingerprint()))
         claim = claim_output(output, inputs.o_opts, inputs.fingerprint(), overwrite=overwrite)
         masks = open_masks(inputs)
-        run = Run(inputs, client_context(client, stack), claim, masks)
+        run = Run(inputs, client_context(client, stack), claim, masks, lease=lease)
         stack.callback(run.close_host_cache)  # before the client closes
         _run_stages(run, progress, resample)
     if inputs.into_name is not None:
@@ -155,6 +160,7 @@ def _resample(run: Run) -> None:
     assert run.final is not None
     t0 = time.perf_counter()
     # Until the image is written the output as a whole is incomplete.
+    run.check_lease()
     set_status(inputs.output, inputs.o_opts, "incomplete")
     # The view is ours and written whole each time (a killed run may have left part of it).
     zarr_group(join_url(inputs.output, VIEW_GROUP), inputs.o_opts, mode="w", zarr_format=3)
@@ -185,6 +191,7 @@ def _resample(run: Run) -> None:
     )
     link_view(inputs.output, inputs.o_opts)
     run.claim.manifest["resampled"] = True
+    run.check_lease()
     run.checkpoints.write(run.claim.manifest)
     set_status(inputs.output, inputs.o_opts, "complete")
     run.timings["resample"] = time.perf_counter() - t0

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.cluster import worker_addresses
+from ngff_dreg.cluster import share_host_cache, unshare_host_cache, worker_addresses
 from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -36,6 +36,7 @@ from ngff_dreg.io.omezarr.output_state import (
 from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.omezarr.shards import ShardSpec, resolve_shards
 from ngff_dreg.io.storage.chunk_cache import cache_enabled, close_host_cache, open_host_cache
+from ngff_dreg.io.storage.lease import OutputLease
 from ngff_dreg.io.storage.store_stats import IOLedger, reset_counts
 from ngff_dreg.io.storage.urls import location_key
 from ngff_dreg.reduce.reducer import FIELD_CHUNK
@@ -489,6 +490,8 @@ class Run:
         The last block stage's status grid.
     reports, timings:
         One :class:`StageReport` per stage, wall times by stage key.
+    lease:
+        The run's lease on its output (:mod:`ngff_dreg.io.storage.lease`), if any.
     io:
         Store I/O counted per stage (:class:`~ngff_dreg.io.storage.store_stats.IOLedger`):
         ``"open"`` (the inputs opened and checked), then one entry per stage key.
@@ -508,6 +511,7 @@ class Run:
     reports: list[StageReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"global": 0.0})
     io: IOLedger = field(default_factory=IOLedger)
+    lease: OutputLease | None = None
     checkpoints: Checkpoints = field(init=False, repr=False)
     _host_tokens: list[str] = field(default_factory=list, init=False, repr=False)
 
@@ -526,10 +530,13 @@ class Run:
 
         The workers of one machine then fetch each chunk read under ``token``
         once between them (:class:`~ngff_dreg.io.storage.chunk_cache.HostCache`);
-        :meth:`close_host_cache` removes it at the end of the run.
+        workers that join the cluster later open it when they start
+        (:class:`~ngff_dreg.cluster.HostCachePlugin`). :meth:`close_host_cache`
+        removes it at the end of the run.
         """
         self._host_tokens.append(token)
         self._host_cache(open_host_cache, token)
+        share_host_cache(self.client, token)  # workers that join later open it too
 
     def _host_cache(self, action: Any, token: str) -> None:
         """Open (or close) the host chunk cache of ``token`` here and on every worker."""
@@ -544,13 +551,20 @@ class Run:
     def close_host_cache(self) -> None:
         """Remove the run's host chunk caches (every machine of the cluster)."""
         while self._host_tokens:
-            self._host_cache(close_host_cache, self._host_tokens.pop())
+            token = self._host_tokens.pop()
+            unshare_host_cache(self.client, token)
+            self._host_cache(close_host_cache, token)
 
     @property
     def done(self) -> dict[str, Any]:
         """Manifest entries of the finished stages, by key."""
         stages: dict[str, Any] = self.claim.manifest["stages"]
         return stages
+
+    def check_lease(self) -> None:
+        """Raise :class:`~ngff_dreg.errors.OutputInUseError` if the run lost its output's lease."""
+        if self.lease is not None:
+            self.lease.check()
 
     def record(self, key: str, entry: Mapping[str, Any], report: StageReport) -> None:
         """Keep a finished stage's report and checkpoint it in the manifest.
@@ -567,6 +581,7 @@ class Run:
             target["io"] = io
         self.reports.append(report)
         self.done[key] = entry
+        self.check_lease()  # a run that lost its output writes nothing more
         self.checkpoints.write(self.claim.manifest)
 
     def stage_done(self, report: StageReport) -> None:
@@ -582,6 +597,7 @@ class Run:
         """
         last_key = f"stage_{len(self.inputs.schedule.stages) - 1}"
         if self.claim.same_run and last_key in self.done and self.claim.state == "incomplete":
+            self.check_lease()
             set_status(self.inputs.output, self.inputs.o_opts, "complete")
 
     def block_options(self, f_level: int, m_level: int) -> BlockOptions:

@@ -98,6 +98,38 @@ def test_a_worker_that_joins_later_gets_the_settings() -> None:
     assert list(seen.values()) == [0.125, 0.125]
 
 
+def test_a_worker_that_joins_later_gets_the_host_cache(tmp_path: Any) -> None:
+    """Issue #23 item 5: a run's host cache is opened on workers that join mid-run."""
+    import uuid
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from ngff_dreg.cluster import HostCachePlugin, share_host_cache, unshare_host_cache
+    from ngff_dreg.io.storage.chunk_cache import close_host_cache, host_cache
+
+    def opened(token: str) -> bool:
+        return host_cache(token) is not None
+
+    token = uuid.uuid4().hex
+    with dask.config.set({"ngff-dreg.io.host-cache-dir": str(tmp_path)}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        share_settings(client)
+        assert share_host_cache(client, token)
+        assert list(client.run(opened, token).values()) == [True]
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=120)
+        assert list(client.run(opened, token).values()) == [True, True]  # the late one too
+        unshare_host_cache(client, token)
+        client.run(close_host_cache, token)
+        assert sorted(client.run(opened, token).values()) == [False, False]
+        plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
+        assert all(HostCachePlugin.name_for(token) not in p for p in plugins.values())
+    assert not share_host_cache("threads", token)
+
+
 def test_a_worker_in_the_clients_process_keeps_its_settings(ngff_config: Any) -> None:
     from distributed import Client, LocalCluster
 

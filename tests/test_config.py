@@ -70,6 +70,9 @@ def test_the_defaults_are_in_dask_config() -> None:
         "ngff-dreg.io.read-backoff": 0.5,
         "ngff-dreg.io.read-max-wait": 8.0,
         "ngff-dreg.io.trace-dir": None,
+        "ngff-dreg.output.lease-heartbeat": 10.0,
+        "ngff-dreg.output.lease-stale-after": 30.0,
+        "ngff-dreg.output.lease-max-wait": 86400.0,
     }
 
 

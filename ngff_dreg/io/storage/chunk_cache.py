@@ -297,13 +297,36 @@ class HostCache:
     def claim(self, scope: Scope, piece: str) -> bool:
         """Take the fetch of ``piece`` (False: another process is fetching it)."""
         try:
-            os.close(os.open(self.path(scope, piece) + ".lock",
-                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            fd = os.open(self.path(scope, piece) + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
         except OSError:
             return True  # no lock possible (read-only disk...): fetch without one
+        try:  # the claimant, so that a waiter can tell a dead one (same machine)
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
         return True
+
+    def _claim_dead(self, lock: str) -> bool:
+        """True when the process that took ``lock`` is gone (the lock is then removed)."""
+        try:
+            with open(lock, "rb") as f:
+                pid = int(f.read() or b"0")
+        except (OSError, ValueError):
+            return False
+        if pid <= 0 or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            logger.info("host cache: the process %d that claimed %s is gone", pid, lock)
+            return True
+        except OSError:
+            return False
+        return False
 
     def release(self, scope: Scope, piece: str) -> None:
         """Drop the claim taken by :meth:`claim`."""
@@ -311,7 +334,12 @@ class HostCache:
             os.unlink(self.path(scope, piece) + ".lock")
 
     async def wait(self, scope: Scope, piece: str, timeout: float = HOST_WAIT_S) -> bytes | None:
-        """The bytes of ``piece`` once another process's fetch ends (``None``: it failed)."""
+        """The bytes of ``piece`` once another process's fetch ends.
+
+        ``None``: the fetch failed, its process died (checked by its pid, so a
+        dead claim costs a fraction of a second, not ``timeout``), or
+        ``timeout`` passed; the caller then fetches the piece itself.
+        """
         path = self.path(scope, piece)
         deadline = time.monotonic() + timeout
         delay = 0.005
@@ -320,6 +348,8 @@ class HostCache:
             if data is not None:
                 return data
             if not os.path.exists(path + ".lock"):
+                return self.read(scope, piece)
+            if delay >= 0.04 and self._claim_dead(path + ".lock"):
                 return self.read(scope, piece)
             await asyncio.sleep(delay)
             delay = min(0.1, delay * 2)

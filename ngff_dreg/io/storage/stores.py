@@ -89,6 +89,12 @@ def open_store(
 
     """
     text = os.fspath(url)
+    if text.startswith("virtual://"):  # a procedural image (scale tests)
+        if not read_only:
+            raise StoreAccessError(f"{text}: a virtual image is read-only")
+        from ngff_dreg.io.storage.virtual_store import open_virtual_store
+
+        return _stacked(open_virtual_store(text), text, cache, level)
     if not is_remote(text):
         path = local_path(text)
         if read_only and not path.exists():

@@ -288,6 +288,31 @@ def test_host_cache_waits_for_another_fetch_and_keeps_its_budget(tmp_path: Any) 
     assert host.read(scope, "huge") is None
 
 
+def test_a_claim_of_a_dead_process_is_not_waited_for(tmp_path: Any) -> None:
+    """Issue #23 item 5: a worker killed while fetching leaves a claim; others move on."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    from ngff_dreg.io.storage.chunk_cache import HostCache
+
+    host = HostCache(str(tmp_path / "h"), max_bytes=100)
+    scope = ("t", "u")
+    code = ("import sys\nfrom ngff_dreg.io.storage.chunk_cache import HostCache\n"
+            f"assert HostCache({str(tmp_path / 'h')!r}, 100).claim(('t', 'u'), 'a')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)  # claims, then exits
+    assert not host.claim(scope, "a")  # its claim is still there
+    t0 = time.monotonic()
+    assert asyncio.run(host.wait(scope, "a", timeout=30)) is None  # the caller fetches it
+    assert time.monotonic() - t0 < 2.0
+    assert host.claim(scope, "a")  # the dead claim was removed
+    # a live claimant (this process's own claim here) is waited for until the timeout
+    t0 = time.monotonic()
+    assert asyncio.run(host.wait(scope, "a", timeout=0.3)) is None
+    assert time.monotonic() - t0 >= 0.3
+
+
 def test_host_cache_sweeps_directories_of_killed_runs(tmp_path: Any, ngff_config: Any) -> None:
     import os
     import time
