@@ -395,8 +395,8 @@ SELFCHECK_CASES: tuple[CaseSpec, ...] = (
 
 #: cases meant for the reduced pytest subset
 REDUCED_CASES = ("mni-headline", "mni2d-headline", "mni-aniso4",
-                 # issue #20: one multimodal and one uneven-illumination case
-                 "mni-t2", "mni-lightsheet")
+                 # issue #20: multimodal and uneven-illumination cases
+                 "mni-t2", "mni2d-dir", "mni-lightsheet")
 
 _ALL = {c.name: c for c in CASES + SELFCHECK_CASES}
 
