@@ -136,6 +136,16 @@ def _directory(value: Any, where: str) -> str | None:
     return os.path.expanduser(text) if text else None
 
 
+def _text_or_none(value: Any, where: str) -> str | None:
+    """A non-empty text, or ``None`` for null or an empty text."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise _bad(where, value, "a text or null")
+    text = os.fspath(value).strip()
+    return text or None
+
+
 _ON = ("1", "on", "true", "yes")
 _OFF = ("0", "off", "false", "no")
 
@@ -199,6 +209,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("output.lease-heartbeat", _positive_seconds),
     Setting("output.lease-stale-after", _positive_seconds),
     Setting("output.lease-max-wait", _seconds),
+    Setting("view.chromium", _text_or_none),
 )}
 
 
@@ -366,6 +377,12 @@ def read_max_wait() -> float:
 def trace_dir() -> str | None:
     """Directory of the per-process fetch logs (``io.trace-dir``; ``None``: no logs)."""
     value: str | None = get("io.trace-dir")
+    return value
+
+
+def chromium() -> str | None:
+    """The browser ``ngff-dreg view --screenshot`` runs (``view.chromium``; ``None``: search)."""
+    value: str | None = get("view.chromium")
     return value
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ngff_dreg import config
 from ngff_dreg.errors import InvalidInputDataError, NgffDregError
 from ngff_dreg.io.omezarr.view_writer import LEGACY_RESAMPLED, VIEW_FIXED, VIEW_RESAMPLED
 from ngff_dreg.io.storage.urls import is_remote, local_path
@@ -44,8 +45,8 @@ def _shader(colour: str, lo: float, hi: float) -> str:
 
 
 def find_browser() -> str | None:
-    """A Chromium or Chrome executable (``NGFF_DREG_CHROMIUM`` first), or ``None``."""
-    for name in (os.environ.get("NGFF_DREG_CHROMIUM"), "chromium", "chromium-browser",
+    """A Chromium or Chrome executable (the ``view.chromium`` setting first), or ``None``."""
+    for name in (config.chromium(), "chromium", "chromium-browser",
                  "google-chrome", "chrome"):
         if name and (found := shutil.which(name)):
             return found
@@ -155,7 +156,8 @@ def _browser(url: str, size: tuple[int, int]) -> Iterator[subprocess.Popen[bytes
     exe = find_browser()
     if exe is None:
         raise NgffDregError("no Chromium found for --screenshot: install it (Debian: "
-                            "apt-get install chromium) or set NGFF_DREG_CHROMIUM")
+                            "apt-get install chromium) or name it in the view.chromium "
+                            "setting (see `ngff-dreg info --config`)")
     with tempfile.TemporaryDirectory(prefix="ngff-dreg-chromium-") as profile:
         proc = subprocess.Popen(
             [exe, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",

@@ -73,6 +73,7 @@ def test_the_defaults_are_in_dask_config() -> None:
         "ngff-dreg.output.lease-heartbeat": 10.0,
         "ngff-dreg.output.lease-stale-after": 30.0,
         "ngff-dreg.output.lease-max-wait": 86400.0,
+        "ngff-dreg.view.chromium": None,
     }
 
 
@@ -229,3 +230,11 @@ def test_a_clients_settings_hold_on_a_worker(monkeypatch: pytest.MonkeyPatch) ->
     assert {s.source for s in config.sources()} == {"the run's client"}
     with pytest.raises(ConfigError, match="from the client"):
         config.apply_settings({"ngff-dreg.io.read-attempts": 0}, origin="another process")
+
+
+def test_the_screenshot_browser_is_a_setting() -> None:
+    assert config.chromium() is None
+    with dask.config.set({"ngff-dreg.view.chromium": " /opt/chrome/chrome "}):
+        assert config.chromium() == "/opt/chrome/chrome"
+    with dask.config.set({"ngff-dreg.view.chromium": 3}), pytest.raises(ConfigError):
+        config.chromium()

@@ -180,6 +180,25 @@ def capped_strides(stride: int, geom: ImageGeometry, max_samples: int) -> list[i
         factor += 1
 
 
+def _fixed_samples(fixed: FloatArray, geom: ImageGeometry, centre: FloatArray, sigma: float,
+                   steps: Sequence[int], similarity: str, patch_sigma: float
+                   ) -> tuple[tuple[int, ...], FloatArray, FloatArray]:
+    """One smoothing level's lattice shape, sample positions and fixed channels.
+
+    Positions are relative to ``centre``; the channels are ``(C, N)``.
+    """
+    axes = [np.arange((n % s) // 2, n, s) for n, s in zip(fixed.shape, steps)]
+    lat_shape = tuple(len(ax) for ax in axes)
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, geom.ndim)
+    xc = geom.array_index_to_physical(idx.astype(np.float64)) - centre
+    f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, geom)) if sigma > 0 \
+        else fixed
+    f_chan = list(mind_ssc(f_img, patch_sigma)) if similarity == "mind" else [f_img]
+    f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
+                      for c in f_chan])
+    return lat_shape, xc, f_all
+
+
 def linear_fit(
     fixed: FloatArray,
     fixed_geom: ImageGeometry,
@@ -237,12 +256,10 @@ def linear_fit(
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if similarity == "mind":
         max_samples = max(1, max_samples // 4)
-    for kind in kinds:
-        if kind not in KINDS:
-            raise ValueError(f"linear kind {kind!r} is not one of {KINDS}")
+    if bad := [k for k in kinds if k not in KINDS]:
+        raise ValueError(f"linear kind {bad[0]!r} is not one of {KINDS}")
     if len(sigmas) != len(strides):
         raise ValueError("sigmas and strides need the same length")
-    nd = fixed_geom.ndim
     a = np.asarray(matrix, dtype=np.float64).copy()
     t = np.asarray(translation, dtype=np.float64).copy()
     centre = fixed_geom.index_to_physical((np.asarray(fixed_geom.size) - 1) / 2.0)
@@ -250,16 +267,10 @@ def linear_fit(
     its, value = 0, math.nan
     moving = np.asarray(moving, dtype=np.float64)
     for sigma, stride in zip(sigmas, strides):
-        steps = capped_strides(int(stride), fixed_geom, max_samples)
-        axes = [np.arange((n % s) // 2, n, s) for n, s in zip(fixed.shape, steps)]
-        lat_shape = tuple(len(ax) for ax in axes)
-        idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, nd)
-        xc = fixed_geom.array_index_to_physical(idx.astype(np.float64)) - centre
-        f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, fixed_geom)) \
-            if sigma > 0 else fixed
-        f_chan = list(mind_ssc(f_img, patch_sigma)) if similarity == "mind" else [f_img]
-        f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
-                          for c in f_chan])
+        lat_shape, xc, f_all = _fixed_samples(fixed, fixed_geom, centre, float(sigma),
+                                              capped_strides(int(stride), fixed_geom,
+                                                             max_samples),
+                                              similarity, patch_sigma)
         sampler = _MovingSampler(moving, moving_geom, float(sigma), similarity, patch_sigma)
         for kind in kinds:
             _, _, inside = sampler(xc @ a.T + (a @ centre + t), False)

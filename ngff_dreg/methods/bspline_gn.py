@@ -23,6 +23,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.fitting.bspline_gn import GaussNewtonOptions, GaussNewtonResult, gauss_newton_fit
+from ngff_dreg.fitting.descriptors import AUTO
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import (
     BlockInfo,
@@ -130,6 +131,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         ``"intensity"`` (the intensity model above) or ``"mind"`` (MIND-SSC
         descriptors: contrasts that are not a function of each other, strong
         illumination differences; the intensity settings are then unused).
+        ``"auto"``: what the run's global stage chose (``"mind"`` without one).
     patch_sigma:
         MIND-SSC patch size (Gaussian sigma, voxels of the block's finest
         axis); ``None``: half of each pass's lattice stride, at least 0.8.
@@ -176,7 +178,9 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
             intensity=self.intensity,
             intensity_bins=int(self.intensity_bins),
             gain_degree=int(self.gain_degree),
-            similarity=self.similarity,
+            # "auto" is resolved by the pipeline from the global stage's choice;
+            # a method used on its own (or without a global stage) fits MIND
+            similarity="mind" if self.similarity == AUTO else self.similarity,
             patch_sigma=None if self.patch_sigma is None else float(self.patch_sigma),
         )
 
