@@ -353,7 +353,10 @@ def claim_output(
     same_run = (
         not overwrite and manifest is not None and manifest.get("fingerprint") == run_fingerprint
     )
-    if state in ("complete", "incomplete", "foreign") and not same_run:
+    # a run that died between marking the output and writing its manifest left
+    # an incomplete output with nothing in it to lose: any run may take it
+    unclaimed = state == "incomplete" and not (manifest or {}).get("fingerprint")
+    if state in ("complete", "incomplete", "foreign") and not same_run and not unclaimed:
         if not overwrite:
             what = "an ngff-dreg output" if state != "foreign" else "data"
             raise OutputExistsError(
