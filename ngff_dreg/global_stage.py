@@ -285,10 +285,15 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     affine = _align_arrays(fixed, fg, moving, mg, None, stage.initializer, stage.kinds,
                            stage.metric, stage.iterations, stage.method,
                            _fitted(stage.similarity))
-    sim = _fitted(stage.similarity) if stage.method == "gauss-newton" else "intensity"
+    sim = _scored(stage)
     before = similarity_arrays(fixed, fg, moving, mg,
                                _initial_only(fixed_ctor, moving_ctor, stage.initializer), sim)
     return affine, before, similarity_arrays(fixed, fg, moving, mg, affine, sim)
+
+
+def _scored(stage: GlobalStage) -> str:
+    """The similarity the global stage reports (what it fitted; ITK stages: the NCC)."""
+    return _fitted(stage.similarity) if stage.method == "gauss-newton" else "intensity"
 
 
 def _fitted(similarity: str) -> str:
@@ -430,7 +435,7 @@ class GlobalStageRunner:
                         "%.3f and the NCC %.3f (intensity from %.2f or %.2f): the block "
                         "stages fit %s", explained, plain, AUTO_MIN_MODEL_NCC, AUTO_MIN_NCC,
                         run.similarity)
-        sim = _fitted(gs.similarity) if gs.method == "gauss-newton" else "intensity"
+        sim = _scored(gs)
         rep = StageReport("global", inputs.g_level, inputs.gm_level, "+".join(gs.kinds),
                           ncc_before=ncc_before, ncc_after=ncc_after, metric=metric_name(sim),
                           seconds=time.perf_counter() - t0)

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage, sparse
 
-from ngff_dreg.fitting.descriptors import SIMILARITIES, mind_ssc
+from ngff_dreg.fitting.descriptors import SIMILARITIES, channel_gradients, mind_ssc
 from ngff_dreg.fitting.intensity import INTENSITY_MODELS, IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import (
     BSplineLattice,
@@ -209,8 +209,7 @@ class _Images:
                 wc = list(mind_ssc(w, patch, valid=self.valid_bool))
             else:
                 fc, wc = [f], [w]
-            grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
-                      for k in range(c.ndim)] for c in wc]
+            grads = channel_gradients(wc)
             self._sigma, self._images = key, (fc, wc, grads)
         return self._images
 

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["AUTO", "SIMILARITIES", "mind_ssc", "ssc_pairs"]
+__all__ = ["AUTO", "SIMILARITIES", "channel_gradients", "mind_ssc", "ssc_pairs"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -57,6 +57,13 @@ def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     # two unit offsets are √2 apart when they lie on different axes
     return [(a, b) for a, b in itertools.combinations(units, 2)
             if int(np.argmax(np.abs(a))) != int(np.argmax(np.abs(b)))]
+
+
+def channel_gradients(channels: list[npt.NDArray[np.floating]] | npt.NDArray[np.floating]
+                      ) -> list[list[FloatArray]]:
+    """Per channel, its central-difference gradient along every axis (zero on length-1 axes)."""
+    return [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
+             for k in range(c.ndim)] for c in channels]
 
 
 def _shifted(padded: npt.NDArray[np.float32], offset: tuple[int, ...], shape: tuple[int, ...]

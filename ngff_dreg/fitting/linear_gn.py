@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ngff_dreg.fitting.descriptors import SIMILARITIES, mind_ssc
+from ngff_dreg.fitting.descriptors import SIMILARITIES, channel_gradients, mind_ssc
 from ngff_dreg.fitting.intensity import IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import lattice_strides, physical_sigmas
 from ngff_dreg.geometry import ImageGeometry
@@ -63,8 +63,7 @@ class _MovingSampler:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
         self.imgs = list(mind_ssc(img, patch_sigma)) if similarity == "mind" else [img]
-        self.grads = [[np.gradient(c, axis=k) if c.shape[k] > 1 else np.zeros_like(c)
-                       for k in range(c.ndim)] for c in self.imgs]
+        self.grads = channel_gradients(self.imgs)
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
         self.dindex = self.to_index[::-1]
         self.origin = np.asarray(geom.origin, dtype=np.float64)
