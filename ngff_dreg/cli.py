@@ -601,21 +601,27 @@ def transform_coords(path: str, source: str, target: str, coordinates: str, anon
                      endpoint_url: str | None, profile: str | None) -> None:
     """Map COORDINATES from system SOURCE to system TARGET of the RFC-5 scene at PATH.
 
-    COORDINATES is a JSON list of points, each in SOURCE's axis order
-    (``[[z, y, x], ...]``). Prints ``{"coordinates": [...]}``; on failure
-    prints ``{"message": ...}`` and exits non-zero (the protocol of the
-    ome-zarr-transformations-conformance suite). A system is named by its
-    name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
+    COORDINATES is a JSON list of points, each with one coordinate per axis of
+    SOURCE, in SOURCE's axis order (whatever it is: ``[[x, y, z], ...]``,
+    ``[[t, z, y, x], ...]``...); the mapped points are in TARGET's. Prints
+    ``{"coordinates": [...]}``; on failure (also points that do not have
+    SOURCE's axis count) prints ``{"message": ...}`` and exits non-zero (the
+    protocol of the ome-zarr-transformations-conformance suite). A system is
+    named by its name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
     """
     import json
 
     from ngff_dreg.io.omezarr.scene_reader import open_scene_graph
     from ngff_dreg.io.storage.urls import redact_text
+    from ngff_dreg.ngff.scene_axes import check_point_count
 
     try:
         points = json.loads(coordinates)
         graph = open_scene_graph(path, _storage_options(anon, endpoint_url, profile))
-        mapped = graph.path(graph.resolve(source), graph.resolve(target))(points)
+        src, tgt = graph.resolve(source), graph.resolve(target)
+        check_point_count(graph, src, points)
+        mapped = graph.path(src, tgt)(points)
+        check_point_count(graph, tgt, mapped)
     except Exception as exc:
         click.echo(json.dumps({"message": redact_text(f"{type(exc).__name__}: {exc}")}))
         raise SystemExit(2 if isinstance(exc, NgffDregError) else 1) from None
