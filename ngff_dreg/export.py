@@ -1,10 +1,12 @@
-"""Write a registration's transform as files ITK-based tools read (3D Slicer, ANTs).
+"""Write a transform as files ITK-based tools read (3D Slicer, ANTs).
 
 :func:`export_transform` reads the NGFF 0.6 transform of a registration output
-(a scene written by :func:`ngff_dreg.register`, or a fixed image holding one)
-and hands it to :func:`~ngff_dreg.io.omezarr.transform_reader.export_itk`, after
-checking the destination: the format follows the file's extension, the file
-is local, and an existing file is replaced only when asked. The command
+(a scene written by :func:`ngff_dreg.register`, or a fixed image holding one),
+or the map between two systems of any RFC-5 scene (``SCENE:SOURCE:TARGET``;
+:mod:`ngff_dreg.export_source`), and writes it with
+:func:`~ngff_dreg.io.omezarr.transform_reader.export_itk`, after checking the
+destination: the format follows the file's extension, the file is local, and
+an existing file is replaced only when asked. The command
 ``ngff-dreg export`` is this function.
 """
 
@@ -16,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ngff_dreg.errors import OutputExistsError, StoreAccessError, UnsupportedFormatError
-from ngff_dreg.io.omezarr.transform_reader import export_itk, read_transform
+from ngff_dreg.geometry import ImageGeometry
+from ngff_dreg.io.omezarr.transform_reader import export_itk
 
 __all__ = ["TRANSFORM_SUFFIXES", "FIELD_SUFFIXES", "export_kind", "export_transform"]
 
@@ -72,15 +75,21 @@ def export_transform(
     inverse: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    grid: str | ImageGeometry | None = None,
+    grid_level: int = 0,
 ) -> Path:
-    """Export the transform of registration output ``output`` to the file ``path``.
+    """Export the transform of ``output`` to the file ``path``.
 
     Parameters
     ----------
     output:
         A registration output: the NGFF 0.6 scene written by
         :func:`ngff_dreg.register` (path, ``s3://`` or ``https://``), or a
-        fixed image it was written into.
+        fixed image it was written into. Or ``SCENE:SOURCE:TARGET``: the map
+        between two coordinate systems of any RFC-5 scene (e.g. one written by
+        ngff-zarr), with points named ``x, y, z`` matched to the systems'
+        spatial axes by name; a scene that is not ngff-dreg's own shape but
+        holds one transform is read as that transform's two systems.
     path:
         Local destination. ``.h5``/``.hdf5``/``.tfm``/``.txt``: an ITK
         transform file holding one ``CompositeTransform`` (the affine and a
@@ -89,12 +98,16 @@ def export_transform(
         ``.mhd``: the total displacement ``T(x) - x`` as a vector image on the
         field's grid (ITK's displacement-field convention, which ANTs reads).
     inverse:
-        Export the moving→fixed inverse instead of the fixed→moving forward
-        map.
+        Export the moving→fixed inverse (TARGET→SOURCE) instead of the
+        fixed→moving forward map.
     storage_options:
-        fsspec options for ``output``.
+        fsspec options for ``output`` and ``grid``.
     overwrite:
         Replace an existing file.
+    grid, grid_level:
+        Where a field is sampled (an OME-Zarr image and its level, or a
+        geometry), for a non-linear scene map or a field format; default: the
+        field's own grid (for a scene map, that of its first field).
 
     Returns
     -------
@@ -104,21 +117,25 @@ def export_transform(
     Raises
     ------
     UnsupportedFormatError
-        Unknown extension, a remote destination, or a field image asked of a
-        transform without a displacement field.
+        Unknown extension, a remote destination, a field asked of a
+        linear map without a ``grid``, or a non-linear scene map with no grid.
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     StoreAccessError
         The file could not be written.
 
     """
+    from ngff_dreg.export_source import export_chain
+
     kind = export_kind(path)
     dest = _destination(path, overwrite)
-    chain = read_transform(output, storage_options, inverse=inverse)
-    if kind == "field" and chain.field is None:
+    chain = export_chain(output, inverse=inverse, storage_options=storage_options, grid=grid,
+                         grid_level=grid_level, need_field=kind != "transform")
+    if kind != "transform" and chain.field is None:
         raise UnsupportedFormatError(
-            f"{dest}: the transform holds no displacement field to write as an image; "
-            f"export it as {' or '.join(TRANSFORM_SUFFIXES[:3])}"
+            f"{dest}: the transform is linear, with no displacement field to write as a "
+            f"field; give a grid to sample it on (grid= / --grid IMAGE), or export it as "
+            f"{' or '.join(TRANSFORM_SUFFIXES[:3])}"
         )
     try:
         export_itk(chain, str(dest))

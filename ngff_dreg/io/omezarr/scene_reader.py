@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ngff_dreg.errors import InvalidMetadataError, StoreAccessError
+from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.io.storage.stores import zarr_group
 from ngff_dreg.io.storage.urls import redact_url
 from ngff_dreg.ngff._checks import check_relative_path
@@ -32,6 +33,7 @@ from ngff_dreg.ngff.scene_axes import (
     AxisMismatchError,
     spatial_map,
     spatial_names,
+    spatial_unit,
 )
 from ngff_dreg.ngff.scene_graph import (
     Chain,
@@ -42,6 +44,7 @@ from ngff_dreg.ngff.scene_graph import (
     parse_transform,
     reference,
 )
+from ngff_dreg.ngff.scene_grid import first_field_grid
 from ngff_dreg.ngff.transforms import reverse_axes
 from ngff_dreg.ngff.upgrade import PHYSICAL_SYSTEM
 
@@ -290,6 +293,15 @@ class SceneMap:
         """The ``(n+1, n+1)`` ITK-order matrix of a linear map, ``None`` otherwise."""
         h = self._map().homogeneous()
         return None if h is None else reverse_axes(h)
+
+    def default_grid(self) -> ImageGeometry | None:
+        """The grid of the first field along the map, in the source's points, or ``None``.
+
+        See :func:`~ngff_dreg.ngff.scene_grid.first_field_grid`; the unit is the
+        source system's.
+        """
+        graph, src, _ = self._graph()
+        return first_field_grid(self._map(), spatial_unit(graph, src))
 
     def transform_points(self, points: Any) -> Any:
         """Map ``(n, ndim)`` ITK-order (x, y, z) physical points."""

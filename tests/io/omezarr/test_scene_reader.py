@@ -174,6 +174,7 @@ def test_scene_references_map_points_and_resample(tmp_path):
     {"leading": "c", "field": "zyx"},
 ], ids=["xyz", "xyz-field-zyx", "zyx-field-xyz", "time", "channel"])
 def test_scenes_in_any_axis_order_map_points_like_itk(tmp_path, hand_scene, kw):
+    from ngff_dreg.io.omezarr.scene_reader import SceneMap
     from ngff_dreg.points import transform_points
 
     case = hand_scene(tmp_path / "hand.zarr", **kw)
@@ -181,6 +182,15 @@ def test_scenes_in_any_axis_order_map_points_like_itk(tmp_path, hand_scene, kw):
     got = transform_points(f"{case.url}:fixed:moving", pts)  # x, y, z, whatever the scene's
     assert np.abs((got - case.expected(pts)) / case.voxel).max() < 1e-6
     assert np.abs(got - pts).max() > 0.3  # the map moves points
+    scene = SceneMap(case.url, "fixed", "moving")
+    grid = scene.default_grid()
+    if kw.get("leading"):
+        assert grid is None  # the field sits inside a byDimension
+    else:
+        assert grid is not None and grid.is_axis_aligned
+        np.testing.assert_allclose(grid.spacing, case.spacing)
+        np.testing.assert_allclose(grid.origin, case.origin)
+        assert grid.shape == case.size[::-1]
 
 
 @pytest.mark.parametrize("dims", ["zyx", "xyz"])
