@@ -417,6 +417,9 @@ def apply(transform: str, moving: str, fixed: str, output: str, level: int, over
 @click.argument("transform_file", type=click.Path(path_type=Path))
 @click.option("--inverse", is_flag=True, help="Export the moving->fixed (TARGET->SOURCE) map.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "bigwarp"]), default="auto",
+              show_default=True,
+              help="auto: ITK, by the extension; bigwarp: a .zarr container BigWarp loads.")
 @click.option("--grid", default=None,
               help="OME-Zarr image whose grid a field is sampled on (default: the field's).")
 @click.option("--grid-level", type=int, default=0, show_default=True,
@@ -424,23 +427,25 @@ def apply(transform: str, moving: str, fixed: str, output: str, level: int, over
 @_storage
 @_verbose
 @_guarded
-def export(output: str, transform_file: Path, inverse: bool, overwrite: bool,
+def export(output: str, transform_file: Path, inverse: bool, overwrite: bool, fmt: str,
            grid: str | None, grid_level: int, **o: Any) -> None:
-    """Export OUTPUT's transform as an ITK transform file or a displacement field image.
+    """Export OUTPUT's transform as an ITK transform file, a field image, or for BigWarp.
 
     OUTPUT is the NGFF 0.6 scene register wrote, or SCENE:SOURCE:TARGET for the
     map between two coordinate systems of any RFC-5 scene (points x, y, z
     matched to the systems' spatial axes by name; a non-linear map is sampled on
     the grid of its first field, or on --grid). TRANSFORM_FILE is local:
     .h5/.hdf5/.tfm/.txt (ITK composite transform: affine + displacement field),
-    or .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image).
+    .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image), or with
+    --format bigwarp a .zarr container (BigWarp: give it as the moving image's
+    transform).
     """
     from ngff_dreg.export import export_transform
 
     written = export_transform(
         output, transform_file, inverse=inverse,
         storage_options=_storage_options(o["anon"], o["endpoint_url"], o["profile"]),
-        overwrite=overwrite, grid=grid, grid_level=grid_level,
+        overwrite=overwrite, format=fmt, grid=grid, grid_level=grid_level,
     )
     click.echo(f"{'inverse' if inverse else 'transform'} written to {written}")
 

@@ -12,6 +12,9 @@
   else the grid of the first field along the map
   (:func:`~ngff_dreg.ngff.scene_grid.first_field_grid`): exact at its nodes,
   and between them too when every other step is linear.
+
+:func:`bigwarp_parts` gives what BigWarp's layout holds (an axis-aligned grid,
+vectors, an optional affine).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ngff_dreg.errors import UnsupportedFormatError
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.transforms import AffineTransform, DisplacementField, TransformChain
 
-__all__ = ["export_chain", "sample_on_grid"]
+__all__ = ["axis_aligned_cover", "bigwarp_parts", "export_chain", "sample_on_grid"]
 
 logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
@@ -51,6 +54,26 @@ def sample_on_grid(mapper: Any, grid: ImageGeometry) -> TransformChain:
         disp = np.asarray(mapper.transform_points(pts), dtype=np.float64) - pts
         data[:, a:b] = disp[:, ::-1].T.reshape((nd, b - a, *shape[1:]))
     return TransformChain(AffineTransform.identity(nd), DisplacementField(grid, data=data))
+
+
+def axis_aligned_cover(grid: ImageGeometry) -> ImageGeometry:
+    """An axis-aligned grid over the bounding box of an oblique ``grid``.
+
+    Each axis's spacing is the length of the oblique grid's spacing vector
+    projected on it (``sqrt(sum_j D_kj² s_j²)``), so the node density stays close.
+    """
+    if grid.is_axis_aligned:
+        return grid
+    d = grid.direction_matrix
+    spacing = np.sqrt((d**2) @ np.asarray(grid.spacing) ** 2)
+    corners = np.stack(np.meshgrid(*[[0, n - 1] for n in grid.shape], indexing="ij"),
+                       axis=-1).reshape(-1, grid.ndim)
+    pts = grid.array_index_to_physical(corners.astype(np.float64))
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    shape_xyz = np.floor((hi - lo) / spacing + 1e-9).astype(int) + 1
+    return ImageGeometry(tuple(int(n) for n in shape_xyz[::-1]),
+                         tuple(float(s) for s in spacing), tuple(float(v) for v in lo),
+                         unit=grid.unit)
 
 
 def _grid(grid: str | ImageGeometry | None, level: int,
@@ -148,3 +171,27 @@ def export_chain(output: str, *, inverse: bool = False,
             f"{output}: the map is not linear and no grid to sample it on was found along "
             "it (a non-linear step before its first field); give one (grid= / --grid IMAGE)")
     return sample_on_grid(source, geom)
+
+
+def bigwarp_parts(chain: TransformChain
+                  ) -> tuple[FloatArray, ImageGeometry, AffineTransform | None]:
+    """``(vectors (Z, Y, X, n) x-first, axis-aligned grid, affine after or None)`` for BigWarp.
+
+    A forward chain on an axis-aligned grid keeps its field and affine
+    (``y = A(x + d(x))``, BigWarp's own order); otherwise the total
+    displacement is sampled on the grid (or on an axis-aligned cover of an
+    oblique one).
+    """
+    if chain.field is None:
+        raise UnsupportedFormatError("a linear map has no field grid; give one "
+                                     "(grid= / --grid IMAGE) to sample it on")
+    geom = chain.field.geometry
+    if not chain.affine_first and geom.is_axis_aligned:
+        data = chain.field.read()
+        affine = None if chain.affine.is_identity else chain.affine
+    else:
+        geom = axis_aligned_cover(geom)
+        sampled = sample_on_grid(chain, geom)
+        assert sampled.field is not None and sampled.field.data is not None
+        data, affine = np.asarray(sampled.field.data, dtype=np.float64), None
+    return np.moveaxis(data[::-1], 0, -1), geom, affine

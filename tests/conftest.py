@@ -29,6 +29,9 @@ Fixtures
     hand, with axes in any order and an optional time/channel axis; or with
     ngff-zarr's ITK conversion and scene writer) and return a :class:`SceneCase`
     with ITK's transform for the same map.
+``bigwarp_map``
+    ``bigwarp_map(container, points)``: a BigWarp displacement-field container
+    read and applied as BigWarp's Java reader does (transcribed from its source).
 """
 
 from __future__ import annotations
@@ -559,3 +562,47 @@ def hand_scene() -> Callable[..., SceneCase]:
 def ngff_zarr_scene() -> Callable[..., SceneCase]:
     """``ngff_zarr_scene(store, dims="zyx") -> SceneCase`` (a field written by ngff-zarr)."""
     return _ngff_zarr_scene
+
+
+# ---------------------------------------------------- BigWarp's reader, transcribed
+def _bigwarp_map(container: Any, points: np.ndarray, dataset: str = "dfield") -> np.ndarray:
+    """Map ITK-order points as BigWarp's ``N5DisplacementField.open(n5, dataset, false)``.
+
+    Transcribed from n5-imglib2 (``N5DisplacementField``: ``openField``, ``vectorAxisLast``,
+    ``openPixelToPhysical``, ``openCalibratedField`` with ``EXTEND_BORDER`` and
+    ``NLinearInterpolatorFactory``, ``open``: the field, then ``affine``) and n5-zarr
+    (a C-order ``.zarray`` shape is reported reversed, imglib2's fastest-first order).
+    Only what an ngff-dreg export writes: a float field, ``spacing`` and ``offset``.
+    """
+    from pathlib import Path
+
+    import zarr
+    from scipy.ndimage import map_coordinates
+
+    root = Path(container) / dataset
+    meta = json.loads((root / ".zarray").read_text())
+    attrs = json.loads((root / ".zattrs").read_text())
+    assert meta["zarr_format"] == 2 and meta["order"] == "C"
+    assert np.dtype(meta["dtype"]).kind == "f"  # integer types would be quantized fields
+    data = np.asarray(zarr.open_array(str(root), mode="r")[...], dtype=np.float64)
+    img = np.transpose(data)  # imglib2 order: img[p0, p1, ...]
+    n = img.ndim
+    if img.shape[n - 1] != n - 1:  # vectorAxisLast
+        assert img.shape[0] == n - 1, "vector components in neither the first nor last axis"
+        img = np.moveaxis(img, 0, -1)
+    pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    pix = (pts - np.asarray(attrs.get("offset", [0.0] * (n - 1)))) / np.asarray(
+        attrs.get("spacing", [1.0] * (n - 1)))
+    disp = np.stack([map_coordinates(img[..., c], pix.T, order=1, mode="nearest")
+                     for c in range(n - 1)], axis=1)
+    out = pts + disp
+    if "affine" in attrs:
+        a = np.asarray(attrs["affine"], dtype=np.float64).reshape(n - 1, n)
+        out = out @ a[:, :-1].T + a[:, -1]
+    return out
+
+
+@pytest.fixture
+def bigwarp_map() -> Callable[..., np.ndarray]:
+    """``bigwarp_map(container, points, dataset="dfield")``: BigWarp's reading, in NumPy."""
+    return _bigwarp_map

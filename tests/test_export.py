@@ -1,4 +1,5 @@
-"""Exporting a registration output or any RFC-5 scene for ITK tools: read back with ITK."""
+"""Exporting a registration output or any RFC-5 scene: for ITK tools (read back with plain
+ITK) and for BigWarp (read back as its Java reader does)."""
 
 from __future__ import annotations
 
@@ -270,3 +271,63 @@ def test_the_export_command_takes_scene_references(tmp_path, hand_scene):
     res = CliRunner().invoke(app, ["export", f"{case.url}:fixed:nowhere", str(out),
                                    "--overwrite"])
     assert res.exit_code == 2 and "nowhere" in res.output
+
+
+# ---------------------------------------------------------------------- BigWarp
+def test_bigwarp_export_of_a_registration_keeps_its_field_and_affine(tmp_path, bigwarp_map):
+    straight = ImageGeometry((12, 14, 16), (0.5, 0.7, 0.9), (2.0, 0.5, -1.0))
+    fwd = smooth_displacement(straight, 1.5, seed=4)
+    a = AffineTransform.from_arrays(small_rotation(3, 6) * 1.02, np.array([1.0, -0.5, 0.8]))
+    url = str(tmp_path / "out.zarr")
+    write_field_scene(url, TransformChain(a, fwd), chunks=8)
+    dest = export_transform(url, tmp_path / "bw.zarr", format="bigwarp")
+    attrs = json.loads((dest / "dfield" / ".zattrs").read_text())
+    np.testing.assert_allclose(np.reshape(attrs["affine"], (3, 4)), a.homogeneous[:3])
+    grid = read_transform(url).field.geometry  # the stored field's own grid
+    assert attrs["spacing"] == list(grid.spacing) and attrs["offset"] == list(grid.origin)
+    pts = straight.array_index_to_physical(
+        np.random.default_rng(1).uniform(0, np.asarray(straight.shape) - 1, (80, 3)))
+    want = read_transform(url).transform_points(pts)
+    assert np.abs((bigwarp_map(dest, pts) - want) / np.asarray(straight.spacing)).max() < 1e-3
+
+
+def test_bigwarp_export_of_an_oblique_registration_is_sampled_axis_aligned(scene, tmp_path,
+                                                                            bigwarp_map):
+    dest = export_transform(scene, tmp_path / "bw.zarr", format="bigwarp")
+    attrs = json.loads((dest / "dfield" / ".zattrs").read_text())
+    assert "affine" not in attrs  # the total displacement, on an axis-aligned cover
+    grid = read_transform(scene).field.geometry  # coarse (stride 4) and rotated by 20 deg
+    rng = np.random.default_rng(2)
+    inner = FIXED.array_index_to_physical(  # away from the oblique grid's edges
+        rng.uniform(3, np.asarray(FIXED.shape) - 4, (80, 3)))
+    want = read_transform(scene).transform_points(inner)
+    err = np.abs(bigwarp_map(dest, inner) - want).max() / min(grid.spacing)
+    assert err < 0.2, err  # resampled from one coarse grid to another: interpolation only
+    fine = ImageGeometry((30, 40, 60), (0.5, 0.5, 0.5), (-3.0, 0.0, -1.0))
+    dest = export_transform(scene, tmp_path / "fine.zarr", format="bigwarp", grid=fine)
+    assert json.loads((dest / "dfield" / ".zarray").read_text())["shape"] == [30, 40, 60, 3]
+    err = np.abs(bigwarp_map(dest, inner) - want).max() / min(grid.spacing)
+    assert err < 0.02, err
+
+
+@pytest.mark.parametrize("dims", ["zyx", "xyz"])
+def test_bigwarp_export_of_a_scene_maps_as_the_scene(tmp_path, ngff_zarr_scene, hand_scene,
+                                                     bigwarp_map, dims):
+    for case in (ngff_zarr_scene(tmp_path / f"nz-{dims}.zarr", dims),
+                 hand_scene(tmp_path / f"hand-{dims}.zarr", system=dims)):
+        dest = export_transform(f"{case.url}:fixed:moving", tmp_path / f"{dims}-bw.zarr",
+                                format="bigwarp", overwrite=True)
+        pts = case.inside(60, seed=7, margin=0.0)
+        err = np.abs((bigwarp_map(dest, pts) - case.expected(pts)) / case.voxel).max()
+        assert err < 1e-3, (case.url, err)
+
+
+def test_bigwarp_needs_a_zarr_path_and_the_format_named(scene, tmp_path):
+    with pytest.raises(UnsupportedFormatError, match=r"\.zarr"):
+        export_transform(scene, tmp_path / "bw.n5", format="bigwarp")
+    with pytest.raises(UnsupportedFormatError, match="bigwarp"):
+        export_transform(scene, tmp_path / "bw.zarr")
+    with pytest.raises(UnsupportedFormatError, match="unknown export format"):
+        export_kind("bw.zarr", "n5")
+    assert export_kind("bw.zarr", "bigwarp") == "bigwarp"
+    assert export_kind("t.h5", "auto") == "transform"

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from ngff_dreg.export_source import export_chain, sample_on_grid
+from ngff_dreg.errors import UnsupportedFormatError
+from ngff_dreg.export_source import (
+    axis_aligned_cover,
+    bigwarp_parts,
+    export_chain,
+    sample_on_grid,
+)
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.synthetic import small_rotation
 from ngff_dreg.transforms import AffineTransform, TransformChain
@@ -35,6 +42,34 @@ def test_sampling_goes_slab_by_slab(monkeypatch):
     chain = sample_on_grid(Counting(), grid)
     assert calls == [100, 20] and chain.field is not None
     np.testing.assert_allclose(chain.field.data, 1.0)
+
+
+def test_an_oblique_grid_is_covered_by_an_axis_aligned_one():
+    oblique = ImageGeometry((10, 12, 14), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
+                            small_rotation(3, 30, 1))
+    cover = axis_aligned_cover(oblique)
+    assert cover.is_axis_aligned
+    corners = oblique.array_index_to_physical(
+        np.array([[i, j, k] for i in (0, 9) for j in (0, 11) for k in (0, 13)], float))
+    lo, hi = cover.physical_bounds()
+    assert np.all(corners >= lo - 1e-9) and np.all(corners <= hi + np.asarray(cover.spacing))
+    assert axis_aligned_cover(cover) is cover
+
+
+def test_bigwarp_parts_split_a_forward_chain_and_sample_an_inverse_one():
+    from ngff_dreg.synthetic import smooth_displacement
+
+    grid = ImageGeometry((8, 9, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    field = smooth_displacement(grid, 1.0, seed=1)
+    a = AffineTransform.from_arrays(np.eye(3) * 1.1, np.array([1.0, 0.0, 0.0]))
+    vectors, g, affine = bigwarp_parts(TransformChain(a, field))
+    assert affine is a and g == field.geometry
+    assert vectors.shape == (*field.geometry.shape, 3)
+    np.testing.assert_allclose(vectors[..., 0], field.read()[2])  # x first
+    _, _, none = bigwarp_parts(TransformChain(a, field, affine_first=True))
+    assert none is None
+    with pytest.raises(UnsupportedFormatError, match="grid"):
+        bigwarp_parts(TransformChain(a))
 
 
 def test_a_registration_output_stays_exact_unless_a_field_grid_is_asked(tmp_path):
