@@ -544,8 +544,10 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
 
     TRANSFORM is the NGFF scene register wrote, or SCENE:SOURCE:TARGET for the map
     between two coordinate systems of any RFC-5 scene (names as ``ngff-dreg info
-    SCENE`` lists them; spatial axes z, y, x); POINTS a CSV or Parquet table
-    with columns x,y,z (or x,y) in physical units of the fixed image. Rows are
+    SCENE`` lists them; the columns x, y, z go to the systems' spatial axes of
+    those names, in whatever order the systems have them); POINTS a CSV or
+    Parquet table with columns x,y,z (or x,y) in physical units of the fixed
+    image (--columns names them in x, y, z order). Rows are
     processed in partitions on the dask cluster, so the table never sits in
     one process.
     """
