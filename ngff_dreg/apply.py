@@ -314,8 +314,8 @@ def apply_transform(
         an :class:`ImageGeometry`.
     transform:
         Fixed->moving transform: :class:`TransformChain`, ``itk.Transform``,
-        a :class:`~ngff_dreg.interfaces.RegistrationTransformResult` or an NGFF
-        scene URL (read lazily).
+        a :class:`~ngff_dreg.interfaces.RegistrationTransformResult`, an NGFF
+        scene URL (read lazily) or ``SCENE:SOURCE:TARGET`` (axes by name).
     level:
         Pyramid level of the fixed and moving images to work at.
     storage_options:
@@ -344,9 +344,8 @@ def apply_transform(
     name:
         The multiscale's ``name`` (viewers show it as the layer name).
 
-    Returns the geometry of the written level 0. Raises
-    :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
-    point the moving image does not have.
+    Returns the geometry of the written level 0. Raises ``SelectionNotFoundError``
+    for a channel or time point the moving image does not have.
 
     """
     from ngff_dreg.io.omezarr.image_writer import write_multiscale
@@ -370,9 +369,8 @@ def apply_transform(
         with _computing_on(scheduler):
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
-                             overwrite=overwrite, name=name, dtype=dtype,
-                             factors=factors, leading_axes=sel.leading, omero=sel.omero,
-                             shards=shards)
+                             overwrite=overwrite, name=name, dtype=dtype, factors=factors,
+                             leading_axes=sel.leading, omero=sel.omero, shards=shards)
     return fixed
 
 
