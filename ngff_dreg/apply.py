@@ -39,14 +39,21 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def _resolve(transform: Any, storage_options: Mapping[str, Any] | None,
-             inverse: bool = False) -> Any:
+             inverse: bool = False, axes: tuple[tuple[str, ...] | None, ...] = (None, None)
+             ) -> Any:
+    """A transform argument as something that maps points.
+
+    ``axes``: the names of the source and target points' coordinates (ITK
+    order) for a ``SCENE:SOURCE:TARGET`` reference (default ``x, y, z``).
+    """
     if isinstance(transform, str):
         from ngff_dreg.io.omezarr.scene_reader import SceneMap, parse_scene_reference
         from ngff_dreg.io.omezarr.transform_reader import read_transform
 
         ref = parse_scene_reference(transform)
         if ref is not None:  # SCENE:SOURCE:TARGET, any RFC-5 scene
-            scene = SceneMap(*ref, storage_options=storage_options)
+            scene = SceneMap(*ref, storage_options=storage_options, axes=axes[0],
+                             target_axes=axes[1])
             return (scene.inverse() if inverse else scene).check()
         return read_transform(transform, storage_options, inverse=inverse)
     if isinstance(transform, RegistrationTransformResult):
@@ -307,8 +314,8 @@ def apply_transform(
         an :class:`ImageGeometry`.
     transform:
         Fixed->moving transform: :class:`TransformChain`, ``itk.Transform``,
-        a :class:`~ngff_dreg.interfaces.RegistrationTransformResult` or an NGFF
-        scene URL (read lazily).
+        a :class:`~ngff_dreg.interfaces.RegistrationTransformResult`, an NGFF
+        scene URL (read lazily) or ``SCENE:SOURCE:TARGET`` (axes by name).
     level:
         Pyramid level of the fixed and moving images to work at.
     storage_options:
@@ -337,9 +344,8 @@ def apply_transform(
     name:
         The multiscale's ``name`` (viewers show it as the layer name).
 
-    Returns the geometry of the written level 0. Raises
-    :class:`~ngff_dreg.errors.SelectionNotFoundError` for a channel or time
-    point the moving image does not have.
+    Returns the geometry of the written level 0. Raises ``SelectionNotFoundError``
+    for a channel or time point the moving image does not have.
 
     """
     from ngff_dreg.io.omezarr.image_writer import write_multiscale
@@ -352,7 +358,9 @@ def apply_transform(
     factors = _capped(fixed_factors if factors is None else factors, n_levels)
     sel = select_moving(moving_url, level, opts(moving_storage_options), channels, times)
     ctors = _moving_readers(moving_url, level, opts(moving_storage_options), sel, fixed.unit)
-    chain = _resolve(transform, opts(transform_storage_options))
+    chain = _resolve(transform, opts(transform_storage_options),
+                     axes=_point_axes(transform, fixed_url_or_geometry, moving_url,
+                                      opts(fixed_storage_options), opts(moving_storage_options)))
     dtype = np.dtype(ctors[0].dtype)
     ch = output_chunks(fixed, chunks)
     warped = _warped(fixed, chain, ctors, ch, order, fill_value, dtype, sel.shape)
@@ -361,10 +369,33 @@ def apply_transform(
         with _computing_on(scheduler):
             write_multiscale(output_url, warped, fixed, version=version, n_levels=n_levels,
                              chunks=ch, storage_options=opts(output_storage_options),
-                             overwrite=overwrite, name=name, dtype=dtype,
-                             factors=factors, leading_axes=sel.leading, omero=sel.omero,
-                             shards=shards)
+                             overwrite=overwrite, name=name, dtype=dtype, factors=factors,
+                             leading_axes=sel.leading, omero=sel.omero, shards=shards)
     return fixed
+
+
+def _point_axes(transform: Any, fixed: str | ImageGeometry, moving_url: str,
+                fixed_options: Mapping[str, Any] | None,
+                moving_options: Mapping[str, Any] | None) -> tuple[tuple[str, ...] | None, ...]:
+    """The fixed and moving images' spatial axis names, ITK order, for a scene reference.
+
+    Physical points are in ITK order, the image's spatial axes reversed; for a
+    ``SCENE:SOURCE:TARGET`` transform these names find the scene systems'
+    axes. ``None`` (``x, y, z``) for a fixed geometry, ``(None, None)`` for
+    any other transform.
+    """
+    from ngff_dreg.io.omezarr.scene_reader import parse_scene_reference
+
+    if not isinstance(transform, str) or parse_scene_reference(transform) is None:
+        return (None, None)
+    from ngff_dreg.io.omezarr.multiscale import open_multiscale
+
+    def names(url: str, options: Mapping[str, Any] | None) -> tuple[str, ...]:
+        ms = open_multiscale(url, options).multiscale
+        return tuple(a.name for a in ms.spatial_axes)[::-1]
+
+    moving = names(moving_url, moving_options)
+    return (None if isinstance(fixed, ImageGeometry) else names(fixed, fixed_options), moving)
 
 
 def _capped(factors: Sequence[Sequence[int]] | None, n_levels: int | None

@@ -415,25 +415,37 @@ def apply(transform: str, moving: str, fixed: str, output: str, level: int, over
 @app.command()
 @click.argument("output")
 @click.argument("transform_file", type=click.Path(path_type=Path))
-@click.option("--inverse", is_flag=True, help="Export the moving->fixed inverse.")
+@click.option("--inverse", is_flag=True, help="Export the moving->fixed (TARGET->SOURCE) map.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "bigwarp"]), default="auto",
+              show_default=True,
+              help="auto: ITK, by the extension; bigwarp: a .zarr container BigWarp loads.")
+@click.option("--grid", default=None,
+              help="OME-Zarr image whose grid a field is sampled on (default: the field's).")
+@click.option("--grid-level", type=int, default=0, show_default=True,
+              help="Level of the --grid image.")
 @_storage
 @_verbose
 @_guarded
-def export(output: str, transform_file: Path, inverse: bool, overwrite: bool,
-           **o: Any) -> None:
-    """Export OUTPUT's transform as an ITK transform file or a displacement field image.
+def export(output: str, transform_file: Path, inverse: bool, overwrite: bool, fmt: str,
+           grid: str | None, grid_level: int, **o: Any) -> None:
+    """Export OUTPUT's transform as an ITK transform file, a field image, or for BigWarp.
 
-    OUTPUT is the NGFF 0.6 scene register wrote. TRANSFORM_FILE is a local
-    file: .h5/.hdf5/.tfm/.txt (ITK composite transform: affine + displacement
-    field) or .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image).
+    OUTPUT is the NGFF 0.6 scene register wrote, or SCENE:SOURCE:TARGET for the
+    map between two coordinate systems of any RFC-5 scene (points x, y, z
+    matched to the systems' spatial axes by name; a non-linear map is sampled on
+    the grid of its first field, or on --grid). TRANSFORM_FILE is local:
+    .h5/.hdf5/.tfm/.txt (ITK composite transform: affine + displacement field),
+    .nii.gz/.nii/.nrrd/.nhdr/.mha/.mhd (displacement field image), or with
+    --format bigwarp a .zarr container (BigWarp: give it as the moving image's
+    transform).
     """
     from ngff_dreg.export import export_transform
 
     written = export_transform(
         output, transform_file, inverse=inverse,
         storage_options=_storage_options(o["anon"], o["endpoint_url"], o["profile"]),
-        overwrite=overwrite,
+        overwrite=overwrite, format=fmt, grid=grid, grid_level=grid_level,
     )
     click.echo(f"{'inverse' if inverse else 'transform'} written to {written}")
 
@@ -532,8 +544,10 @@ def transform_points(transform: str, points: str, output: str, inverse: bool,
 
     TRANSFORM is the NGFF scene register wrote, or SCENE:SOURCE:TARGET for the map
     between two coordinate systems of any RFC-5 scene (names as ``ngff-dreg info
-    SCENE`` lists them; spatial axes z, y, x); POINTS a CSV or Parquet table
-    with columns x,y,z (or x,y) in physical units of the fixed image. Rows are
+    SCENE`` lists them; the columns x, y, z go to the systems' spatial axes of
+    those names, in whatever order the systems have them); POINTS a CSV or
+    Parquet table with columns x,y,z (or x,y) in physical units of the fixed
+    image (--columns names them in x, y, z order). Rows are
     processed in partitions on the dask cluster, so the table never sits in
     one process.
     """
@@ -601,21 +615,27 @@ def transform_coords(path: str, source: str, target: str, coordinates: str, anon
                      endpoint_url: str | None, profile: str | None) -> None:
     """Map COORDINATES from system SOURCE to system TARGET of the RFC-5 scene at PATH.
 
-    COORDINATES is a JSON list of points, each in SOURCE's axis order
-    (``[[z, y, x], ...]``). Prints ``{"coordinates": [...]}``; on failure
-    prints ``{"message": ...}`` and exits non-zero (the protocol of the
-    ome-zarr-transformations-conformance suite). A system is named by its
-    name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
+    COORDINATES is a JSON list of points, each with one coordinate per axis of
+    SOURCE, in SOURCE's axis order (whatever it is: ``[[x, y, z], ...]``,
+    ``[[t, z, y, x], ...]``...); the mapped points are in TARGET's. Prints
+    ``{"coordinates": [...]}``; on failure (also points that do not have
+    SOURCE's axis count) prints ``{"message": ...}`` and exits non-zero (the
+    protocol of the ome-zarr-transformations-conformance suite). A system is
+    named by its name, or ``IMAGE_PATH/NAME`` for one of a referenced image.
     """
     import json
 
     from ngff_dreg.io.omezarr.scene_reader import open_scene_graph
     from ngff_dreg.io.storage.urls import redact_text
+    from ngff_dreg.ngff.scene_axes import check_point_count
 
     try:
         points = json.loads(coordinates)
         graph = open_scene_graph(path, _storage_options(anon, endpoint_url, profile))
-        mapped = graph.path(graph.resolve(source), graph.resolve(target))(points)
+        src, tgt = graph.resolve(source), graph.resolve(target)
+        check_point_count(graph, src, points)
+        mapped = graph.path(src, tgt)(points)
+        check_point_count(graph, tgt, mapped)
     except Exception as exc:
         click.echo(json.dumps({"message": redact_text(f"{type(exc).__name__}: {exc}")}))
         raise SystemExit(2 if isinstance(exc, NgffDregError) else 1) from None

@@ -24,6 +24,14 @@ Fixtures
     A :class:`ReadFaults`: ``fail(path, times=None, error=...)`` makes reads of
     a local store object fail in this process (every read, or the first
     ``times``); ``hits`` counts the injected failures by path.
+``hand_scene``, ``ngff_zarr_scene``
+    Write an RFC-5 scene ``fixed -> moving`` holding a displacement field (by
+    hand, with axes in any order and an optional time/channel axis; or with
+    ngff-zarr's ITK conversion and scene writer) and return a :class:`SceneCase`
+    with ITK's transform for the same map.
+``bigwarp_map``
+    ``bigwarp_map(container, points)``: a BigWarp displacement-field container
+    read and applied as BigWarp's Java reader does (transcribed from its source).
 """
 
 from __future__ import annotations
@@ -402,3 +410,199 @@ def read_faults(monkeypatch: pytest.MonkeyPatch) -> ReadFaults:
 
     monkeypatch.setattr(LocalStore, "get", get)
     return faults
+
+
+# ------------------------------------------------------- scenes written by other tools
+@dataclass
+class SceneCase:
+    """An RFC-5 scene on disk, and ITK's transform for the same map (ITK points x, y, z).
+
+    ``reference`` maps ``source`` to ``target``; ``spacing``/``origin``/``size``
+    (ITK order) are the field's grid, where the map is known exactly.
+    """
+
+    url: str
+    reference: Any
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    size: tuple[int, ...]
+    source: str = "fixed"
+    target: str = "moving"
+
+    def inside(self, n: int, seed: int = 0, margin: float = 1.0) -> np.ndarray:
+        """``n`` ITK-order points inside the field's grid (``margin`` voxels from its edge)."""
+        rng = np.random.default_rng(seed)
+        idx = rng.uniform(margin, np.asarray(self.size) - 1 - margin, (n, len(self.size)))
+        return idx * np.asarray(self.spacing) + np.asarray(self.origin)
+
+    def expected(self, points: np.ndarray) -> np.ndarray:
+        """``reference`` applied to ITK-order points."""
+        return np.array([self.reference.TransformPoint([float(v) for v in p]) for p in points])
+
+    @property
+    def voxel(self) -> np.ndarray:
+        """The field's spacing, to express errors in voxels."""
+        return np.asarray(self.spacing)
+
+
+_GRID = {"spacing": (0.9, 0.7, 0.5), "origin": (-3.0, 1.0, 2.5), "size": (14, 12, 10)}
+
+
+def _smooth_vectors(seed: int, scale: float) -> np.ndarray:
+    """A smooth ``[z][y][x][x, y, z]`` field on ``_GRID`` (ITK's layout)."""
+    from scipy.ndimage import zoom
+
+    shape_zyx = _GRID["size"][::-1]
+    coarse = np.random.default_rng(seed).normal(scale=scale, size=(3, 4, 5, 3))
+    return np.stack([zoom(coarse[..., c], np.divide(shape_zyx, coarse.shape[:3]), order=3)
+                     for c in range(3)], axis=-1).astype(np.float64)
+
+
+def _itk_field(vec: np.ndarray) -> Any:
+    import itk
+
+    image = itk.image_from_array(np.ascontiguousarray(vec), is_vector=True)
+    image.SetSpacing(_GRID["spacing"])
+    image.SetOrigin(_GRID["origin"])
+    dft = itk.DisplacementFieldTransform[itk.D, 3].New()
+    dft.SetDisplacementField(image)
+    return dft
+
+
+_AFFINE_XYZ = (np.array([[0.98, 0.06, -0.03], [-0.05, 1.03, 0.04], [0.02, -0.04, 0.97]]),
+               np.array([0.8, -0.6, 0.3]))
+
+
+def _hand_scene(store: Any, system: str = "xyz", field: str = "xyz",
+                leading: str | None = None) -> SceneCase:
+    """A scene written by hand (zarr): ``fixed -> moving = [displacements, affine]``.
+
+    ``system``: the order of the systems' spatial axes; ``field``: that of the
+    field array's (matched by name); ``leading``: a ``"t"`` (time) or ``"c"``
+    (channel) axis first in both systems, passed through by a ``byDimension``.
+    """
+    import itk
+    import zarr
+
+    vec = _smooth_vectors(4, 0.8)  # [z][y][x][dx, dy, dz]
+    spacing, origin = _GRID["spacing"], _GRID["origin"]
+    arr = np.transpose(vec, ["zyx".index(a) for a in field] + [3])
+    arr = np.moveaxis(arr[..., ["xyz".index(a) for a in system]], -1, 0)  # comps: system order
+    unit = {"unit": "micrometer"}
+    space = [{"name": a, "type": "space", **unit} for a in system]
+    lead = {"t": [{"name": "t", "type": "time", "unit": "second"}],
+            "c": [{"name": "c", "type": "channel"}], None: []}[leading]
+    root = zarr.open_group(str(store), mode="w")
+    group = root.create_group("fields").create_group("warp")
+    group.create_array("s0", data=arr, chunks=(3, 5, 5, 5))
+    field_axes = [{"name": "c", "type": "displacement", "discrete": True},
+                  *({"name": a, "type": "space", **unit} for a in field)]
+    grid = {"type": "sequence", "input": "s0", "output": "warp", "transformations": [
+        {"type": "scale", "scale": [1.0, *(spacing["xyz".index(a)] for a in field)]},
+        {"type": "translation", "translation": [0.0, *(origin["xyz".index(a)] for a in field)]}]}
+    group.attrs.put({"ome": {"version": "0.6", "multiscales": [{
+        "coordinateSystems": [{"name": "warp", "axes": field_axes}],
+        "datasets": [{"path": "s0", "coordinateTransformations": [grid]}]}]}})
+    m, t = _AFFINE_XYZ
+    perm = ["xyz".index(a) for a in system]
+    affine = np.hstack([m[np.ix_(perm, perm)], t[perm, None]]).tolist()
+    spatial = {"type": "sequence", "transformations": [
+        {"type": "displacements", "path": "fields/warp", "interpolation": "linear"},
+        {"type": "affine", "affine": affine}]}
+    if leading is not None:
+        spatial = {"type": "byDimension", "transformations": [
+            {"type": "identity", "input_axes": [0], "output_axes": [0]},
+            {**spatial, "input_axes": [1, 2, 3], "output_axes": [1, 2, 3]}]}
+    root.attrs.put({"ome": {"version": "0.6", "scene": {
+        "coordinateSystems": [{"name": n, "axes": [*lead, *space]} for n in ("fixed", "moving")],
+        "coordinateTransformations": [{**spatial, "input": {"name": "fixed"},
+                                       "output": {"name": "moving"}}]}}})
+    aff = itk.AffineTransform[itk.D, 3].New()
+    aff.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(m)))
+    aff.SetTranslation([float(v) for v in t])
+    composite = itk.CompositeTransform[itk.D, 3].New()
+    composite.AddTransform(aff)
+    composite.AddTransform(_itk_field(vec))  # applied first
+    return SceneCase(str(store), composite, spacing, origin, _GRID["size"])
+
+
+def _ngff_zarr_scene(store: Any, dims: str = "zyx") -> SceneCase:
+    """A scene written by ngff-zarr: its ITK field conversion, then its scene writer.
+
+    ``dims`` ``"xyz"`` needs version 0.9.dev1 (ngff-zarr refuses x, y, z in 0.6).
+    """
+    import ngff_zarr
+    from ngff_zarr import NgffScene
+    from ngff_zarr.v06.zarr_metadata import Axis, CoordinateSystem, CoordinateSystemIdentifier
+
+    version = "0.6" if dims == "zyx" else "0.9.dev1"
+    dft = _itk_field(_smooth_vectors(5, 0.8))
+    path = "coordinateTransformations/warp"
+    t, field_image = ngff_zarr.itk_displacement_field_to_ngff_transform(dft, list(dims),
+                                                                        path=path)
+    ngff_zarr.to_ngff_zarr(f"{store}/{path}",
+                           ngff_zarr.to_multiscales(field_image, scale_factors=[]),
+                           version=version)
+    t.input = CoordinateSystemIdentifier(name="fixed")
+    t.output = CoordinateSystemIdentifier(name="moving")
+    axes = [Axis(name=a, type="space", unit="micrometer") for a in dims]
+    scene = NgffScene(images={}, coordinateTransformations=[t], coordinateSystems=[
+        CoordinateSystem("fixed", axes), CoordinateSystem("moving", axes)])
+    ngff_zarr.to_ome_zarr(str(store), scene, overwrite=False, version=version)
+    return SceneCase(str(store), dft, _GRID["spacing"], _GRID["origin"], _GRID["size"])
+
+
+@pytest.fixture
+def hand_scene() -> Callable[..., SceneCase]:
+    """``hand_scene(store, system="xyz", field="xyz", leading=None) -> SceneCase``."""
+    return _hand_scene
+
+
+@pytest.fixture
+def ngff_zarr_scene() -> Callable[..., SceneCase]:
+    """``ngff_zarr_scene(store, dims="zyx") -> SceneCase`` (a field written by ngff-zarr)."""
+    return _ngff_zarr_scene
+
+
+# ---------------------------------------------------- BigWarp's reader, transcribed
+def _bigwarp_map(container: Any, points: np.ndarray, dataset: str = "dfield") -> np.ndarray:
+    """Map ITK-order points as BigWarp's ``N5DisplacementField.open(n5, dataset, false)``.
+
+    Transcribed from n5-imglib2 (``N5DisplacementField``: ``openField``, ``vectorAxisLast``,
+    ``openPixelToPhysical``, ``openCalibratedField`` with ``EXTEND_BORDER`` and
+    ``NLinearInterpolatorFactory``, ``open``: the field, then ``affine``) and n5-zarr
+    (a C-order ``.zarray`` shape is reported reversed, imglib2's fastest-first order).
+    Only what an ngff-dreg export writes: a float field, ``spacing`` and ``offset``.
+    """
+    from pathlib import Path
+
+    import zarr
+    from scipy.ndimage import map_coordinates
+
+    root = Path(container) / dataset
+    meta = json.loads((root / ".zarray").read_text())
+    attrs = json.loads((root / ".zattrs").read_text())
+    assert meta["zarr_format"] == 2 and meta["order"] == "C"
+    assert np.dtype(meta["dtype"]).kind == "f"  # integer types would be quantized fields
+    data = np.asarray(zarr.open_array(str(root), mode="r")[...], dtype=np.float64)
+    img = np.transpose(data)  # imglib2 order: img[p0, p1, ...]
+    n = img.ndim
+    if img.shape[n - 1] != n - 1:  # vectorAxisLast
+        assert img.shape[0] == n - 1, "vector components in neither the first nor last axis"
+        img = np.moveaxis(img, 0, -1)
+    pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    pix = (pts - np.asarray(attrs.get("offset", [0.0] * (n - 1)))) / np.asarray(
+        attrs.get("spacing", [1.0] * (n - 1)))
+    disp = np.stack([map_coordinates(img[..., c], pix.T, order=1, mode="nearest")
+                     for c in range(n - 1)], axis=1)
+    out = pts + disp
+    if "affine" in attrs:
+        a = np.asarray(attrs["affine"], dtype=np.float64).reshape(n - 1, n)
+        out = out @ a[:, :-1].T + a[:, -1]
+    return out
+
+
+@pytest.fixture
+def bigwarp_map() -> Callable[..., np.ndarray]:
+    """``bigwarp_map(container, points, dataset="dfield")``: BigWarp's reading, in NumPy."""
+    return _bigwarp_map

@@ -71,3 +71,30 @@ def test_conformance_suite_passes():
     assert len(rows) == n_cases, res.stdout + res.stderr
     failing = {k: v for k, v in rows.items() if v != "pass"}
     assert not failing, failing
+
+
+@pytest.mark.parametrize("kw", [{"system": "xyz"}, {"system": "zyx", "field": "xyz"},
+                                {"leading": "t"}], ids=["xyz", "zyx", "time"])
+def test_coordinates_are_in_the_systems_own_axis_order(tmp_path, hand_scene, kw):
+    case = hand_scene(tmp_path / "scene.zarr", **kw)
+    pts = case.inside(5, seed=2)  # x, y, z
+    want = case.expected(pts)
+    perm = ["xyz".index(a) for a in kw.get("system", "xyz")]  # the system's order
+    given, expected = pts[:, perm], want[:, perm]
+    if kw.get("leading"):
+        given = np.hstack([np.full((5, 1), 2.5), given])
+        expected = np.hstack([np.full((5, 1), 2.5), expected])
+    res = CliRunner().invoke(app, ["transform-coords", case.url, "fixed", "moving",
+                                   json.dumps(given.tolist())])
+    assert res.exit_code == 0, res.output
+    got = np.asarray(json.loads(res.output)["coordinates"])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_coordinates_that_do_not_fit_the_source_system_are_refused(tmp_path, hand_scene):
+    case = hand_scene(tmp_path / "scene.zarr", leading="t")
+    res = CliRunner().invoke(app, ["transform-coords", case.url, "fixed", "moving",
+                                   "[[1.0, 2.0, 3.0]]"])
+    assert res.exit_code == 2
+    message = json.loads(res.output)["message"]
+    assert "AxisMismatchError" in message and "'fixed' has 4 axes (t, x, y, z)" in message

@@ -1,7 +1,9 @@
-"""Exporting a registration output for ITK tools: files read back with plain ITK."""
+"""Exporting a registration output or any RFC-5 scene: for ITK tools (read back with plain
+ITK) and for BigWarp (read back as its Java reader does)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import itk
@@ -19,6 +21,7 @@ from ngff_dreg.export import export_kind, export_transform
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.io.omezarr.field_writer import write_field_scene
 from ngff_dreg.io.omezarr.transform_reader import read_transform, to_itk_transform
+from ngff_dreg.ngff.scene_graph import NonInvertibleTransformError
 from ngff_dreg.reduce import invert_field
 from ngff_dreg.synthetic import small_rotation, smooth_displacement
 from ngff_dreg.transforms import AffineTransform, TransformChain
@@ -171,3 +174,160 @@ def test_bad_outputs_are_our_errors(tmp_path, make_test_image):
     with pytest.raises(InvalidMetadataError, match=r"forward_only\.zarr.*no inverse"):
         export_transform(forward_only, tmp_path / "t.h5", inverse=True)
     assert not (tmp_path / "t.h5").exists()
+
+
+# --------------------------------------------- any RFC-5 scene: SCENE[:SOURCE:TARGET]
+def _scene_error(case, back, pts) -> float:
+    """Largest difference, in field voxels, between a read-back transform and the scene."""
+    return float(np.abs((_map(back, pts) - case.expected(pts)) / case.voxel).max())
+
+
+@pytest.mark.parametrize("dims", ["zyx", "xyz"])
+@pytest.mark.parametrize("suffix", [".h5", ".nii.gz"])
+def test_a_scene_written_by_ngff_zarr_exports_as_it_maps(tmp_path, ngff_zarr_scene, dims,
+                                                         suffix):
+    case = ngff_zarr_scene(tmp_path / f"nz-{dims}.zarr", dims)
+    pts = case.inside(60, seed=1)
+    path = export_transform(f"{case.url}:fixed:moving", tmp_path / f"t{suffix}")
+    back = _read_transform_file(path) if suffix == ".h5" else _read_field_image(path)[0]
+    assert _scene_error(case, back, pts) < 1e-3
+    # the scene holds one transform: its two systems are found without naming them
+    again = export_transform(case.url, tmp_path / f"again{suffix}")
+    back = _read_transform_file(again) if suffix == ".h5" else _read_field_image(again)[0]
+    assert _scene_error(case, back, pts) < 1e-3
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".nrrd"])
+def test_a_hand_written_xyz_scene_exports_as_it_maps(tmp_path, hand_scene, suffix):
+    """Systems x, y, z, a field stored z, y, x, then an affine: sampled on the field's grid."""
+    case = hand_scene(tmp_path / "hand.zarr", system="xyz", field="zyx")
+    path = export_transform(f"{case.url}:fixed:moving", tmp_path / f"t{suffix}")
+    back = _read_transform_file(path) if suffix == ".h5" else _read_field_image(path)[0]
+    pts = case.inside(60, seed=2, margin=0.0)  # anywhere on the grid: exact between nodes
+    assert _scene_error(case, back, pts) < 1e-3
+    with pytest.raises(NonInvertibleTransformError, match="fields/warp"):
+        export_transform(f"{case.url}:fixed:moving", tmp_path / "inv.h5", inverse=True)
+
+
+def test_a_map_without_a_field_grid_is_sampled_on_the_grid_given(tmp_path, hand_scene,
+                                                                  make_test_image):
+    case = hand_scene(tmp_path / "time.zarr", leading="t")  # the field inside a byDimension
+    with pytest.raises(UnsupportedFormatError, match="no grid"):
+        export_transform(f"{case.url}:fixed:moving", tmp_path / "t.h5")
+    image = str(tmp_path / "grid.ome.zarr")
+    make_test_image(image, shape=(10, 12, 14), version="0.5")
+    grid = ImageGeometry((10, 12, 14), case.spacing, case.origin)
+    path = export_transform(f"{case.url}:fixed:moving", tmp_path / "t.nii.gz", grid=grid)
+    assert _scene_error(case, _read_field_image(path)[0], case.inside(40, seed=5)) < 1e-3
+    path = export_transform(f"{case.url}:fixed:moving", tmp_path / "img.nii.gz", grid=image)
+    _, field = _read_field_image(path)
+    assert itk.size(field) == itk.Size[3]((14, 12, 10))
+
+
+def _linear_scene(store: Path) -> tuple[str, np.ndarray]:
+    """Two systems x, y, z joined by an affine (given in x, y, z order)."""
+    m = np.hstack([small_rotation(3, 8) * 1.05, [[1.0], [-2.0], [0.5]]])
+    axes = [{"name": a, "type": "space"} for a in "xyz"]
+    attrs = {"ome": {"version": "0.6", "scene": {
+        "coordinateSystems": [{"name": n, "axes": axes} for n in ("a", "b")],
+        "coordinateTransformations": [{"type": "affine", "affine": m.tolist(),
+                                       "input": {"name": "a"}, "output": {"name": "b"}}]}}}
+    store.mkdir()
+    (store / "zarr.json").write_text(json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": attrs}))
+    return str(store), m
+
+
+def test_a_linear_scene_map_exports_as_an_affine_and_as_a_field_on_a_grid(tmp_path):
+    url, m = _linear_scene(tmp_path / "linear.zarr")
+    pts = np.random.default_rng(3).uniform(0, 5, (20, 3))
+    want = pts @ m[:, :3].T + m[:, 3]
+    back = _read_transform_file(export_transform(f"{url}:a:b", tmp_path / "t.h5"))
+    parts = [back] if back.GetNameOfClass() != "CompositeTransform" else [
+        back.GetNthTransform(i) for i in range(back.GetNumberOfTransforms())]
+    assert [t.GetNameOfClass() for t in parts] == ["AffineTransform"]  # no field
+    np.testing.assert_allclose(_map(back, pts), want, atol=1e-9)
+    inv = _read_transform_file(export_transform(f"{url}:a:b", tmp_path / "i.tfm",
+                                                inverse=True))
+    np.testing.assert_allclose(_map(inv, want), pts, atol=1e-9)
+    with pytest.raises(UnsupportedFormatError, match=r"linear.*grid"):
+        export_transform(f"{url}:a:b", tmp_path / "t.nii.gz")
+    grid = ImageGeometry((8, 8, 8), (1.0, 1.0, 1.0), (-1.0, -1.0, -1.0))
+    field, _ = _read_field_image(export_transform(f"{url}:a:b", tmp_path / "t.nii.gz",
+                                                  grid=grid))
+    np.testing.assert_allclose(_map(field, pts), want, atol=1e-4)
+
+
+def test_the_export_command_takes_scene_references(tmp_path, hand_scene):
+    from click.testing import CliRunner
+
+    from ngff_dreg.cli import app
+
+    case = hand_scene(tmp_path / "hand.zarr")
+    out = tmp_path / "cli.h5"
+    res = CliRunner().invoke(app, ["export", f"{case.url}:fixed:moving", str(out)])
+    assert res.exit_code == 0, res.output
+    assert _scene_error(case, _read_transform_file(out), case.inside(30, seed=6)) < 1e-3
+    res = CliRunner().invoke(app, ["export", f"{case.url}:fixed:nowhere", str(out),
+                                   "--overwrite"])
+    assert res.exit_code == 2 and "nowhere" in res.output
+
+
+# ---------------------------------------------------------------------- BigWarp
+def test_bigwarp_export_of_a_registration_keeps_its_field_and_affine(tmp_path, bigwarp_map):
+    straight = ImageGeometry((12, 14, 16), (0.5, 0.7, 0.9), (2.0, 0.5, -1.0))
+    fwd = smooth_displacement(straight, 1.5, seed=4)
+    a = AffineTransform.from_arrays(small_rotation(3, 6) * 1.02, np.array([1.0, -0.5, 0.8]))
+    url = str(tmp_path / "out.zarr")
+    write_field_scene(url, TransformChain(a, fwd), chunks=8)
+    dest = export_transform(url, tmp_path / "bw.zarr", format="bigwarp")
+    attrs = json.loads((dest / "dfield" / ".zattrs").read_text())
+    np.testing.assert_allclose(np.reshape(attrs["affine"], (3, 4)), a.homogeneous[:3])
+    grid = read_transform(url).field.geometry  # the stored field's own grid
+    assert attrs["spacing"] == list(grid.spacing) and attrs["offset"] == list(grid.origin)
+    pts = straight.array_index_to_physical(
+        np.random.default_rng(1).uniform(0, np.asarray(straight.shape) - 1, (80, 3)))
+    want = read_transform(url).transform_points(pts)
+    assert np.abs((bigwarp_map(dest, pts) - want) / np.asarray(straight.spacing)).max() < 1e-3
+
+
+def test_bigwarp_export_of_an_oblique_registration_is_sampled_axis_aligned(scene, tmp_path,
+                                                                            bigwarp_map):
+    dest = export_transform(scene, tmp_path / "bw.zarr", format="bigwarp")
+    attrs = json.loads((dest / "dfield" / ".zattrs").read_text())
+    assert "affine" not in attrs  # the total displacement, on an axis-aligned cover
+    grid = read_transform(scene).field.geometry  # coarse (stride 4) and rotated by 20 deg
+    rng = np.random.default_rng(2)
+    inner = FIXED.array_index_to_physical(  # away from the oblique grid's edges
+        rng.uniform(3, np.asarray(FIXED.shape) - 4, (80, 3)))
+    want = read_transform(scene).transform_points(inner)
+    err = np.abs(bigwarp_map(dest, inner) - want).max() / min(grid.spacing)
+    assert err < 0.2, err  # resampled from one coarse grid to another: interpolation only
+    fine = ImageGeometry((30, 40, 60), (0.5, 0.5, 0.5), (-3.0, 0.0, -1.0))
+    dest = export_transform(scene, tmp_path / "fine.zarr", format="bigwarp", grid=fine)
+    assert json.loads((dest / "dfield" / ".zarray").read_text())["shape"] == [30, 40, 60, 3]
+    err = np.abs(bigwarp_map(dest, inner) - want).max() / min(grid.spacing)
+    assert err < 0.02, err
+
+
+@pytest.mark.parametrize("dims", ["zyx", "xyz"])
+def test_bigwarp_export_of_a_scene_maps_as_the_scene(tmp_path, ngff_zarr_scene, hand_scene,
+                                                     bigwarp_map, dims):
+    for case in (ngff_zarr_scene(tmp_path / f"nz-{dims}.zarr", dims),
+                 hand_scene(tmp_path / f"hand-{dims}.zarr", system=dims)):
+        dest = export_transform(f"{case.url}:fixed:moving", tmp_path / f"{dims}-bw.zarr",
+                                format="bigwarp", overwrite=True)
+        pts = case.inside(60, seed=7, margin=0.0)
+        err = np.abs((bigwarp_map(dest, pts) - case.expected(pts)) / case.voxel).max()
+        assert err < 1e-3, (case.url, err)
+
+
+def test_bigwarp_needs_a_zarr_path_and_the_format_named(scene, tmp_path):
+    with pytest.raises(UnsupportedFormatError, match=r"\.zarr"):
+        export_transform(scene, tmp_path / "bw.n5", format="bigwarp")
+    with pytest.raises(UnsupportedFormatError, match="bigwarp"):
+        export_transform(scene, tmp_path / "bw.zarr")
+    with pytest.raises(UnsupportedFormatError, match="unknown export format"):
+        export_kind("bw.zarr", "n5")
+    assert export_kind("bw.zarr", "bigwarp") == "bigwarp"
+    assert export_kind("t.h5", "auto") == "transform"

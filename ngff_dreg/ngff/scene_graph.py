@@ -223,9 +223,16 @@ class Field(PointMap):
     vectors: Callable[[tuple[slice, ...]], FloatArray] = field(repr=False)
     order: int = 1
     label: str = "displacements"
+    #: The point coordinate each array axis of the field stands for (its axes matched
+    #: to the input system's by name); ``None``: the same order.
+    perm: tuple[int, ...] | None = None
 
     def __call__(self, points: npt.ArrayLike) -> FloatArray:
-        """Sample the field at the points (linear or nearest, clamped at the border)."""
+        """Sample the field at the points (linear or nearest, clamped at the border).
+
+        The vectors' components are in the system's axis order (RFC-5: the
+        ``i``-th component is along the ``i``-th axis of the output system).
+        """
         from scipy.ndimage import map_coordinates
 
         pts = _points(points)
@@ -234,7 +241,8 @@ class Field(PointMap):
                              f"field has {len(self.shape)} axes")
         if pts.shape[0] == 0:
             return pts.copy()
-        idx = (pts - self.translation) / self.scale
+        on_grid = pts if self.perm is None else pts[:, list(self.perm)]
+        idx = (on_grid - self.translation) / self.scale
         idx = np.clip(idx, 0, np.asarray(self.shape) - 1)
         lo = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
         hi = np.minimum(np.floor(idx.max(axis=0)).astype(int) + 2, self.shape)
@@ -304,7 +312,18 @@ def _linear(t: Mapping[str, Any], arrays: ArraySource | None, where: str,
     return Linear(h, label)
 
 
-def _field(t: Mapping[str, Any], arrays: ArraySource | None, where: str) -> Field:
+def _axis_order(field_names: Sequence[str], names: Sequence[str] | None
+                ) -> tuple[int, ...] | None:
+    """Which point coordinate each field axis is, matched by name (``None``: positional)."""
+    if names is None or list(field_names) == list(names):
+        return None
+    if sorted(field_names) != sorted(names) or len(set(names)) != len(names):
+        return None  # not the same names: keep the stored order
+    return tuple(list(names).index(n) for n in field_names)
+
+
+def _field(t: Mapping[str, Any], arrays: ArraySource | None, where: str,
+           names: Sequence[str] | None = None) -> Field:
     kind = str(t["type"])
     path = t.get("path")
     if not isinstance(path, str) or arrays is None:
@@ -344,10 +363,31 @@ def _field(t: Mapping[str, Any], arrays: ArraySource | None, where: str) -> Fiel
 
     interp = t.get("interpolation", "linear")
     order = 0 if interp == "nearest" else 1
-    return Field(kind, shape, scale, trans, vectors, order, f"{kind} {path} ({where})")
+    field_names = [str(a.get("name")) if isinstance(a, Mapping) else "" for a in axes]
+    perm = _axis_order([n for i, n in enumerate(field_names) if i != vec_axis], names)
+    return Field(kind, shape, scale, trans, vectors, order, f"{kind} {path} ({where})", perm)
 
 
-def _parse(t: Any, arrays: ArraySource | None, where: str, ndim: int | None) -> PointMap:
+Names = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
+"""The axis names of a transform's input and output systems, where known."""
+
+
+def _names_after(step: PointMap, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The axis names after a step of a sequence: kept, permuted by ``mapAxis``, else lost."""
+    if names is None:
+        return None
+    if isinstance(step, Field):
+        return names if step.kind == "displacements" else None
+    h = step.homogeneous()
+    if h is None or h.shape != (len(names) + 1, len(names) + 1):
+        return None
+    if step.label.startswith("mapAxis"):
+        return tuple(names[int(np.argmax(row))] for row in h[:-1, :-1])
+    return names
+
+
+def _parse(t: Any, arrays: ArraySource | None, where: str, ndim: int | None,
+           names: Names = (None, None)) -> PointMap:
     if not isinstance(t, Mapping) or "type" not in t:
         raise InvalidMetadataError(f"{where}: not a transform: {t!r}")
     kind = t["type"]
@@ -358,14 +398,18 @@ def _parse(t: Any, arrays: ArraySource | None, where: str, ndim: int | None) -> 
         if not isinstance(items, list):
             raise InvalidMetadataError(f"{where}: sequence without 'transformations'")
         parts: list[PointMap] = []
+        current = names[0]
         for i, it in enumerate(items):
-            parts.append(_parse(it, arrays, f"{where}.transformations[{i}]", ndim))
+            part = _parse(it, arrays, f"{where}.transformations[{i}]", ndim, (current, None))
+            current = _names_after(part, current)
+            parts.append(part)
         return Chain(tuple(parts), f"sequence ({where})")
     if kind == "bijection":
         if "forward" not in t or "inverse" not in t:
             raise InvalidMetadataError(f"{where}: a bijection needs 'forward' and 'inverse'")
-        return Bijection(_parse(t["forward"], arrays, f"{where}.forward", ndim),
-                         _parse(t["inverse"], arrays, f"{where}.inverse", ndim),
+        return Bijection(_parse(t["forward"], arrays, f"{where}.forward", ndim, names),
+                         _parse(t["inverse"], arrays, f"{where}.inverse", ndim,
+                                (names[1], names[0])),
                          f"bijection ({where})")
     if kind == "byDimension":
         items = t.get("transformations")
@@ -378,12 +422,19 @@ def _parse(t: Any, arrays: ArraySource | None, where: str, ndim: int | None) -> 
             inner = it.get("transformation", it) if isinstance(it, Mapping) else it
             ins = _axes_list(it, ("inputAxes", "input_axes"), k)
             outs = _axes_list(it, ("outputAxes", "output_axes"), k)
-            out_parts.append((_parse(inner, arrays, k, len(ins)), ins, outs))
+            sub = (_pick(names[0], ins), _pick(names[1], outs))
+            out_parts.append((_parse(inner, arrays, k, len(ins), sub), ins, outs))
             n_out = max(n_out, 1 + max(outs, default=-1))
         return ByDimension(tuple(out_parts), n_out, f"byDimension ({where})")
     if kind in ("displacements", "coordinates"):
-        return _field(t, arrays, where)
+        return _field(t, arrays, where, names[0])
     raise InvalidMetadataError(f"{where}: unsupported transform type {kind!r}")
+
+
+def _pick(names: tuple[str, ...] | None, axes: tuple[int, ...]) -> tuple[str, ...] | None:
+    if names is None or any(not 0 <= a < len(names) for a in axes):
+        return None
+    return tuple(names[a] for a in axes)
 
 
 def _axes_list(it: Any, keys: tuple[str, ...], where: str) -> tuple[int, ...]:
@@ -394,7 +445,9 @@ def _axes_list(it: Any, keys: tuple[str, ...], where: str) -> tuple[int, ...]:
 
 
 def parse_transform(t: Mapping[str, Any], arrays: ArraySource | None = None, *,
-                    where: str = "transform", ndim: int | None = None) -> PointMap:
+                    where: str = "transform", ndim: int | None = None,
+                    input_axes: Sequence[str] | None = None,
+                    output_axes: Sequence[str] | None = None) -> PointMap:
     """Parse one RFC-5 transform into a :class:`PointMap`.
 
     Parameters
@@ -408,6 +461,10 @@ def parse_transform(t: Mapping[str, Any], arrays: ArraySource | None = None, *,
         Where ``t`` was found, for error messages (file and key).
     ndim:
         Input dimension, needed only by a bare ``identity``.
+    input_axes, output_axes:
+        Axis names of the input and output systems, where known: a field whose
+        own spatial axes are the same names in another order is matched to the
+        points by name (e.g. a field stored ``z, y, x`` in a system ``x, y, z``).
 
     Raises
     ------
@@ -415,7 +472,9 @@ def parse_transform(t: Mapping[str, Any], arrays: ArraySource | None = None, *,
         A malformed or unsupported transform, naming ``where``.
 
     """
-    return _parse(t, arrays, where, ndim)
+    names: Names = (None if input_axes is None else tuple(input_axes),
+                    None if output_axes is None else tuple(output_axes))
+    return _parse(t, arrays, where, ndim, names)
 
 
 # ------------------------------------------------------------------ the graph

@@ -24,10 +24,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ngff_dreg.errors import InvalidMetadataError, StoreAccessError
+from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.io.storage.stores import zarr_group
 from ngff_dreg.io.storage.urls import redact_url
 from ngff_dreg.ngff._checks import check_relative_path
-from ngff_dreg.ngff.scene_graph import Edge, SceneGraph, parse_transform, reference
+from ngff_dreg.ngff.scene_axes import (
+    ITK_NAMES,
+    AxisMismatchError,
+    spatial_map,
+    spatial_names,
+    spatial_unit,
+)
+from ngff_dreg.ngff.scene_graph import (
+    Chain,
+    Edge,
+    PointMap,
+    SceneGraph,
+    SystemKey,
+    parse_transform,
+    reference,
+)
+from ngff_dreg.ngff.scene_grid import first_field_grid
+from ngff_dreg.ngff.transforms import reverse_axes
 from ngff_dreg.ngff.upgrade import PHYSICAL_SYSTEM
 
 __all__ = ["SceneMap", "ZarrArraySource", "open_scene_graph", "parse_scene_reference",
@@ -99,8 +117,19 @@ def _image_systems(graph: SceneGraph, root: Any, url: str, path: str) -> None:
         k = f"{where}/zarr.json multiscales[0].coordinateTransformations[{i}]"
         src, tgt = (reference(ct.get(e), f"{k}.{e}") for e in ("input", "output"))
         src, tgt = ((_join(path, s[0]), s[1]) for s in (src, tgt))
-        graph.add_edge(Edge(src, tgt, parse_transform(ct, arrays, where=k,
-                                                      ndim=graph.ndim(src)), k))
+        graph.add_edge(_edge(graph, src, tgt, ct, arrays, k))
+
+
+def _edge(graph: SceneGraph, src: SystemKey, tgt: SystemKey, ct: Mapping[str, Any],
+          arrays: ZarrArraySource, where: str) -> Edge:
+    """A stored transform, parsed with the axis names of the two systems it joins."""
+    def names(key: SystemKey) -> list[str] | None:
+        axes = graph.systems.get(key) or []
+        return [str(a.get("name")) for a in axes] if axes else None
+
+    t = parse_transform(ct, arrays, where=where, ndim=graph.ndim(src),
+                        input_axes=names(src), output_axes=names(tgt))
+    return Edge(src, tgt, t, where)
 
 
 def open_scene_graph(url: str, storage_options: Mapping[str, Any] | None = None
@@ -164,8 +193,7 @@ def open_scene_graph(url: str, storage_options: Mapping[str, Any] | None = None
                 raise InvalidMetadataError(f"{k}: coordinate system {key[1]!r}"
                                            f"{' of ' + key[0] if key[0] else ''} is not "
                                            "declared")
-        graph.add_edge(Edge(src, tgt, parse_transform(ct, arrays, where=k,
-                                                      ndim=graph.ndim(src)), k))
+        graph.add_edge(_edge(graph, src, tgt, ct, arrays, k))
     return graph
 
 
@@ -191,24 +219,65 @@ def parse_scene_reference(text: str) -> tuple[str, str, str] | None:
 
 @dataclass(frozen=True)
 class SceneMap:
-    """The map between two systems of a scene, in ITK point order (x, y, z).
+    """The map between two systems of a scene, on ngff-dreg's points (ITK order x, y, z).
 
-    Holds only the scene URL and the two names, so it pickles small; the
-    graph is opened on first use in each process. ``transform_points`` makes it
-    usable wherever ngff-dreg maps points (``apply``, ``transform-points``).
+    Holds only the scene URL, the two names and the points' axis names, so it
+    pickles small; the graph is opened on first use in each process.
+    ``transform_points`` makes it usable wherever ngff-dreg maps points
+    (``apply``, ``transform-points``, ``export``). A point's coordinates go to
+    the source system's spatial axes of the same names, whatever their order
+    there; its other axes (time, channel) are set to 0
+    (:func:`~ngff_dreg.ngff.scene_axes.spatial_map`).
+
+    Parameters
+    ----------
+    url, source, target:
+        The scene and the two systems (names as ``ngff-dreg info`` lists them).
+    storage_options:
+        fsspec options (never logged).
+    axes:
+        Names of the points' coordinates, ITK order; default ``x, y(, z)``
+        for as many spatial axes as ``source`` has.
+    target_axes:
+        Names of the mapped points' coordinates (default ``axes``).
+
     """
 
     url: str
     source: str
     target: str
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    axes: tuple[str, ...] | None = None
+    target_axes: tuple[str, ...] | None = None
 
-    def _map(self) -> Any:
+    def _graph(self) -> tuple[SceneGraph, SystemKey, SystemKey]:
+        graph = open_scene_graph(self.url, self.storage_options)
+        return graph, graph.resolve(self.source), graph.resolve(self.target)
+
+    def _names(self, graph: SceneGraph, source: SystemKey) -> tuple[str, ...]:
+        if self.axes is not None:
+            return tuple(self.axes)
+        n = len(spatial_names(graph, source))
+        if n not in ITK_NAMES:
+            raise AxisMismatchError(f"{graph.where}: coordinate system {self.source!r} has "
+                                    f"{n} spatial axes; ngff-dreg maps 2D or 3D points")
+        return ITK_NAMES[n]
+
+    def _map(self) -> PointMap:
+        """The map on NumPy-order points (the ITK-order names reversed, e.g. ``z, y, x``)."""
         cached = _MAPS.get(self)
         if cached is None:
-            cached = scene_transform(self.url, self.source, self.target, self.storage_options)
+            graph, src, tgt = self._graph()
+            names = self._names(graph, src)
+            out = names if self.target_axes is None else tuple(self.target_axes)
+            cached = spatial_map(graph, src, tgt, names[::-1], out[::-1])
             _MAPS[self] = cached
         return cached
+
+    @property
+    def ndim(self) -> int:
+        """Number of coordinates of a point."""
+        return _input_count(self._map())
 
     def check(self) -> SceneMap:
         """Open the scene and find the path now (errors before any work starts)."""
@@ -217,14 +286,41 @@ class SceneMap:
 
     def inverse(self) -> SceneMap:
         """The map from ``target`` to ``source``."""
-        return SceneMap(self.url, self.target, self.source, self.storage_options)
+        return SceneMap(self.url, self.target, self.source, self.storage_options,
+                        self.target_axes, self.axes)
+
+    def homogeneous(self) -> Any:
+        """The ``(n+1, n+1)`` ITK-order matrix of a linear map, ``None`` otherwise."""
+        h = self._map().homogeneous()
+        return None if h is None else reverse_axes(h)
+
+    def default_grid(self) -> ImageGeometry | None:
+        """The grid of the first field along the map, in the source's points, or ``None``.
+
+        See :func:`~ngff_dreg.ngff.scene_grid.first_field_grid`; the unit is the
+        source system's.
+        """
+        graph, src, _ = self._graph()
+        return first_field_grid(self._map(), spatial_unit(graph, src))
 
     def transform_points(self, points: Any) -> Any:
         """Map ``(n, ndim)`` ITK-order (x, y, z) physical points."""
         import numpy as np
 
         pts = np.asarray(points, dtype=np.float64)
-        return np.asarray(self._map()(pts[:, ::-1]))[:, ::-1]
+        m = self._map()
+        if pts.ndim != 2 or pts.shape[1] != _input_count(m):
+            raise AxisMismatchError(
+                f"{redact_url(self.url)}: points of shape {pts.shape} for coordinate system "
+                f"{self.source!r}, whose spatial axes take {_input_count(m)} coordinates")
+        return np.asarray(m(pts[:, ::-1]))[:, ::-1]
+
+
+def _input_count(m: PointMap) -> int:
+    """Coordinates the adapted map takes (its first step is the axis embedding)."""
+    first = m.parts[0] if isinstance(m, Chain) else m
+    h = first.homogeneous()
+    return 0 if h is None else int(h.shape[1]) - 1
 
 
 _MAPS: dict[SceneMap, Any] = {}

@@ -262,7 +262,27 @@ def _find_transform(url: str, storage_options: Mapping[str, Any] | None,
         return _image_transform(attrs, url, coordinate_system)
     scene_attrs = read_scene_attributes(url, storage_options)
     found: Mapping[str, Any] = scene_attrs["ome"]["scene"]["coordinateTransformations"][0]
+    _check_numpy_order(scene_attrs["ome"]["scene"], found, url)
     return found
+
+
+def _check_numpy_order(scene: Mapping[str, Any], t: Mapping[str, Any], url: str) -> None:
+    """Refuse a scene whose systems' spatial axes are not ``z, y, x``: this reader is positional.
+
+    ``SCENE:SOURCE:TARGET`` (the scene-graph reader) matches axes by name instead.
+    """
+    declared = {str(cs.get("name")): cs.get("axes") or []
+                for cs in scene.get("coordinateSystems") or [] if isinstance(cs, Mapping)}
+    for end in ("input", "output"):
+        ref = t.get(end)
+        name = ref.get("name") if isinstance(ref, Mapping) and not ref.get("path") else ref
+        axes = declared.get(str(name)) if isinstance(name, str) else None
+        spatial = [a.get("name") for a in axes or [] if a.get("type", "space") == "space"]
+        if spatial and spatial != ["z", "y", "x"][-len(spatial):]:
+            raise InvalidMetadataError(
+                f"{redact_url(url)}: coordinate system {name!r} has spatial axes "
+                f"{', '.join(map(str, spatial))}; read it as SCENE:SOURCE:TARGET, which "
+                "follows the axes by name")
 
 
 def _as_chain(transform: TransformChain | str, storage_options: Mapping[str, Any] | None,

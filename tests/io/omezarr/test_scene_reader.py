@@ -164,3 +164,54 @@ def test_scene_references_map_points_and_resample(tmp_path):
     box = Box.full(g.shape)
     np.testing.assert_allclose(OMEZarrReaderConstructor(a)().read_box(box),
                                OMEZarrReaderConstructor(b)().read_box(box), atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [
+    {"system": "xyz", "field": "xyz"},
+    {"system": "xyz", "field": "zyx"},  # the field's axes matched to the system's by name
+    {"system": "zyx", "field": "xyz"},
+    {"leading": "t"},
+    {"leading": "c", "field": "zyx"},
+], ids=["xyz", "xyz-field-zyx", "zyx-field-xyz", "time", "channel"])
+def test_scenes_in_any_axis_order_map_points_like_itk(tmp_path, hand_scene, kw):
+    from ngff_dreg.io.omezarr.scene_reader import SceneMap
+    from ngff_dreg.points import transform_points
+
+    case = hand_scene(tmp_path / "hand.zarr", **kw)
+    pts = case.inside(40, seed=3, margin=0.2)
+    got = transform_points(f"{case.url}:fixed:moving", pts)  # x, y, z, whatever the scene's
+    assert np.abs((got - case.expected(pts)) / case.voxel).max() < 1e-6
+    assert np.abs(got - pts).max() > 0.3  # the map moves points
+    scene = SceneMap(case.url, "fixed", "moving")
+    grid = scene.default_grid()
+    if kw.get("leading"):
+        assert grid is None  # the field sits inside a byDimension
+    else:
+        assert grid is not None and grid.is_axis_aligned
+        np.testing.assert_allclose(grid.spacing, case.spacing)
+        np.testing.assert_allclose(grid.origin, case.origin)
+        assert grid.shape == case.size[::-1]
+
+
+@pytest.mark.parametrize("dims", ["zyx", "xyz"])
+def test_ngff_zarr_scenes_in_either_axis_order_map_like_itk(tmp_path, ngff_zarr_scene, dims):
+    from ngff_dreg.points import transform_points
+
+    case = ngff_zarr_scene(tmp_path / f"nz-{dims}.zarr", dims)
+    pts = case.inside(40, seed=4, margin=0.2)
+    got = transform_points(f"{case.url}:fixed:moving", pts)
+    assert np.abs((got - case.expected(pts)) / case.voxel).max() < 1e-3
+
+
+def test_points_that_do_not_fit_the_systems_are_refused(tmp_path, hand_scene):
+    from ngff_dreg.ngff.scene_axes import AxisMismatchError
+    from ngff_dreg.points import transform_points
+
+    case = hand_scene(tmp_path / "hand.zarr")
+    with pytest.raises(AxisMismatchError, match="'fixed'"):
+        transform_points(f"{case.url}:fixed:moving", np.zeros((3, 2)))
+    other = hand_scene(tmp_path / "ijk.zarr")  # (maps are cached by URL in a process)
+    _edit(Path(other.url), lambda attrs: attrs["ome"]["scene"]["coordinateSystems"][1].update(
+        axes=[{"name": n, "type": "space"} for n in "ijk"]))
+    with pytest.raises(AxisMismatchError, match=r"'moving'.*i\[space\]"):
+        transform_points(f"{other.url}:fixed:moving", np.zeros((3, 3)))

@@ -143,3 +143,16 @@ def test_a_field_level_path_outside_its_group_is_refused(tmp_path):
     _edit(Path(url) / "coordinateTransformations/fixed_to_moving/zarr.json", point_outside)
     with pytest.raises(PathEscapeError, match="datasets"):
         read_transform(url)
+
+
+def test_a_scene_whose_axes_are_not_zyx_is_refused_not_misread(tmp_path, ngff_zarr_scene):
+    """This reader is positional: a scene in x, y, z goes through SCENE:SOURCE:TARGET."""
+    from ngff_dreg.errors import InvalidMetadataError
+
+    ours = ngff_zarr_scene(tmp_path / "zyx.zarr", "zyx")
+    pts = ours.inside(20, seed=1)
+    got = read_transform(ours.url).transform_points(pts)  # z, y, x: read positionally
+    assert np.abs((got - ours.expected(pts)) / ours.voxel).max() < 1e-3
+    theirs = ngff_zarr_scene(tmp_path / "xyz.zarr", "xyz")
+    with pytest.raises(InvalidMetadataError, match=r"'fixed' has spatial axes x, y, z.*SOURCE"):
+        read_transform(theirs.url)
