@@ -341,6 +341,12 @@ CASES: tuple[CaseSpec, ...] = (
              "noise; 5.9 µm grid, 5 px; 4° rotation, 8 px translation", seed=50,
              rotation_deg=4.0, translation_vox=8.0, bspline_grid=5.9, bspline_amp_vox=5.0,
              noise=0.02, dtype="uint16", illum=2.5, stripes=0.15),
+    CaseSpec("mni2d-illum", "tuning", "mni2d",
+             "2D uneven illumination: T1 slice lit from low x (fixed) and from high x (moving), "
+             "exp(-2.5 s), ±15 % stripes, uint16, 3 % noise; B-spline 20 mm grid, max 4 mm; 4° "
+             "rotation, 5 mm translation", seed=61, rotation_deg=4.0, translation_vox=5.0,
+             bspline_grid=20.0, bspline_amp=4.0, noise=0.03, dtype="uint16", illum=2.5,
+             stripes=0.15),
     CaseSpec("mni2d-large", "tuning", "mni2d",
              "2D large warp: 10° rotation, -8 % scale, 10 mm translation, B-spline 40 mm grid, "
              "max 8 mm", seed=51, rotation_deg=10.0, translation_vox=10.0, scale=-0.08,
@@ -396,7 +402,7 @@ SELFCHECK_CASES: tuple[CaseSpec, ...] = (
 #: cases meant for the reduced pytest subset
 REDUCED_CASES = ("mni-headline", "mni2d-headline", "mni-aniso4",
                  # issue #20: multimodal and uneven-illumination cases
-                 "mni-t2", "mni2d-dir", "mni-lightsheet")
+                 "mni-t2", "mni2d-dir", "mni-lightsheet", "mni2d-illum")
 
 _ALL = {c.name: c for c in CASES + SELFCHECK_CASES}
 

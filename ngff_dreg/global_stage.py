@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ngff_dreg.fitting.descriptors import AUTO, mind_ssc
+from ngff_dreg.fitting.descriptors import AUTO, GLOBAL_LOCAL_FLOOR_SIGMA, mind_ssc
 from ngff_dreg.fitting.intensity import IntensityModel
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -331,8 +331,10 @@ def similarity_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
     warped, inside = _warp_into(fixed, fg, moving, mg, transform)
     if inside.sum() < 10:
         return float("nan")
-    df = mind_ssc(fixed, 2.0).reshape(-1, inside.size)[:, inside].ravel()
-    dw = mind_ssc(warped.reshape(fixed.shape), 2.0).reshape(-1, inside.size)[:, inside].ravel()
+    lf = GLOBAL_LOCAL_FLOOR_SIGMA
+    df = mind_ssc(fixed, 2.0, local_floor_sigma=lf).reshape(-1, inside.size)[:, inside].ravel()
+    dw = mind_ssc(warped.reshape(fixed.shape), 2.0, local_floor_sigma=lf
+                  ).reshape(-1, inside.size)[:, inside].ravel()
     return _ncc_flat(df.astype(np.float64), dw.astype(np.float64))
 
 

@@ -7,6 +7,14 @@ variants; the full suite, with whole-image elastix and ANTs run beside it, is
 ``Schedule.default`` on a 2-process cluster and scored on the case's own
 foreground points against the truth; the tolerances sit about 1.5x above
 the errors measured when they were set, so a real regression fails.
+
+Two cases break the intensity model's assumptions (issue #20), and the
+default's ``auto`` similarity fits them with MIND-SSC descriptors:
+``mni2d-dir`` (the moving contrast is not a function of the fixed one:
+white matter and CSF both dark) and ``mni2d-illum`` (fixed and moving lit
+from opposite sides, exp(-2.5) across, with stripes). The second one's
+tolerance only guards the current level (p95 1.7-3.3 voxels from 5.7 at the
+start; the global stage does most of it), not the target the suite aims at.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ TOLERANCES = {
     "mni-headline": (0.40, 0.20),
     "mni2d-headline": (0.45, 0.22),
     "mni-aniso4": (0.75, 0.35),
+    "mni2d-dir": (2.0, 0.9),
+    "mni2d-illum": (4.2, 2.1),
 }
 
 

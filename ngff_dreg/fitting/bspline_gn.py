@@ -35,7 +35,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage, sparse
 
-from ngff_dreg.fitting.descriptors import SIMILARITIES, channel_gradients, mind_ssc
+from ngff_dreg.fitting.descriptors import (
+    BLOCK_NOISE_FLOOR,
+    SIMILARITIES,
+    channel_gradients,
+    mind_ssc,
+)
 from ngff_dreg.fitting.intensity import INTENSITY_MODELS, IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import (
     BSplineLattice,
@@ -205,8 +210,9 @@ class _Images:
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
             if self.similarity == "mind":
-                fc = list(mind_ssc(f, patch))
-                wc = list(mind_ssc(w, patch, valid=self.valid_bool))
+                fc = list(mind_ssc(f, patch, noise_floor=BLOCK_NOISE_FLOOR))
+                wc = list(mind_ssc(w, patch, valid=self.valid_bool,
+                                   noise_floor=BLOCK_NOISE_FLOOR))
             else:
                 fc, wc = [f], [w]
             grads = channel_gradients(wc)

@@ -20,7 +20,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ngff_dreg.fitting.descriptors import SIMILARITIES, channel_gradients, mind_ssc
+from ngff_dreg.fitting.descriptors import (
+    GLOBAL_LOCAL_FLOOR_SIGMA,
+    SIMILARITIES,
+    channel_gradients,
+    mind_ssc,
+)
 from ngff_dreg.fitting.intensity import IntensityModel, polynomial_terms
 from ngff_dreg.fitting.lattice import lattice_strides, physical_sigmas
 from ngff_dreg.geometry import ImageGeometry
@@ -62,7 +67,8 @@ class _MovingSampler:
                  similarity: str = "intensity", patch_sigma: float = 2.0) -> None:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
-        self.imgs = list(mind_ssc(img, patch_sigma)) if similarity == "mind" else [img]
+        self.imgs = list(mind_ssc(img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
+            if similarity == "mind" else [img]
         self.grads = channel_gradients(self.imgs)
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
         self.dindex = self.to_index[::-1]
@@ -192,7 +198,8 @@ def _fixed_samples(fixed: FloatArray, geom: ImageGeometry, centre: FloatArray, s
     xc = geom.array_index_to_physical(idx.astype(np.float64)) - centre
     f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, geom)) if sigma > 0 \
         else fixed
-    f_chan = list(mind_ssc(f_img, patch_sigma)) if similarity == "mind" else [f_img]
+    f_chan = list(mind_ssc(f_img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
+        if similarity == "mind" else [f_img]
     f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
                       for c in f_chan])
     return lat_shape, xc, f_all

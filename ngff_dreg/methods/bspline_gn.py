@@ -49,7 +49,8 @@ __all__ = ["MIN_BLOCK_JACOBIAN", "BSplineGaussNewton"]
 logger = logging.getLogger(__name__)
 
 #: A block fit whose det J falls to this or below anywhere in its block
-#: (without the overlap) where the fixed image has signal is refused.
+#: (without the overlap) where the fixed image has signal (with MIND: anywhere)
+#: is refused.
 MIN_BLOCK_JACOBIAN = 0.05
 
 
@@ -243,15 +244,21 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and fit.before is not None and fit.after is not None \
                 and not fit.after < fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
+        # MIND descriptors have structure wherever either image has, and a fit
+        # of them can fold in a background the fixed image leaves empty: their
+        # fits are checked over the whole core
+        checked = np.ones(fixed_arr.shape, dtype=bool) if self._options.similarity == "mind" \
+            else _signal_mask(fixed_arr)
         det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info),
-                                geom, _signal_mask(fixed_arr))
+                                geom, checked)
         if not det_min > MIN_BLOCK_JACOBIAN:
             # where the block's samples do not reach (outside the moving data,
             # flat regions) the bending energy alone steers the control points;
-            # a fit that folds inside its block, where the block has signal, is
-            # refused and filled from its neighbours (folds in the overlap are
-            # outweighed by the neighbours' fits when the blocks are blended;
-            # folds in an empty background do not matter)
+            # a fit that folds inside its block (with the intensity model:
+            # where the block has signal, as the model maps an empty background
+            # to a constant) is refused and filled from its neighbours (folds
+            # in the overlap are outweighed by the neighbours' fits when the
+            # blocks are blended)
             return failure(BlockRegStatus.LOW_QUALITY,
                            f"{where}: the fit folds (det J min {det_min:.3f}): {note}")
         logger.debug("%s: B-spline mesh %s, objective %.4g, %s", where, mesh, fit.value, note)

@@ -45,3 +45,43 @@ def test_flat_images_read_as_all_alike() -> None:
     d = mind_ssc(np.full((20, 20, 20), 7.0))
     assert d.shape == (12, 20, 20, 20)
     assert np.allclose(d, 1.0)
+
+
+def _object_in_noise(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured disc on an empty background, both with 3 % noise, and the disc mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 30**2
+    texture = ndimage.gaussian_filter(rng.standard_normal((96, 96)), 2.0)
+    image = disc * (1.0 + 2.0 * texture) + 0.03 * rng.standard_normal((96, 96))
+    return ndimage.gaussian_filter(image, 0.5), disc
+
+
+def test_noise_floor_flattens_background_noise_and_keeps_structure() -> None:
+    image, disc = _object_in_noise(3)
+    background = ndimage.binary_erosion(~disc, iterations=4)
+    inner = ndimage.binary_erosion(disc, iterations=4)
+    plain = mind_ssc(image, 1.0)
+    floored = mind_ssc(image, 1.0, noise_floor=6.0)
+    # without the floor, noise on the background takes the descriptors' range
+    assert float(plain[:, background].std()) > 0.15
+    # with it, the background reads as "all patches alike" (close to 1) ...
+    assert float(np.percentile(floored[:, background], 5)) > 0.7
+    assert float(floored[:, background].std()) < float(plain[:, background].std()) / 3
+    # ... while the textured object keeps its structure
+    assert float(floored[:, inner].std()) > 0.1
+
+
+def test_local_floor_keeps_a_dim_side_structured() -> None:
+    """Lit 12-fold less on one side: a global floor flattens that side, a local one not."""
+    rng = np.random.default_rng(5)
+    image = ndimage.gaussian_filter(rng.standard_normal((96, 96)), 2.0)  # dense texture
+    lit = image * np.exp(-2.5 * np.linspace(0, 1, 96))[None, :]
+    dim = np.s_[:, :, 72:]
+
+    def mismatch(**floor: float) -> float:
+        """Mean descriptor difference on the dim side, lit against unlit."""
+        return float(np.abs(mind_ssc(lit, **floor)[dim] - mind_ssc(image, **floor)[dim]).mean())
+
+    local, plain = mismatch(local_floor_sigma=8.0), mismatch()
+    assert local < 0.05 and local < 0.3 * plain, (local, plain)
