@@ -158,7 +158,10 @@ def _browser(url: str, size: tuple[int, int]) -> Iterator[subprocess.Popen[bytes
         raise NgffDregError("no Chromium found for --screenshot: install it (Debian: "
                             "apt-get install chromium) or name it in the view.chromium "
                             "setting (see `ngff-dreg info --config`)")
-    with tempfile.TemporaryDirectory(prefix="ngff-dreg-chromium-") as profile:
+    # Chromium's child processes can still write to the profile after the
+    # browser exits (seen under load: "Directory not empty: 'Default'")
+    with tempfile.TemporaryDirectory(prefix="ngff-dreg-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [exe, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
              "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
