@@ -138,17 +138,16 @@ def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
                                     NOISE_PERCENTILE))
     dist -= dist.min(axis=0, keepdims=True)
     var = dist.mean(axis=0)
-    sel = var if inside is None else var[inside]
-    floor = float(np.percentile(sel, FLOOR_PERCENTILE)) * VARIANCE_FLOOR if sel.size else 0.0
-    floor = max(floor, noise_floor * noise)
+    floor: float | npt.NDArray[np.float32]
     if local_floor_sigma > 0:  # half the local mean of V instead of half its median
         weight = np.ones(shape, np.float32) if inside is None else inside.astype(np.float32)
         num = ndimage.gaussian_filter(var * weight, local_floor_sigma, mode="nearest")
         den = ndimage.gaussian_filter(weight, local_floor_sigma, mode="nearest")
-        local = VARIANCE_FLOOR * num / np.maximum(den, 1e-6)
-        var = np.maximum(var, np.maximum(local, max(noise_floor * noise, 1e-12)))
+        floor = VARIANCE_FLOOR * num / np.maximum(den, 1e-6)
     else:
-        var = np.maximum(var, max(floor, 1e-12))
+        sel = var if inside is None else var[inside]
+        floor = float(np.percentile(sel, FLOOR_PERCENTILE)) * VARIANCE_FLOOR if sel.size else 0.0
+    var = np.maximum(var, np.maximum(floor, max(noise_floor * noise, 1e-12)))
     np.divide(dist, var[None], out=dist)
     np.negative(dist, out=dist)
     np.exp(dist, out=dist)
