@@ -174,8 +174,37 @@ def _align_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
         fit = linear_fit(np.asarray(fixed, np.float64), fg, np.asarray(moving, np.float64), mg,
                          current.A, current.t, kinds=kinds, sigmas=sigmas, strides=strides,
                          iterations=iterations, similarity=similarity)
-        return AffineTransform.from_arrays(fit.matrix, fit.translation)
+        fitted = AffineTransform.from_arrays(fit.matrix, fit.translation)
+        starts = [("start", current)]
+        if initial is None and initializer in ("centers", "multi"):
+            starts.append(("images as they lie", _centres_translation(fg, mg)))
+        return _not_worse(fixed, fg, moving, mg, fitted, starts, similarity)
     return _itk_alignment(fixed, fg, moving, mg, current, kinds, metric, iterations)
+
+
+def _not_worse(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+               moving: npt.NDArray[np.float32], mg: ImageGeometry, fitted: AffineTransform,
+               starts: Sequence[tuple[str, AffineTransform]], similarity: str
+               ) -> AffineTransform:
+    """``fitted``, unless one of ``starts`` scores higher by the stage's own similarity.
+
+    A Gauss-Newton fit minimises a smoothed, subsampled objective; on images
+    whose similarity has several optima (a featureless object under stripes,
+    say) it can end lower than where it started on the full-resolution
+    measure the stage reports. The stage then keeps the better start: it never
+    hands the block stages a transform that its own metric scores below the
+    images as they lie.
+    """
+    best_name, best = "fit", fitted
+    best_score = similarity_arrays(fixed, fg, moving, mg, fitted, similarity)
+    for name, start in starts:
+        score = similarity_arrays(fixed, fg, moving, mg, start, similarity)
+        if np.isfinite(score) and (not np.isfinite(best_score) or score > best_score + 1e-4):
+            best_name, best, best_score = name, start, score
+    if best is not fitted:
+        logger.warning("global stage: the fit scored lower (%s) than its %s; keeping the %s",
+                       metric_name(similarity), best_name, best_name)
+    return best
 
 
 def _itk_alignment(fixed: npt.NDArray[np.float32], fg: ImageGeometry,

@@ -10,6 +10,7 @@ from ngff_dreg.global_stage import (
     AUTO_MIN_MODEL_NCC,
     _align_arrays,
     _centre_of_mass,
+    _not_worse,
     choose_similarity,
     foreground,
     model_ncc,
@@ -84,3 +85,17 @@ def test_the_multi_start_finds_an_object_that_fills_the_view_under_uneven_light(
     centre = np.array([63.5, 63.5])
     err = np.linalg.norm(got.A @ centre + got.t - (centre + truth))
     assert err < 0.5, (got.A, got.t)
+
+
+def test_the_stage_never_returns_a_transform_its_metric_scores_below_its_start() -> None:
+    """A fit that ends lower than a start, by the stage's own measure, gives way to it."""
+    shape = (96, 96)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    body, a, b = _tissues(shape, 3)
+    fixed = ndimage.gaussian_filter(0.3 * body + a + 0.5 * b, 1.0).astype(np.float32)
+    moving = np.roll(fixed, (2, -3), axis=(0, 1))  # fixed -> moving: (-3, +2) in x, y
+    right = AffineTransform.from_arrays(np.eye(2), np.array([-3.0, 2.0]))
+    wrong = AffineTransform.from_arrays(np.eye(2), np.array([9.0, -7.0]))
+    for sim in ("intensity", "mind"):
+        assert _not_worse(fixed, geom, moving, geom, wrong, [("start", right)], sim) is right
+        assert _not_worse(fixed, geom, moving, geom, right, [("start", wrong)], sim) is right

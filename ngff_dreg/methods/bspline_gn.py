@@ -44,7 +44,7 @@ from ngff_dreg.transforms.bspline import BSplineGrid
 from ngff_dreg.transforms.jacobian import jacobian_determinant
 from ngff_dreg.validate import has_variation
 
-__all__ = ["MIN_BLOCK_JACOBIAN", "BSplineGaussNewton"]
+__all__ = ["MIN_BLOCK_JACOBIAN", "MIN_BLOCK_SIMILARITY", "BSplineGaussNewton"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ logger = logging.getLogger(__name__)
 #: (without the overlap) where the fixed image has signal (with MIND: anywhere)
 #: is refused.
 MIN_BLOCK_JACOBIAN = 0.05
+#: A MIND fit whose held-out MIND NCC (of the fixed block's descriptors with
+#: the warped moving block's) stays below this is refused: the two blocks share
+#: no structure a deformation could be fitted to (a featureless region under
+#: stripes or noise), and what the fit finds there is noise. The held-out data
+#: term does not catch this with MIND: descriptors are patch sums, so held-out
+#: samples are not independent of the fitted ones (pure noise against texture
+#: lowers it by 4 %). The reduction fills such a block from its neighbours.
+#: Intensity fits are not gated: their NCC includes what the smooth gain
+#: explains, about 0.2 against pure noise, and their held-out check holds.
+MIN_BLOCK_SIMILARITY = 0.2
 
 
 def _core_geometry(fixed_subimage: Any, geom: ImageGeometry, block_info: BlockInfo
@@ -138,7 +148,11 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         axis); ``None``: half of each pass's lattice stride, at least 0.8.
     validate:
         Refuse (LOW_QUALITY) a fit that does not lower the data term on a
-        held-out lattice.
+        held-out lattice, or (MIND) whose held-out MIND NCC stays below
+        ``min_similarity``.
+    min_similarity:
+        :data:`MIN_BLOCK_SIMILARITY`: the lowest held-out MIND NCC a kept MIND
+        fit has.
     max_displacement_fraction:
         Results that move a block point by more than this fraction of the
         padded block's diagonal are refused.
@@ -159,6 +173,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     similarity: str = "intensity"
     patch_sigma: float | None = None
     validate: bool = True
+    min_similarity: float = MIN_BLOCK_SIMILARITY
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
 
@@ -244,6 +259,11 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and fit.before is not None and fit.after is not None \
                 and not fit.after < fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
+        if self.validate and self._options.similarity == "mind" \
+                and fit.ncc_after is not None and not fit.ncc_after >= self.min_similarity:
+            return failure(BlockRegStatus.LOW_QUALITY,
+                           f"{where}: no shared structure (held-out similarity "
+                           f"{fit.ncc_after:.3f} < {self.min_similarity}): {note}")
         # MIND descriptors have structure wherever either image has, and a fit
         # of them can fold in a background the fixed image leaves empty: their
         # fits are checked over the whole core

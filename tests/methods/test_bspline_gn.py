@@ -73,6 +73,35 @@ def test_unrelated_moving_block_is_refused(synth) -> None:
     assert result.status == BlockRegStatus.LOW_QUALITY, result
 
 
+def test_a_mind_fit_without_shared_structure_is_refused(synth) -> None:
+    """Noise against texture with MIND: the held-out data term still drops (descriptors
+    are patch sums, so held-out samples are not independent), the similarity gate
+    refuses the fit; the same texture on both sides is kept."""
+    import itk
+
+    from ngff_dreg.methods.bspline_gn import MIN_BLOCK_SIMILARITY
+
+    pair = synth.make_pair(2, field_max=2.0, block=96)
+    noise = np.random.default_rng(5).standard_normal(
+        itk.array_view_from_image(pair.moving).shape).astype(np.float32)
+    moving = itk.image_from_array(noise)
+    moving.CopyInformation(pair.moving)
+    moving.SetBufferedRegion(pair.moving.GetBufferedRegion())
+    ungated = BSplineGaussNewton(mesh_size=4, similarity="mind", min_similarity=-1.0)(
+        pair.fixed, moving, pair.initial, pair.info)
+    assert ungated.status == BlockRegStatus.SUCCESS, ungated.message
+    assert ungated.figures["ncc_after"] < MIN_BLOCK_SIMILARITY
+    gated = BSplineGaussNewton(mesh_size=4, similarity="mind")(
+        pair.fixed, moving, pair.initial, pair.info)
+    assert gated.status == BlockRegStatus.LOW_QUALITY
+    assert "no shared structure" in gated.message
+    kept = BSplineGaussNewton(mesh_size=4, similarity="mind")(
+        pair.fixed, pair.moving, pair.initial, pair.info)
+    assert kept.status == BlockRegStatus.SUCCESS, kept.message
+    assert kept.figures["ncc_after"] > 2 * MIN_BLOCK_SIMILARITY
+    assert pair.errors(kept.transform).mean() < TOL
+
+
 def test_registered_as_the_bspline_method_and_pickles() -> None:
     method = make_method("bspline", {"control_point_spacing": 10.0, "bending": 0.01})
     assert isinstance(method, BSplineGaussNewton)
