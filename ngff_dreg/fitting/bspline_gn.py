@@ -38,10 +38,10 @@ from scipy import ndimage, sparse
 from ngff_dreg.fitting.descriptors import (
     BLOCK_NOISE_FLOOR,
     SIMILARITIES,
-    channel_gradients,
     mind_ssc,
 )
 from ngff_dreg.fitting.intensity import INTENSITY_MODELS, IntensityModel, polynomial_terms
+from ngff_dreg.fitting.interpolation import ChannelSampler
 from ngff_dreg.fitting.lattice import (
     BSplineLattice,
     apply_axes,
@@ -193,12 +193,10 @@ class _Images:
         self.similarity = similarity
         self.patch_sigma = patch_sigma
         self._sigma: tuple[float, float] | None = None
-        self._images: tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]] | None \
-            = None
+        self._images: tuple[list[FloatArray], ChannelSampler] | None = None
 
-    def get(self, sigma: float, factor: int = 1
-            ) -> tuple[list[FloatArray], list[FloatArray], list[list[FloatArray]]]:
-        """``(fixed channels, warped channels, warped gradients per channel)`` at ``sigma``.
+    def get(self, sigma: float, factor: int = 1) -> tuple[list[FloatArray], ChannelSampler]:
+        """``(fixed channels, sampler of the warped channels and their gradients)`` at ``sigma``.
 
         ``factor``: the pass's lattice stride (sets the automatic MIND patch).
         """
@@ -206,6 +204,7 @@ class _Images:
             else max(MIN_PATCH_SIGMA, 0.5 * factor)
         key = (sigma, patch if self.similarity == "mind" else 0.0)
         if self._images is None or self._sigma != key:
+            self._images = None  # the previous sigma's arrays go before the new ones come
             sig = physical_sigmas(sigma, self.geom)
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
@@ -215,8 +214,7 @@ class _Images:
                                    noise_floor=BLOCK_NOISE_FLOOR))
             else:
                 fc, wc = [f], [w]
-            grads = channel_gradients(wc)
-            self._sigma, self._images = key, (fc, wc, grads)
+            self._sigma, self._images = key, (fc, ChannelSampler(wc))
         return self._images
 
 
@@ -229,7 +227,7 @@ class _Pass:
         self.nd = geom.ndim
         self.sizes = grid.sizes
         self.shape = np.asarray(images.fixed.shape)
-        f_imgs, self.w_imgs, self.grad_imgs = images.get(sigma, factor)
+        f_imgs, self.warped = images.get(sigma, factor)
         self.valid = images.valid
         steps = lattice_strides(factor, geom)
         starts = [(n % st) // 2 for n, st in zip(images.fixed.shape, steps)]
@@ -275,20 +273,14 @@ class _Pass:
         """Warped channels ``(C, N)`` (physical gradients ``(C, N, nd)``, inside-mask)."""
         q = self.points + self.displacement(c)
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1].T
-        w = np.stack([ndimage.map_coordinates(img, cidx, order=1, mode="nearest")
-                      for img in self.w_imgs])
+        w, gi = self.warped.sample(cidx, gradient)
         inside = None
         if with_mask:
             inside = ndimage.map_coordinates(self.valid, cidx, order=1, mode="nearest") > 0.999
             inside &= np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
             if self.keep is not None:
                 inside &= self.keep
-        g = None
-        if gradient:
-            g = np.stack([
-                np.stack([ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
-                          for a in grads], 1) @ self.dindex
-                for grads in self.grad_imgs])
+        g = None if gi is None else gi @ self.dindex  # index -> physical gradients
         return w, g, inside
 
 

@@ -1,0 +1,47 @@
+"""ChannelTable: all channels at once, equal to map_coordinates(order=1, mode="nearest")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ngff_dreg.fitting.interpolation import ChannelTable
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (9, 11, 13), (1, 12, 10), (8, 1, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_map_coordinates_inside_outside_and_on_flat_axes(shape, dtype) -> None:
+    rng = np.random.default_rng(len(shape))
+    chans = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
+    table = ChannelTable.of(chans)
+    assert table.dtype == dtype
+    # points inside, on the edges, and up to 3 voxels outside every axis
+    pts = np.stack([rng.uniform(-3.0, n + 2.0, 4000) for n in shape])
+    pts[:, :len(shape)] = np.array([[0.0] * len(shape), [n - 1.0 for n in shape]]).T[:, :1]
+    got = table.sample(table.corners(pts))
+    assert got.shape == (4000, 5) and got.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for k, c in enumerate(chans):
+        want = ndimage.map_coordinates(c, pts, order=1, mode="nearest")
+        np.testing.assert_allclose(got[:, k], want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("channels", [1, 12])
+def test_the_sampler_gives_values_and_gradients_of_every_channel(channels) -> None:
+    from ngff_dreg.fitting.interpolation import ChannelSampler
+
+    rng = np.random.default_rng(channels)
+    shape = (10, 12, 9)
+    chans = [rng.standard_normal(shape).astype(np.float32) for _ in range(channels)]
+    pts = np.stack([rng.uniform(-1.0, n, 500) for n in shape])
+    w, g = ChannelSampler(chans).sample(pts, gradient=True)
+    assert w.shape == (channels, 500) and g.shape == (channels, 500, 3)
+    for c, a in enumerate(chans):
+        np.testing.assert_allclose(w[c], ndimage.map_coordinates(a, pts, order=1,
+                                                                 mode="nearest"), atol=1e-5)
+        for k in range(3):
+            want = ndimage.map_coordinates(np.gradient(a, axis=k), pts, order=1, mode="nearest")
+            np.testing.assert_allclose(g[c, :, k], want, atol=1e-5)
+    w2, g2 = ChannelSampler(chans).sample(pts, gradient=False)
+    assert g2 is None and np.array_equal(w2, w)
