@@ -48,7 +48,7 @@ from ngff_dreg.io.storage.chunk_cache import (
     set_peer_source,
 )
 
-__all__ = ["ChunkExchange", "install", "uninstall", "exchange", "coordinator_of"]
+__all__ = ["ChunkExchange", "install", "uninstall", "exchange", "coordinator_of", "counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ ASK_TIMEOUT_S = 45.0
 
 WHERE = "ngff_dreg_chunk_where"
 GET = "ngff_dreg_chunk_get"
+
+
+#: Pieces this process served to peers and received from them (diagnosis), ever.
+_COUNTS = {"served": 0, "received": 0}
+
+
+def counts() -> dict[str, int]:
+    """Pieces this process served to peers and received from them since it started."""
+    return dict(_COUNTS)
 
 
 def coordinator_of(scope: Scope, piece: str, peers: Sequence[str]) -> str:
@@ -88,8 +97,6 @@ class ChunkExchange:
         self._pending: set[tuple[str, str, str]] = set()
         self._dead: set[str] = set()
         self._lock = threading.Lock()
-        self.served = 0  # pieces sent to peers (diagnosis)
-        self.received = 0  # pieces received from peers (diagnosis)
 
     @property
     def active(self) -> bool:
@@ -123,7 +130,7 @@ class ChunkExchange:
             if host is not None:
                 data = await host.wait(scope, piece, timeout=max(0.0, deadline - time.monotonic()))
         if data is not None:
-            self.served += 1
+            _COUNTS["served"] += 1
         return data
 
     @staticmethod
@@ -167,7 +174,7 @@ class ChunkExchange:
         self.fetched(scope, piece)
         data = await self._call(holder, GET, token=token, root=root, piece=piece)
         if isinstance(data, bytes):
-            self.received += 1
+            _COUNTS["received"] += 1
             return data
         return None
 
