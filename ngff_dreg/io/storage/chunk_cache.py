@@ -456,12 +456,12 @@ def machine_identity() -> str:
     Processes with the same identity read each other's chunk files, so a
     chunk is fetched once between them; block placement
     (:mod:`ngff_dreg.locality`) groups workers by it. Without a host cache
-    (``io.host-cache-mb`` or ``io.chunk-cache-mb`` 0) each process is a
-    machine of its own.
+    (``io.host-cache-mb`` or ``io.chunk-cache-mb`` 0) it is the host alone, so
+    the workers of one host are placed as before (a slab each).
     """
     host = socket.gethostname()
     if config.host_cache_bytes() <= 0 or not cache_enabled():
-        return f"{host}:pid{os.getpid()}"
+        return host
     base = config.host_cache_dir() or tempfile.gettempdir()
     return f"{host}:{os.path.realpath(base)}"
 
