@@ -20,6 +20,8 @@ from ngff_dreg import config
 from ngff_dreg.engine import RegistrationSchedule
 from ngff_dreg.errors import ScheduleError
 from ngff_dreg.interfaces import RegistrationResult
+from ngff_dreg.io.storage.chunk_cache import cache_enabled, machine_identity
+from ngff_dreg.locality import machines_of
 from ngff_dreg.methods.bspline import NUMPY_ENGINE_ITK
 from ngff_dreg.worker import warm_up_workers, worker_spawn_settings
 
@@ -27,6 +29,10 @@ __all__ = [
     "ProgressBar",
     "SettingsPlugin",
     "HostCachePlugin",
+    "ChunkExchangePlugin",
+    "share_chunk_exchange",
+    "unshare_chunk_exchange",
+    "worker_machines",
     "share_host_cache",
     "unshare_host_cache",
     "client_context",
@@ -218,6 +224,85 @@ def unshare_host_cache(client: Any, token: str) -> None:
         client.unregister_worker_plugin(HostCachePlugin.name_for(token))
     except Exception as exc:  # already gone, or the cluster is closing
         logger.debug("host chunk cache plugin not unregistered: %s", exc)
+
+
+class ChunkExchangePlugin(WorkerPlugin):
+    """Installs the chunk exchange between machines on each worker, joiners included.
+
+    See :mod:`ngff_dreg.io.storage.chunk_exchange`. Registered under one name,
+    so registering it again (the next stage, other workers) replaces it.
+
+    Parameters
+    ----------
+    peers:
+        Addresses of the workers that keep the exchange's directory.
+
+    """
+
+    name = "ngff-dreg-chunk-exchange"
+
+    def __init__(self, peers: tuple[str, ...]) -> None:
+        self.peers = tuple(peers)
+
+    def setup(self, worker: Any) -> None:
+        """Called by ``distributed`` on each worker: install the exchange there."""
+        from ngff_dreg.io.storage.chunk_exchange import install
+
+        install(worker, self.peers)
+
+    def teardown(self, worker: Any) -> None:
+        """Called by ``distributed`` when the plugin is removed: stop asking peers."""
+        from ngff_dreg.io.storage.chunk_exchange import uninstall
+
+        uninstall()
+
+
+def share_chunk_exchange(client: Any, machines: tuple[tuple[str, ...], ...]) -> bool:
+    """Exchange chunks between the machines of ``client``'s cluster, or stop doing so.
+
+    Installed when ``ngff-dreg.cluster.chunk-exchange`` is on, the host cache
+    is on (the exchange serves pieces from it) and ``machines`` (workers by
+    machine, :func:`worker_machines`) holds more than one machine. Returns
+    True when installed (remove it with :func:`unshare_chunk_exchange`).
+    """
+    from distributed import Client
+
+    if not isinstance(client, Client):
+        return False
+    wanted = (len(machines) > 1 and config.chunk_exchange() and cache_enabled()
+              and config.host_cache_bytes() > 0)
+    if not wanted:
+        return False
+    peers = tuple(sorted(w for m in machines for w in m))
+    try:
+        client.register_plugin(ChunkExchangePlugin(peers), name=ChunkExchangePlugin.name)
+    except Exception as exc:  # an old scheduler, a dying cluster: each machine fetches
+        logger.warning("chunk exchange not installed: %s", exc)
+        return False
+    logger.info("chunk exchange between %d machines (%d workers)", len(machines), len(peers))
+    return True
+
+
+def unshare_chunk_exchange(client: Any) -> None:
+    """Remove the chunk exchange from ``client``'s workers (best effort; none: nothing)."""
+    try:
+        client.unregister_worker_plugin(ChunkExchangePlugin.name)
+    except Exception as exc:  # never installed, or the cluster is closing
+        logger.debug("chunk exchange plugin not unregistered: %s", exc)
+
+
+def worker_machines(client: Any) -> tuple[tuple[str, ...], ...]:
+    """The addresses of ``client``'s workers grouped by machine (empty if unknown).
+
+    A machine is the workers sharing a host cache
+    (:func:`~ngff_dreg.io.storage.chunk_cache.machine_identity`, asked of each
+    worker under the settings in force there).
+    """
+    try:
+        identities = client.run(machine_identity)
+    except Exception:  # not a distributed client, or no workers
+        return ()
+    return machines_of(identities)
 
 
 def worker_addresses(client: Any) -> tuple[str, ...]:

@@ -74,6 +74,8 @@ __all__ = [
     "lease_heartbeat",
     "lease_stale_after",
     "lease_max_wait",
+    "locality",
+    "chunk_exchange",
 ]
 
 #: The top-level key of ngff-dreg's settings in dask's configuration.
@@ -165,6 +167,18 @@ def _inventory_mode(value: Any, where: str) -> InventoryMode:
     raise _bad(where, value, "auto, true or false")
 
 
+def _switch(value: Any, where: str) -> bool:
+    """On or off: a boolean, or one of the texts of :data:`_ON` and :data:`_OFF`."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in _ON:
+        return True
+    if text in _OFF:
+        return False
+    raise _bad(where, value, "true or false")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its key below :data:`NAMESPACE`, its checker, its deprecated variable.
@@ -210,6 +224,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("output.lease-stale-after", _positive_seconds),
     Setting("output.lease-max-wait", _seconds),
     Setting("view.chromium", _text_or_none),
+    Setting("cluster.locality", _switch),
+    Setting("cluster.chunk-exchange", _switch),
 )}
 
 
@@ -399,6 +415,16 @@ def lease_stale_after() -> float:
 def lease_max_wait() -> float:
     """Longest wait for a live run with the same arguments, s (``output.lease-max-wait``)."""
     return float(get("output.lease-max-wait"))
+
+
+def locality() -> bool:
+    """Place a block stage's blocks by machine, in contiguous groups (``cluster.locality``)."""
+    return bool(get("cluster.locality"))
+
+
+def chunk_exchange() -> bool:
+    """Serve chunks between machines instead of fetching them again (``cluster.chunk-exchange``)."""
+    return bool(get("cluster.chunk-exchange"))
 
 
 def apply_settings(values: Mapping[str, Any], origin: str) -> bool:

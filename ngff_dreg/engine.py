@@ -50,6 +50,7 @@ from ngff_dreg.interfaces import (
     SupportsToItk,
 )
 from ngff_dreg.itk_bridge import image_from_array, portable_domain, read_region, reader_geometry
+from ngff_dreg.locality import place_blocks, slab_order
 from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import has_signal
 
@@ -59,6 +60,7 @@ __all__ = [
     "register_images",
     "register_block",
     "block_placement",
+    "preferred_workers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,13 @@ class BlockOptions:
         storage chunks of their halos, are read by the same process and its
         chunk cache (:mod:`ngff_dreg.io.storage.chunk_cache`). Other workers may still
         take a task when theirs is busy. Empty: dask places tasks freely.
+    machines:
+        The workers grouped by machine (workers sharing a host cache). With
+        more than one machine, the block grid is cut into one contiguous
+        group per machine first, and each group into one slab per worker of
+        its machine (:func:`ngff_dreg.locality.place_blocks`), so blocks on
+        two machines share fewer halo chunks. Empty or one machine: as
+        ``workers`` says.
     skip_blank_blocks:
         Skip (``NO_SIGNAL``) a fixed block with too little signal (see
         ``signal_threshold`` and ``min_signal_fraction``) instead of calling
@@ -128,6 +137,7 @@ class BlockOptions:
     fixed_mask: Any = None
     moving_mask: Any = None
     workers: tuple[str, ...] = ()
+    machines: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -452,15 +462,15 @@ def _block_tasks(
 ) -> list[Delayed]:
     """One :func:`register_block` task per block, named after its grid index.
 
-    With ``options.workers``, each task prefers the worker of its slab
-    (:func:`block_placement`).
+    With ``options.machines`` (more than one) or ``options.workers``, each
+    task prefers one worker (:func:`preferred_workers`); any other may still
+    take it.
     """
-    places = block_placement([p.info.chunk_index for p in plans], len(options.workers))
+    places = preferred_workers([p.info.chunk_index for p in plans], options)
     tasks = []
     for plan, place in zip(plans, places):
         hint: dict[str, Any] = (
-            {"workers": [options.workers[place]], "allow_other_workers": True}
-            if options.workers else {}
+            {"workers": [place], "allow_other_workers": True} if place is not None else {}
         )
         with dask.annotate(**hint):
             tasks.append(dask.delayed(register_block, pure=True)(
@@ -481,14 +491,23 @@ def block_placement(indices: Sequence[tuple[int, ...]], n_workers: int) -> list[
     worker gets a slab (or a run of rows) and shares halo chunks with at most
     two other workers.
     """
-    if n_workers <= 1 or not indices:
-        return [0] * len(indices)
-    grid = np.asarray(indices).max(axis=0) + 1
-    order = np.argsort(-grid, kind="stable")  # longest axis first
-    keys = [tuple(int(idx[a]) for a in order) for idx in indices]
-    rank = {k: r for r, k in enumerate(sorted(set(keys)))}
-    n = len(rank)
-    return [min(n_workers - 1, rank[k] * n_workers // n) for k in keys]
+    return slab_order(indices, n_workers)
+
+
+def preferred_workers(
+    indices: Sequence[tuple[int, ...]], options: BlockOptions
+) -> list[str | None]:
+    """The worker each block's task prefers (``None``: none).
+
+    Several machines: one contiguous group of blocks per machine, a slab per
+    worker inside it (:func:`~ngff_dreg.locality.place_blocks`). Otherwise a
+    slab per worker (:func:`block_placement`), as on one machine.
+    """
+    if len(options.machines) > 1:
+        return place_blocks(indices, options.machines)
+    if not options.workers:
+        return [None] * len(indices)
+    return [options.workers[p] for p in block_placement(indices, len(options.workers))]
 
 
 def _reduction(

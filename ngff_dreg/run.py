@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ngff_dreg.cluster import share_host_cache, unshare_host_cache, worker_addresses
+from ngff_dreg import config
+from ngff_dreg.cluster import (
+    share_chunk_exchange,
+    share_host_cache,
+    unshare_chunk_exchange,
+    unshare_host_cache,
+    worker_addresses,
+    worker_machines,
+)
 from ngff_dreg.engine import BlockOptions
 from ngff_dreg.errors import IncompatibleImagesError, RegistrationFailedError, ScheduleError
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -514,6 +522,7 @@ class Run:
     lease: OutputLease | None = None
     checkpoints: Checkpoints = field(init=False, repr=False)
     _host_tokens: list[str] = field(default_factory=list, init=False, repr=False)
+    _exchange: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.inputs.output, self.inputs.o_opts)
@@ -550,10 +559,13 @@ class Run:
 
     def close_host_cache(self) -> None:
         """Remove the run's host chunk caches (every machine of the cluster)."""
-        while self._host_tokens:
+        while self._host_tokens:  # (the exchange forgets each token's pieces here too)
             token = self._host_tokens.pop()
             unshare_host_cache(self.client, token)
             self._host_cache(close_host_cache, token)
+        if self._exchange:
+            unshare_chunk_exchange(self.client)
+            self._exchange = False
 
     @property
     def done(self) -> dict[str, Any]:
@@ -614,8 +626,24 @@ class Run:
             skip_blank_blocks=True,
             signal_threshold=self.inputs.options.signal_threshold,
             workers=worker_addresses(self.client),
+            machines=self.place_by_machine(),
             **masks,
         )
+
+    def place_by_machine(self) -> tuple[tuple[str, ...], ...]:
+        """The cluster's workers by machine, for a block stage's placement (empty: off).
+
+        Also installs (several machines) or removes (one) the chunk exchange
+        between machines on the workers, as ``cluster.chunk-exchange`` says.
+        """
+        locality, exchange = config.locality(), config.chunk_exchange()
+        machines = worker_machines(self.client) if locality or exchange else ()
+        if exchange and len(machines) > 1:
+            self._exchange = share_chunk_exchange(self.client, machines)
+        elif self._exchange:  # the cluster shrank to one machine
+            unshare_chunk_exchange(self.client)
+            self._exchange = False
+        return machines if locality else ()
 
     def result(self, t_start: float) -> RegistrationResult:
         """The run's :class:`RegistrationResult` (total wall time from ``t_start``)."""

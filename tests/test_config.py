@@ -74,6 +74,8 @@ def test_the_defaults_are_in_dask_config() -> None:
         "ngff-dreg.output.lease-stale-after": 30.0,
         "ngff-dreg.output.lease-max-wait": 86400.0,
         "ngff-dreg.view.chromium": None,
+        "ngff-dreg.cluster.locality": True,
+        "ngff-dreg.cluster.chunk-exchange": True,
     }
 
 
@@ -238,3 +240,15 @@ def test_the_screenshot_browser_is_a_setting() -> None:
         assert config.chromium() == "/opt/chrome/chrome"
     with dask.config.set({"ngff-dreg.view.chromium": 3}), pytest.raises(ConfigError):
         config.chromium()
+
+
+@pytest.mark.parametrize("key", ["cluster.locality", "cluster.chunk-exchange"])
+def test_the_cluster_switches_take_words_and_refuse_others(key: str) -> None:
+    getter = config.locality if key == "cluster.locality" else config.chunk_exchange
+    for value, expected in ((False, False), ("off", False), ("0", False), ("yes", True),
+                            (True, True)):
+        with dask.config.set({f"ngff-dreg.{key}": value}):
+            assert getter() is expected
+    with dask.config.set({f"ngff-dreg.{key}": "sometimes"}), \
+            pytest.raises(ConfigError, match=key):
+        getter()

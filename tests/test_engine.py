@@ -504,3 +504,29 @@ def test_the_method_own_exceptions_still_fail_only_their_block(disk_pair):
     result = _run_on_disk(fixed, moving, RaisesStoreErrorOnOneBlock())
     assert result.status[1, 0, 1] == BlockRegStatus.METHOD_ERROR
     assert (result.status == BlockRegStatus.SUCCESS).sum() == 7
+
+
+def test_blocks_prefer_a_worker_of_their_machine_and_any_worker_may_take_them():
+    from ngff_dreg.engine import BlockOptions
+    from ngff_dreg.locality import place_blocks
+
+    fixed_ctor, moving_ctor = _pair()
+    machines = (("tcp://a:1",), ("tcp://b:2", "tcp://c:3"))
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor,
+        moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3).to_itk(),
+        fixed_chunk_size=(16, 16, 16),
+        overlap_factors=0.5,
+        block_options=BlockOptions(workers=("tcp://a:1", "tcp://b:2", "tcp://c:3"),
+                                   machines=machines),
+    )
+    expected = place_blocks([p.info.chunk_index for p in schedule.blocks], machines)
+    assert set(expected) == {"tcp://a:1", "tcp://b:2", "tcp://c:3"}
+    for task, want in zip(schedule.block_results, expected):
+        graph = task.__dask_graph__()
+        layer = graph.layers[task.key]
+        # loose: a worker that dies, or a busy machine, never strands a block
+        assert layer.annotations == {"workers": [want], "allow_other_workers": True}

@@ -50,12 +50,13 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from zarr.abc.store import Store
 
@@ -83,6 +84,9 @@ __all__ = [
     "open_host_cache",
     "close_host_cache",
     "host_cache",
+    "machine_identity",
+    "PeerSource",
+    "set_peer_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -436,12 +440,59 @@ def close_host_cache(token: str) -> None:
     """Forget run ``token``'s host cache in this process and remove its directory."""
     with _CACHE_LOCK:
         host = _HOST.pop(token, None)
+    if _PEERS is not None:
+        _PEERS.forget(token)
     shutil.rmtree(host.root if host is not None else _host_root(token), ignore_errors=True)
 
 
 def host_cache(token: str) -> HostCache | None:
     """The host cache of run ``token`` opened in this process, if any."""
     return _HOST.get(token)
+
+
+def machine_identity() -> str:
+    """What this process shares its host cache with: its host and the host cache's directory.
+
+    Processes with the same identity read each other's chunk files, so a
+    chunk is fetched once between them; block placement
+    (:mod:`ngff_dreg.locality`) groups workers by it. Without a host cache
+    (``io.host-cache-mb`` or ``io.chunk-cache-mb`` 0) it is the host alone, so
+    the workers of one host are placed as before (a slab each).
+    """
+    host = socket.gethostname()
+    if config.host_cache_bytes() <= 0 or not cache_enabled():
+        return host
+    base = config.host_cache_dir() or tempfile.gettempdir()
+    return f"{host}:{os.path.realpath(base)}"
+
+
+class PeerSource(Protocol):
+    """Where a piece missing on this machine may come from before the store (a peer machine).
+
+    :mod:`ngff_dreg.io.storage.chunk_exchange` installs one on a worker of a
+    cluster of several machines.
+    """
+
+    async def ask(self, scope: Scope, piece: str) -> bytes | None:
+        """The bytes of ``piece`` from a peer; ``None``: fetch it (then call :meth:`fetched`)."""
+        ...
+
+    def fetched(self, scope: Scope, piece: str) -> None:
+        """Mark the end of this process's own fetch of ``piece``."""
+        ...
+
+    def forget(self, token: str) -> None:
+        """Drop what is known of run ``token``."""
+        ...
+
+
+_PEERS: PeerSource | None = None
+
+
+def set_peer_source(source: PeerSource | None) -> None:
+    """Ask ``source`` for pieces this machine misses (``None``: fetch them from the store)."""
+    global _PEERS
+    _PEERS = source
 
 
 #: Fetches under way in this process, by (event loop, scope, piece): their outcome
@@ -518,6 +569,11 @@ class CachingStore(ReadThroughStore):
         if data is None:
             claimed = host.claim(self.scope, piece)
             data = host.read(self.scope, piece) if claimed else await host.wait(self.scope, piece)
+        peers = _PEERS
+        if data is None and peers is not None:
+            data = await peers.ask(self.scope, piece)
+            if data is not None:
+                host.write(self.scope, piece, data)
         if data is not None:
             if claimed:
                 host.release(self.scope, piece)
@@ -531,6 +587,8 @@ class CachingStore(ReadThroughStore):
         finally:
             if claimed:
                 host.release(self.scope, piece)
+            if peers is not None:
+                peers.fetched(self.scope, piece)
         return buf
 
     async def _fetch(
@@ -612,24 +670,50 @@ class CachingStore(ReadThroughStore):
             else:
                 record_hit(self.image, key, len(data))
                 held.append((i, prototype.buffer.from_bytes(data)))
+        peers = _PEERS if host is not None else None
+        if peers is not None and misses:
+            misses = await self._from_peers(peers, host, key, pieces, misses, held, prototype)
         if held:
             yield held
         if not misses:
             return
-        async for batch in super().get_ranges(
-                key, [byte_ranges[i] for i in misses], prototype=prototype,
-                max_concurrency=max_concurrency, max_gap_bytes=max_gap_bytes,
-                max_coalesced_bytes=max_coalesced_bytes):
-            out: list[tuple[int, Buffer | None]] = []
-            for j, buf in batch:
-                i = misses[j]
-                if buf is not None:
-                    data = buf.to_bytes()
-                    self.cache.put(self.scope, pieces[i], data)
-                    if host is not None:
-                        host.write(self.scope, pieces[i], data)
-                out.append((i, buf))
-            yield out
+        try:
+            async for batch in super().get_ranges(
+                    key, [byte_ranges[i] for i in misses], prototype=prototype,
+                    max_concurrency=max_concurrency, max_gap_bytes=max_gap_bytes,
+                    max_coalesced_bytes=max_coalesced_bytes):
+                out: list[tuple[int, Buffer | None]] = []
+                for j, buf in batch:
+                    i = misses[j]
+                    if buf is not None:
+                        data = buf.to_bytes()
+                        self.cache.put(self.scope, pieces[i], data)
+                        if host is not None:
+                            host.write(self.scope, pieces[i], data)
+                    out.append((i, buf))
+                yield out
+        finally:
+            if peers is not None:
+                for i in misses:
+                    peers.fetched(self.scope, pieces[i])
+
+    async def _from_peers(
+        self, peers: PeerSource, host: HostCache | None, key: str, pieces: list[str],
+        misses: list[int], held: list[tuple[int, Buffer | None]], prototype: BufferPrototype,
+    ) -> list[int]:
+        """Ask ``peers`` for the missed pieces; those received join ``held``, the rest returns."""
+        got = await asyncio.gather(*(peers.ask(self.scope, pieces[i]) for i in misses))
+        rest = []
+        for i, data in zip(misses, got):
+            if data is None:
+                rest.append(i)
+                continue
+            self.cache.put(self.scope, pieces[i], data)
+            if host is not None:
+                host.write(self.scope, pieces[i], data)
+            record_hit(self.image, key, len(data))
+            held.append((i, prototype.buffer.from_bytes(data)))
+        return rest
 
 
 def slice_range(data: bytes, byte_range: ByteRequest) -> bytes | None:
