@@ -105,28 +105,27 @@ def _start(fixed: npt.NDArray[np.float32], fg: ImageGeometry, moving: npt.NDArra
     return _centres_translation(fg, mg)
 
 
-def _best_start(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
-                moving: npt.NDArray[np.float32], mg: ImageGeometry, sigma: float, stride: int,
-                iterations: int, similarity: str) -> AffineTransform:
+def _best_start(score: _Scorer, sigma: float, stride: int, iterations: int) -> AffineTransform:
     """The best of several starts, each refined by a coarse rigid fit.
 
     The starts are the geometric centres (objects that fill the field of view),
     the centres of mass (objects in an empty background) and the centres of
     the illumination-flattened foreground masks (unevenly lit objects). Each
     is refined by a rigid fit at the coarsest smoothing, and the one with the
-    highest similarity (:func:`similarity_arrays`) is kept.
+    highest similarity (``score``, the stage's :class:`_Scorer`) is kept.
     """
+    fixed, fg, moving, mg = score.fixed, score.fg, score.moving, score.mg
     best: tuple[float, AffineTransform] | None = None
     f64, m64 = np.asarray(fixed, np.float64), np.asarray(moving, np.float64)
     for name in ("centers", "moments", "foreground"):
         start = _start(fixed, fg, moving, mg, None, name)
         fit = linear_fit(f64, fg, m64, mg, start.A, start.t, kinds=("rigid",), sigmas=(sigma,),
-                         strides=(stride,), iterations=iterations, similarity=similarity)
+                         strides=(stride,), iterations=iterations, similarity=score.similarity)
         cand = AffineTransform.from_arrays(fit.matrix, fit.translation)
-        score = similarity_arrays(fixed, fg, moving, mg, cand, similarity)
-        logger.debug("global start %s: %s %.4f", name, metric_name(similarity), score)
-        if np.isfinite(score) and (best is None or score > best[0]):
-            best = (score, cand)
+        value = score(cand)
+        logger.debug("global start %s: %s %.4f", name, metric_name(score.similarity), value)
+        if np.isfinite(value) and (best is None or value > best[0]):
+            best = (value, cand)
     return best[1] if best is not None else _start(fixed, fg, moving, mg, None, "centers")
 
 
@@ -159,15 +158,22 @@ def _align_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
                   moving: npt.NDArray[np.float32], mg: ImageGeometry,
                   initial: AffineTransform | None, initializer: str, kinds: Sequence[str],
                   metric: str, iterations: int, method: str,
-                  similarity: str = "intensity") -> AffineTransform:
-    """:func:`global_alignment` on arrays already read."""
+                  similarity: str = "intensity", score: _Scorer | None = None
+                  ) -> AffineTransform:
+    """:func:`global_alignment` on arrays already read.
+
+    ``score``: the stage's :class:`_Scorer` of these arrays (made here when
+    absent or of another similarity), so that its fixed descriptors and the
+    scores of the transforms tried are computed once for the whole stage.
+    """
+    if score is None or score.similarity != similarity:
+        score = _Scorer(fixed, fg, moving, mg, similarity)
     smallest = min(fg.shape)
     sigmas = tuple(s for s, f in ((2.0, 4), (1.0, 2), (0.0, 1)) if smallest // f >= 8) \
         or (0.0,)
     strides = tuple(2 if s >= 2 else 1 for s in sigmas)
     if initial is None and initializer == "multi" and method == "gauss-newton":
-        current = _best_start(fixed, fg, moving, mg, sigmas[0], strides[0], iterations,
-                              similarity)
+        current = _best_start(score, sigmas[0], strides[0], iterations)
     else:
         current = _start(fixed, fg, moving, mg, initial, initializer)
     if method == "gauss-newton":
@@ -178,14 +184,12 @@ def _align_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
         starts = [("start", current)]
         if initial is None and initializer in ("centers", "multi"):
             starts.append(("images as they lie", _centres_translation(fg, mg)))
-        return _not_worse(fixed, fg, moving, mg, fitted, starts, similarity)
+        return _not_worse(score, fitted, starts)
     return _itk_alignment(fixed, fg, moving, mg, current, kinds, metric, iterations)
 
 
-def _not_worse(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
-               moving: npt.NDArray[np.float32], mg: ImageGeometry, fitted: AffineTransform,
-               starts: Sequence[tuple[str, AffineTransform]], similarity: str
-               ) -> AffineTransform:
+def _not_worse(score: _Scorer, fitted: AffineTransform,
+               starts: Sequence[tuple[str, AffineTransform]]) -> AffineTransform:
     """``fitted``, unless one of ``starts`` scores higher by the stage's own similarity.
 
     A Gauss-Newton fit minimises a smoothed, subsampled objective; on images
@@ -196,14 +200,14 @@ def _not_worse(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
     images as they lie.
     """
     best_name, best = "fit", fitted
-    best_score = similarity_arrays(fixed, fg, moving, mg, fitted, similarity)
+    best_score = score(fitted)
     for name, start in starts:
-        score = similarity_arrays(fixed, fg, moving, mg, start, similarity)
-        if np.isfinite(score) and (not np.isfinite(best_score) or score > best_score + 1e-4):
-            best_name, best, best_score = name, start, score
+        value = score(start)
+        if np.isfinite(value) and (not np.isfinite(best_score) or value > best_score + 1e-4):
+            best_name, best, best_score = name, start, value
     if best is not fitted:
         logger.warning("global stage: the fit scored lower (%s) than its %s; keeping the %s",
-                       metric_name(similarity), best_name, best_name)
+                       metric_name(score.similarity), best_name, best_name)
     return best
 
 
@@ -311,13 +315,14 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
     fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    # what the stage reports is what a Gauss-Newton stage fitted: one scorer
+    # serves both (the start and the result were scored while fitting)
+    score = _Scorer(fixed, fg, moving, mg, _scored(stage))
     affine = _align_arrays(fixed, fg, moving, mg, None, stage.initializer, stage.kinds,
                            stage.metric, stage.iterations, stage.method,
-                           _fitted(stage.similarity))
-    sim = _scored(stage)
-    before = similarity_arrays(fixed, fg, moving, mg,
-                               _initial_only(fixed_ctor, moving_ctor, stage.initializer), sim)
-    return affine, before, similarity_arrays(fixed, fg, moving, mg, affine, sim)
+                           _fitted(stage.similarity), score)
+    before = score(_initial_only(fixed_ctor, moving_ctor, stage.initializer))
+    return affine, before, score(affine)
 
 
 def _scored(stage: GlobalStage) -> str:
@@ -355,16 +360,48 @@ def similarity_arrays(fixed: npt.NDArray[np.float32], fg: ImageGeometry,
     MIND-SSC descriptors of the fixed image and of the warped moving image,
     where the warp lands inside the moving image.
     """
-    if similarity != "mind":
-        return _ncc_arrays(fixed, fg, moving, mg, transform)
-    warped, inside = _warp_into(fixed, fg, moving, mg, transform)
-    if inside.sum() < 10:
-        return float("nan")
-    lf = GLOBAL_LOCAL_FLOOR_SIGMA
-    df = mind_ssc(fixed, 2.0, local_floor_sigma=lf).reshape(-1, inside.size)[:, inside].ravel()
-    dw = mind_ssc(warped.reshape(fixed.shape), 2.0, local_floor_sigma=lf
-                  ).reshape(-1, inside.size)[:, inside].ravel()
-    return _ncc_flat(df.astype(np.float64), dw.astype(np.float64))
+    return _Scorer(fixed, fg, moving, mg, similarity)(transform)
+
+
+class _Scorer:
+    """:func:`similarity_arrays` of one pair of levels, for many transforms.
+
+    The fixed level's MIND descriptors are computed once, and each affine's
+    score once (the global stage scores its starts, its fit and what it
+    reports, often the same transforms).
+    """
+
+    def __init__(self, fixed: npt.NDArray[np.float32], fg: ImageGeometry,
+                 moving: npt.NDArray[np.float32], mg: ImageGeometry, similarity: str) -> None:
+        self.fixed, self.fg, self.moving, self.mg = fixed, fg, moving, mg
+        self.similarity = similarity
+        self._fixed_mind: npt.NDArray[np.float32] | None = None
+        self._scores: dict[bytes, float] = {}
+
+    def __call__(self, transform: Any) -> float:
+        """The similarity of ``fixed`` and ``moving`` warped into it by ``transform``."""
+        key = transform.homogeneous.tobytes() if isinstance(transform, AffineTransform) else None
+        if key is not None and key in self._scores:
+            return self._scores[key]
+        value = self._score(transform)
+        if key is not None:
+            self._scores[key] = value
+        return value
+
+    def _score(self, transform: Any) -> float:
+        fixed, fg, moving, mg = self.fixed, self.fg, self.moving, self.mg
+        if self.similarity != "mind":
+            return _ncc_arrays(fixed, fg, moving, mg, transform)
+        warped, inside = _warp_into(fixed, fg, moving, mg, transform)
+        if inside.sum() < 10:
+            return float("nan")
+        lf = GLOBAL_LOCAL_FLOOR_SIGMA
+        if self._fixed_mind is None:
+            self._fixed_mind = mind_ssc(fixed, 2.0, local_floor_sigma=lf).reshape(-1, inside.size)
+        df = self._fixed_mind[:, inside].ravel()
+        dw = mind_ssc(warped.reshape(fixed.shape), 2.0, local_floor_sigma=lf
+                      ).reshape(-1, inside.size)[:, inside].ravel()
+        return _ncc_flat(df.astype(np.float64), dw.astype(np.float64))
 
 
 def _warp_into(fixed: npt.NDArray[np.float32], fg: ImageGeometry,

@@ -11,6 +11,7 @@ from ngff_dreg.global_stage import (
     _align_arrays,
     _centre_of_mass,
     _not_worse,
+    _Scorer,
     choose_similarity,
     foreground,
     model_ncc,
@@ -97,5 +98,6 @@ def test_the_stage_never_returns_a_transform_its_metric_scores_below_its_start()
     right = AffineTransform.from_arrays(np.eye(2), np.array([-3.0, 2.0]))
     wrong = AffineTransform.from_arrays(np.eye(2), np.array([9.0, -7.0]))
     for sim in ("intensity", "mind"):
-        assert _not_worse(fixed, geom, moving, geom, wrong, [("start", right)], sim) is right
-        assert _not_worse(fixed, geom, moving, geom, right, [("start", wrong)], sim) is right
+        score = _Scorer(fixed, geom, moving, geom, sim)
+        assert _not_worse(score, wrong, [("start", right)]) is right
+        assert _not_worse(score, right, [("start", wrong)]) is right
