@@ -75,15 +75,24 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 class Moto:
-    """A moto S3 server in its own process."""
+    """A moto S3 server in its own process.
 
-    def __init__(self) -> None:
+    ``log``: write the server's request log (werkzeug's, one line per
+    request) to this file; ``None``: discard its output.
+    """
+
+    def __init__(self, log: Path | None = None) -> None:
         self.port = _free_port()
-        code = ("from moto.server import ThreadedMotoServer; import time; "
-                f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={self.port}, verbose=False); "
-                "s.start(); time.sleep(10**7)")
+        self.log = log
+        setup = ("import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.INFO); "
+                 if log is not None else "")
+        code = (setup + "from moto.server import ThreadedMotoServer; import time; "
+                f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={self.port}, "
+                f"verbose={log is not None}); s.start(); time.sleep(10**7)")
+        self._log_file = log.open("wb") if log is not None else None
+        out = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=_env({}),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=out, stderr=subprocess.STDOUT)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         for _ in range(100):
             try:
@@ -109,6 +118,8 @@ class Moto:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        if self._log_file is not None:
+            self._log_file.close()
 
 
 def storage_options(endpoint: str | None) -> dict[str, Any] | None:

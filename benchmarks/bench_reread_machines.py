@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_io import INPUTS, _env, storage_options  # noqa: E402
+from bench_io import INPUTS, Moto, _env, storage_options  # noqa: E402
 
 VARIANTS = {
     "off": {"DASK_NGFF_DREG__CLUSTER__LOCALITY": "false",
@@ -68,40 +68,14 @@ LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class LoggedMoto:
+class LoggedMoto(Moto):
     """A moto S3 server in its own process, its request log written to a file."""
 
     def __init__(self, log: Path) -> None:
-        from bench_io import _free_port
-
-        self.port = _free_port()
+        super().__init__(log)
         self.log = log
-        code = ("import logging, sys; "
-                "logging.basicConfig(stream=sys.stderr, level=logging.INFO); "
-                "from moto.server import ThreadedMotoServer; import time; "
-                f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={self.port}, verbose=True); "
-                "s.start(); time.sleep(10**7)")
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], env=_env({}),
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        import socket
 
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto did not start")
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    def upload(self, local: Path, bucket: str, prefix: str) -> dict[str, int]:
+    def upload_sized(self, local: Path, bucket: str, prefix: str) -> dict[str, int]:
         """Upload a folder; returns ``{"/bucket/key": size}`` of its objects."""
         client = self.client()
         sizes = {}
@@ -113,6 +87,7 @@ class LoggedMoto:
         return sizes
 
     def log_size(self) -> int:
+        assert self._log_file is not None
         self._log_file.flush()
         return self.log.stat().st_size
 
@@ -124,11 +99,6 @@ class LoggedMoto:
             text = ANSI.sub("", f.read().decode("utf-8", "replace"))
         return [(m.group(1), m.group(2).split("?", 1)[0], int(m.group(3)))
                 for m in LOG_LINE.finditer(text)]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self._log_file.close()
 
 
 def child(fixed: str, moving: str, out: str, endpoint: str, machines: int,
@@ -252,7 +222,7 @@ def main() -> None:
         sizes: dict[str, int] = {}
         urls = {}
         for k in INPUTS:
-            sizes.update(moto.upload(Path(getattr(pair, k)), bucket, f"{k}.ome.zarr"))
+            sizes.update(moto.upload_sized(Path(getattr(pair, k)), bucket, f"{k}.ome.zarr"))
             urls[k] = f"s3://{bucket}/{k}.ome.zarr"
         for n in [int(v) for v in args.machines.split(",")]:
             for variant in args.variants.split(","):
