@@ -59,16 +59,22 @@ def test_default_options_handle_the_same_warp(synth) -> None:
     assert err.max() < 1.5 * TOL, (err.max(), err.mean())
 
 
-def test_unrelated_moving_block_is_refused(synth) -> None:
-    """Noise against texture: the held-out data term does not improve, so LOW_QUALITY."""
+def _noise_like(image):
+    """An ITK image with ``image``'s grid and region holding white noise (seed 5)."""
     import itk
 
-    pair = synth.make_pair(2, field_max=2.0, block=96)
     noise = np.random.default_rng(5).standard_normal(
-        itk.array_view_from_image(pair.moving).shape).astype(np.float32)
-    moving = itk.image_from_array(noise)
-    moving.CopyInformation(pair.moving)
-    moving.SetBufferedRegion(pair.moving.GetBufferedRegion())
+        itk.array_view_from_image(image).shape).astype(np.float32)
+    out = itk.image_from_array(noise)
+    out.CopyInformation(image)
+    out.SetBufferedRegion(image.GetBufferedRegion())
+    return out
+
+
+def test_unrelated_moving_block_is_refused(synth) -> None:
+    """Noise against texture: the held-out data term does not improve, so LOW_QUALITY."""
+    pair = synth.make_pair(2, field_max=2.0, block=96)
+    moving = _noise_like(pair.moving)
     result = BSplineGaussNewton(mesh_size=4)(pair.fixed, moving, pair.initial, pair.info)
     assert result.status == BlockRegStatus.LOW_QUALITY, result
 
@@ -77,16 +83,10 @@ def test_a_mind_fit_without_shared_structure_is_refused(synth) -> None:
     """Noise against texture with MIND: the held-out data term still drops (descriptors
     are patch sums, so held-out samples are not independent), the similarity gate
     refuses the fit; the same texture on both sides is kept."""
-    import itk
-
     from ngff_dreg.methods.bspline_gn import MIN_BLOCK_SIMILARITY
 
     pair = synth.make_pair(2, field_max=2.0, block=96)
-    noise = np.random.default_rng(5).standard_normal(
-        itk.array_view_from_image(pair.moving).shape).astype(np.float32)
-    moving = itk.image_from_array(noise)
-    moving.CopyInformation(pair.moving)
-    moving.SetBufferedRegion(pair.moving.GetBufferedRegion())
+    moving = _noise_like(pair.moving)
     ungated = BSplineGaussNewton(mesh_size=4, similarity="mind", min_similarity=-1.0)(
         pair.fixed, moving, pair.initial, pair.info)
     assert ungated.status == BlockRegStatus.SUCCESS, ungated.message
