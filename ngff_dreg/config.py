@@ -152,31 +152,29 @@ _ON = ("1", "on", "true", "yes")
 _OFF = ("0", "off", "false", "no")
 
 
-def _inventory_mode(value: Any, where: str) -> InventoryMode:
-    if value is None:
-        return "auto"
+def _on_off(value: Any) -> bool | None:
+    """A boolean, or one of the texts of :data:`_ON` and :data:`_OFF`, as a bool; else None."""
     if isinstance(value, bool):
-        return "on" if value else "off"
+        return value
     text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    if text in ("", "auto"):
+    return True if text in _ON else False if text in _OFF else None
+
+
+def _inventory_mode(value: Any, where: str) -> InventoryMode:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return "auto"
-    if text in _ON:
-        return "on"
-    if text in _OFF:
-        return "off"
-    raise _bad(where, value, "auto, true or false")
+    on = _on_off(value)
+    if on is None:
+        raise _bad(where, value, "auto, true or false")
+    return "on" if on else "off"
 
 
 def _switch(value: Any, where: str) -> bool:
     """On or off: a boolean, or one of the texts of :data:`_ON` and :data:`_OFF`."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    if text in _ON:
-        return True
-    if text in _OFF:
-        return False
-    raise _bad(where, value, "true or false")
+    on = _on_off(value)
+    if on is None:
+        raise _bad(where, value, "true or false")
+    return on
 
 
 @dataclass(frozen=True)
