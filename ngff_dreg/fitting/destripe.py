@@ -1,0 +1,140 @@
+"""Illumination stripes: find them and divide them out before a fit.
+
+A lightsheet (or any sheet- or line-illuminated) acquisition is shadowed along
+the light's path: whatever absorbs upstream darkens a streak behind it, so
+the image is multiplied by a factor that is constant along the illumination
+axis and changes from one row to the next. Fixed and moving images carry
+different streaks (other light paths, other sides), and every similarity
+reads them as structure: MIND-SSC descriptors are differences of neighbouring
+rows, and an intensity model cannot predict a streak either. Block fits then
+align streaks instead of anatomy.
+
+In the log image a streak is an additive profile of the rows, so it is found
+as the median along the row of a high-pass across rows (the anatomy's
+high-pass changes sign along a row, a streak's does not) and subtracted:
+
+    H = log I - G_σ⊥ * log I       (smoothing across rows only)
+    s(row) = median over the row's foreground of H
+    I' = I · exp(-s(row))
+
+An axis is treated only when the image shows streaks along it: the
+correlation of ``H`` with itself :data:`LAG` voxels further along that axis
+(streaks keep it, anatomy does not: 0.30–0.38 along the lit axis of the
+suite's lightsheet-like pairs against at most 0.07 on any axis of unstriped
+MRI) is above :data:`MIN_STRIPE_CORRELATION`.
+
+The cost of destriping is that structure parallel to the axis within
+:data:`ACROSS_SIGMA` voxels across it (an edge along the light) is softened.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+__all__ = [
+    "ACROSS_SIGMA",
+    "DESTRIPE_MODES",
+    "LAG",
+    "MIN_STRIPE_CORRELATION",
+    "destripe",
+    "stripe_correlations",
+]
+
+#: ``destripe`` option values: ``"auto"`` finds striped axes, ``"off"`` never.
+DESTRIPE_MODES = ("auto", "off")
+#: Gaussian sigma (voxels) of the smoothing across rows that separates the
+#: streaks (a voxel or two wide) from the image's smooth part.
+ACROSS_SIGMA = 2.0
+#: Lag (voxels along the axis) of the stripe test.
+LAG = 16
+#: An axis whose high-pass correlates with itself more than this, :data:`LAG`
+#: voxels along it, is striped.
+MIN_STRIPE_CORRELATION = 0.15
+#: Rows with fewer foreground voxels than this are left alone.
+MIN_ROW = 16
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _foreground(img: FloatArray, valid: npt.NDArray[np.bool_] | None
+                ) -> tuple[npt.NDArray[np.bool_], float]:
+    sel = img if valid is None else img[valid]
+    top = float(np.percentile(sel, 99.0)) if sel.size else 0.0
+    floor = 0.1 * top
+    fg = img > floor
+    if valid is not None:
+        fg &= valid
+    return fg, floor
+
+
+def _highpass(img: FloatArray, fg: npt.NDArray[np.bool_], floor: float, axis: int
+              ) -> FloatArray:
+    """``log I`` minus its foreground-weighted smoothing across rows of ``axis``."""
+    log = np.log(np.maximum(img, floor))
+    w = fg.astype(np.float64)
+    sigma = [ACROSS_SIGMA if n > 1 else 0.0 for n in img.shape]
+    sigma[axis] = 0.0
+    num = ndimage.gaussian_filter(log * w, sigma, mode="nearest")
+    den = ndimage.gaussian_filter(w, sigma, mode="nearest")
+    return np.asarray(log - num / np.maximum(den, 1e-6))
+
+
+def stripe_correlations(image: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None
+                        ) -> list[float]:
+    """Per axis (NumPy order), the lag correlation of the across-row high-pass.
+
+    NaN for an axis too short for :data:`LAG` or without enough foreground.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    fg, floor = _foreground(img, valid)
+    out = []
+    for axis, n in enumerate(img.shape):
+        if n <= 2 * LAG or floor <= 0:
+            out.append(float("nan"))
+            continue
+        h = np.moveaxis(_highpass(img, fg, floor, axis), axis, -1)
+        m = np.moveaxis(fg, axis, -1)
+        ok = m[..., :-LAG] & m[..., LAG:]
+        if ok.sum() < 64:
+            out.append(float("nan"))
+            continue
+        a, b = h[..., :-LAG][ok], h[..., LAG:][ok]
+        a = a - a.mean()
+        b = b - b.mean()
+        den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        out.append(float((a * b).sum() / den) if den > 0 else float("nan"))
+    return out
+
+
+def destripe(image: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None,
+             axes: list[int] | None = None) -> tuple[FloatArray, list[int]]:
+    """``image`` with the streaks along its striped axes divided out.
+
+    ``axes``: the axes to treat; ``None`` finds them (:func:`stripe_correlations`
+    above :data:`MIN_STRIPE_CORRELATION`). Returns the image (float64; the
+    input itself when no axis is striped) and the axes treated.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if axes is None:
+        corr = stripe_correlations(img, valid)
+        axes = [k for k, c in enumerate(corr) if c > MIN_STRIPE_CORRELATION]
+    if not axes:
+        return img, []
+    out = img.copy()
+    for axis in axes:
+        fg, floor = _foreground(out, valid)
+        if floor <= 0:
+            continue
+        h = np.where(fg, _highpass(out, fg, floor, axis), np.nan)
+        rows = np.moveaxis(h, axis, -1)
+        count = np.sum(fg, axis=axis)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            s = np.nanmedian(rows, axis=-1)
+        s = np.where(count >= MIN_ROW, np.nan_to_num(s), 0.0)
+        out *= np.expand_dims(np.exp(-s), axis)
+    return out, axes
