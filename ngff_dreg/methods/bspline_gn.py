@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from ngff_dreg.fitting.bspline_gn import GaussNewtonOptions, GaussNewtonResult, gauss_newton_fit
 from ngff_dreg.fitting.descriptors import AUTO
+from ngff_dreg.fitting.destripe import DESTRIPE_MODES, destripe
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import (
     BlockInfo,
@@ -49,8 +50,8 @@ __all__ = ["MIN_BLOCK_JACOBIAN", "MIN_BLOCK_SIMILARITY", "BSplineGaussNewton"]
 logger = logging.getLogger(__name__)
 
 #: A block fit whose det J falls to this or below anywhere in its block
-#: (without the overlap) where the fixed image has signal (with MIND: anywhere)
-#: is refused.
+#: (without the overlap) where the fixed image has signal (with MIND: anywhere,
+#: and in the overlap where the fixed image has signal) is refused.
 MIN_BLOCK_JACOBIAN = 0.05
 #: A MIND fit whose held-out MIND NCC (of the fixed block's descriptors with
 #: the warped moving block's) stays below this is refused: the two blocks share
@@ -108,6 +109,22 @@ def _min_jacobian(transform: Any, core: ImageGeometry, padded: ImageGeometry,
     return float(det.min()) if det.size else 1.0
 
 
+def _destriped(fixed: Any, moving: Any) -> str:
+    """Divide streaks out of both buffered blocks, in place; a note of the axes treated."""
+    import itk
+
+    done = []
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        view = itk.array_view_from_image(image)
+        valid = np.isfinite(view)
+        out, axes = destripe(np.where(valid, view, 0.0), valid)
+        if axes:
+            view[valid] = out[valid]
+            image.Modified()
+            done.append(f"{name} along {', '.join('xyz'[view.ndim - 1 - a] for a in axes)}")
+    return f"destriped {'; '.join(done)}; " if done else ""
+
+
 @dataclass
 class BSplineGaussNewton(BlockPairRegistrationMethod):
     """Deformable block registration: a cubic B-spline fitted by Gauss-Newton.
@@ -153,6 +170,10 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     min_similarity:
         :data:`MIN_BLOCK_SIMILARITY`: the lowest held-out MIND NCC a kept MIND
         fit has.
+    destripe:
+        ``"auto"``: divide illumination streaks out of each block (fixed, and
+        moving in its own frame, before it is warped) along the axes where
+        :func:`~ngff_dreg.fitting.destripe.destripe` finds them; ``"off"``.
     max_displacement_fraction:
         Results that move a block point by more than this fraction of the
         padded block's diagonal are refused.
@@ -174,10 +195,14 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     patch_sigma: float | None = None
     validate: bool = True
     min_similarity: float = MIN_BLOCK_SIMILARITY
+    destripe: str = "auto"
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.destripe not in DESTRIPE_MODES:
+            raise ValueError(f"destripe {self.destripe!r} is not one of "
+                             f"{', '.join(DESTRIPE_MODES)}")
         self.shrink_factors = tuple(int(f) for f in self.shrink_factors)
         self.smoothing_sigmas = tuple(float(s) for s in self.smoothing_sigmas)
         if isinstance(self.mesh_size, Sequence):
@@ -246,11 +271,13 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         fixed, moving, skipped = buffered_pair(fixed_subimage, moving_subimage, block_info)
         if skipped is not None:
             return skipped
+        striped = _destriped(fixed, moving) if self.destripe == "auto" else ""
         geom = geometry_of(fixed)
         mesh = self.mesh_for(geom.size, geom.spacing)
         transform = identity_bspline(fixed, mesh)
         fixed_arr = np.asarray(itk.array_view_from_image(fixed), dtype=np.float64)
         fit, note = self._fit(fixed, fixed_arr, moving, initial_transform, transform, geom)
+        note = striped + note
         where = f"block {block_info.chunk_index}"
         if fit is None:
             return failure(BlockRegStatus.OUT_OF_BOUNDS, f"{where}: {note}")
@@ -267,10 +294,16 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         # MIND descriptors have structure wherever either image has, and a fit
         # of them can fold in a background the fixed image leaves empty: their
         # fits are checked over the whole core
-        checked = np.ones(fixed_arr.shape, dtype=bool) if self._options.similarity == "mind" \
-            else _signal_mask(fixed_arr)
+        signal = _signal_mask(fixed_arr)
+        mind = self._options.similarity == "mind"
+        checked = np.ones(fixed_arr.shape, dtype=bool) if mind else signal
         det_min = _min_jacobian(transform, _core_geometry(fixed_subimage, geom, block_info),
                                 geom, checked)
+        if mind:
+            # and over the overlap where the fixed block has signal: next to a
+            # refused neighbour the reduction keeps this block's field there
+            # (opposite-lit lightsheet-like pairs folded in such overlaps)
+            det_min = min(det_min, _min_jacobian(transform, geom, geom, signal))
         if not det_min > MIN_BLOCK_JACOBIAN:
             # where the block's samples do not reach (outside the moving data,
             # flat regions) the bending energy alone steers the control points;
