@@ -20,6 +20,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.fitting.descriptors import AUTO, GLOBAL_LOCAL_FLOOR_SIGMA, mind_ssc
+from ngff_dreg.fitting.destripe import destripe
 from ngff_dreg.fitting.intensity import IntensityModel
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -38,12 +39,30 @@ __all__ = ["GlobalStageRunner", "global_alignment", "global_stage_task", "ncc_at
 
 logger = logging.getLogger(__name__)
 
+#: A MIND global fit that ends below this MIND NCC has found no structure the
+#: two images share (a featureless specimen whose streaks were divided out,
+#: say); the stage then keeps the images as they lie (centres aligned), where
+#: a best-of-noise affine could be anywhere. The same level as the block
+#: stages' :data:`~ngff_dreg.methods.bspline_gn.MIN_BLOCK_SIMILARITY`; a
+#: registrable pair scores 0.5 or more here (T1 against T2-like 0.6–0.7,
+#: opposite-lit lightsheet-like 0.96).
+MIN_GLOBAL_SIMILARITY = 0.2
 
-def _level_arrays(fixed_ctor: Any, moving_ctor: Any) -> tuple[Any, Any]:
-    """Both whole levels as float32 arrays."""
-    f = fixed_ctor().read_box(Box.full(fixed_ctor.geometry.shape)).astype(np.float32)
-    m = moving_ctor().read_box(Box.full(moving_ctor.geometry.shape)).astype(np.float32)
-    return f, m
+
+def _level_arrays(fixed_ctor: Any, moving_ctor: Any, destripe_mode: str = "auto"
+                  ) -> tuple[Any, Any]:
+    """Both whole levels as float32 arrays, streaks divided out (``destripe_mode="auto"``)."""
+    out = []
+    for what, ctor in (("fixed", fixed_ctor), ("moving", moving_ctor)):
+        arr = np.nan_to_num(ctor().read_box(Box.full(ctor.geometry.shape)).astype(np.float32))
+        if destripe_mode == "auto":
+            clean, axes = destripe(arr)
+            if axes:
+                logger.debug("%s level: streaks along %s divided out", what,
+                             ", ".join("xyz"[arr.ndim - 1 - a] for a in axes))
+                arr = clean.astype(np.float32)
+        out.append(arr)
+    return out[0], out[1]
 
 
 def foreground(arr: npt.ArrayLike, geom: ImageGeometry) -> npt.NDArray[np.float64]:
@@ -208,6 +227,14 @@ def _not_worse(score: _Scorer, fitted: AffineTransform,
     if best is not fitted:
         logger.warning("global stage: the fit scored lower (%s) than its %s; keeping the %s",
                        metric_name(score.similarity), best_name, best_name)
+    lie = dict(starts).get("images as they lie")
+    if score.similarity == "mind" and lie is not None and best is not lie \
+            and np.isfinite(best_score) and best_score < MIN_GLOBAL_SIMILARITY:
+        logger.warning("global stage: the images share little structure (%s %.3f at best, "
+                       "below %.2f): keeping them as they lie (centres aligned); pass an "
+                       "initial transform if they are far apart", metric_name(score.similarity),
+                       best_score, MIN_GLOBAL_SIMILARITY)
+        return lie
     return best
 
 
@@ -312,8 +339,7 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     initializer's starting transform without the moments (the images as they
     lie).
     """
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
-    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     # what the stage reports is what a Gauss-Newton stage fitted: one scorer
     # serves both (the start and the result were scored while fitting)
@@ -335,11 +361,10 @@ def _fitted(similarity: str) -> str:
     return "mind" if similarity == AUTO else similarity
 
 
-def auto_similarity_task(fixed_ctor: Any, moving_ctor: Any, transform: Any
-                         ) -> tuple[str, float, float]:
+def auto_similarity_task(fixed_ctor: Any, moving_ctor: Any, transform: Any,
+                         destripe_mode: str = "auto") -> tuple[str, float, float]:
     """``(similarity, model NCC, NCC)`` for the block stages, at the global level after it."""
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
-    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, destripe_mode)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     explained = model_ncc(fixed, fg, moving, mg, transform)
     ncc = _ncc_arrays(fixed, fg, moving, mg, transform)
@@ -498,7 +523,8 @@ class GlobalStageRunner:
         explained = plain = None
         if gs.similarity == AUTO:
             run.similarity, explained, plain = run.client.submit(
-                auto_similarity_task, g_fixed, g_moving, run.current, pure=False).result()
+                auto_similarity_task, g_fixed, g_moving, run.current, gs.destripe,
+                pure=False).result()
             logger.info("similarity auto: on the global level the intensity model's NCC is "
                         "%.3f and the NCC %.3f (intensity from %.2f or %.2f): the block "
                         "stages fit %s", explained, plain, AUTO_MIN_MODEL_NCC, AUTO_MIN_NCC,

@@ -21,6 +21,7 @@ import numpy as np
 
 from ngff_dreg.errors import ScheduleError
 from ngff_dreg.fitting.descriptors import AUTO, SIMILARITIES
+from ngff_dreg.fitting.destripe import DESTRIPE_MODES
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import BlockPairRegistrationMethod
 from ngff_dreg.methods import make_method, method_names
@@ -89,6 +90,9 @@ class GlobalStage:
         or ``"auto"`` (aligns with MIND, then chooses what the block stages
         whose similarity is ``"auto"`` fit:
         :func:`~ngff_dreg.global_stage.choose_similarity`).
+    destripe:
+        ``"auto"``: divide illumination streaks out of either level where
+        :func:`~ngff_dreg.fitting.destripe.destripe` finds them; ``"off"``.
 
     """
 
@@ -100,9 +104,13 @@ class GlobalStage:
     iterations: int = 200
     min_size: int = 48
     similarity: str = "intensity"
+    destripe: str = "auto"
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
+        if self.destripe not in DESTRIPE_MODES:
+            raise ScheduleError(f"global destripe {self.destripe!r} is not one of "
+                                f"{', '.join(DESTRIPE_MODES)}")
         if self.similarity not in (*SIMILARITIES, AUTO):
             raise ScheduleError(f"global similarity {self.similarity!r} is not one of "
                                 f"{', '.join((*SIMILARITIES, AUTO))}")

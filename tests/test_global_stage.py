@@ -8,6 +8,7 @@ from scipy import ndimage
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.global_stage import (
     AUTO_MIN_MODEL_NCC,
+    MIN_GLOBAL_SIMILARITY,
     _align_arrays,
     _centre_of_mass,
     _not_worse,
@@ -101,3 +102,24 @@ def test_the_stage_never_returns_a_transform_its_metric_scores_below_its_start()
         score = _Scorer(fixed, geom, moving, geom, sim)
         assert _not_worse(score, wrong, [("start", right)]) is right
         assert _not_worse(score, right, [("start", wrong)]) is right
+
+
+def test_a_pair_sharing_no_structure_is_left_as_it_lies() -> None:
+    """Below MIN_GLOBAL_SIMILARITY the best MIND fit is noise: the centred start is kept."""
+    shape = (96, 96)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    rng = np.random.default_rng(7)
+    fixed = (1.0 + ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)).astype(np.float32)
+    moving = (1.0 + ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)).astype(np.float32)
+    score = _Scorer(fixed, geom, moving, geom, "mind")
+    lie = AffineTransform.from_arrays(np.eye(2), np.zeros(2))
+    off = AffineTransform.from_arrays(np.eye(2), np.array([5.0, -4.0]))
+    assert max(score(lie), score(off)) < MIN_GLOBAL_SIMILARITY
+    assert _not_worse(score, off, [("start", off), ("images as they lie", lie)]) is lie
+    # a pair that shares structure keeps its better fit
+    body, a, b = _tissues(shape, 3)
+    img = ndimage.gaussian_filter(0.3 * body + a + 0.5 * b, 1.0).astype(np.float32)
+    shared = _Scorer(img, geom, np.roll(img, (2, -3), axis=(0, 1)), geom, "mind")
+    right = AffineTransform.from_arrays(np.eye(2), np.array([-3.0, 2.0]))
+    assert shared(right) > MIN_GLOBAL_SIMILARITY
+    assert _not_worse(shared, right, [("images as they lie", lie)]) is right
