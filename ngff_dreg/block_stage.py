@@ -195,14 +195,18 @@ class BlockStageRunner:
         if before is None or after is None:
             metric = "NCC"  # of the intensities, on the global level
             g_fixed, g_moving = run.inputs.global_readers()
+            gs = run.inputs.schedule.global_stage
+            mode = gs.destripe if gs is not None else "auto"
             last = run.reports[-1].ncc_after \
                 if run.reports and run.reports[-1].metric == "NCC" else None
             before = (
                 last
                 if last is not None
-                else run.client.submit(ncc_at_level, g_fixed, g_moving, previous).result()
+                else run.client.submit(ncc_at_level, g_fixed, g_moving, previous,
+                                       mode).result()
             )
-            after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current).result()
+            after = run.client.submit(ncc_at_level, g_fixed, g_moving, run.current,
+                                      mode).result()
         return StageReport(
             f"stage {self.index}",
             f_level,

@@ -49,17 +49,23 @@ logger = logging.getLogger(__name__)
 MIN_GLOBAL_SIMILARITY = 0.2
 
 
-def _level_arrays(fixed_ctor: Any, moving_ctor: Any, destripe_mode: str = "auto"
-                  ) -> tuple[Any, Any]:
-    """Both whole levels as float32 arrays, streaks divided out (``destripe_mode="auto"``)."""
+def _level_arrays(fixed_ctor: Any, moving_ctor: Any, destripe_mode: str = "auto",
+                  notes: list[str] | None = None) -> tuple[Any, Any]:
+    """Both whole levels as float32 arrays, streaks divided out (``destripe_mode="auto"``).
+
+    ``notes``: gets one line per level that was destriped.
+    """
     out = []
     for what, ctor in (("fixed", fixed_ctor), ("moving", moving_ctor)):
         arr = np.nan_to_num(ctor().read_box(Box.full(ctor.geometry.shape)).astype(np.float32))
         if destripe_mode == "auto":
             clean, axes = destripe(arr)
             if axes:
-                logger.debug("%s level: streaks along %s divided out", what,
-                             ", ".join("xyz"[arr.ndim - 1 - a] for a in axes))
+                note = (f"streaks along {', '.join('xyz'[arr.ndim - 1 - a] for a in axes)} "
+                        f"of the {what} image divided out")
+                logger.debug("global stage: %s", note)
+                if notes is not None:
+                    notes.append(note)
                 arr = clean.astype(np.float32)
         out.append(arr)
     return out[0], out[1]
@@ -158,6 +164,7 @@ def global_alignment(
     iterations: int,
     method: str = "gauss-newton",
     similarity: str = "intensity",
+    destripe_mode: str = "auto",
 ) -> AffineTransform:
     """Whole-level linear registration (runs in one task).
 
@@ -165,10 +172,11 @@ def global_alignment(
     or ``"none"``), then runs each of ``kinds`` on the two whole levels: with
     ``method="gauss-newton"``, :func:`~ngff_dreg.fitting.linear_gn.linear_fit`
     (NumPy; ``metric`` is not used), with ``"itk"`` ITK v4 and ``metric``. Returns
-    the fixed→moving affine.
+    the fixed→moving affine. ``destripe_mode="auto"`` divides illumination
+    streaks out of both levels first (:func:`~ngff_dreg.fitting.destripe.destripe`);
+    ``"off"`` does not.
     """
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
-    fixed, moving = np.nan_to_num(fixed), np.nan_to_num(moving)
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, destripe_mode)
     return _align_arrays(fixed, fixed_ctor.geometry, moving, moving_ctor.geometry, initial,
                          initializer, kinds, metric, iterations, method, similarity)
 
@@ -216,7 +224,11 @@ def _not_worse(score: _Scorer, fitted: AffineTransform,
     say) it can end lower than where it started on the full-resolution
     measure the stage reports. The stage then keeps the better start: it never
     hands the block stages a transform that its own metric scores below the
-    images as they lie.
+    images as they lie. And when even the best of them scores below
+    :data:`MIN_GLOBAL_SIMILARITY` by MIND, the images share no structure to
+    align: the images as they lie (centres aligned) are kept, if that start
+    was tried (the ``"centers"`` and ``"multi"`` initializers without an
+    initial transform).
     """
     best_name, best = "fit", fitted
     best_score = score(fitted)
@@ -229,6 +241,7 @@ def _not_worse(score: _Scorer, fitted: AffineTransform,
                        metric_name(score.similarity), best_name, best_name)
     lie = dict(starts).get("images as they lie")
     if score.similarity == "mind" and lie is not None and best is not lie \
+            and not np.allclose(best.homogeneous, lie.homogeneous) \
             and np.isfinite(best_score) and best_score < MIN_GLOBAL_SIMILARITY:
         logger.warning("global stage: the images share little structure (%s %.3f at best, "
                        "below %.2f): keeping them as they lie (centres aligned); pass an "
@@ -331,15 +344,17 @@ def choose_similarity(explained: float, ncc: float = float("nan")) -> str:
 
 
 def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
-                      ) -> tuple[AffineTransform, float, float]:
+                      ) -> tuple[AffineTransform, float, float, list[str]]:
     """The global stage in one task: its affine, and its similarity before and after it.
 
     Both levels are read once; the similarity (:func:`similarity_arrays`: the
     NCC, or the MIND NCC for ``similarity="mind"``) before is that of the
     initializer's starting transform without the moments (the images as they
-    lie).
+    lie). The last item: lines for the user (levels destriped; a pair that
+    shares too little structure to align).
     """
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe)
+    notes: list[str] = []
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe, notes)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     # what the stage reports is what a Gauss-Newton stage fitted: one scorer
     # serves both (the start and the result were scored while fitting)
@@ -348,7 +363,12 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
                            stage.metric, stage.iterations, stage.method,
                            _fitted(stage.similarity), score)
     before = score(_initial_only(fixed_ctor, moving_ctor, stage.initializer))
-    return affine, before, score(affine)
+    after = score(affine)
+    if score.similarity == "mind" and np.isfinite(after) and after < MIN_GLOBAL_SIMILARITY:
+        notes.append(f"the images share little structure (MIND NCC {after:.3f} at best, below "
+                     f"{MIN_GLOBAL_SIMILARITY}): they are kept as they lie; check the pair, "
+                     "or pass an initial transform")
+    return affine, before, after, notes
 
 
 def _scored(stage: GlobalStage) -> str:
@@ -464,12 +484,15 @@ def _ncc_arrays(
     return _ncc_flat(f, warped[inside])
 
 
-def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any) -> float:
+def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any,
+                 destripe_mode: str = "auto") -> float:
     """NCC of the fixed level vs the moving level warped by ``transform``.
 
-    Computed over fixed voxels whose mapped point falls inside the moving image.
+    Computed over fixed voxels whose mapped point falls inside the moving image,
+    on the levels as the global stage sees them (``destripe_mode``: its
+    ``destripe`` setting).
     """
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor)
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, destripe_mode)
     return _ncc_arrays(
         np.nan_to_num(fixed),
         fixed_ctor.geometry,
@@ -519,7 +542,13 @@ class GlobalStageRunner:
         gs, inputs = self.stage, run.inputs
         g_fixed, g_moving = inputs.global_readers()
         fut = run.client.submit(global_stage_task, g_fixed, g_moving, gs, pure=False)
-        run.current, ncc_before, ncc_after = fut.result()
+        run.current, ncc_before, ncc_after, notes = fut.result()
+        for note in notes:
+            if note.startswith("streaks"):
+                logger.info("global stage: %s (destripe = \"off\" in [global] keeps them)",
+                            note)
+            else:
+                logger.warning("global stage: %s", note)
         explained = plain = None
         if gs.similarity == AUTO:
             run.similarity, explained, plain = run.client.submit(

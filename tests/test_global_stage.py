@@ -113,8 +113,9 @@ def test_a_pair_sharing_no_structure_is_left_as_it_lies() -> None:
     moving = (1.0 + ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)).astype(np.float32)
     score = _Scorer(fixed, geom, moving, geom, "mind")
     lie = AffineTransform.from_arrays(np.eye(2), np.zeros(2))
-    off = AffineTransform.from_arrays(np.eye(2), np.array([5.0, -4.0]))
+    off = AffineTransform.from_arrays(np.eye(2), np.array([-2.0, -7.0]))
     assert max(score(lie), score(off)) < MIN_GLOBAL_SIMILARITY
+    assert score(off) > score(lie) + 1e-4  # without the gate the fit would be kept
     assert _not_worse(score, off, [("start", off), ("images as they lie", lie)]) is lie
     # a pair that shares structure keeps its better fit
     body, a, b = _tissues(shape, 3)
@@ -123,3 +124,32 @@ def test_a_pair_sharing_no_structure_is_left_as_it_lies() -> None:
     right = AffineTransform.from_arrays(np.eye(2), np.array([-3.0, 2.0]))
     assert shared(right) > MIN_GLOBAL_SIMILARITY
     assert _not_worse(shared, right, [("images as they lie", lie)]) is right
+
+
+def test_level_arrays_divide_streaks_out_unless_told_not_to() -> None:
+    """Both levels as the global stage reads them: streaks along x removed with "auto"."""
+    from ngff_dreg.fitting.destripe import stripe_correlations
+    from ngff_dreg.global_stage import _level_arrays
+
+    shape = (120, 140)
+    body, a, b = _tissues(shape, 4)
+    img = ndimage.gaussian_filter(0.3 * body + a + 0.5 * b, 1.0) + 0.05
+    rng = np.random.default_rng(2)
+    streaks = np.exp(0.2 * ndimage.gaussian_filter(rng.standard_normal(shape[0]), 1.0)
+                     / 0.28)[:, None]
+    striped = (1000 * img * streaks).astype(np.float32)
+
+    class Reader:
+        geometry = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+
+        def __call__(self) -> Reader:
+            return self
+
+        def read_box(self, box: object) -> np.ndarray:
+            return striped
+
+    assert stripe_correlations(striped)[1] > 0.15
+    fixed, moving = _level_arrays(Reader(), Reader(), "auto")
+    assert stripe_correlations(fixed)[1] < 0.15 and stripe_correlations(moving)[1] < 0.15
+    kept, _ = _level_arrays(Reader(), Reader(), "off")
+    np.testing.assert_array_equal(kept, striped)

@@ -275,3 +275,24 @@ def test_the_default_schedule_chooses_its_similarity_and_can_be_told() -> None:
     bad = BlockStage(method="bspline", method_options={"similarity": "mi"})
     with pytest.raises(ScheduleError, match="similarity"):
         bad.make_method()
+
+
+def test_destripe_setting_is_checked_and_round_trips(tmp_path) -> None:
+    from ngff_dreg.errors import ScheduleError
+    from ngff_dreg.methods import BSplineGaussNewton
+    from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
+
+    with pytest.raises(ScheduleError, match="destripe"):
+        GlobalStage(destripe="maybe")
+    with pytest.raises(ValueError, match="destripe"):
+        BSplineGaussNewton(destripe="maybe")
+    stage = BlockStage(level=0, block_size=64, method="bspline",
+                       method_options={"destripe": "off"})
+    sched = Schedule(global_stage=GlobalStage(destripe="off"), stages=[stage])
+    path = tmp_path / "s.toml"
+    sched.save(path)
+    back = Schedule.load(path)
+    assert back.global_stage is not None and back.global_stage.destripe == "off"
+    method = back.stages[0].make_method()
+    assert isinstance(method, BSplineGaussNewton) and method.destripe == "off"
+    assert GlobalStage().destripe == "auto" and BSplineGaussNewton().destripe == "auto"
