@@ -170,6 +170,10 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     min_similarity:
         :data:`MIN_BLOCK_SIMILARITY`: the lowest held-out MIND NCC a kept MIND
         fit has.
+    min_gain:
+        With ``validate``: the fraction by which a kept fit lowers the
+        held-out data term at least (0: any improvement). A refinement stage
+        whose finer grid mostly fits noise gains little and is refused.
     destripe:
         ``"auto"``: divide illumination streaks out of each block (fixed, and
         moving in its own frame, before it is warped) along the axes where
@@ -196,6 +200,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     validate: bool = True
     min_similarity: float = MIN_BLOCK_SIMILARITY
     destripe: str = "auto"
+    min_gain: float = 0.0
     max_displacement_fraction: float = 0.25
     _options: GaussNewtonOptions = field(init=False, repr=False, compare=False)
 
@@ -284,7 +289,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if not (math.isfinite(fit.value) and np.all(np.isfinite(fit.params))):
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: diverged ({note})")
         if self.validate and fit.before is not None and fit.after is not None \
-                and not fit.after < fit.before:
+                and not fit.after < (1.0 - self.min_gain) * fit.before:
             return failure(BlockRegStatus.LOW_QUALITY, f"{where}: no improvement: {note}")
         if self.validate and self._options.similarity == "mind" \
                 and fit.ncc_after is not None and not fit.ncc_after >= self.min_similarity:

@@ -133,6 +133,17 @@ def test_streaks_are_divided_out_before_the_fit(synth, ndim: int) -> None:
     assert errors["auto"] < 0.7 * errors["off"], errors
 
 
+def test_min_gain_refuses_a_fit_that_gains_less(synth) -> None:
+    """A fit is kept when it lowers the held-out data term by at least ``min_gain``."""
+    pair = synth.make_pair(2, field_max=2.0, block=96)
+    kept = BSplineGaussNewton(mesh_size=4)(pair.fixed, pair.moving, pair.initial, pair.info)
+    assert kept.status == BlockRegStatus.SUCCESS, kept.message
+    refused = BSplineGaussNewton(mesh_size=4, min_gain=0.999)(
+        pair.fixed, pair.moving, pair.initial, pair.info)
+    assert refused.status == BlockRegStatus.LOW_QUALITY
+    assert "no improvement" in refused.message
+
+
 def test_registered_as_the_bspline_method_and_pickles() -> None:
     method = make_method("bspline", {"control_point_spacing": 10.0, "bending": 0.01})
     assert isinstance(method, BSplineGaussNewton)
