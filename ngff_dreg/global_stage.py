@@ -243,10 +243,9 @@ def _not_worse(score: _Scorer, fitted: AffineTransform,
     if score.similarity == "mind" and lie is not None and best is not lie \
             and not np.allclose(best.homogeneous, lie.homogeneous) \
             and np.isfinite(best_score) and best_score < MIN_GLOBAL_SIMILARITY:
-        logger.warning("global stage: the images share little structure (%s %.3f at best, "
-                       "below %.2f): keeping them as they lie (centres aligned); pass an "
-                       "initial transform if they are far apart", metric_name(score.similarity),
-                       best_score, MIN_GLOBAL_SIMILARITY)
+        # the client reports it (global_stage_task's notes)
+        logger.debug("global stage: best %s %.3f below %.2f: keeping the images as they lie",
+                     metric_name(score.similarity), best_score, MIN_GLOBAL_SIMILARITY)
         return lie
     return best
 
@@ -362,12 +361,14 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     affine = _align_arrays(fixed, fg, moving, mg, None, stage.initializer, stage.kinds,
                            stage.metric, stage.iterations, stage.method,
                            _fitted(stage.similarity), score)
-    before = score(_initial_only(fixed_ctor, moving_ctor, stage.initializer))
-    after = score(affine)
+    start = _initial_only(fixed_ctor, moving_ctor, stage.initializer)
+    before, after = score(start), score(affine)
     if score.similarity == "mind" and np.isfinite(after) and after < MIN_GLOBAL_SIMILARITY:
-        notes.append(f"the images share little structure (MIND NCC {after:.3f} at best, below "
-                     f"{MIN_GLOBAL_SIMILARITY}): they are kept as they lie; check the pair, "
-                     "or pass an initial transform")
+        kept = "as they lie" if np.allclose(affine.homogeneous, start.homogeneous) \
+            else "at the stage's fit"
+        notes.append(f"the images share little structure (MIND NCC below "
+                     f"{MIN_GLOBAL_SIMILARITY} for every transform tried; {after:.3f} where "
+                     f"they are kept, {kept}); check the pair, or pass an initial transform")
     return affine, before, after, notes
 
 
