@@ -20,7 +20,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ngff_dreg.fitting.descriptors import AUTO, GLOBAL_LOCAL_FLOOR_SIGMA, mind_ssc
-from ngff_dreg.fitting.destripe import destripe
+from ngff_dreg.fitting.destripe import axis_names, destripe
 from ngff_dreg.fitting.intensity import IntensityModel
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -50,10 +50,10 @@ MIN_GLOBAL_SIMILARITY = 0.2
 
 
 def _level_arrays(fixed_ctor: Any, moving_ctor: Any, destripe_mode: str = "auto",
-                  notes: list[str] | None = None) -> tuple[Any, Any]:
+                  notes: list[tuple[int, str]] | None = None) -> tuple[Any, Any]:
     """Both whole levels as float32 arrays, streaks divided out (``destripe_mode="auto"``).
 
-    ``notes``: gets one line per level that was destriped.
+    ``notes``: gets one ``(log level, line)`` per level that was destriped.
     """
     out = []
     for what, ctor in (("fixed", fixed_ctor), ("moving", moving_ctor)):
@@ -61,11 +61,11 @@ def _level_arrays(fixed_ctor: Any, moving_ctor: Any, destripe_mode: str = "auto"
         if destripe_mode == "auto":
             clean, axes = destripe(arr)
             if axes:
-                note = (f"streaks along {', '.join('xyz'[arr.ndim - 1 - a] for a in axes)} "
-                        f"of the {what} image divided out")
+                note = (f"streaks along {axis_names(axes, arr.ndim)} of the {what} image "
+                        "divided out (destripe = \"off\" in [global] keeps them)")
                 logger.debug("global stage: %s", note)
                 if notes is not None:
-                    notes.append(note)
+                    notes.append((logging.INFO, note))
                 arr = clean.astype(np.float32)
         out.append(arr)
     return out[0], out[1]
@@ -240,7 +240,7 @@ def _not_worse(score: _Scorer, fitted: AffineTransform,
         logger.warning("global stage: the fit scored lower (%s) than its %s; keeping the %s",
                        metric_name(score.similarity), best_name, best_name)
     lie = dict(starts).get("images as they lie")
-    if score.similarity == "mind" and lie is not None and best is not lie \
+    if score.similarity == "mind" and lie is not None \
             and not np.allclose(best.homogeneous, lie.homogeneous) \
             and np.isfinite(best_score) and best_score < MIN_GLOBAL_SIMILARITY:
         # the client reports it (global_stage_task's notes)
@@ -343,16 +343,16 @@ def choose_similarity(explained: float, ncc: float = float("nan")) -> str:
 
 
 def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
-                      ) -> tuple[AffineTransform, float, float, list[str]]:
+                      ) -> tuple[AffineTransform, float, float, list[tuple[int, str]]]:
     """The global stage in one task: its affine, and its similarity before and after it.
 
     Both levels are read once; the similarity (:func:`similarity_arrays`: the
     NCC, or the MIND NCC for ``similarity="mind"``) before is that of the
     initializer's starting transform without the moments (the images as they
-    lie). The last item: lines for the user (levels destriped; a pair that
-    shares too little structure to align).
+    lie). The last item: ``(log level, line)`` pairs for the user (levels
+    destriped; a pair that shares too little structure to align).
     """
-    notes: list[str] = []
+    notes: list[tuple[int, str]] = []
     fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe, notes)
     fg, mg = fixed_ctor.geometry, moving_ctor.geometry
     # what the stage reports is what a Gauss-Newton stage fitted: one scorer
@@ -366,9 +366,10 @@ def global_stage_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage
     if score.similarity == "mind" and np.isfinite(after) and after < MIN_GLOBAL_SIMILARITY:
         kept = "as they lie" if np.allclose(affine.homogeneous, start.homogeneous) \
             else "at the stage's fit"
-        notes.append(f"the images share little structure (MIND NCC below "
-                     f"{MIN_GLOBAL_SIMILARITY} for every transform tried; {after:.3f} where "
-                     f"they are kept, {kept}); check the pair, or pass an initial transform")
+        notes.append((logging.WARNING,
+                      f"the images share little structure (MIND NCC below "
+                      f"{MIN_GLOBAL_SIMILARITY} for every transform tried; {after:.3f} where "
+                      f"they are kept, {kept}); check the pair, or pass an initial transform"))
     return affine, before, after, notes
 
 
@@ -494,13 +495,7 @@ def ncc_at_level(fixed_ctor: Any, moving_ctor: Any, transform: Any,
     ``destripe`` setting).
     """
     fixed, moving = _level_arrays(fixed_ctor, moving_ctor, destripe_mode)
-    return _ncc_arrays(
-        np.nan_to_num(fixed),
-        fixed_ctor.geometry,
-        np.nan_to_num(moving),
-        moving_ctor.geometry,
-        transform,
-    )
+    return _ncc_arrays(fixed, fixed_ctor.geometry, moving, moving_ctor.geometry, transform)
 
 
 def _centres_translation(fg: ImageGeometry, mg: ImageGeometry) -> AffineTransform:
@@ -544,12 +539,8 @@ class GlobalStageRunner:
         g_fixed, g_moving = inputs.global_readers()
         fut = run.client.submit(global_stage_task, g_fixed, g_moving, gs, pure=False)
         run.current, ncc_before, ncc_after, notes = fut.result()
-        for note in notes:
-            if note.startswith("streaks"):
-                logger.info("global stage: %s (destripe = \"off\" in [global] keeps them)",
-                            note)
-            else:
-                logger.warning("global stage: %s", note)
+        for level, note in notes:
+            logger.log(level, "global stage: %s", note)
         explained = plain = None
         if gs.similarity == AUTO:
             run.similarity, explained, plain = run.client.submit(

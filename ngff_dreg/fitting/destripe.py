@@ -41,6 +41,7 @@ __all__ = [
     "DESTRIPE_MODES",
     "LAG",
     "MIN_STRIPE_CORRELATION",
+    "axis_names",
     "destripe",
     "stripe_correlations",
 ]
@@ -126,6 +127,11 @@ def stripe_correlations(image: npt.ArrayLike, valid: npt.NDArray[np.bool_] | Non
         den = float(np.sqrt((a * a).sum() * (b * b).sum()))
         out.append(float((a * b).sum() / den) if den > 0 else float("nan"))
     return out
+
+
+def axis_names(axes: list[int], ndim: int) -> str:
+    """ITK names (``x``, ``y``, ``z``) of NumPy-order ``axes`` of an ``ndim`` image."""
+    return ", ".join("xyz"[ndim - 1 - a] for a in axes)
 
 
 def destripe(image: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None,

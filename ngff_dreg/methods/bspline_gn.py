@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ngff_dreg.fitting.bspline_gn import GaussNewtonOptions, GaussNewtonResult, gauss_newton_fit
 from ngff_dreg.fitting.descriptors import AUTO
-from ngff_dreg.fitting.destripe import DESTRIPE_MODES, destripe
+from ngff_dreg.fitting.destripe import DESTRIPE_MODES, axis_names, destripe
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.interfaces import (
     BlockInfo,
@@ -121,7 +121,7 @@ def _destriped(fixed: Any, moving: Any) -> str:
         if axes:
             view[valid] = out[valid]
             image.Modified()
-            done.append(f"{name} along {', '.join('xyz'[view.ndim - 1 - a] for a in axes)}")
+            done.append(f"{name} along {axis_names(axes, view.ndim)}")
     return f"destriped {'; '.join(done)}; " if done else ""
 
 
