@@ -89,9 +89,8 @@ class BlockStageRunner:
         t0 = time.perf_counter()
         if self.stage.method_options.get("similarity") == AUTO:
             # the global stage chose (MIND when there was none)
-            chosen = run.similarity or "mind"
-            self.stage = dataclasses.replace(
-                self.stage, method_options={**self.stage.method_options, "similarity": chosen})
+            self.stage = dataclasses.replace(self.stage, method_options={
+                **self.stage.method_options, "similarity": self.stage.fits(run.similarity)})
         f_level, m_level = run.inputs.levels(self.stage)
         result = self._compute(run, url, f_level, m_level)
         status = np.asarray(result.status)

@@ -25,6 +25,7 @@ skips finished stages and gives the same answer.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -44,24 +45,49 @@ from ngff_dreg.run import Run, RunInputs, RunOptions, open_inputs, open_masks
 from ngff_dreg.schedule import Schedule
 from ngff_dreg.transforms import TransformChain
 
-__all__ = ["RunOptions", "register", "stage_runners"]
+__all__ = ["RunOptions", "block_runners", "register", "stage_runners"]
+
+logger = logging.getLogger(__name__)
 
 
-def stage_runners(schedule: Schedule) -> list[Callable[[Run], None]]:
-    """The runners of a schedule's stages, coarse to fine (global first)."""
+def stage_runners(schedule: Schedule, similarity: str | None = None
+                  ) -> list[Callable[[Run], None]]:
+    """The runners of a schedule's stages, coarse to fine (global first).
+
+    ``similarity``: what the global stage chose for ``similarity = "auto"``;
+    block stages whose ``when_similarity`` does not match what they would fit
+    are left out (and the last one left writes the output).
+    """
     runners: list[Callable[[Run], None]] = []
     if schedule.global_stage is not None:
         runners.append(GlobalStageRunner(schedule.global_stage))
-    last = len(schedule.stages) - 1
-    runners += [BlockStageRunner(i, st, i == last) for i, st in enumerate(schedule.stages)]
-    return runners
+    return runners + block_runners(schedule, similarity)
+
+
+def block_runners(schedule: Schedule, similarity: str | None) -> list[BlockStageRunner]:
+    """The block stages that run given the global stage's choice (see :func:`stage_runners`)."""
+    kept = [(i, st) for i, st in enumerate(schedule.stages) if st.runs_with(similarity)]
+    return [BlockStageRunner(i, st, k == len(kept) - 1) for k, (i, st) in enumerate(kept)]
 
 
 def _run_stages(run: Run, progress: bool, resample: bool) -> None:
-    """Every stage runner in order, then the resample if asked for and not done yet."""
+    """Every stage runner in order, then the resample if asked for and not done yet.
+
+    The global stage runs first: which block stages run can depend on its
+    choice of similarity (:attr:`~ngff_dreg.schedule.BlockStage.when_similarity`).
+    """
     run.complete_finished_output()
-    runners = stage_runners(run.inputs.schedule)
-    bar = progress_bar(progress, len(runners), "stages")
+    schedule = run.inputs.schedule
+    bar = progress_bar(progress, 1 + len(schedule.stages), "stages")
+    if schedule.global_stage is not None:
+        GlobalStageRunner(schedule.global_stage)(run)
+    bar.update(1)
+    runners = block_runners(schedule, run.similarity)
+    for i, st in enumerate(schedule.stages):
+        if not st.runs_with(run.similarity):
+            logger.info("stage %d left out: it runs only when the block stages fit %s, "
+                        "and they fit %s", i, st.when_similarity, st.fits(run.similarity))
+            bar.update(1)
     for runner in runners:
         runner(run)
         bar.update(1)

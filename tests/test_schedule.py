@@ -18,6 +18,8 @@ from ngff_dreg.schedule import (
     CONTROL_FRACTIONS,
     MAX_FINEST_STRIDE,
     METHODS,
+    REFINE_MIN_GAIN,
+    REFINE_SPACING,
     BlockStage,
     GlobalStage,
     Schedule,
@@ -153,26 +155,67 @@ def test_default_schedule_adapts_to_the_pyramid() -> None:
     assert g == default_global_level(levels, 48) == 1  # level 2 has an axis under 48
     assert sched.global_stage.method == "gauss-newton"
     # control points at fixed fractions of the largest extent (191 µm)
+    # the last stage is the gated refinement (run_with the intensity model only)
+    assert [s.when_similarity for s in sched.stages] == [None, None, "intensity"]
     cps = [s.method_options["control_point_spacing"] for s in sched.stages]
-    assert cps == pytest.approx([f * 191.0 for f in CONTROL_FRACTIONS])
-    assert [s.level for s in sched.stages] == [0, 0]  # 13 µm cells: 8 voxels need level 0
+    assert cps == pytest.approx([f * 191.0 for f in CONTROL_FRACTIONS]
+                                + [CONTROL_FRACTIONS[-1] * 191.0 * REFINE_SPACING])
+    assert [s.level for s in sched.stages] == [0, 0, 0]  # 13 µm cells: 8 voxels need level 0
     deep = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4))
     assert deep.global_stage is not None and deep.global_stage.level == 3
-    assert [s.level for s in deep.stages] == [1, 0]
+    assert [s.level for s in deep.stages] == [1, 0, 0]
     assert all(s.method == "bspline" for s in deep.stages)
     assert isinstance(deep.stages[0].make_method(), BSplineGaussNewton)
-    # the finest stage's field keeps a fifth of its control spacing
-    last = deep.stages[-1]
+    # the finest stage's field keeps a fifth of its control spacing, and the
+    # refinement the same field spacing
+    last = deep.stages[-2]
     assert last.field_spacing_factor == round(last.method_options["control_point_spacing"] / 5)
+    assert deep.stages[-1].field_spacing_factor == last.field_spacing_factor
     fast = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4), fast=True)
-    assert [s.level for s in fast.stages] == [1, 0]
+    assert [s.level for s in fast.stages] == [1, 0]  # no refinement stage
     for f, d in zip(fast.stages, deep.stages):
         assert len(f.method_options["shrink_factors"]) == 1
         assert f.method_options["shrink_factors"][0] > d.method_options["shrink_factors"][-1]
         assert f.method_options["iterations"] < d.method_options["iterations"]
     tiny = Schedule.default(_pyramid(shape=(20, 20, 20), levels=1))
     assert tiny.global_stage is not None and tiny.global_stage.level == 0
-    assert [s.level for s in tiny.stages] == [0, 0]
+    assert [s.level for s in tiny.stages] == [0, 0, 0]
+
+
+def test_the_refinement_stage_is_gated_and_runs_with_the_intensity_model_only() -> None:
+    levels = _pyramid(shape=(400, 400, 400), levels=4)
+    auto = Schedule.default(levels)
+    refine, before = auto.stages[-1], auto.stages[-2]
+    opts = refine.method_options
+    assert refine.level == before.level
+    assert opts["min_gain"] == REFINE_MIN_GAIN > 0
+    assert opts["control_point_spacing"] == pytest.approx(
+        REFINE_SPACING * before.method_options["control_point_spacing"], rel=1e-4)
+    # as many samples per control cell as the default's stages
+    stride = opts["shrink_factors"][-1]
+    cps_vox = opts["control_point_spacing"] / levels[refine.level].spacing[0]
+    assert cps_vox / stride == pytest.approx(4.5, rel=0.4)
+    # auto: runs when the global stage chose the intensity model, not with MIND
+    assert refine.when_similarity == "intensity"
+    assert refine.runs_with("intensity") and not refine.runs_with("mind")
+    assert not refine.runs_with(None)  # no global stage: auto fits MIND
+    assert all(s.runs_with("mind") for s in auto.stages[:-1])
+    assert Schedule.default(levels, similarity="intensity").stages[-1].runs_with(None)
+    # an explicit MIND schedule has no such stage
+    assert [s.when_similarity for s in Schedule.default(levels, similarity="mind").stages] \
+        == [None, None]
+    with pytest.raises(ScheduleError, match="when_similarity"):
+        BlockStage(when_similarity="auto")
+
+
+def test_a_stage_left_out_by_the_similarity_hands_the_output_to_the_one_before() -> None:
+    from ngff_dreg.pipeline import block_runners
+
+    sched = Schedule.default(_pyramid(shape=(400, 400, 400), levels=4))
+    mind = block_runners(sched, "mind")
+    assert [(r.index, r.is_last) for r in mind] == [(0, False), (1, True)]
+    intensity = block_runners(sched, "intensity")
+    assert [(r.index, r.is_last) for r in intensity] == [(0, False), (1, False), (2, True)]
 
 
 def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
@@ -191,11 +234,14 @@ def test_default_schedule_follows_the_anatomy_not_the_sampling() -> None:
             b.method_options["control_point_spacing"], rel=0.01)
     first_c, first_f = coarse.stages[0], fine.stages[0]
     assert coarse_levels[first_c.level].spacing == fine_levels[first_f.level].spacing
-    last_c, last_f = coarse.stages[-1], fine.stages[-1]
-    assert last_c.level == last_f.level == 0
-    stride_c = last_c.method_options["shrink_factors"][-1] * coarse_levels[0].spacing[0]
-    stride_f = last_f.method_options["shrink_factors"][-1] * fine_levels[0].spacing[0]
-    assert stride_c == pytest.approx(stride_f, rel=0.25)
+    # the last stage, and the refinement after it (whose stride of under 2
+    # voxels on the coarser image rounds to 2: 2 mm against 1.5 mm)
+    for k, rel in ((-2, 0.25), (-1, 0.35)):
+        last_c, last_f = coarse.stages[k], fine.stages[k]
+        assert last_c.level == last_f.level == 0
+        stride_c = last_c.method_options["shrink_factors"][-1] * coarse_levels[0].spacing[0]
+        stride_f = last_f.method_options["shrink_factors"][-1] * fine_levels[0].spacing[0]
+        assert stride_c == pytest.approx(stride_f, rel=rel)
 
 
 def test_a_very_large_image_keeps_its_last_stage_off_level_0_and_its_blocks_small() -> None:
@@ -209,7 +255,8 @@ def test_a_very_large_image_keeps_its_last_stage_off_level_0_and_its_blocks_smal
     assert mid.stages[-1].method_options["shrink_factors"][-1] <= MAX_FINEST_STRIDE
     shape = (10000, 16000, 16000)
     levels = _pyramid(shape=shape, levels=8)
-    last = Schedule.default(levels).stages[-1]
+    *_, last, refine = Schedule.default(levels).stages
+    assert refine.level == last.level and refine.block_size == last.block_size
     stride = last.method_options["shrink_factors"][-1]
     assert last.level == 3 and MAX_FINEST_STRIDE <= stride < 2 * MAX_FINEST_STRIDE
     assert last.block_size == 128
