@@ -218,6 +218,9 @@ def _build_schedule(
         ms = open_multiscale(fixed, opts)
         sched = Schedule.default([lvl.geometry for lvl in ms.levels], fast=fast,
                                  similarity=similarity)
+        if levels or method:
+            # the default's refinement stage belongs to its own B-spline stages
+            sched.stages = [st for st in sched.stages if st.when_similarity is None]
     else:
         sched = Schedule.load(schedule)
     if schedule is not None and similarity is not None:

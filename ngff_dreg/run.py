@@ -607,7 +607,9 @@ class Run:
         Only the resample was interrupted then (it marks the finished scene
         incomplete while it writes).
         """
-        last_key = f"stage_{len(self.inputs.schedule.stages) - 1}"
+        chosen = self.similarity or (self.done.get("global") or {}).get("similarity")
+        kept = [i for i, st in enumerate(self.inputs.schedule.stages) if st.runs_with(chosen)]
+        last_key = f"stage_{kept[-1]}" if kept else None
         if self.claim.same_run and last_key in self.done and self.claim.state == "incomplete":
             self.check_lease()
             set_status(self.inputs.output, self.inputs.o_opts, "complete")

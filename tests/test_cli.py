@@ -283,3 +283,16 @@ def test_info_config_prints_the_settings_and_their_sources(tmp_path):
 def test_info_needs_a_url_or_config():
     proc = _cli("info")
     assert proc.returncode == 2 and "--config" in proc.stderr
+
+
+def test_levels_or_a_method_replace_the_default_stages_without_its_refinement(small_pair):
+    from ngff_dreg.cli import _build_schedule
+
+    default = _build_schedule(small_pair.fixed, None, None, None, None, None, None, False)
+    assert default.stages[-1].when_similarity == "intensity"
+    by_levels = _build_schedule(small_pair.fixed, None, None, "1,0", None, None, None, False)
+    assert [st.level for st in by_levels.stages] == [1, 0]
+    for st in by_levels.stages:
+        assert st.when_similarity is None and "min_gain" not in st.method_options
+    by_method = _build_schedule(small_pair.fixed, None, None, None, None, None, "affine", False)
+    assert [st.method for st in by_method.stages] == ["affine"] * (len(default.stages) - 1)

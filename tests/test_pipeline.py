@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from ngff_dreg.demo import make_demo, point_errors
 from ngff_dreg.errors import IncompatibleImagesError, OutputExistsError
 from ngff_dreg.geometry import Box
 from ngff_dreg.interfaces import BlockRegStatus
-from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.io.omezarr.output_state import Checkpoints, output_status, set_status
 from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
 from ngff_dreg.io.omezarr.transform_reader import read_transform
 from ngff_dreg.pipeline import register
@@ -241,6 +243,41 @@ def test_2d_pair(pair_2d, tmp_path, dask_client):
     before = np.abs(fixed[inner] - moving[inner]).mean()
     after = np.abs(fixed[inner] - warped[inner]).mean()
     assert after < 0.35 * before, (before, after)
+
+
+def test_a_stage_for_the_other_similarity_is_left_out(pair_2d, tmp_path, dask_client):
+    """``when_similarity``: the global stage's ``auto`` choice decides which stages run.
+
+    The synthetic pair has one contrast, so ``auto`` picks the intensity model:
+    the stage meant for MIND fits is left out, the stage before it writes the
+    output, and a rerun resumes the finished output instead of running it
+    (also when an interrupted resample left it marked incomplete).
+    """
+    stage = BlockStage(level=1, block_size=64, overlap=0.5, field_spacing_factor=2,
+                       method_options={"mesh_size": 3, "similarity": "auto"})
+    sched = Schedule(GlobalStage(level=1, similarity="auto", initializer="multi"), [
+        stage, dataclasses.replace(stage, level=0, when_similarity="mind")])
+    out = str(tmp_path / "left_out.zarr")
+    result = register(pair_2d.fixed, pair_2d.moving, out, schedule=sched,
+                      client=dask_client, progress=False)
+    assert [r.name for r in result.levels] == ["global", "stage 0"]
+    assert output_status(out) == "complete"
+    assert set(Checkpoints(out, None).read()["stages"]) == {"global", "stage_0"}
+    err = point_errors(result.transforms.transform, pair_2d.truth, pair_2d.fixed_geometry,
+                       mask=_foreground(pair_2d))
+    assert err["p95_vox"] < 1.5, err
+    pts = np.random.default_rng(2).uniform(20, 170, size=(50, 2))
+    np.testing.assert_allclose(read_transform(out).transform_points(pts),
+                               result.transforms.transform.transform_points(pts), atol=1e-6)
+    # as a resample interrupted after the last stage that ran leaves it
+    set_status(out, None, "incomplete")
+    again = register(pair_2d.fixed, pair_2d.moving, out, schedule=sched,
+                     client=dask_client, progress=False)
+    assert [r.name for r in again.levels] == ["global", "stage 0"]
+    assert again.levels[-1].seconds == result.levels[-1].seconds  # read back, not rerun
+    assert output_status(out) == "complete"
+    np.testing.assert_allclose(again.transforms.transform.transform_points(pts),
+                               result.transforms.transform.transform_points(pts), atol=1e-6)
 
 
 def test_output_inside_input_is_refused(pair_3d, dask_client):

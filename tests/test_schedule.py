@@ -49,6 +49,8 @@ def _schedule() -> Schedule:
                        method_options={"iterations": 10}, field_spacing_factor=2.0),
             BlockStage(level="1um", block_size=64, overlap=0.5, method="bspline",
                        method_options={"mesh_size": [3, 4, 5], "bending": 0.1}),
+            BlockStage(level=0, method_options={"min_gain": 0.05},
+                       when_similarity="intensity"),
         ],
     )
 
@@ -63,6 +65,7 @@ def test_save_load_round_trip(tmp_path: Path, suffix: str) -> None:
     assert again.to_dict() == sched.to_dict()
     assert again.stages[0].block_size == (32, 48, 64)  # tuples survive the file format
     assert again.global_stage is not None and again.global_stage.kinds == ("rigid", "affine")
+    assert [st.when_similarity for st in again.stages][-2:] == [None, "intensity"]
 
 
 def test_no_global_stage_round_trips(tmp_path: Path) -> None:
@@ -292,7 +295,7 @@ def test_block_stage_checks_its_fields() -> None:
 
 def test_schedule_levels_are_checked_before_a_run() -> None:
     levels = _pyramid()
-    assert check_schedule_levels(_schedule(), levels, "fixed.zarr") == [2, 0]
+    assert check_schedule_levels(_schedule(), levels, "fixed.zarr") == [2, 0, 0]
     bad = Schedule(None, [BlockStage(level=7)])
     with pytest.raises(LevelNotFoundError, match=r"fixed image fixed\.zarr"):
         check_schedule_levels(bad, levels, "fixed.zarr")
