@@ -153,3 +153,43 @@ def test_level_arrays_divide_streaks_out_unless_told_not_to() -> None:
     assert stripe_correlations(fixed)[1] < 0.15 and stripe_correlations(moving)[1] < 0.15
     kept, _ = _level_arrays(Reader(), Reader(), "off")
     np.testing.assert_array_equal(kept, striped)
+
+
+def test_the_intensity_refit_moves_a_start_off_the_optimum_back_to_it() -> None:
+    """After ``auto`` picks the intensity model, the stage is refitted with it.
+
+    Started from a transform off the pair's optimum (as a MIND fit can be for
+    the intensity model), the refit returns one with a higher NCC, close to the
+    known shift; started from the optimum, it keeps a transform as good.
+    """
+    from ngff_dreg.global_stage import intensity_refit_task
+    from ngff_dreg.schedule import GlobalStage
+
+    shape = (96, 96)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    body, a, b = _tissues(shape, 3)
+    fixed = ndimage.gaussian_filter(0.3 * body + a + 0.5 * b, 1.0).astype(np.float32)
+    moving = np.sqrt(np.roll(fixed, (2, -3), axis=(0, 1)))  # a remap: the same contrast
+
+    class Reader:
+        def __init__(self, arr: np.ndarray) -> None:
+            self.arr, self.geometry = arr, geom
+
+        def __call__(self) -> Reader:
+            return self
+
+        def read_box(self, box: object) -> np.ndarray:
+            return self.arr
+
+    stage = GlobalStage(similarity="auto", initializer="multi", kinds=("rigid", "affine"))
+    right = np.array([-3.0, 2.0])
+    off = AffineTransform.from_arrays(np.eye(2), right + np.array([1.5, -1.0]))
+    kept, start, ncc_off, ncc_kept, name = intensity_refit_task(
+        Reader(fixed), Reader(moving), stage, off)
+    assert ncc_kept > ncc_off + 0.01 and ncc_off > start
+    assert name != "the MIND fit"
+    centre = np.array([[48.0, 48.0]])
+    assert np.abs(kept.transform_points(centre) - (centre + right)).max() < 0.3
+    exact = AffineTransform.from_arrays(np.eye(2), right)
+    again = intensity_refit_task(Reader(fixed), Reader(moving), stage, exact)
+    assert again[3] >= _Scorer(fixed, geom, moving, geom, "intensity")(exact) - 1e-6
