@@ -18,6 +18,7 @@ from ngff_dreg.schedule import (
     CONTROL_FRACTIONS,
     MAX_FINEST_STRIDE,
     METHODS,
+    MIN_REFINE_CELL_VOXELS,
     REFINE_MIN_GAIN,
     REFINE_SPACING,
     BlockStage,
@@ -182,7 +183,8 @@ def test_default_schedule_adapts_to_the_pyramid() -> None:
         assert f.method_options["iterations"] < d.method_options["iterations"]
     tiny = Schedule.default(_pyramid(shape=(20, 20, 20), levels=1))
     assert tiny.global_stage is not None and tiny.global_stage.level == 0
-    assert [s.level for s in tiny.stages] == [0, 0, 0]
+    # its refinement cell (0.6 voxel) would be under MIN_REFINE_CELL_VOXELS
+    assert [s.level for s in tiny.stages] == [0, 0]
 
 
 def test_the_refinement_stage_is_gated_and_runs_with_the_intensity_model_only() -> None:
@@ -209,6 +211,14 @@ def test_the_refinement_stage_is_gated_and_runs_with_the_intensity_model_only() 
         == [None, None]
     with pytest.raises(ScheduleError, match="when_similarity"):
         BlockStage(when_similarity="auto")
+    # thick slices: a refinement cell under MIN_REFINE_CELL_VOXELS along z
+    iso = _pyramid(shape=(200, 240, 220), spacing=1.0, levels=4)
+    thick = [ImageGeometry((g.shape[0] // 4, *g.shape[1:]),  # z (last in spacing) 4x
+                           (*g.spacing[:2], 4.0 * g.spacing[2]), g.origin) for g in iso]
+    cps = Schedule.default(iso).stages[-1].method_options["control_point_spacing"]
+    assert cps / 4.0 < MIN_REFINE_CELL_VOXELS <= cps / 1.0
+    assert Schedule.default(iso).stages[-1].when_similarity == "intensity"
+    assert all(st.when_similarity is None for st in Schedule.default(thick).stages)
 
 
 def test_a_stage_left_out_by_the_similarity_hands_the_output_to_the_one_before() -> None:
