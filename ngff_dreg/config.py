@@ -76,6 +76,7 @@ __all__ = [
     "lease_max_wait",
     "locality",
     "chunk_exchange",
+    "slab_blocks",
 ]
 
 #: The top-level key of ngff-dreg's settings in dask's configuration.
@@ -125,6 +126,10 @@ def _positive_seconds(value: Any, where: str) -> float:
 
 
 def _attempts(value: Any, where: str) -> int:
+    return int(_number(value, where, minimum=1, integer=True))
+
+
+def _block_count(value: Any, where: str) -> int:
     return int(_number(value, where, minimum=1, integer=True))
 
 
@@ -224,6 +229,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("view.chromium", _text_or_none),
     Setting("cluster.locality", _switch),
     Setting("cluster.chunk-exchange", _switch),
+    Setting("stage.slab-blocks", _block_count),
 )}
 
 
@@ -423,6 +429,15 @@ def locality() -> bool:
 def chunk_exchange() -> bool:
     """Serve chunks between machines instead of fetching them again (``cluster.chunk-exchange``)."""
     return bool(get("cluster.chunk-exchange"))
+
+
+def slab_blocks() -> int:
+    """Most blocks one compute of a block stage registers (``stage.slab-blocks``, at least 1).
+
+    A stage whose block grid has more blocks runs in slabs of whole grid
+    layers (:mod:`ngff_dreg.slab_stage`).
+    """
+    return int(get("stage.slab-blocks"))
 
 
 def apply_settings(values: Mapping[str, Any], origin: str) -> bool:

@@ -76,6 +76,7 @@ def test_the_defaults_are_in_dask_config() -> None:
         "ngff-dreg.view.chromium": None,
         "ngff-dreg.cluster.locality": True,
         "ngff-dreg.cluster.chunk-exchange": True,
+        "ngff-dreg.stage.slab-blocks": 20000,
     }
 
 
@@ -240,6 +241,18 @@ def test_the_screenshot_browser_is_a_setting() -> None:
         assert config.chromium() == "/opt/chrome/chrome"
     with dask.config.set({"ngff-dreg.view.chromium": 3}), pytest.raises(ConfigError):
         config.chromium()
+
+
+def test_slab_blocks_is_a_whole_number_of_blocks() -> None:
+    from ngff_dreg.engine import MAX_BLOCKS
+
+    assert config.slab_blocks() == MAX_BLOCKS
+    with dask.config.set({"ngff-dreg.stage.slab-blocks": "12"}):
+        assert config.slab_blocks() == 12
+    for bad in (0, -3, 2.5, "many", True, None):
+        with dask.config.set({"ngff-dreg.stage.slab-blocks": bad}), \
+                pytest.raises(ConfigError, match="ngff-dreg.stage.slab-blocks"):
+            config.slab_blocks()
 
 
 @pytest.mark.parametrize("key", ["cluster.locality", "cluster.chunk-exchange"])
