@@ -25,6 +25,9 @@ __all__ = [
     "align_block_shape",
     "axis_chunks",
     "plan_blocks",
+    "grid_chunks",
+    "grid_slabs",
+    "padded_intervals",
     "padding_for",
     "moving_region",
     "status_grid",
@@ -126,24 +129,79 @@ def padding_for(
     return tuple(int(math.ceil(b * f * 0.5)) for b, f in zip(block_shape, factors))
 
 
+def grid_chunks(image_shape: Sequence[int], block_shape: Sequence[int]
+                ) -> tuple[tuple[int, ...], ...]:
+    """Dask-style chunks of the block grid: the block lengths along each axis."""
+    return tuple(axis_chunks(int(n), int(b)) for n, b in zip(image_shape, block_shape))
+
+
 def plan_blocks(
     image_shape: Sequence[int],
     block_shape: Sequence[int],
     overlap_factors: Sequence[float] | float | None,
+    *,
+    grid_slab: tuple[int, int] | None = None,
 ) -> tuple[list[BlockPlan], tuple[tuple[int, ...], ...]]:
-    """Cut the image into blocks; returns the plans and dask-style chunks."""
-    chunks = tuple(axis_chunks(int(n), int(b)) for n, b in zip(image_shape, block_shape))
+    """Cut the image into blocks; returns the plans and dask-style chunks.
+
+    ``grid_slab=(first, stop)`` plans only the layers ``first:stop`` of the
+    block grid along axis 0 (its slowest axis; the chunks are still the whole
+    grid's), so a part of a huge grid is planned without the rest.
+    """
+    chunks = grid_chunks(image_shape, block_shape)
+    first, stop = (0, len(chunks[0])) if grid_slab is None else grid_slab
+    if not 0 <= first < stop <= len(chunks[0]):
+        raise ValueError(f"grid slab {grid_slab} is not inside the {len(chunks[0])} layers")
     plans: list[BlockPlan] = []
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
-    for chunk_index in np.ndindex(*[len(c) for c in chunks]):
+    for rest in np.ndindex(stop - first, *[len(c) for c in chunks[1:]]):
+        chunk_index = (first + rest[0], *rest[1:])
         start = tuple(int(starts[a][i]) for a, i in enumerate(chunk_index))
-        stop = tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start, chunk_index)))
-        box = Box(start, stop)
+        stop_ = tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start, chunk_index)))
+        box = Box(start, stop_)
         pad = padding_for(box.shape, overlap_factors)
         padded = box.pad(pad).clip(image_shape)
         info = BlockInfo(tuple(int(i) for i in chunk_index), box.slices)
         plans.append(BlockPlan(info, box, padded))
     return plans, chunks
+
+
+def padded_intervals(
+    image_shape: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    overlap_factors: Sequence[float] | float | None,
+) -> list[list[tuple[int, int]]]:
+    """Per axis, the padded ``(start, stop)`` of each block index along it.
+
+    The padding of a block along one axis depends only on its length along
+    that axis, so a plan's padded box is the product of these intervals
+    (:func:`plan_blocks`); this gives the grid's geometry without a plan per
+    block.
+    """
+    ndim = len(image_shape)
+    factors = [0.0] * ndim if overlap_factors is None else [
+        float(f) for f in one_per_axis(overlap_factors, ndim, "overlap_factors")]
+    out = []
+    for n, sizes, f in zip(image_shape, chunks, factors):
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+        axis = []
+        for a, size in zip(starts, sizes):
+            pad = padding_for((int(size),), f)[0]
+            axis.append((max(0, int(a) - pad), min(int(n), int(a) + int(size) + pad)))
+        out.append(axis)
+    return out
+
+
+def grid_slabs(grid_shape: Sequence[int], max_blocks: int) -> list[tuple[int, int]]:
+    """Cut a block grid along axis 0 into slabs of whole layers, each of at most ``max_blocks``.
+
+    A slab holds at least one layer (even a layer of more blocks). Returns
+    ``(first, stop)`` layer ranges covering the grid in order.
+    """
+    n_layers = int(grid_shape[0])
+    per_layer = int(np.prod([int(v) for v in grid_shape[1:]], dtype=np.int64))
+    step = max(1, int(max_blocks) // max(per_layer, 1))
+    return [(a, min(a + step, n_layers)) for a in range(0, n_layers, step)]
 
 
 def moving_region(

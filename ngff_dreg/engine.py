@@ -25,7 +25,14 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from ngff_dreg._pickling import register_module_reducers
-from ngff_dreg.blocks import BlockPlan, align_block_shape, moving_region, plan_blocks, status_grid
+from ngff_dreg.blocks import (
+    BlockPlan,
+    align_block_shape,
+    grid_chunks,
+    moving_region,
+    plan_blocks,
+    status_grid,
+)
 from ngff_dreg.errors import (
     IncompatibleImagesError,
     InvalidMetadataError,
@@ -56,7 +63,10 @@ from ngff_dreg.validate import has_signal
 
 __all__ = [
     "BlockOptions",
+    "BlockTasks",
     "RegistrationSchedule",
+    "block_grid",
+    "plan_block_tasks",
     "register_images",
     "register_block",
     "block_placement",
@@ -416,14 +426,18 @@ def _coarsen_for_graph_size(
     return coarser
 
 
-def _block_grid(
+def block_grid(
     fixed_reader_ctor: Any,
     fixed_geometry: ImageGeometry,
     moving_geometry: ImageGeometry,
     fixed_chunk_size: Sequence[int] | None,
-    overlap_factors: Sequence[float] | float | None,
-) -> tuple[tuple[int, ...], list[BlockPlan], tuple[tuple[int, ...], ...]]:
-    """``(block shape, block plans, dask-style chunks)`` of a stage; shapes are checked."""
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``(block shape, dask-style chunks)`` of a stage's block grid, as asked (never coarsened).
+
+    The block shape is the requested one rounded up to whole storage chunks;
+    no block is planned. Raises for images of unsupported or mismatched
+    dimensionality and for a bad block size.
+    """
     if fixed_geometry.ndim != moving_geometry.ndim:
         raise IncompatibleImagesError(
             f"fixed image is {fixed_geometry.ndim}-D but moving image is "
@@ -433,20 +447,42 @@ def _block_grid(
         raise IncompatibleImagesError(
             f"{fixed_geometry.ndim}-D images are not supported (2-D or 3-D)"
         )
-    chunk = _chunk_shape(fixed_reader_ctor)
     try:
-        block = align_block_shape(fixed_chunk_size, chunk, fixed_geometry.shape)
+        block = align_block_shape(fixed_chunk_size, _chunk_shape(fixed_reader_ctor),
+                                  fixed_geometry.shape)
     except ValueError as exc:
         raise ScheduleError(str(exc)) from exc
-    block = _coarsen_for_graph_size(fixed_geometry.shape, block, chunk)
+    return block, grid_chunks(fixed_geometry.shape, block)
+
+
+def _block_grid(
+    fixed_reader_ctor: Any,
+    fixed_geometry: ImageGeometry,
+    moving_geometry: ImageGeometry,
+    fixed_chunk_size: Sequence[int] | None,
+    overlap_factors: Sequence[float] | float | None,
+    grid_slab: tuple[int, int] | None = None,
+) -> tuple[tuple[int, ...], list[BlockPlan], tuple[tuple[int, ...], ...]]:
+    """``(block shape, block plans, dask-style chunks)`` of a stage; shapes are checked.
+
+    The whole grid is coarsened when it has more than :data:`MAX_BLOCKS`
+    blocks; a ``grid_slab`` (layers ``first:stop`` along axis 0) is planned
+    alone, at the block size asked for.
+    """
+    block, _ = block_grid(fixed_reader_ctor, fixed_geometry, moving_geometry, fixed_chunk_size)
+    if grid_slab is None:
+        block = _coarsen_for_graph_size(fixed_geometry.shape, block,
+                                        _chunk_shape(fixed_reader_ctor))
     try:
-        plans, chunks = plan_blocks(fixed_geometry.shape, block, overlap_factors)
+        plans, chunks = plan_blocks(fixed_geometry.shape, block, overlap_factors,
+                                    grid_slab=grid_slab)
     except ValueError as exc:
         raise ScheduleError(str(exc)) from exc
     logger.info(
-        "planned %d blocks (grid %s, block %s, overlap %s)",
+        "planned %d blocks (grid %s%s, block %s, overlap %s)",
         len(plans),
         tuple(len(c) for c in chunks),
+        "" if grid_slab is None else f", layers {grid_slab[0]}:{grid_slab[1]}",
         block,
         overlap_factors,
     )
@@ -565,6 +601,7 @@ def register_images(
     *,
     block_options: BlockOptions | None = None,
     skip_blank_blocks: bool | None = None,
+    grid_slab: tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> RegistrationSchedule:
     """Plan block-wise registration of a moving image onto a fixed image.
@@ -602,6 +639,12 @@ def register_images(
         them (``NO_SIGNAL``). ``None``: as ``block_options`` says, which by
         default is ``False``: like itk-dreg, the method is called on every
         block that maps into the moving image. Not passed to the methods.
+    grid_slab:
+        ``(first, stop)``: plan and register only the layers ``first:stop``
+        of the block grid along its axis 0, at the block size asked for (a
+        grid of more than :data:`MAX_BLOCKS` blocks is coarsened only when
+        planned whole); the reduction sees only those blocks. ``None``
+        (default): the whole grid. Not passed to the methods.
     **kwargs:
         Passed to the block method and the reduce method, as in itk-dreg.
 
@@ -613,14 +656,93 @@ def register_images(
         block plans.
 
     """
+    planned = plan_block_tasks(
+        fixed_reader_ctor, moving_reader_ctor, block_registration_method, initial_transform,
+        fixed_chunk_size, overlap_factors, block_options=block_options,
+        skip_blank_blocks=skip_blank_blocks, grid_slab=grid_slab, **kwargs)
+    plans, block_results, token = planned.plans, planned.block_results, planned.token
+    assert planned.fixed_geometry is not None
+    reduced = _reduction(reduce_method, block_results, plans, planned.fixed_geometry,
+                         fixed_reader_ctor, initial_transform, planned.shared, token, kwargs)
+    status = dask.delayed(_status_grid, pure=True)(
+        planned.grid_shape, *block_results, dask_key_name=f"block-status-{token}"
+    )
+    result = dask.delayed(_compose, pure=True)(
+        reduced, status, dask_key_name=f"registration-result-{token}"
+    )
+    return RegistrationSchedule(
+        registration_result=result,
+        fixed_da=da.empty(planned.fixed_geometry.shape, chunks=planned.chunks, dtype=np.float32),
+        blocks=plans,
+        block_results=block_results,
+        fixed_geometry=planned.fixed_geometry,
+        moving_geometry=planned.moving_geometry,
+    )
+
+
+@dataclass
+class BlockTasks:
+    """The planned block tasks of a stage (or of one slab of its grid), without a reduction.
+
+    Attributes
+    ----------
+    block:
+        The block shape (NumPy order).
+    chunks:
+        Dask-style chunks of the whole block grid.
+    plans, block_results:
+        The planned blocks and their delayed :func:`register_block` tasks.
+    token:
+        Names the stage's tasks: the same for every slab of one stage.
+    shared:
+        The inputs every block task shares (delayed once).
+    fixed_geometry, moving_geometry:
+        The registered levels' geometries.
+
+    """
+
+    block: tuple[int, ...]
+    chunks: tuple[tuple[int, ...], ...]
+    plans: list[BlockPlan]
+    block_results: list[Delayed]
+    token: str
+    shared: dict[str, Any]
+    fixed_geometry: ImageGeometry
+    moving_geometry: ImageGeometry
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Blocks along each axis of the whole grid."""
+        return tuple(len(c) for c in self.chunks)
+
+
+def plan_block_tasks(
+    fixed_reader_ctor: ConstructReaderMethod,
+    moving_reader_ctor: ConstructReaderMethod,
+    block_registration_method: BlockPairRegistrationMethod,
+    initial_transform: Any,
+    fixed_chunk_size: Sequence[int] | None = None,
+    overlap_factors: Sequence[float] | float | None = None,
+    *,
+    block_options: BlockOptions | None = None,
+    skip_blank_blocks: bool | None = None,
+    grid_slab: tuple[int, int] | None = None,
+    **kwargs: Any,
+) -> BlockTasks:
+    """Plan the block tasks of :func:`register_images` (see it for the parameters).
+
+    ``grid_slab=(first, stop)`` plans only the layers ``first:stop`` of the
+    block grid along axis 0, at the block size asked for (never coarsened);
+    the tasks' keys are those the whole grid's tasks would have.
+    """
     register_module_reducers()
     options = _options(block_options, skip_blank_blocks)
     fixed_geometry = reader_geometry(fixed_reader_ctor)
     moving_geometry = reader_geometry(moving_reader_ctor)
     block, plans, chunks = _block_grid(
-        fixed_reader_ctor, fixed_geometry, moving_geometry, fixed_chunk_size, overlap_factors
+        fixed_reader_ctor, fixed_geometry, moving_geometry, fixed_chunk_size, overlap_factors,
+        grid_slab,
     )
-    grid_shape = tuple(len(c) for c in chunks)
     token = tokenize(
         fixed_reader_ctor,
         moving_reader_ctor,
@@ -637,20 +759,5 @@ def register_images(
         block_registration_method=block_registration_method,
         initial_transform=initial_transform,
     )
-    block_results = _block_tasks(plans, shared, options, kwargs, token)
-    reduced = _reduction(reduce_method, block_results, plans, fixed_geometry, fixed_reader_ctor,
-                         initial_transform, shared, token, kwargs)
-    status = dask.delayed(_status_grid, pure=True)(
-        grid_shape, *block_results, dask_key_name=f"block-status-{token}"
-    )
-    result = dask.delayed(_compose, pure=True)(
-        reduced, status, dask_key_name=f"registration-result-{token}"
-    )
-    return RegistrationSchedule(
-        registration_result=result,
-        fixed_da=da.empty(fixed_geometry.shape, chunks=chunks, dtype=np.float32),
-        blocks=plans,
-        block_results=block_results,
-        fixed_geometry=fixed_geometry,
-        moving_geometry=moving_geometry,
-    )
+    return BlockTasks(block, chunks, plans, _block_tasks(plans, shared, options, kwargs, token),
+                      token, shared, fixed_geometry, moving_geometry)

@@ -66,3 +66,25 @@ def test_moving_region_out_of_bounds():
     far = AffineTransform.from_arrays(np.eye(2), [1000.0, 0.0])
     mbox, inside = moving_region(g, Box((0, 0), (32, 32)), g, far.transform_points)
     assert mbox is None and inside == 0.0
+
+
+def test_plan_blocks_plans_a_slab_of_grid_layers_like_the_whole_grid():
+    from ngff_dreg.blocks import grid_slabs, padded_intervals
+
+    shape, block, overlap = (100, 90, 70), (30, 40, 32), 0.5
+    whole, chunks = plan_blocks(shape, block, overlap)
+    assert [len(c) for c in chunks] == [3, 2, 2]
+    parts = [plan_blocks(shape, block, overlap, grid_slab=s)
+             for s in grid_slabs([len(c) for c in chunks], 5)]
+    assert grid_slabs([3, 2, 2], 5) == [(0, 1), (1, 2), (2, 3)]
+    assert grid_slabs([3, 2, 2], 8) == [(0, 2), (2, 3)]
+    assert grid_slabs([3, 2, 2], 1) == [(0, 1), (1, 2), (2, 3)]  # at least one layer
+    assert all(c == chunks for _, c in parts)
+    assert [p for plans, _ in parts for p in plans] == whole
+    # the padded boxes are the product of the per-axis padded intervals
+    axes = padded_intervals(shape, chunks, overlap)
+    for p in whole:
+        assert p.padded.start == tuple(axes[a][i][0] for a, i in enumerate(p.info.chunk_index))
+        assert p.padded.stop == tuple(axes[a][i][1] for a, i in enumerate(p.info.chunk_index))
+    with pytest.raises(ValueError, match="slab"):
+        plan_blocks(shape, block, overlap, grid_slab=(2, 4))

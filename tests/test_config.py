@@ -251,7 +251,7 @@ def test_slab_blocks_is_a_whole_number_of_blocks() -> None:
         assert config.slab_blocks() == 12
     for bad in (0, -3, 2.5, "many", True, None):
         with dask.config.set({"ngff-dreg.stage.slab-blocks": bad}), \
-                pytest.raises(ConfigError, match="ngff-dreg.stage.slab-blocks"):
+                pytest.raises(ConfigError, match=re.escape("ngff-dreg.stage.slab-blocks")):
             config.slab_blocks()
 
 
