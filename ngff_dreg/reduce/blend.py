@@ -72,6 +72,8 @@ __all__ = [
     "node_ratio",
     "quality_factor",
     "stage_figures",
+    "ncc_sums",
+    "ncc_figures",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -320,11 +322,11 @@ def block_sample(
     )
 
 
-def stage_figures(figures: Iterable[dict[str, float]]) -> dict[str, float]:
-    """The stage's NCC before/after: the blocks' figures weighted by their sample counts.
+def ncc_sums(figures: Iterable[dict[str, float]]) -> tuple[float, float, float, int]:
+    """``(sum w·before, sum w·after, sum w, blocks)`` of the blocks' NCC figures.
 
-    Only blocks that report both ``ncc_before`` and ``ncc_after`` count;
-    empty when none does (a method that reports no figures).
+    Sums of parts of a stage's blocks add up to the stage's
+    (:func:`ncc_figures` of the total is :func:`stage_figures` of all).
     """
     num_b = num_a = den = 0.0
     blocks = 0
@@ -334,9 +336,24 @@ def stage_figures(figures: Iterable[dict[str, float]]) -> dict[str, float]:
             continue
         w = float(f.get("samples", 1.0))
         num_b, num_a, den, blocks = num_b + w * b, num_a + w * a, den + w, blocks + 1
+    return num_b, num_a, den, blocks
+
+
+def ncc_figures(sums: Sequence[float]) -> dict[str, float]:
+    """The weighted NCC before/after of :func:`ncc_sums` (empty when no block measured it)."""
+    num_b, num_a, den, blocks = sums
     if den <= 0:
         return {}
-    return {"ncc_before": num_b / den, "ncc_after": num_a / den, "blocks_measured": blocks}
+    return {"ncc_before": num_b / den, "ncc_after": num_a / den, "blocks_measured": int(blocks)}
+
+
+def stage_figures(figures: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The stage's NCC before/after: the blocks' figures weighted by their sample counts.
+
+    Only blocks that report both ``ncc_before`` and ``ncc_after`` count;
+    empty when none does (a method that reports no figures).
+    """
+    return ncc_figures(ncc_sums(figures))
 
 
 # ---------------------------------------------------------------- chunk task

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,9 +58,10 @@ from ngff_dreg.reduce.blend import (
     fill_nodes,
     fill_reach,
     fold_chunk,
+    ncc_figures,
+    ncc_sums,
     node_range,
     node_ratio,
-    stage_figures,
 )
 from ngff_dreg.reduce.inverse import inverse_residuals, invert_chunk
 from ngff_dreg.reduce.quality import jacobian_chunk
@@ -69,7 +71,17 @@ from ngff_dreg.transforms import AffineTransform, BSplineGrid, DisplacementField
 if TYPE_CHECKING:
     from ngff_dreg.reduce.reducer import ReduceToDisplacementField
 
-__all__ = ["build_reduction_graph", "linear_part", "padded_box", "sample_block"]
+__all__ = [
+    "ReductionPlan",
+    "build_reduction_graph",
+    "linear_part",
+    "merge_status_summaries",
+    "padded_box",
+    "reduction_plan",
+    "sample_block",
+    "summarize_checks",
+    "summarize_statuses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -325,18 +337,54 @@ def _t_prepare(writer: FieldWriter, geoms: dict[str, ImageGeometry],
     return True
 
 
-def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
-                affine: AffineTransform, fixed: ImageGeometry, ready: dict[str, Any],
-                inv_parts: list[dict[str, Any]] | None, checks: list[dict[str, Any]],
-                statuses: list[Status],
-                writer: FieldWriter | None,
-                forward_mem: DisplacementField | None) -> BlendedTransformResult:
-    """Report, status grid, pyramids and metadata (written last); the result record."""
-    smap = status_grid([(index, s) for index, s, _, _ in statuses])
-    n_success = sum(1 for _, s, _, _ in statuses if s == BlockRegStatus.SUCCESS)
-    report: dict[str, Any] = {
+def summarize_statuses(statuses: list[Status]) -> dict[str, Any]:
+    """The small figures the report needs of some blocks' statuses (mergeable).
+
+    ``n_blocks``, ``n_success``, ``ncc`` (:func:`~ngff_dreg.reduce.blend.ncc_sums`
+    of the successful blocks) and ``refused`` (:func:`refused_blocks`); the
+    summaries of consecutive parts of a grid merge with
+    :func:`merge_status_summaries`.
+    """
+    return {
         "n_blocks": len(statuses),
-        "n_success": n_success,
+        "n_success": sum(1 for _, s, _, _ in statuses if s == BlockRegStatus.SUCCESS),
+        "ncc": list(ncc_sums(f for _, s, f, _ in statuses if s == BlockRegStatus.SUCCESS)),
+        "refused": refused_blocks(statuses),
+    }
+
+
+def merge_status_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of the :func:`summarize_statuses` of parts of a grid, given in block order."""
+    ncc = [0.0, 0.0, 0.0, 0]
+    for p in parts:
+        ncc = [a + b for a, b in zip(ncc, p["ncc"])]
+    return {
+        "n_blocks": sum(p["n_blocks"] for p in parts),
+        "n_success": sum(p["n_success"] for p in parts),
+        "ncc": ncc,
+        "refused": [r for p in parts for r in p["refused"]][:MAX_REFUSED_LISTED],
+    }
+
+
+def summarize_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of some check units that the report needs, as one check's (no maps)."""
+    out: dict[str, Any] = {
+        "jac_min": min((c["jac_min"] for c in checks), default=1.0),
+        "folded": sum(c["folded"] for c in checks),
+        "n": sum(c["n"] for c in checks),
+    }
+    if any("residuals" in c for c in checks):
+        out["residuals"] = np.concatenate([c["residuals"] for c in checks if "residuals" in c])
+    return out
+
+
+def _report(fgeom: ImageGeometry, fixed: ImageGeometry, ready: dict[str, Any],
+            checks: list[dict[str, Any]], summary: dict[str, Any],
+            inverse_change: float | None) -> dict[str, Any]:
+    """The reduction's report figures (``inverse_change``: ``None`` without an inverse)."""
+    report: dict[str, Any] = {
+        "n_blocks": summary["n_blocks"],
+        "n_success": summary["n_success"],
         "field_shape": list(fgeom.shape),
         "field_spacing": list(fgeom.spacing),
         "max_displacement": ready["max_disp"],
@@ -344,21 +392,29 @@ def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
         "uncovered_fraction": ready["uncovered"] / max(ready["n"], 1),
         "jacobian_min": min((c["jac_min"] for c in checks), default=1.0),
         "folded_fraction": sum(c["folded"] for c in checks) / max(sum(c["n"] for c in checks), 1),
-        **stage_figures(f for _, s, f, _ in statuses if s == BlockRegStatus.SUCCESS),
-        "refused": refused_blocks(statuses),
+        **ncc_figures(summary["ncc"]),
+        "refused": summary["refused"],
     }
-    if inv_parts is not None:
+    if inverse_change is not None:
         vox = float(min(fixed.spacing))
         res = np.concatenate([c["residuals"] for c in checks]) if checks else np.zeros(0)
         report["inverse_residual_max"] = float(res.max()) if res.size else 0.0
         report["inverse_residual_p95"] = float(np.percentile(res, 95)) if res.size else 0.0
         report["inverse_residual_max_vox"] = report["inverse_residual_max"] / vox
         report["inverse_residual_p95_vox"] = report["inverse_residual_p95"] / vox
-        report["inverse_last_change"] = max((p["change"] for p in inv_parts), default=0.0)
+        report["inverse_last_change"] = inverse_change
+    return report
+
+
+def _finish(n_levels: int | None, fgeom: ImageGeometry, affine: AffineTransform,
+            report: dict[str, Any], smap: Any, has_inverse: bool, writer: FieldWriter | None,
+            forward_mem: DisplacementField | None, inverse_mem: DisplacementField | None,
+            checks: list[dict[str, Any]]) -> BlendedTransformResult:
+    """Status map, pyramids and metadata (the writer's ``finish``, last); the result record."""
     jac_map = None
     if writer is not None:
         geoms = {writer.forward_name: fgeom}
-        if inv_parts is not None:
+        if has_inverse:
             geoms[writer.inverse_name] = fgeom
         if smap.size:
             writer.create_quality_array("block_status", smap.shape, smap.shape, dtype="int16")
@@ -367,19 +423,19 @@ def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
                       extra={"report": report, "status_map": smap.tolist()})
         forward = DisplacementField(fgeom, loader=writer.loader(writer.forward_name, fgeom))
         inverse = (DisplacementField(fgeom, loader=writer.loader(writer.inverse_name, fgeom))
-                   if inv_parts is not None else None)
+                   if has_inverse else None)
     else:
         assert forward_mem is not None
-        forward = forward_mem
-        inverse = _t_assemble(inv_parts, fgeom) if inv_parts is not None else None
+        forward, inverse = forward_mem, inverse_mem
         jac_map = np.zeros(fgeom.shape, dtype=np.float32)
         for c in checks:
             jac_map[c["box"].slices] = c["jac"]
     logger.info(
         "reduction: %d/%d blocks succeeded, field %s, max |D| %.4g, Jacobian min %.4g "
         "(folded %.3g%%), inverse residual p95 %s",
-        n_success, len(statuses), fgeom.shape, ready["max_disp"], report["jacobian_min"],
-        100 * report["folded_fraction"], report.get("inverse_residual_p95"),
+        report["n_success"], report["n_blocks"], fgeom.shape, report["max_displacement"],
+        report["jacobian_min"], 100 * report["folded_fraction"],
+        report.get("inverse_residual_p95"),
     )
     chain = TransformChain(affine, forward)
     inv_chain = (TransformChain(affine.inverse(), inverse, affine_first=True)
@@ -388,7 +444,158 @@ def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
                                   jacobian=jac_map, field_geometry=fgeom)
 
 
+def _t_finalize(n_levels: int | None, fgeom: ImageGeometry,
+                affine: AffineTransform, fixed: ImageGeometry, ready: dict[str, Any],
+                inv_parts: list[dict[str, Any]] | None, checks: list[dict[str, Any]],
+                statuses: list[Status],
+                writer: FieldWriter | None,
+                forward_mem: DisplacementField | None) -> BlendedTransformResult:
+    """Report, status grid, pyramids and metadata (written last); the result record."""
+    smap = status_grid([(index, s) for index, s, _, _ in statuses])
+    change = max((p["change"] for p in inv_parts), default=0.0) if inv_parts is not None else None
+    report = _report(fgeom, fixed, ready, checks, summarize_statuses(statuses), change)
+    inverse_mem = (_t_assemble(inv_parts, fgeom)
+                   if inv_parts is not None and writer is None else None)
+    return _finish(n_levels, fgeom, affine, report, smap, inv_parts is not None, writer,
+                   forward_mem, inverse_mem, checks)
+
+
+def _t_finalize_parts(n_levels: int | None, fgeom: ImageGeometry, affine: AffineTransform,
+                      fixed: ImageGeometry, ready: dict[str, Any],
+                      inverse_change: float | None, checks: list[dict[str, Any]],
+                      summary: dict[str, Any], smap: Any,
+                      writer: FieldWriter) -> BlendedTransformResult:
+    """:func:`_t_finalize` of a reduction computed in parts: their figures, summed."""
+    report = _report(fgeom, fixed, ready, checks, summary, inverse_change)
+    return _finish(n_levels, fgeom, affine, report, smap, inverse_change is not None, writer,
+                   None, None, checks)
+
+
 # ------------------------------------------------------------------ builder
+@dataclass
+class ReductionPlan:
+    """What every piece of a reduction's graph shares: the field grid, its write units, keys.
+
+    Made by :func:`reduction_plan`; its methods add one kind of task each
+    (:func:`build_reduction_graph` wires them into one graph, a reduction in
+    slabs computes them a part at a time).
+
+    Attributes
+    ----------
+    reducer, writer:
+        The reducer and where its fields go (``None``: memory).
+    fixed, fgeom:
+        The fixed level and the field grid.
+    affine:
+        The linear part of the initial transform.
+    units:
+        The field write units (chunks, or shards), in C order.
+    initial:
+        The initial transform as the chunk tasks evaluate it (one key).
+    token:
+        Names the reduction's tasks.
+
+    """
+
+    reducer: ReduceToDisplacementField
+    writer: FieldWriter | None
+    fixed: ImageGeometry
+    fgeom: ImageGeometry
+    affine: AffineTransform
+    chunks: tuple[int, ...]
+    units: list[WriteUnit]
+    initial: Any
+    token: str
+
+    @property
+    def ratio(self) -> Any:
+        """Field spacing / fixed spacing (NumPy order)."""
+        return node_ratio(self.fixed, self.fgeom)
+
+    def reach_box(self, box: Box) -> Box:
+        """Field nodes a block of padded box ``box`` can contribute to (hole filling included)."""
+        lo, hi = box_bounds(box)
+        nodes = node_range(lo, hi, self.ratio, self.fgeom.shape)
+        reach = fill_reach(lo, hi, self.fixed, self.reducer.fill_distance)
+        return nodes.pad(tuple(fill_nodes(reach, np.asarray(self.fgeom.spacing)[::-1])))
+
+    def prepare(self) -> Any:
+        """The task creating the writer's arrays (``None`` without a writer)."""
+        writer = self.writer
+        if writer is None:
+            return None
+        geoms = {writer.forward_name: self.fgeom}
+        if self.reducer.compute_inverse:
+            geoms[writer.inverse_name] = self.fgeom
+        return delayed(_t_prepare, pure=True)(writer, geoms, self.chunks,
+                                              dask_key_name=f"prepare-{self.token}")
+
+    def samples(self, block_results: list[Any], block_boxes: list[Box], ids: list[int]
+                ) -> tuple[list[Any], list[Any]]:
+        """Sample and status tasks of blocks ``ids`` (their keys' numbers)."""
+        samples, statuses = [], []
+        for i, res, box in zip(ids, block_results, block_boxes):
+            s = delayed(_t_sample, pure=True)(res, box, self.fixed, self.fgeom,
+                                              self.reducer.use_quality,
+                                              self.reducer.fill_distance,
+                                              dask_key_name=f"sample-{self.token}-{i}")
+            samples.append(s)
+            statuses.append(delayed(_t_status, pure=True)(s,
+                                                          dask_key_name=f"status-{self.token}-{i}"))
+        return samples, statuses
+
+    def blend(self, c: int, samples: list[Any], reach_boxes: list[Box], prep: Any) -> Any:
+        """The blend task of unit ``c``, from the blocks (in block order) that reach it."""
+        unit = self.units[c]
+        reaching = [[i for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
+                    for cbox in unit.chunks]
+        used = sorted({i for r in reaching for i in r})
+        pos = {i: k for k, i in enumerate(used)}
+        return delayed(_t_blend, pure=True)(
+            unit, [samples[i] for i in used], [[pos[i] for i in r] for r in reaching],
+            self.fgeom, self.fixed, self.initial, self.affine, self.writer, prep,
+            dask_key_name=f"blend-{self.token}-{c}")
+
+    def field(self, name: str, barrier: Any) -> Any:
+        """The writer's field ``name`` (``"fwd"``/``"inv"``), loaded lazily after ``barrier``."""
+        assert self.writer is not None
+        stored = self.writer.forward_name if name == "fwd" else self.writer.inverse_name
+        return delayed(_loader_field, pure=True)(
+            self.fgeom, self.writer.loader(stored, self.fgeom), barrier,
+            dask_key_name=f"{name}-field-{self.token}")
+
+    def invert(self, c: int, forward: Any, ready: Any) -> Any:
+        """The invert task of unit ``c``."""
+        return delayed(_t_invert, pure=True)(self.units[c], forward, ready,
+                                             self.reducer.inverse_iterations, self.writer,
+                                             dask_key_name=f"invert-{self.token}-{c}")
+
+    def check(self, c: int, forward: Any, inverse: Any) -> Any:
+        """The check task of unit ``c``."""
+        within = (np.zeros(self.fixed.ndim), (np.asarray(self.fixed.shape) - 1) / self.ratio)
+        return delayed(_t_check, pure=True)(self.units[c], forward, inverse, self.affine, within,
+                                            self.writer, inverse,
+                                            dask_key_name=f"check-{self.token}-{c}")
+
+
+def reduction_plan(reducer: ReduceToDisplacementField, writer: FieldWriter | None,
+                   fixed: ImageGeometry, initial: Any, *identity: Any) -> ReductionPlan:
+    """The :class:`ReductionPlan` of a reduction; ``identity`` names its blocks in the keys."""
+    fgeom = reducer.field_geometry(fixed)
+    ndim = fixed.ndim
+    chunks = tuple(int(c) for c in one_per_axis(reducer.field_chunk, ndim, "field_chunk"))
+    # a sharded writer's arrays are written one whole shard per task (no two
+    # tasks write one shard object); otherwise one chunk per task
+    shards = (writer.shard_shape(fgeom.shape, chunks)
+              if isinstance(writer, ShardedFieldWriter) else None)
+    token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks, shards,
+                     *identity)
+    # one key, shared by every chunk task
+    initial_task = delayed(pointwise(initial), pure=False) if initial is not None else None
+    return ReductionPlan(reducer, writer, fixed, fgeom, linear_part(initial, ndim), chunks,
+                         write_units(fgeom.shape, chunks, shards), initial_task, token)
+
+
 def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWriter | None,
                           block_results: list[Any], block_boxes: list[Box],
                           fixed: ImageGeometry, initial: Any) -> Any:
@@ -397,95 +604,39 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     ``writer`` is where the fields go (``None``: they stay in memory); see
     :meth:`ReduceToDisplacementField.build_graph` for the rest.
     """
-    fgeom = reducer.field_geometry(fixed)
-    ndim = fixed.ndim
-    affine = linear_part(initial, ndim)
-    chunks = tuple(int(c) for c in one_per_axis(reducer.field_chunk, ndim, "field_chunk"))
-    # a sharded writer's arrays are written one whole shard per task (no two
-    # tasks write one shard object); otherwise one chunk per task
-    shards = (writer.shard_shape(fgeom.shape, chunks)
-              if isinstance(writer, ShardedFieldWriter) else None)
-    units = write_units(fgeom.shape, chunks, shards)
     # The block results' keys name their inputs (readers, method, initial
     # transform): a reduction of other blocks never shares a key with this one.
-    token = tokenize(writer.url if writer is not None else None, fixed, fgeom, chunks, shards,
-                     len(block_boxes), [tuple(b.start) + tuple(b.stop) for b in block_boxes],
-                     [getattr(r, "key", None) for r in block_results])
-
-    prep: Any = None
-    if writer is not None:
-        geoms = {writer.forward_name: fgeom}
-        if reducer.compute_inverse:
-            geoms[writer.inverse_name] = fgeom
-        prep = delayed(_t_prepare, pure=True)(writer, geoms, chunks,
-                                              dask_key_name=f"prepare-{token}")
-
-    if initial is not None:  # one key, shared by every chunk task
-        initial = delayed(pointwise(initial), pure=False)
-
-    # block tasks
-    samples = []
-    statuses = []
-    reach_boxes = []
-    ratio = node_ratio(fixed, fgeom)
-    sp = np.asarray(fgeom.spacing)[::-1]
-    for i, (res, box) in enumerate(zip(block_results, block_boxes)):
-        s = delayed(_t_sample, pure=True)(res, box, fixed, fgeom, reducer.use_quality,
-                                          reducer.fill_distance,
-                                          dask_key_name=f"sample-{token}-{i}")
-        samples.append(s)
-        statuses.append(delayed(_t_status, pure=True)(s, dask_key_name=f"status-{token}-{i}"))
-        lo, hi = box_bounds(box)
-        nodes = node_range(lo, hi, ratio, fgeom.shape)
-        reach = fill_reach(lo, hi, fixed, reducer.fill_distance)
-        reach_boxes.append(nodes.pad(tuple(fill_nodes(reach, sp))))
-
+    plan = reduction_plan(reducer, writer, fixed, initial, len(block_boxes),
+                          [tuple(b.start) + tuple(b.stop) for b in block_boxes],
+                          [getattr(r, "key", None) for r in block_results])
+    prep = plan.prepare()
+    samples, statuses = plan.samples(block_results, block_boxes, list(range(len(block_boxes))))
+    reach_boxes = [plan.reach_box(box) for box in block_boxes]
     # blend tasks: each depends only on the blocks that can reach its chunks
-    blends = []
-    for c, unit in enumerate(units):
-        reaching = [[i for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
-                    for cbox in unit.chunks]
-        used = sorted({i for r in reaching for i in r})
-        pos = {i: k for k, i in enumerate(used)}
-        blends.append(delayed(_t_blend, pure=True)(
-            unit, [samples[i] for i in used], [[pos[i] for i in r] for r in reaching],
-            fgeom, fixed, initial, affine, writer, prep, dask_key_name=f"blend-{token}-{c}"))
-    ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{token}")
+    blends = [plan.blend(c, samples, reach_boxes, prep) for c in range(len(plan.units))]
+    ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{plan.token}")
 
     if writer is not None:
-        forward: Any = delayed(_loader_field, pure=True)(
-            fgeom, writer.loader(writer.forward_name, fgeom), ready,
-            dask_key_name=f"fwd-field-{token}")
+        forward: Any = plan.field("fwd", ready)
         forward_mem = None
     else:
-        forward = delayed(_t_assemble, pure=True)(blends, fgeom,
-                                                  dask_key_name=f"assemble-fwd-{token}")
+        forward = delayed(_t_assemble, pure=True)(blends, plan.fgeom,
+                                                  dask_key_name=f"assemble-fwd-{plan.token}")
         forward_mem = forward
 
     inv_parts = None
     inverse: Any = None
     if reducer.compute_inverse:
-        inv_parts = [
-            delayed(_t_invert, pure=True)(unit, forward, ready, reducer.inverse_iterations,
-                                          writer, dask_key_name=f"invert-{token}-{c}")
-            for c, unit in enumerate(units)
-        ]
+        inv_parts = [plan.invert(c, forward, ready) for c in range(len(plan.units))]
         if writer is not None:
-            inverse = delayed(_loader_field, pure=True)(
-                fgeom, writer.loader(writer.inverse_name, fgeom), inv_parts,
-                dask_key_name=f"inv-field-{token}")
+            inverse = plan.field("inv", inv_parts)
         else:
-            inverse = delayed(_t_assemble, pure=True)(inv_parts, fgeom,
-                                                      dask_key_name=f"assemble-inv-{token}")
-    within = (np.zeros(ndim), (np.asarray(fixed.shape) - 1) / ratio)
-    checks = [
-        delayed(_t_check, pure=True)(unit, forward, inverse, affine, within, writer, inverse,
-                                     dask_key_name=f"check-{token}-{c}")
-        for c, unit in enumerate(units)
-    ]
+            inverse = delayed(_t_assemble, pure=True)(inv_parts, plan.fgeom,
+                                                      dask_key_name=f"assemble-inv-{plan.token}")
+    checks = [plan.check(c, forward, inverse) for c in range(len(plan.units))]
     return delayed(_t_finalize, pure=True)(
-        reducer.n_levels, fgeom, affine, fixed, ready, inv_parts, checks, statuses, writer,
-        forward_mem, dask_key_name=f"finalize-{token}")
+        reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, inv_parts, checks, statuses,
+        writer, forward_mem, dask_key_name=f"finalize-{plan.token}")
 
 
 def _loader_field(fgeom: ImageGeometry, loader: Any, barrier: Any) -> DisplacementField:
