@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from ngff_dreg import config
 from ngff_dreg.cluster import compute_stage
 from ngff_dreg.engine import register_images
 from ngff_dreg.errors import RegistrationFailedError
@@ -40,12 +41,27 @@ from ngff_dreg.io.omezarr.output_state import StageReport, output_status
 from ngff_dreg.io.omezarr.transform_reader import read_transform
 from ngff_dreg.reduce import ReduceToDisplacementField
 from ngff_dreg.schedule import BlockStage
+from ngff_dreg.slab_stage import SlabbedStage
 from ngff_dreg.transforms import AffineTransform
 
 if TYPE_CHECKING:
     from ngff_dreg.run import Run
 
 __all__ = ["BlockStageRunner"]
+
+
+@dataclass
+class _ManifestSlabs:
+    """The finished slabs of stage ``key``, in the run's manifest (a :class:`SlabRecords`)."""
+
+    run: Run
+    key: str
+
+    def finished_slabs(self, layout: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        return self.run.finished_slabs(self.key, layout)
+
+    def record_slab(self, layout: dict[str, Any], index: int, entry: dict[str, Any]) -> None:
+        self.run.record_slab(self.key, layout, index, entry)
 
 logger = logging.getLogger(__name__)
 
@@ -154,21 +170,32 @@ class BlockStageRunner:
             field_spacing_factor=stage.field_spacing_factor, compute_inverse=self.is_last,
             writer=writer,
         )
+        fixed_ctor, moving_ctor = inputs.reader("fixed", f_level), inputs.reader("moving", m_level)
+        block_size = tuple(
+            int(b) for b in one_per_axis(stage.block_size, inputs.ndim, "block_size"))
+        desc = f"stage {self.index} (level {f_level})"
+        slabbed = SlabbedStage(
+            run.client, fixed_ctor, moving_ctor, stage.make_method(), run.current, block_size,
+            stage.overlap, run.block_options(f_level, m_level), reducer, config.slab_blocks(),
+            _ManifestSlabs(run, self.key), run.checkpoints.url("slabs", self.key),
+            inputs.o_opts, inputs.options.progress, desc)
+        _, chunks, _ = slabbed.grid()
+        if int(np.prod([len(c) for c in chunks])) > slabbed.slab_blocks:
+            if inputs.cache_token is not None:  # the fields are read back by every worker
+                run.share_chunks(writer.cache_token)
+            return slabbed.run()
         planned = register_images(
-            fixed_reader_ctor=inputs.reader("fixed", f_level),
-            moving_reader_ctor=inputs.reader("moving", m_level),
-            block_registration_method=stage.make_method(),
+            fixed_reader_ctor=fixed_ctor,
+            moving_reader_ctor=moving_ctor,
+            block_registration_method=slabbed.block_registration_method,
             reduce_method=reducer,
             initial_transform=run.current,
-            fixed_chunk_size=tuple(
-                int(b) for b in one_per_axis(stage.block_size, inputs.ndim, "block_size")
-            ),
+            fixed_chunk_size=block_size,
             overlap_factors=stage.overlap,
-            block_options=run.block_options(f_level, m_level),
+            block_options=slabbed.block_options,
         )
         if inputs.cache_token is not None:  # the fields are read back by every worker
             run.share_chunks(writer.cache_token)
-        desc = f"stage {self.index} (level {f_level})"
         return compute_stage(run.client, planned, inputs.options.progress, desc)
 
     def _report(

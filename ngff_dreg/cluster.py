@@ -37,6 +37,7 @@ __all__ = [
     "unshare_host_cache",
     "client_context",
     "compute_stage",
+    "compute_with_progress",
     "progress_bar",
     "share_settings",
     "worker_addresses",
@@ -356,17 +357,30 @@ def compute_stage(
     the same client then computes them afresh instead of getting the old
     error back.
     """
+    result: RegistrationResult = compute_with_progress(
+        client, schedule.block_results, schedule.registration_result, progress, desc)
+    return result
+
+
+def compute_with_progress(client: Any, blocks: list[Any], final: Any, progress: bool,
+                          desc: str) -> Any:
+    """Compute ``final`` on ``client``, counting the ``blocks`` tasks (among its inputs) done.
+
+    As :func:`compute_stage` (of which this is the body): the first block that
+    raises stops it, and every future of the compute is released on an error.
+    Returns ``final``'s value.
+    """
     from distributed import as_completed
 
-    futures = client.compute([*schedule.block_results, schedule.registration_result])
-    blocks, final = futures[:-1], futures[-1]
-    bar = progress_bar(progress, len(blocks), desc, unit="block")
+    futures = client.compute([*blocks, final])
+    block_futures, final_future = futures[:-1], futures[-1]
+    bar = progress_bar(progress, len(block_futures), desc, unit="block")
     try:
-        for fut in as_completed(blocks, loop=client.loop):
+        for fut in as_completed(block_futures, loop=client.loop):
             if fut.status == "error":
                 fut.result()  # raises the block's error
             bar.update(1)
-        result: RegistrationResult = final.result()
+        result = final_future.result()
     except BaseException:
         # Releasing (not Client.cancel, whose cascade over the reduction's
         # intermediate tasks trips an assertion in the scheduler) lets the

@@ -39,6 +39,7 @@ from ngff_dreg.io.omezarr.output_state import (
     OutputClaim,
     StageReport,
     fingerprint,
+    jsonable,
     set_status,
 )
 from ngff_dreg.io.omezarr.reader import OMEZarrReaderConstructor
@@ -593,6 +594,37 @@ class Run:
             target["io"] = io
         self.reports.append(report)
         self.done[key] = entry
+        slabs = self.claim.manifest.get("slabs")
+        if isinstance(slabs, dict):  # the stage's slabs are in its entry now
+            slabs.pop(key, None)
+        self.check_lease()  # a run that lost its output writes nothing more
+        self.checkpoints.write(self.claim.manifest)
+
+    def finished_slabs(self, key: str, layout: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+        """The recorded forward slabs of unfinished stage ``key`` cut as ``layout`` says.
+
+        Slabs recorded under another layout (another slab size) are not
+        reused: an empty dict.
+        """
+        slabs = self.claim.manifest.get("slabs", {})
+        record = slabs.get(key) if isinstance(slabs, Mapping) else None
+        if not isinstance(record, Mapping) or record.get("layout") != jsonable(layout):
+            return {}
+        return {int(i): dict(entry) for i, entry in record.get("done", {}).items()}
+
+    def record_slab(self, key: str, layout: Mapping[str, Any], index: int,
+                    entry: Mapping[str, Any]) -> None:
+        """Checkpoint forward slab ``index`` of stage ``key`` (its field units are written).
+
+        The manifest keeps the slab's small figures (status grid, counts,
+        field figures) under ``slabs/<key>`` until the stage is recorded
+        (:meth:`record`), which replaces them.
+        """
+        slabs = self.claim.manifest.setdefault("slabs", {})
+        record = slabs.get(key)
+        if not isinstance(record, dict) or record.get("layout") != jsonable(layout):
+            record = slabs[key] = {"layout": jsonable(layout), "done": {}}
+        record["done"][str(index)] = dict(entry)
         self.check_lease()  # a run that lost its output writes nothing more
         self.checkpoints.write(self.claim.manifest)
 

@@ -397,7 +397,8 @@ def _report(fgeom: ImageGeometry, fixed: ImageGeometry, ready: dict[str, Any],
     }
     if inverse_change is not None:
         vox = float(min(fixed.spacing))
-        res = np.concatenate([c["residuals"] for c in checks]) if checks else np.zeros(0)
+        samples = [c["residuals"] for c in checks if "residuals" in c]
+        res = np.concatenate(samples) if samples else np.zeros(0)
         report["inverse_residual_max"] = float(res.max()) if res.size else 0.0
         report["inverse_residual_p95"] = float(np.percentile(res, 95)) if res.size else 0.0
         report["inverse_residual_max_vox"] = report["inverse_residual_max"] / vox

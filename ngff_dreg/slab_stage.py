@@ -1,0 +1,371 @@
+"""A block stage in slabs: a grid too large for one graph, a few whole grid layers at a time.
+
+A stage whose block grid has more blocks than ``ngff-dreg.stage.slab-blocks``
+(:func:`ngff_dreg.config.slab_blocks`) is cut along the grid's axis 0 (its
+slowest) into slabs of whole layers (:func:`~ngff_dreg.blocks.grid_slabs`),
+each computed on its own, with the block size the schedule asked for:
+
+1. **Forward, slab by slab.** Only the slab's blocks are planned
+   (:func:`~ngff_dreg.engine.plan_block_tasks` with ``grid_slab``),
+   registered and sampled; then every forward field unit is blended and
+   written whose reaching blocks (:meth:`ReductionPlan.reach_box
+   <ngff_dreg.reduce.graph.ReductionPlan.reach_box>`) all lie in this slab or
+   an earlier one. A unit near the slab's far side waits for the next slab.
+   The samples of the few layers a later slab's units still need are kept
+   in the run's checkpoints (one small pickle per layer,
+   :data:`HELD_SUFFIX`), read back there by the next slab, and removed when
+   the stage is finished. The client keeps per slab only its status grid and
+   a few figures, which are recorded in the run's manifest
+   (:class:`SlabRecords`): a rerun after an interruption starts at the first
+   slab not recorded.
+2. **Inverse, then checks, slab by slab.** The same units per slab; the
+   inverse reads the written forward field, the checks both fields.
+3. **One finalize**: the report from the slabs' figures, the status map, the
+   pyramids and the metadata (the writer's ``finish``, last).
+
+Every unit is blended with the same blocks, in the same order, as in the
+stage's one-graph reduction (:func:`~ngff_dreg.reduce.graph.build_reduction_graph`),
+so the fields are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from dask import delayed
+
+from ngff_dreg.blocks import grid_slabs, padded_intervals, plan_blocks, status_grid
+from ngff_dreg.cluster import compute_with_progress
+from ngff_dreg.engine import BlockOptions, block_grid, plan_block_tasks
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import RegistrationResult
+from ngff_dreg.io.storage.urls import join_url
+from ngff_dreg.itk_bridge import reader_geometry
+from ngff_dreg.reduce.graph import (
+    ReductionPlan,
+    _t_finalize_parts,
+    _t_ready,
+    merge_status_summaries,
+    reduction_plan,
+    summarize_checks,
+    summarize_statuses,
+)
+from ngff_dreg.reduce.reducer import ReduceToDisplacementField
+
+__all__ = ["HELD_SUFFIX", "SlabLayout", "SlabRecords", "SlabbedStage", "slab_layout"]
+
+logger = logging.getLogger(__name__)
+
+#: Name ending of a held layer's samples below the held location.
+HELD_SUFFIX = ".samples.pkl"
+
+
+class SlabRecords(Protocol):
+    """Where a slabbed stage records its finished forward slabs (the run's manifest)."""
+
+    def finished_slabs(self, layout: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """The entries of the slabs finished with this ``layout``, by slab number."""
+        ...
+
+    def record_slab(self, layout: dict[str, Any], index: int, entry: dict[str, Any]) -> None:
+        """Record forward slab ``index`` as finished (its units all written)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SlabLayout:
+    """How a block grid is cut into slabs, and which field units each slab writes.
+
+    Attributes
+    ----------
+    slabs:
+        ``(first, stop)`` grid layers of each slab.
+    units:
+        The field write units each slab writes (indices into the plan's units).
+    held:
+        For each slab, the earlier layers whose samples its units need.
+    kept:
+        For each slab, its own layers whose samples a later slab needs.
+
+    """
+
+    slabs: list[tuple[int, int]]
+    units: list[list[int]]
+    held: list[list[int]]
+    kept: list[list[int]]
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return max(a[0], b[0]) < min(a[1], b[1])
+
+
+def slab_layout(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
+                overlap_factors: Sequence[float] | float | None,
+                slabs: list[tuple[int, int]]) -> SlabLayout:
+    """Assign each field unit to the first slab after which every block reaching it is done.
+
+    A layer's reach along axis 0 is the union of its blocks' reach boxes:
+    their padded boxes share the layer's axis-0 interval, and the widest
+    hole-filling reach is that of a box with, along every other axis, its
+    longest padded interval. Only axis-0 intervals are compared (a
+    superset of the exact dependencies, which the blend tasks then select).
+    """
+    axes = padded_intervals(plan.fixed.shape, chunks, overlap_factors)
+    longest = [max(axis, key=lambda iv: iv[1] - iv[0]) for axis in axes[1:]]
+    reach = []
+    for a0, b0 in axes[0]:
+        box = Box((a0, *(iv[0] for iv in longest)), (b0, *(iv[1] for iv in longest)))
+        rb = plan.reach_box(box)
+        reach.append((rb.start[0], rb.stop[0]))
+    slab_of = np.zeros(len(reach), dtype=int)
+    for s, (first, stop) in enumerate(slabs):
+        slab_of[first:stop] = s
+    assigned = []
+    for unit in plan.units:
+        span = (unit.box.start[0], unit.box.stop[0])
+        last = max((layer for layer, r in enumerate(reach) if _overlaps(r, span)), default=0)
+        assigned.append(int(slab_of[last]))
+    units: list[list[int]] = [[] for _ in slabs]
+    for c, s in enumerate(assigned):
+        units[s].append(c)
+    held: list[list[int]] = [[] for _ in slabs]
+    kept: list[list[int]] = [[] for _ in slabs]
+    for layer, r in enumerate(reach):
+        own = int(slab_of[layer])
+        later = sorted({assigned[c] for c, u in enumerate(plan.units)
+                        if assigned[c] > own and _overlaps(r, (u.box.start[0], u.box.stop[0]))})
+        for s in later:
+            held[s].append(layer)
+        if later:
+            kept[own].append(layer)
+    return SlabLayout(slabs, units, held, kept)
+
+
+# ------------------------------------------------------------------ tasks
+def _open_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path
+
+
+def _t_keep(url: str, storage_options: dict[str, Any] | None, samples: list[Any]) -> bool:
+    """Keep a layer's block samples for a later slab (one object)."""
+    fs, path = _open_fs(url, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, pickle.dumps(samples, protocol=pickle.HIGHEST_PROTOCOL))
+    return True
+
+
+def _t_load(url: str, storage_options: dict[str, Any] | None) -> list[Any]:
+    """The block samples of a layer kept by an earlier slab of this stage."""
+    fs, path = _open_fs(url, storage_options)
+    samples: list[Any] = pickle.loads(fs.cat_file(path))  # written by this run
+    return samples
+
+
+def _t_pick(samples: list[Any], k: int) -> Any:
+    return samples[k]
+
+
+def _t_slab_summary(first: int, shape: tuple[int, ...], statuses: list[Any],
+                    blends: list[dict[str, Any]], kept: list[bool], prep: Any) -> dict[str, Any]:
+    """A forward slab's small figures: its status grid, status summary and blend figures.
+
+    ``kept`` and ``prep`` (the output's arrays created, even by a slab that
+    writes no unit) are barriers.
+    """
+    grid = status_grid([((index[0] - first, *index[1:]), s) for index, s, _, _ in statuses],
+                       shape)
+    return {"status": grid.tolist(), "summary": summarize_statuses(statuses),
+            "ready": _t_ready(blends)}
+
+
+def _t_max_change(parts: list[dict[str, Any]]) -> float:
+    return max((p["change"] for p in parts), default=0.0)
+
+
+def _merge_ready(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "max_disp": max((p["max_disp"] for p in parts), default=0.0),
+        "max_resid": max((p["max_resid"] for p in parts), default=0.0),
+        "uncovered": sum(p["uncovered"] for p in parts),
+        "n": sum(p["n"] for p in parts),
+    }
+
+
+# ------------------------------------------------------------------ the stage
+@dataclass
+class SlabbedStage:
+    """One block stage computed in slabs on a ``distributed`` client (see the module docstring).
+
+    Attributes
+    ----------
+    client:
+        The run's client.
+    fixed_reader_ctor, moving_reader_ctor, block_registration_method, initial_transform:
+        As :func:`~ngff_dreg.engine.register_images` takes them.
+    fixed_chunk_size, overlap_factors, block_options:
+        Likewise.
+    reducer:
+        The stage's reducer; it must have a writer (its fields are written
+        slab by slab).
+    slab_blocks:
+        Most blocks per slab (at least one grid layer per slab).
+    records:
+        Where finished slabs are recorded (and read back on a rerun).
+    held_url, held_options:
+        Location (and its storage options) of the kept layer samples.
+    progress, desc:
+        Progress bars, and their label.
+
+    """
+
+    client: Any
+    fixed_reader_ctor: Any
+    moving_reader_ctor: Any
+    block_registration_method: Any
+    initial_transform: Any
+    fixed_chunk_size: Sequence[int] | None
+    overlap_factors: Sequence[float] | float | None
+    block_options: BlockOptions
+    reducer: ReduceToDisplacementField
+    slab_blocks: int
+    records: SlabRecords
+    held_url: str
+    held_options: dict[str, Any] | None = None
+    progress: bool = False
+    desc: str = "stage"
+
+    def grid(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], ImageGeometry]:
+        """``(block shape, grid chunks, fixed geometry)`` of the stage, as asked."""
+        fixed = reader_geometry(self.fixed_reader_ctor)
+        block, chunks = block_grid(self.fixed_reader_ctor, fixed,
+                                   reader_geometry(self.moving_reader_ctor), self.fixed_chunk_size)
+        return block, chunks, fixed
+
+    def _held(self, layer: int) -> str:
+        return join_url(self.held_url, f"layer-{layer}{HELD_SUFFIX}")
+
+    def _plan_slab(self, slab: tuple[int, int]) -> Any:
+        return plan_block_tasks(
+            self.fixed_reader_ctor, self.moving_reader_ctor, self.block_registration_method,
+            self.initial_transform, self.fixed_chunk_size, self.overlap_factors,
+            block_options=self.block_options, grid_slab=slab)
+
+    def run(self) -> RegistrationResult:
+        """Compute the stage; returns its forward/inverse transforms and status grid."""
+        writer = self.reducer.field_writer()
+        if writer is None:
+            raise ValueError("a stage in slabs writes its fields: its reducer needs a writer")
+        block, chunks, fixed = self.grid()
+        grid_shape = tuple(len(c) for c in chunks)
+        slabs = grid_slabs(grid_shape, self.slab_blocks)
+        first = self._plan_slab(slabs[0])
+        plan = reduction_plan(self.reducer, writer, fixed, self.initial_transform, "slabs",
+                              first.token, chunks, self.overlap_factors, slabs)
+        layout = slab_layout(plan, chunks, self.overlap_factors, slabs)
+        # what the recorded slabs were computed on (the run's fingerprint covers the rest)
+        ident = {"grid": list(grid_shape), "block": list(block),
+                 "slabs": [list(s) for s in slabs], "field": list(plan.fgeom.shape),
+                 "units": len(plan.units)}
+        done = self.records.finished_slabs(ident)
+        logger.info("%s: %d blocks (grid %s, block %s) in %d slabs of at most %d blocks%s",
+                    self.desc, int(np.prod(grid_shape)), grid_shape, block, len(slabs),
+                    self.slab_blocks, f"; {len(done)} finished before" if done else "")
+        entries: list[dict[str, Any]] = []
+        for s, slab in enumerate(slabs):
+            if s in done:
+                entries.append(done[s])
+                continue
+            tasks = first if s == 0 else self._plan_slab(slab)
+            entry = self._forward(plan, layout, s, tasks, grid_shape,
+                                  prep=plan.prepare() if not done and not entries else None)
+            self.records.record_slab(ident, s, entry)
+            entries.append(entry)
+        ready = _merge_ready([e["ready"] for e in entries])
+        summary = merge_status_summaries([e["summary"] for e in entries])
+        smap = np.concatenate([np.asarray(e["status"], dtype=np.int16) for e in entries])
+        change, checks = self._inverse_and_checks(plan, layout, ready)
+        final = delayed(_t_finalize_parts, pure=True)(
+            self.reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, change, checks,
+            summary, smap, writer, dask_key_name=f"finalize-{plan.token}")
+        transforms = compute_with_progress(self.client, [], final, False, self.desc)
+        self._forget_held(layout)
+        return RegistrationResult(transforms=transforms, status=smap)
+
+    def _forward(self, plan: ReductionPlan, layout: SlabLayout, s: int, tasks: Any,
+                 grid_shape: tuple[int, ...], prep: Any) -> dict[str, Any]:
+        """Register slab ``s``, write its units, keep the samples later slabs need."""
+        first_layer, stop = layout.slabs[s]
+        ids = [int(np.ravel_multi_index(p.info.chunk_index, grid_shape)) for p in tasks.plans]
+        boxes = [p.padded for p in tasks.plans]
+        samples, statuses = plan.samples(tasks.block_results, boxes, ids)
+        candidates: list[tuple[int, Any, Box]] = [
+            (i, smp, plan.reach_box(b)) for i, smp, b in zip(ids, samples, boxes)]
+        for layer in layout.held[s]:
+            loaded = delayed(_t_load, pure=True)(
+                self._held(layer), self.held_options,
+                dask_key_name=f"held-{plan.token}-{layer}")
+            held_plans, _ = plan_blocks(plan.fixed.shape, tasks.block, self.overlap_factors,
+                                        grid_slab=(layer, layer + 1))
+            for k, p in enumerate(held_plans):
+                i = int(np.ravel_multi_index(p.info.chunk_index, grid_shape))
+                candidates.append((i, delayed(_t_pick, pure=True)(
+                    loaded, k, dask_key_name=f"held-sample-{plan.token}-{i}"),
+                    plan.reach_box(p.padded)))
+        candidates.sort(key=lambda t: t[0])
+        cand_samples = [c[1] for c in candidates]
+        cand_reach = [c[2] for c in candidates]
+        blends = [plan.blend(c, cand_samples, cand_reach, prep) for c in layout.units[s]]
+        per_layer = int(np.prod(grid_shape[1:]))
+        kept = [delayed(_t_keep, pure=True)(
+                    self._held(layer), self.held_options,
+                    samples[(layer - first_layer) * per_layer:(layer - first_layer + 1)
+                            * per_layer],
+                    dask_key_name=f"keep-{plan.token}-{layer}")
+                for layer in layout.kept[s]]
+        summary = delayed(_t_slab_summary, pure=True)(
+            first_layer, (stop - first_layer, *grid_shape[1:]), statuses, blends, kept, prep,
+            dask_key_name=f"slab-{plan.token}-{s}")
+        desc = f"{self.desc} slab {s + 1}/{len(layout.slabs)}"
+        entry: dict[str, Any] = compute_with_progress(self.client, tasks.block_results, summary,
+                                                      self.progress, desc)
+        return entry
+
+    def _inverse_and_checks(self, plan: ReductionPlan, layout: SlabLayout,
+                            ready: dict[str, Any]) -> tuple[float | None, list[dict[str, Any]]]:
+        """Invert the written forward field, then check both, slab by slab."""
+        forward = plan.field("fwd", None)
+        change: float | None = None
+        inverse: Any = None
+        if self.reducer.compute_inverse:
+            changes = []
+            for s, units in enumerate(layout.units):
+                parts = [plan.invert(c, forward, ready) for c in units]
+                changes.append(compute_with_progress(
+                    self.client, [], delayed(_t_max_change, pure=True)(
+                        parts, dask_key_name=f"inverted-{plan.token}-{s}"), False, self.desc))
+            change = max(changes, default=0.0)
+            inverse = plan.field("inv", None)
+        checks = []
+        for s, units in enumerate(layout.units):
+            parts = [plan.check(c, forward, inverse) for c in units]
+            checks.append(compute_with_progress(
+                self.client, [], delayed(summarize_checks, pure=True)(
+                    parts, dask_key_name=f"checked-{plan.token}-{s}"), False, self.desc))
+        return change, checks
+
+    def _forget_held(self, layout: SlabLayout) -> None:
+        """Remove the kept layer samples (best effort: the stage is finished without them)."""
+        for layer in sorted({x for kept in layout.kept for x in kept}):
+            try:
+                fs, path = _open_fs(self._held(layer), self.held_options)
+                fs.rm_file(path)
+            except Exception as exc:  # gone already, or a store that refuses
+                logger.debug("kept samples of layer %d not removed: %s", layer, exc)

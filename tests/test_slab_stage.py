@@ -1,0 +1,172 @@
+"""A block stage in slabs (ngff_dreg.slab_stage) against the same stage in one graph."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from ngff_dreg import config, engine
+from ngff_dreg.demo import make_demo
+from ngff_dreg.errors import ConfigError
+from ngff_dreg.io.omezarr.field_writer import FORWARD_NAME, INVERSE_NAME, TRANSFORMS_GROUP
+from ngff_dreg.io.omezarr.output_state import output_status
+from ngff_dreg.pipeline import register
+from ngff_dreg.run import Run
+from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
+from ngff_dreg.slab_stage import SlabbedStage
+
+#: blocks per grid layer below (a 512² level in 64² blocks: an 8 x 8 grid)
+LAYER = 8
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _schedule() -> Schedule:
+    # a field node every 2 voxels: 4 x 4 field units of 64² nodes, written by
+    # slabs 3, 5 and 7 of 8 when each slab is one grid layer
+    return Schedule(GlobalStage(level=1), [
+        BlockStage(level=0, block_size=64, overlap=0.5, method_options={"mesh_size": 3},
+                   field_spacing_factor=2)])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: Any) -> Any:
+    d = tmp_path_factory.mktemp("slab_pair")
+    return make_demo(d, synthetic=True, ndim=2, size=512, max_displacement_voxels=3.0, chunks=32)
+
+
+class _Graphs:
+    """The number of tasks of each graph the client computes, and their keys."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        self.keys: set[str] = set()
+        compute = client.compute
+
+        def counted(collections: Any, *args: Any, **kwargs: Any) -> Any:
+            items = collections if isinstance(collections, (list, tuple)) else [collections]
+            keys = {str(k) for c in items if hasattr(c, "__dask_graph__")
+                    for k in c.__dask_graph__()}
+            self.sizes.append(len(keys))
+            self.keys.update(keys)
+            return compute(collections, *args, **kwargs)
+
+        monkeypatch.setattr(client, "compute", counted)
+
+    def registered_layers(self) -> set[int]:
+        """The grid layers of the block tasks computed."""
+        return {int(k.split("-")[2]) for k in self.keys if k.startswith("register-block-")}
+
+
+def _run(pair: Any, out: str, client: Any, **kwargs: Any) -> Any:
+    return register(pair.fixed, pair.moving, out, schedule=_schedule(), client=client,
+                    progress=False, **kwargs)
+
+
+def _fields(out: str) -> dict[str, np.ndarray]:
+    root = zarr.open_group(out, mode="r")
+    return {name: np.asarray(root[f"{TRANSFORMS_GROUP}/{name}/s0"][...])
+            for name in (FORWARD_NAME, INVERSE_NAME)} | {
+        "jacobian": np.asarray(root["quality/jacobian"][...])}
+
+
+@pytest.fixture(scope="module")
+def reference(pair: Any, tmp_path_factory: Any, dask_client: Any) -> Any:
+    out = str(tmp_path_factory.mktemp("slab_ref") / "out.zarr")
+    with pytest.MonkeyPatch.context() as mp:
+        graphs = _Graphs(dask_client, mp)
+        result = _run(pair, out, dask_client)
+    assert result.status.shape == (LAYER, LAYER)
+    return out, result, graphs
+
+
+def _figures(result: Any) -> dict[str, Any]:
+    report = dict(result.levels[-1].report)
+    report.pop("io", None)
+    return report
+
+
+def _same_figures(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert np.isclose(value, b[key], rtol=1e-6, atol=1e-9), (key, value, b[key])
+        else:
+            assert value == b[key], key
+
+
+def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
+        pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    ref_out, ref, ref_graphs = reference
+    ngff_config({"stage.slab-blocks": LAYER})  # one grid layer per slab
+    # the whole grid would be coarsened at this size; a stage in slabs never is
+    monkeypatch.setattr(engine, "MAX_BLOCKS", LAYER)
+    forwards: list[int] = []
+    original = SlabbedStage._forward
+
+    def forward(self: SlabbedStage, *args: Any, **kwargs: Any) -> Any:
+        forwards.append(args[2])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SlabbedStage, "_forward", forward)
+    graphs = _Graphs(dask_client, monkeypatch)
+    out = str(tmp_path / "slabs.zarr")
+    with caplog.at_level(logging.INFO, logger="ngff_dreg"):
+        result = _run(pair, out, dask_client)
+    assert forwards == list(range(LAYER))
+    assert not [r for r in caplog.records if "coarsened" in r.getMessage()]
+    assert output_status(out) == "complete"
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+    assert max(graphs.sizes) < max(ref_graphs.sizes)
+    assert graphs.registered_layers() == set(range(LAYER))
+    # the stage's slab records went into its entry, the kept samples are gone
+    assert not list((tmp_path / "slabs.zarr" / "checkpoints").glob("slabs/*/*.pkl"))
+
+
+def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
+        pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ref_out, ref, _ = reference
+    ngff_config({"stage.slab-blocks": 2 * LAYER})  # two grid layers per slab
+    out = str(tmp_path / "resume.zarr")
+    record = Run.record_slab
+
+    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
+        record(self, key, layout, index, entry)
+        if index == 0:
+            raise Interrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Run, "record_slab", record_then_stop)
+        with pytest.raises(Interrupt):
+            _run(pair, out, dask_client)
+    assert output_status(out) == "incomplete"
+    graphs = _Graphs(dask_client, monkeypatch)
+    result = _run(pair, out, dask_client)
+    assert output_status(out) == "complete"
+    assert graphs.registered_layers() == set(range(2, LAYER))  # slab 0 (layers 0, 1) kept
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_a_bad_slab_size_is_refused_naming_the_key(pair: Any, tmp_path: Any,
+                                                   dask_client: Any, ngff_config: Any) -> None:
+    ngff_config({"stage.slab-blocks": 0})
+    with pytest.raises(ConfigError, match=r"ngff-dreg\.stage\.slab-blocks"):
+        config.slab_blocks()
+    with pytest.raises(ConfigError, match=r"ngff-dreg\.stage\.slab-blocks"):
+        _run(pair, str(tmp_path / "bad.zarr"), dask_client)
