@@ -125,20 +125,21 @@ def slab_layout(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
     slab_of = np.zeros(len(reach), dtype=int)
     for s, (first, stop) in enumerate(slabs):
         slab_of[first:stop] = s
-    assigned = []
-    for unit in plan.units:
-        span = (unit.box.start[0], unit.box.stop[0])
+    # units sharing their axis-0 span (a row of units) go together
+    spans = sorted({(u.box.start[0], u.box.stop[0]) for u in plan.units})
+    row_slab = {}
+    for span in spans:
         last = max((layer for layer, r in enumerate(reach) if _overlaps(r, span)), default=0)
-        assigned.append(int(slab_of[last]))
+        row_slab[span] = int(slab_of[last])
     units: list[list[int]] = [[] for _ in slabs]
-    for c, s in enumerate(assigned):
-        units[s].append(c)
+    for c, u in enumerate(plan.units):
+        units[row_slab[(u.box.start[0], u.box.stop[0])]].append(c)
     held: list[list[int]] = [[] for _ in slabs]
     kept: list[list[int]] = [[] for _ in slabs]
     for layer, r in enumerate(reach):
         own = int(slab_of[layer])
-        later = sorted({assigned[c] for c, u in enumerate(plan.units)
-                        if assigned[c] > own and _overlaps(r, (u.box.start[0], u.box.stop[0]))})
+        later = sorted({row_slab[span] for span in spans
+                        if row_slab[span] > own and _overlaps(r, span)})
         for s in later:
             held[s].append(layer)
         if later:
@@ -296,7 +297,7 @@ class SlabbedStage:
             self.reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, change, checks,
             summary, smap, writer, dask_key_name=f"finalize-{plan.token}")
         transforms = compute_with_progress(self.client, [], final, False, self.desc)
-        self._forget_held(layout)
+        self._forget_held()
         return RegistrationResult(transforms=transforms, status=smap)
 
     def _forward(self, plan: ReductionPlan, layout: SlabLayout, s: int, tasks: Any,
@@ -361,11 +362,11 @@ class SlabbedStage:
                     parts, dask_key_name=f"checked-{plan.token}-{s}"), False, self.desc))
         return change, checks
 
-    def _forget_held(self, layout: SlabLayout) -> None:
+    def _forget_held(self) -> None:
         """Remove the kept layer samples (best effort: the stage is finished without them)."""
-        for layer in sorted({x for kept in layout.kept for x in kept}):
-            try:
-                fs, path = _open_fs(self._held(layer), self.held_options)
-                fs.rm_file(path)
-            except Exception as exc:  # gone already, or a store that refuses
-                logger.debug("kept samples of layer %d not removed: %s", layer, exc)
+        try:
+            fs, path = _open_fs(self.held_url, self.held_options)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except Exception as exc:  # a store that refuses: the files only take room
+            logger.debug("kept block samples not removed: %s", exc)

@@ -170,3 +170,34 @@ def test_a_bad_slab_size_is_refused_naming_the_key(pair: Any, tmp_path: Any,
         config.slab_blocks()
     with pytest.raises(ConfigError, match=r"ngff-dreg\.stage\.slab-blocks"):
         _run(pair, str(tmp_path / "bad.zarr"), dask_client)
+
+
+@pytest.mark.parametrize("per_slab", [1, 2, 3])
+def test_each_unit_is_written_once_by_the_first_slab_all_its_blocks_are_in(
+        per_slab: int) -> None:
+    from ngff_dreg.blocks import grid_slabs, plan_blocks
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.reduce import ReduceToDisplacementField
+    from ngff_dreg.reduce.graph import reduction_plan
+    from ngff_dreg.slab_stage import slab_layout
+
+    fixed = ImageGeometry(shape=(200, 90, 70), spacing=(1.0, 1.0, 2.0), origin=(0.0,) * 3)
+    plans, chunks = plan_blocks(fixed.shape, (24, 40, 32), 0.5)
+    grid = [len(c) for c in chunks]
+    plan = reduction_plan(ReduceToDisplacementField(field_spacing_factor=2, field_chunk=16),
+                          None, fixed, None, "test")
+    slabs = grid_slabs(grid, per_slab * grid[1] * grid[2])
+    layout = slab_layout(plan, chunks, 0.5, slabs)
+    assert sorted(c for units in layout.units for c in units) == list(range(len(plan.units)))
+    assert sum(1 for units in layout.units if units) > 1
+    slab_of = {layer: s for s, (a, b) in enumerate(slabs) for layer in range(a, b)}
+    for s, units in enumerate(layout.units):
+        for c in units:
+            layers = {p.info.chunk_index[0] for p in plans
+                      if any(not plan.reach_box(p.padded).intersect(ch).is_empty
+                             for ch in plan.units[c].chunks)}
+            assert max(layers) < slabs[s][1]  # every block reaching it is done by then
+            assert s == 0 or max(layers) >= slabs[s][0]  # and not one slab earlier
+            earlier = {layer for layer in layers if slab_of[layer] < s}
+            assert earlier <= set(layout.held[s])
+            assert all(layer in layout.kept[slab_of[layer]] for layer in earlier)
