@@ -1,5 +1,6 @@
 """The block engine on real ITK methods, threaded and on a multi-process cluster."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -530,3 +531,27 @@ def test_blocks_prefer_a_worker_of_their_machine_and_any_worker_may_take_them():
         layer = graph.layers[task.key]
         # loose: a worker that dies, or a busy machine, never strands a block
         assert layer.annotations == {"workers": [want], "allow_other_workers": True}
+
+
+def test_a_grid_slab_plans_its_layers_alone_with_the_whole_grids_keys(monkeypatch, caplog):
+    from ngff_dreg import engine
+
+    fixed_ctor, moving_ctor = _pair()
+    args = dict(fixed_reader_ctor=fixed_ctor, moving_reader_ctor=moving_ctor,
+                block_registration_method=ItkDregStyleTranslation(),
+                reduce_method=MeanTranslationReduce(),
+                initial_transform=AffineTransform.identity(3), fixed_chunk_size=16,
+                overlap_factors=0.5)
+    whole = register_images(**args)
+    part = register_images(**args, grid_slab=(1, 3))
+    assert [p.info.chunk_index[0] for p in part.blocks] == [1] * 16 + [2] * 16
+    assert part.blocks == whole.blocks[16:48]
+    assert [r.key for r in part.block_results] == [r.key for r in whole.block_results[16:48]]
+    assert part.fixed_da.chunks == whole.fixed_da.chunks  # the whole grid's chunks
+    # a grid too large for one graph is coarsened when planned whole, never in slabs
+    monkeypatch.setattr(engine, "MAX_BLOCKS", 8)
+    with caplog.at_level(logging.WARNING, logger="ngff_dreg.engine"):
+        assert len(register_images(**args, grid_slab=(0, 1)).blocks) == 16
+        assert not caplog.records
+        assert len(register_images(**args).blocks) <= 8
+        assert "coarsened" in caplog.text
