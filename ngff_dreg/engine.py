@@ -76,7 +76,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 worker_logger = logging.getLogger("distributed.worker")
 
-#: A plan with more blocks than this is coarsened (with a warning).
+#: A whole grid with more blocks than this is coarsened (with a warning) by
+#: :func:`register_images`; a slab (``grid_slab``) never is. The pipeline runs a
+#: stage of more than ``ngff-dreg.stage.slab-blocks`` blocks in slabs instead
+#: (:mod:`ngff_dreg.slab_stage`), at the block size asked for.
 MAX_BLOCKS = 20_000
 
 #: Errors reading a block's inputs that stop the run instead of failing the block:

@@ -18,6 +18,12 @@ tasks would (same blocks, same kernels, same order), and writes the shard
 once, so no two tasks ever write one shard object. Such a task holds one
 shard of the stored field plus one chunk's working set.
 
+:func:`build_reduction_graph` wires these tasks into one graph from the
+pieces of a :class:`ReductionPlan`; a stage in slabs
+(:mod:`ngff_dreg.slab_stage`) computes the same pieces a part at a time, and
+finalizes once from the parts' small figures (:func:`summarize_statuses`,
+:func:`summarize_checks`).
+
 The kernels (:mod:`~ngff_dreg.reduce.blend`, :mod:`~ngff_dreg.reduce.inverse`,
 :mod:`~ngff_dreg.reduce.quality`) are pure NumPy. The tasks here adapt what
 they are given to them: ITK block transforms and domains become NumPy-evaluable
