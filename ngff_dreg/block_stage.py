@@ -181,8 +181,7 @@ class BlockStageRunner:
         slabbed = SlabbedStage(
             run.client, fixed_ctor, moving_ctor, stage.make_method(), run.current, block_size,
             stage.overlap, run.block_options(f_level, m_level), reducer, config.slab_blocks(),
-            _ManifestSlabs(run, self.key), run.checkpoints.url("slabs", self.key),
-            inputs.o_opts, inputs.options.progress, desc)
+            _ManifestSlabs(run, self.key), inputs.options.progress, desc)
         _, chunks, _ = slabbed.grid()
         if int(np.prod([len(c) for c in chunks])) > slabbed.slab_blocks:
             if inputs.cache_token is not None:  # the fields are read back by every worker

@@ -11,13 +11,19 @@ each computed on its own, with the block size the schedule asked for:
    written whose reaching blocks (:meth:`ReductionPlan.reach_box
    <ngff_dreg.reduce.graph.ReductionPlan.reach_box>`) all lie in this slab or
    an earlier one. A unit near the slab's far side waits for the next slab.
-   The samples of the few layers a later slab's units still need are kept
-   in the run's checkpoints (one small pickle per layer,
-   :data:`HELD_SUFFIX`), read back there by the next slab, and removed when
-   the stage is finished. The client keeps per slab only its status grid and
-   a few figures, which are recorded in the run's manifest
+   The samples of the few layers a later slab's units still need stay on
+   the cluster: they are persisted (:meth:`distributed.Client.persist`) with
+   the slab's graph, handed to the later slabs' graphs as futures, and
+   released once no later slab needs them. Nothing of them is written to a
+   store. The client keeps per slab only its status grid and a few
+   figures, which are recorded in the run's manifest
    (:class:`SlabRecords`): a rerun after an interruption starts at the first
-   slab not recorded.
+   slab not recorded. The kept samples died with the interrupted run, so
+   that slab registers the earlier layers it needs again (its graph plans
+   them with ``grid_slab=(layer, layer + 1)``, registers and samples them)
+   and keeps those a later slab still needs. That costs the blocks of the
+   layers the slab reaches back into (usually a layer or two), once per
+   resume; nothing else is registered twice.
 2. **Inverse, then checks, slab by slab.** The same units per slab; the
    inverse reads the written forward field, the checks both fields.
 3. **One finalize**: the report from the slabs' figures, the status map, the
@@ -31,7 +37,6 @@ so the fields are the same.
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,12 +44,11 @@ from typing import Any, Protocol
 import numpy as np
 from dask import delayed
 
-from ngff_dreg.blocks import grid_slabs, padded_intervals, plan_blocks, status_grid
+from ngff_dreg.blocks import grid_slabs, padded_intervals, status_grid
 from ngff_dreg.cluster import compute_with_progress
 from ngff_dreg.engine import BlockOptions, block_grid, plan_block_tasks
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import RegistrationResult
-from ngff_dreg.io.storage.urls import join_url
 from ngff_dreg.itk_bridge import reader_geometry
 from ngff_dreg.reduce.graph import (
     ReductionPlan,
@@ -57,12 +61,9 @@ from ngff_dreg.reduce.graph import (
 )
 from ngff_dreg.reduce.reducer import ReduceToDisplacementField
 
-__all__ = ["HELD_SUFFIX", "SlabLayout", "SlabRecords", "SlabbedStage", "slab_layout"]
+__all__ = ["SlabLayout", "SlabRecords", "SlabbedStage", "slab_layout"]
 
 logger = logging.getLogger(__name__)
-
-#: Name ending of a held layer's samples below the held location.
-HELD_SUFFIX = ".samples.pkl"
 
 
 class SlabRecords(Protocol):
@@ -148,38 +149,12 @@ def slab_layout(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
 
 
 # ------------------------------------------------------------------ tasks
-def _open_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path
-
-
-def _t_keep(url: str, storage_options: dict[str, Any] | None, samples: list[Any]) -> bool:
-    """Keep a layer's block samples for a later slab (one object)."""
-    fs, path = _open_fs(url, storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, pickle.dumps(samples, protocol=pickle.HIGHEST_PROTOCOL))
-    return True
-
-
-def _t_load(url: str, storage_options: dict[str, Any] | None) -> list[Any]:
-    """The block samples of a layer kept by an earlier slab of this stage."""
-    fs, path = _open_fs(url, storage_options)
-    samples: list[Any] = pickle.loads(fs.cat_file(path))  # written by this run
-    return samples
-
-
-def _t_pick(samples: list[Any], k: int) -> Any:
-    return samples[k]
-
-
 def _t_slab_summary(first: int, shape: tuple[int, ...], statuses: list[Any],
-                    blends: list[dict[str, Any]], kept: list[bool], prep: Any) -> dict[str, Any]:
+                    blends: list[dict[str, Any]], prep: Any) -> dict[str, Any]:
     """A forward slab's small figures: its status grid, status summary and blend figures.
 
-    ``kept`` and ``prep`` (the output's arrays created, even by a slab that
-    writes no unit) are barriers.
+    ``prep`` (the output's arrays created, even by a slab that writes no
+    unit) is a barrier.
     """
     grid = status_grid([((index[0] - first, *index[1:]), s) for index, s, _, _ in statuses],
                        shape)
@@ -198,6 +173,31 @@ def _merge_ready(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "uncovered": sum(p["uncovered"] for p in parts),
         "n": sum(p["n"] for p in parts),
     }
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A block's sample task (or its persisted future) and its reach box."""
+
+    id: int
+    sample: Any
+    reach: Box
+
+
+def _needed_after(layout: SlabLayout, layer: int, s: int) -> bool:
+    """Whether a slab after ``s`` needs the samples of grid layer ``layer``."""
+    return any(layer in held for held in layout.held[s + 1:])
+
+
+def _release(held: list[_Held]) -> None:
+    """Let the cluster forget persisted samples (released, not cancelled).
+
+    See :func:`~ngff_dreg.cluster.compute_with_progress` on why not ``Client.cancel``.
+    """
+    from distributed import futures_of
+
+    for future in futures_of([h.sample for h in held]):
+        future.release()
 
 
 # ------------------------------------------------------------------ the stage
@@ -220,8 +220,6 @@ class SlabbedStage:
         Most blocks per slab (at least one grid layer per slab).
     records:
         Where finished slabs are recorded (and read back on a rerun).
-    held_url, held_options:
-        Location (and its storage options) of the kept layer samples.
     progress, desc:
         Progress bars, and their label.
 
@@ -238,8 +236,6 @@ class SlabbedStage:
     reducer: ReduceToDisplacementField
     slab_blocks: int
     records: SlabRecords
-    held_url: str
-    held_options: dict[str, Any] | None = None
     progress: bool = False
     desc: str = "stage"
 
@@ -249,9 +245,6 @@ class SlabbedStage:
         block, chunks = block_grid(self.fixed_reader_ctor, fixed,
                                    reader_geometry(self.moving_reader_ctor), self.fixed_chunk_size)
         return block, chunks, fixed
-
-    def _held(self, layer: int) -> str:
-        return join_url(self.held_url, f"layer-{layer}{HELD_SUFFIX}")
 
     def _plan_slab(self, slab: tuple[int, int]) -> Any:
         return plan_block_tasks(
@@ -280,15 +273,23 @@ class SlabbedStage:
                     self.desc, int(np.prod(grid_shape)), grid_shape, block, len(slabs),
                     self.slab_blocks, f"; {len(done)} finished before" if done else "")
         entries: list[dict[str, Any]] = []
-        for s, slab in enumerate(slabs):
-            if s in done:
-                entries.append(done[s])
-                continue
-            tasks = first if s == 0 else self._plan_slab(slab)
-            entry = self._forward(plan, layout, s, tasks, grid_shape,
-                                  prep=plan.prepare() if not done and not entries else None)
-            self.records.record_slab(ident, s, entry)
-            entries.append(entry)
+        live: dict[int, list[_Held]] = {}  # kept layers' samples, persisted on the cluster
+        try:
+            for s, slab in enumerate(slabs):
+                if s in done:
+                    entries.append(done[s])
+                    continue
+                tasks = first if s == 0 else self._plan_slab(slab)
+                entry = self._forward(plan, layout, s, tasks, grid_shape, live,
+                                      prep=plan.prepare() if not done and not entries else None)
+                self.records.record_slab(ident, s, entry)
+                entries.append(entry)
+                for layer in [layer for layer in live if not _needed_after(layout, layer, s)]:
+                    _release(live.pop(layer))
+        finally:
+            for held in live.values():
+                _release(held)
+            live.clear()
         ready = _merge_ready([e["ready"] for e in entries])
         summary = merge_status_summaries([e["summary"] for e in entries])
         smap = np.concatenate([np.asarray(e["status"], dtype=np.int16) for e in entries])
@@ -297,46 +298,70 @@ class SlabbedStage:
             self.reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, change, checks,
             summary, smap, writer, dask_key_name=f"finalize-{plan.token}")
         transforms = compute_with_progress(self.client, [], final, False, self.desc)
-        self._forget_held()
         return RegistrationResult(transforms=transforms, status=smap)
 
     def _forward(self, plan: ReductionPlan, layout: SlabLayout, s: int, tasks: Any,
-                 grid_shape: tuple[int, ...], prep: Any) -> dict[str, Any]:
-        """Register slab ``s``, write its units, keep the samples later slabs need."""
-        first_layer, stop = layout.slabs[s]
-        ids = [int(np.ravel_multi_index(p.info.chunk_index, grid_shape)) for p in tasks.plans]
-        boxes = [p.padded for p in tasks.plans]
-        samples, statuses = plan.samples(tasks.block_results, boxes, ids)
-        candidates: list[tuple[int, Any, Box]] = [
-            (i, smp, plan.reach_box(b)) for i, smp, b in zip(ids, samples, boxes)]
+                 grid_shape: tuple[int, ...], live: dict[int, list[_Held]],
+                 prep: Any) -> dict[str, Any]:
+        """Register slab ``s`` and write its units.
+
+        The samples of the earlier layers its units need are taken from
+        ``live`` (persisted by an earlier slab of this run); those not there
+        (a rerun) are registered again in this slab's graph. Every layer
+        sampled here that a later slab needs is persisted into ``live``.
+        """
+        blocks = list(tasks.block_results)
+        layers: dict[int, list[_Held]] = {}
+        fresh: list[int] = []  # layers sampled in this graph
+
+        def sample(planned: Any) -> list[Any]:
+            ids = [int(np.ravel_multi_index(p.info.chunk_index, grid_shape))
+                   for p in planned.plans]
+            boxes = [p.padded for p in planned.plans]
+            samples, statuses = plan.samples(planned.block_results, boxes, ids)
+            for p, i, smp, b in zip(planned.plans, ids, samples, boxes):
+                layer = int(p.info.chunk_index[0])
+                if layer not in layers:
+                    layers[layer] = []
+                    fresh.append(layer)
+                layers[layer].append(_Held(i, smp, plan.reach_box(b)))
+            return statuses
+
+        statuses = sample(tasks)
         for layer in layout.held[s]:
-            loaded = delayed(_t_load, pure=True)(
-                self._held(layer), self.held_options,
-                dask_key_name=f"held-{plan.token}-{layer}")
-            held_plans, _ = plan_blocks(plan.fixed.shape, tasks.block, self.overlap_factors,
-                                        grid_slab=(layer, layer + 1))
-            for k, p in enumerate(held_plans):
-                i = int(np.ravel_multi_index(p.info.chunk_index, grid_shape))
-                candidates.append((i, delayed(_t_pick, pure=True)(
-                    loaded, k, dask_key_name=f"held-sample-{plan.token}-{i}"),
-                    plan.reach_box(p.padded)))
-        candidates.sort(key=lambda t: t[0])
-        cand_samples = [c[1] for c in candidates]
-        cand_reach = [c[2] for c in candidates]
+            if layer in live:
+                layers[layer] = live[layer]
+                continue
+            logger.info("%s: registering grid layer %d again for slab %d (its kept samples "
+                        "went with an interrupted run)", self.desc, layer, s + 1)
+            again = self._plan_slab((layer, layer + 1))
+            blocks.extend(again.block_results)
+            sample(again)
+        candidates = sorted((h for layer in layers for h in layers[layer]), key=lambda h: h.id)
+        cand_samples = [h.sample for h in candidates]
+        cand_reach = [h.reach for h in candidates]
         blends = [plan.blend(c, cand_samples, cand_reach, prep) for c in layout.units[s]]
-        per_layer = int(np.prod(grid_shape[1:]))
-        kept = [delayed(_t_keep, pure=True)(
-                    self._held(layer), self.held_options,
-                    samples[(layer - first_layer) * per_layer:(layer - first_layer + 1)
-                            * per_layer],
-                    dask_key_name=f"keep-{plan.token}-{layer}")
-                for layer in layout.kept[s]]
+        first_layer, stop = layout.slabs[s]
         summary = delayed(_t_slab_summary, pure=True)(
-            first_layer, (stop - first_layer, *grid_shape[1:]), statuses, blends, kept, prep,
+            first_layer, (stop - first_layer, *grid_shape[1:]), statuses, blends, prep,
             dask_key_name=f"slab-{plan.token}-{s}")
-        desc = f"{self.desc} slab {s + 1}/{len(layout.slabs)}"
-        entry: dict[str, Any] = compute_with_progress(self.client, tasks.block_results, summary,
-                                                      self.progress, desc)
+        # submitted before the slab's graph (which shares their tasks), so that
+        # they are never released between the two
+        keep = [layer for layer in fresh if _needed_after(layout, layer, s)]
+        try:
+            for layer in keep:
+                persisted = self.client.persist([h.sample for h in layers[layer]],
+                                                optimize_graph=False)
+                live[layer] = [_Held(h.id, smp, h.reach)
+                               for h, smp in zip(layers[layer], persisted)]
+            desc = f"{self.desc} slab {s + 1}/{len(layout.slabs)}"
+            entry: dict[str, Any] = compute_with_progress(self.client, blocks, summary,
+                                                          self.progress, desc)
+        except BaseException:
+            for layer in keep:
+                if layer in live:
+                    _release(live.pop(layer))
+            raise
         return entry
 
     def _inverse_and_checks(self, plan: ReductionPlan, layout: SlabLayout,
@@ -361,12 +386,3 @@ class SlabbedStage:
                 self.client, [], delayed(summarize_checks, pure=True)(
                     parts, dask_key_name=f"checked-{plan.token}-{s}"), False, self.desc))
         return change, checks
-
-    def _forget_held(self) -> None:
-        """Remove the kept layer samples (best effort: the stage is finished without them)."""
-        try:
-            fs, path = _open_fs(self.held_url, self.held_options)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-        except Exception as exc:  # a store that refuses: the files only take room
-            logger.debug("kept block samples not removed: %s", exc)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 
-from ngff_dreg import config, engine
+from ngff_dreg import config, engine, slab_stage
 from ngff_dreg.demo import make_demo
 from ngff_dreg.errors import ConfigError
 from ngff_dreg.io.omezarr.field_writer import FORWARD_NAME, INVERSE_NAME, TRANSFORMS_GROUP
@@ -42,11 +45,13 @@ def pair(tmp_path_factory: Any) -> Any:
 
 
 class _Graphs:
-    """The number of tasks of each graph the client computes, and their keys."""
+    """The number of tasks of each graph the client computes, their keys, and in how many
+    graphs each block task is."""
 
     def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
         self.keys: set[str] = set()
+        self.blocks: Counter[str] = Counter()
         compute = client.compute
 
         def counted(collections: Any, *args: Any, **kwargs: Any) -> Any:
@@ -55,13 +60,61 @@ class _Graphs:
                     for k in c.__dask_graph__()}
             self.sizes.append(len(keys))
             self.keys.update(keys)
+            self.blocks.update(k for k in keys if k.startswith("register-block-"))
             return compute(collections, *args, **kwargs)
 
         monkeypatch.setattr(client, "compute", counted)
 
     def registered_layers(self) -> set[int]:
         """The grid layers of the block tasks computed."""
-        return {int(k.split("-")[2]) for k in self.keys if k.startswith("register-block-")}
+        return {int(k.split("-")[2]) for k in self.blocks}
+
+    def registered_in(self, layers: set[int]) -> int:
+        """How many block tasks of grid layers ``layers`` were computed."""
+        return sum(1 for k in self.blocks if int(k.split("-")[2]) in layers)
+
+
+def _scheduler_samples(dask_scheduler: Any) -> list[str]:
+    return [str(k) for k in dask_scheduler.tasks if str(k).startswith("sample-")]
+
+
+def _sample_layers(client: Any, expected: set[int]) -> set[int]:
+    """The grid layers of the block samples the cluster holds, once they are ``expected``
+    (waiting a few seconds for releases to arrive)."""
+    deadline = time.monotonic() + 10
+    while True:
+        layers = {int(k.rsplit("-", 1)[1]) // LAYER
+                  for k in client.run_on_scheduler(_scheduler_samples)}
+        if layers == expected or time.monotonic() > deadline:
+            return layers
+        time.sleep(0.1)
+
+
+def _released(client: Any) -> bool:
+    """Whether the cluster has forgotten every block sample (within a few seconds)."""
+    return not _sample_layers(client, set())
+
+
+def _no_kept_files(out: Path) -> None:
+    """No pickle anywhere in the output, nothing where the kept samples used to go."""
+    assert not list(out.rglob("*.pkl"))
+    assert not (out / "checkpoints" / "slabs").exists()
+
+
+def _watch_slabs(monkeypatch: pytest.MonkeyPatch, out: Path, layouts: list[Any]) -> None:
+    """Check the output after each recorded slab; collect the stage's slab layouts."""
+    record, layout = Run.record_slab, slab_stage.slab_layout
+
+    def recorded(self: Run, *args: Any, **kwargs: Any) -> None:
+        record(self, *args, **kwargs)
+        _no_kept_files(out)
+
+    def laid_out(*args: Any, **kwargs: Any) -> Any:
+        layouts.append(layout(*args, **kwargs))
+        return layouts[-1]
+
+    monkeypatch.setattr(Run, "record_slab", recorded)
+    monkeypatch.setattr(slab_stage, "slab_layout", laid_out)
 
 
 def _run(pair: Any, out: str, client: Any, **kwargs: Any) -> Any:
@@ -109,15 +162,23 @@ def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
     # the whole grid would be coarsened at this size; a stage in slabs never is
     monkeypatch.setattr(engine, "MAX_BLOCKS", LAYER)
     forwards: list[int] = []
+    layouts: list[Any] = []
+    held: list[set[int]] = []  # the layers whose samples the cluster holds before each slab
     original = SlabbedStage._forward
 
     def forward(self: SlabbedStage, *args: Any, **kwargs: Any) -> Any:
-        forwards.append(args[2])
+        s = args[2]
+        forwards.append(s)
+        # just the earlier layers a slab from this one on needs (slab s is layer s)
+        wanted = {layer for t in range(s, LAYER) for layer in layouts[0].held[t] if layer < s}
+        held.append(_sample_layers(dask_client, wanted))
+        assert held[-1] == wanted, (s, held[-1], wanted)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SlabbedStage, "_forward", forward)
     graphs = _Graphs(dask_client, monkeypatch)
     out = str(tmp_path / "slabs.zarr")
+    _watch_slabs(monkeypatch, tmp_path / "slabs.zarr", layouts)
     with caplog.at_level(logging.INFO, logger="ngff_dreg"):
         result = _run(pair, out, dask_client)
     assert forwards == list(range(LAYER))
@@ -130,8 +191,13 @@ def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
                                    err_msg=name)
     assert max(graphs.sizes) < max(ref_graphs.sizes)
     assert graphs.registered_layers() == set(range(LAYER))
-    # the stage's slab records went into its entry, the kept samples are gone
-    assert not list((tmp_path / "slabs.zarr" / "checkpoints").glob("slabs/*/*.pkl"))
+    # every block registered once: later slabs get the kept samples as futures
+    assert len(graphs.blocks) == LAYER * LAYER and set(graphs.blocks.values()) == {1}
+    assert len(layouts) == 1 and any(layouts[0].kept)
+    assert any(held)
+    assert not [r for r in caplog.records if "again" in r.getMessage()]
+    _no_kept_files(tmp_path / "slabs.zarr")
+    assert _released(dask_client)  # and the kept samples' futures are released
 
 
 def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
@@ -152,10 +218,22 @@ def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
         with pytest.raises(Interrupt):
             _run(pair, out, dask_client)
     assert output_status(out) == "incomplete"
+    _no_kept_files(tmp_path / "resume.zarr")
     graphs = _Graphs(dask_client, monkeypatch)
+    layouts: list[Any] = []
+    _watch_slabs(monkeypatch, tmp_path / "resume.zarr", layouts)
     result = _run(pair, out, dask_client)
     assert output_status(out) == "complete"
-    assert graphs.registered_layers() == set(range(2, LAYER))  # slab 0 (layers 0, 1) kept
+    _no_kept_files(tmp_path / "resume.zarr")
+    # slab 0 (layers 0, 1) is not registered again, but for the layers of it
+    # slab 1 needs (their samples went with the interrupted run), once
+    (layout,) = layouts
+    held = set(layout.held[1])
+    assert held and held <= {0, 1}
+    assert graphs.registered_layers() == set(range(2, LAYER)) | held
+    assert graphs.registered_in(held) == LAYER * len(held)
+    assert set(graphs.blocks.values()) == {1}
+    assert _released(dask_client)
     np.testing.assert_array_equal(result.status, ref.status)
     _same_figures(_figures(result), _figures(ref))
     for name, data in _fields(out).items():
