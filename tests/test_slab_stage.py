@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 import zarr
 
-from ngff_dreg import config, engine, slab_stage
+from ngff_dreg import block_stage, config, engine, slab_stage
+from ngff_dreg import run as run_module
 from ngff_dreg.demo import make_demo
 from ngff_dreg.errors import ConfigError
 from ngff_dreg.io.omezarr.field_writer import FORWARD_NAME, INVERSE_NAME, TRANSFORMS_GROUP
 from ngff_dreg.io.omezarr.output_state import output_status
 from ngff_dreg.pipeline import register
+from ngff_dreg.reduce import ReduceToDisplacementField
 from ngff_dreg.run import Run
 from ngff_dreg.schedule import BlockStage, GlobalStage, Schedule
 from ngff_dreg.slab_stage import SlabbedStage
@@ -279,3 +282,60 @@ def test_each_unit_is_written_once_by_the_first_slab_all_its_blocks_are_in(
             earlier = {layer for layer in layers if slab_of[layer] < s}
             assert earlier <= set(layout.held[s])
             assert all(layer in layout.kept[slab_of[layer]] for layer in earlier)
+
+
+# ------------------------------------------------------------------ 3D
+#: field chunk edge of the 3D runs (the default 64 would make one unit of their field)
+CHUNK_3D = 16
+
+
+@pytest.fixture(scope="module")
+def pair_3d(tmp_path_factory: Any) -> Any:
+    d = tmp_path_factory.mktemp("slab_pair3d")
+    return make_demo(d, synthetic=True, ndim=3, size=64, max_displacement_voxels=2.0, chunks=16)
+
+
+def _run_3d(pair: Any, out: str, client: Any, monkeypatch: pytest.MonkeyPatch,
+            **kwargs: Any) -> Any:
+    """A 64³ pair in a 4³ grid of 16³ blocks; a field node per voxel in 16³ chunks."""
+    monkeypatch.setattr(block_stage, "ReduceToDisplacementField",
+                        functools.partial(ReduceToDisplacementField, field_chunk=CHUNK_3D))
+    monkeypatch.setattr(run_module, "FIELD_CHUNK", CHUNK_3D)  # what output_shards must fill
+    schedule = Schedule(GlobalStage(level=1), [
+        BlockStage(level=0, block_size=16, overlap=0.5, method="affine", field_spacing_factor=1)])
+    return register(pair.fixed, pair.moving, out, schedule=schedule, client=client,
+                    progress=False, **kwargs)
+
+
+# shards of 1 x 2 x 2 field chunks: shard rows as thin as the chunk rows
+@pytest.mark.parametrize("shards", [None, (16, 32, 32)])
+def test_a_3d_stage_in_slabs_writes_the_same_fields_as_in_one_graph(
+        pair_3d: Any, shards: tuple[int, ...] | None, tmp_path: Any, dask_client: Any,
+        ngff_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs = {} if shards is None else {"output_shards": shards}
+    ref_out = str(tmp_path / "one.zarr")
+    ref = _run_3d(pair_3d, ref_out, dask_client, monkeypatch, **kwargs)
+    assert ref.status.shape == (4, 4, 4)
+    ngff_config({"stage.slab-blocks": 16})  # one grid layer per slab: 4 slabs
+    out = str(tmp_path / "slabs.zarr")
+    layouts: list[Any] = []
+    _watch_slabs(monkeypatch, tmp_path / "slabs.zarr", layouts)
+    graphs = _Graphs(dask_client, monkeypatch)
+    result = _run_3d(pair_3d, out, dask_client, monkeypatch, **kwargs)
+    (layout,) = layouts
+    assert len(layout.slabs) == 4 and sum(1 for units in layout.units if units) >= 2
+    assert output_status(out) == "complete"
+    _no_kept_files(tmp_path / "slabs.zarr")
+    assert len(graphs.blocks) == 4 ** 3 and set(graphs.blocks.values()) == {1}
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    root = zarr.open_group(out, mode="r")
+    field = root[f"{TRANSFORMS_GROUP}/{FORWARD_NAME}/s0"]
+    assert field.shape == (3, 64, 64, 64) and field.chunks == (3, 16, 16, 16)
+    expected = None if shards is None else (3, *shards)
+    assert (None if field.shards is None else tuple(field.shards)) == expected
+    units = int(np.prod([64 // e for e in shards or (CHUNK_3D,) * 3]))
+    assert sorted(c for u in layout.units for c in u) == list(range(units))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
