@@ -16,7 +16,8 @@ Reported (JSON at ``--out/results.json`` and a summary on stdout):
 * peak RSS of the client, the scheduler and the largest worker;
 * tasks per stage (finished on the scheduler) and the most tasks the
   scheduler held at once during each stage (the graph size);
-* planning time of each block stage (the engine's ``register_images``);
+* planning time of each block stage run in one graph (the engine's ``register_images``;
+  a stage in slabs plans each slab inside its stage time);
 * wall time per stage and in total;
 * accuracy on the registered region: the final transform against the pair's
   known fixed→moving map at random points inside the mask, in level-0 voxels
@@ -201,7 +202,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--region", type=float, default=0.2,
                     help="edge of the central region registered, as a fraction of the extent")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--slab-blocks", type=int, default=None,
+                    help="ngff-dreg.stage.slab-blocks: a block stage of more blocks runs in "
+                         "slabs (default: the setting's, 20000)")
     args = ap.parse_args(argv)
+    if args.slab_blocks is not None:
+        import dask.config
+
+        dask.config.set({"ngff-dreg.stage.slab-blocks": args.slab_blocks})
     shape = (96, 160, 160) if args.tiny else tuple(int(v) for v in args.shape.split("x"))
     chunks = 32 if args.tiny else args.chunks
     half = args.region / 2
@@ -287,7 +295,8 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
                  "tb_per_image": pair.nbytes() / 1e12, "levels": pair.levels,
                  "mask_box": pair.mask_box},
         "schedule": {"global_level": g_level, "block_level": b_level, "block": args.block,
-                     "block_level_shape": pair.level_shape(b_level)},
+                     "block_level_shape": pair.level_shape(b_level),
+                     "slab_blocks": args.slab_blocks},
         "workers": args.workers, "wall_seconds": wall, "memory": memory,
         "stages": stages, "planning_seconds": plan_seconds, "accuracy": acc,
         "seconds_per_registered_block_per_worker": per_block,
@@ -296,6 +305,8 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
     }
     (args.out / "results.json").write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps({"wall_s": round(wall, 1), **{k: round(v) for k, v in memory.items()},
+                      "block_grid": [math.ceil(s / args.block)
+                                     for s in pair.level_shape(b_level)],
                       "planning_s": [round(s, 2) for s in plan_seconds],
                       "tasks": [(s["stage"], s["tasks_finished"], s["max_tasks_held"])
                                 for s in stages],
