@@ -285,9 +285,13 @@ def test_info_needs_a_url_or_config():
     assert proc.returncode == 2 and "--config" in proc.stderr
 
 
-def test_levels_or_a_method_replace_the_default_stages_without_its_refinement(small_pair):
+def test_levels_or_a_method_replace_the_default_stages_without_its_refinement(
+        small_pair, monkeypatch):
+    from ngff_dreg import schedule
     from ngff_dreg.cli import _build_schedule
 
+    # this pair is too small for the refinement's cells to span 3 voxels
+    monkeypatch.setattr(schedule, "MIN_REFINE_CELL_VOXELS", 0.0)
     default = _build_schedule(small_pair.fixed, None, None, None, None, None, None, False)
     assert default.stages[-1].when_similarity == "intensity"
     by_levels = _build_schedule(small_pair.fixed, None, None, "1,0", None, None, None, False)
