@@ -166,15 +166,6 @@ def _t_max_change(parts: list[dict[str, Any]]) -> float:
     return max((p["change"] for p in parts), default=0.0)
 
 
-def _merge_ready(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "max_disp": max((p["max_disp"] for p in parts), default=0.0),
-        "max_resid": max((p["max_resid"] for p in parts), default=0.0),
-        "uncovered": sum(p["uncovered"] for p in parts),
-        "n": sum(p["n"] for p in parts),
-    }
-
-
 @dataclass(frozen=True)
 class _Held:
     """A block's sample task (or its persisted future) and its reach box."""
@@ -290,7 +281,7 @@ class SlabbedStage:
             for held in live.values():
                 _release(held)
             live.clear()
-        ready = _merge_ready([e["ready"] for e in entries])
+        ready = _t_ready([e["ready"] for e in entries])
         summary = merge_status_summaries([e["summary"] for e in entries])
         smap = np.concatenate([np.asarray(e["status"], dtype=np.int16) for e in entries])
         change, checks = self._inverse_and_checks(plan, layout, ready)
