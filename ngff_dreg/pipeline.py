@@ -66,8 +66,8 @@ def stage_runners(schedule: Schedule, similarity: str | None = None
 
 def block_runners(schedule: Schedule, similarity: str | None) -> list[BlockStageRunner]:
     """The block stages that run given the global stage's choice (see :func:`stage_runners`)."""
-    kept = [(i, st) for i, st in enumerate(schedule.stages) if st.runs_with(similarity)]
-    return [BlockStageRunner(i, st, k == len(kept) - 1) for k, (i, st) in enumerate(kept)]
+    kept = schedule.running_stages(similarity)
+    return [BlockStageRunner(i, schedule.stages[i], i == kept[-1]) for i in kept]
 
 
 def _run_stages(run: Run, progress: bool, resample: bool) -> None:
@@ -83,8 +83,9 @@ def _run_stages(run: Run, progress: bool, resample: bool) -> None:
         GlobalStageRunner(schedule.global_stage)(run)
     bar.update(1)
     runners = block_runners(schedule, run.similarity)
+    kept = {r.index for r in runners}
     for i, st in enumerate(schedule.stages):
-        if not st.runs_with(run.similarity):
+        if i not in kept:
             logger.info("stage %d left out: it runs only when the block stages fit %s, "
                         "and they fit %s", i, st.when_similarity, st.fits(run.similarity))
             bar.update(1)

@@ -640,7 +640,7 @@ class Run:
         incomplete while it writes).
         """
         chosen = self.similarity or (self.done.get("global") or {}).get("similarity")
-        kept = [i for i, st in enumerate(self.inputs.schedule.stages) if st.runs_with(chosen)]
+        kept = self.inputs.schedule.running_stages(chosen)
         last_key = f"stage_{kept[-1]}" if kept else None
         if self.claim.same_run and last_key in self.done and self.claim.state == "incomplete":
             self.check_lease()

@@ -197,6 +197,14 @@ class Schedule:
     global_stage: GlobalStage | None = field(default_factory=GlobalStage)
     stages: list[BlockStage] = field(default_factory=list)
 
+    def running_stages(self, chosen: str | None) -> list[int]:
+        """Indices of the block stages that run, given the global stage's ``auto`` choice.
+
+        A stage with a ``when_similarity`` runs only when it would fit that
+        similarity (:meth:`BlockStage.runs_with`); the last index writes the output.
+        """
+        return [i for i, st in enumerate(self.stages) if st.runs_with(chosen)]
+
     # -- serialisation ----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/TOML/YAML-ready)."""
