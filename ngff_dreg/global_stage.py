@@ -383,19 +383,31 @@ def _fitted(similarity: str) -> str:
     return "mind" if similarity == AUTO else similarity
 
 
-def auto_similarity_task(fixed_ctor: Any, moving_ctor: Any, transform: Any,
-                         destripe_mode: str = "auto") -> tuple[str, float, float]:
-    """``(similarity, model NCC, NCC)`` for the block stages, at the global level after it."""
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, destripe_mode)
-    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
-    explained = model_ncc(fixed, fg, moving, mg, transform)
-    ncc = _ncc_arrays(fixed, fg, moving, mg, transform)
-    return choose_similarity(explained, ncc), explained, ncc
-
-
-def intensity_refit_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage,
+def auto_similarity_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage,
                          transform: AffineTransform
-                         ) -> tuple[AffineTransform, float, float, float, str]:
+                         ) -> tuple[str, float, float,
+                                    tuple[AffineTransform, float, float, float, str] | None]:
+    """``(similarity, model NCC, NCC, refit)`` for the block stages, at the global level.
+
+    Both levels are read once. When the intensity model is chosen (and the
+    stage is a Gauss-Newton one), ``refit`` is :func:`_intensity_refit` on the
+    same arrays; otherwise ``None``.
+    """
+    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe)
+    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
+    score = _Scorer(fixed, fg, moving, mg, "intensity")
+    explained = model_ncc(fixed, fg, moving, mg, transform)
+    ncc = score(transform)
+    similarity = choose_similarity(explained, ncc)
+    refit = None
+    if similarity == "intensity" and stage.method == "gauss-newton":
+        start = _initial_only(fixed_ctor, moving_ctor, stage.initializer)
+        refit = _intensity_refit(score, stage, transform, start)
+    return similarity, explained, ncc, refit
+
+
+def _intensity_refit(score: _Scorer, stage: GlobalStage, transform: AffineTransform,
+                     start: AffineTransform) -> tuple[AffineTransform, float, float, float, str]:
     """The global affine for block stages that fit the intensity model, after ``auto``.
 
     ``auto`` aligns with MIND, whose optimum need not be the intensity model's:
@@ -404,24 +416,20 @@ def intensity_refit_task(fixed_ctor: Any, moving_ctor: Any, stage: GlobalStage,
     against 0.54 from the intensity stage). So the stage is fitted again
     with the intensity model from ``transform`` and from the intensity
     stage's own start (centres of mass), and the one of the three with the
-    highest NCC on the global level is kept. ``(affine, NCC of the images as
-    they lie (the stage's start), NCC of transform, NCC of the affine, which
-    one)``.
+    highest NCC on the global level is kept. ``score``: the intensity
+    :class:`_Scorer` of the level's arrays. ``(affine, NCC of start (the images
+    as they lie), NCC of transform, NCC of the affine, which one)``.
     """
-    fixed, moving = _level_arrays(fixed_ctor, moving_ctor, stage.destripe)
-    fg, mg = fixed_ctor.geometry, moving_ctor.geometry
-    score = _Scorer(fixed, fg, moving, mg, "intensity")
     candidates = [("the MIND fit", transform)]
     for name, initial, initializer in (("refitted from the MIND fit", transform, "none"),
                                        ("fitted from the centres of mass", None, "moments")):
-        fitted = _align_arrays(fixed, fg, moving, mg, initial, initializer, stage.kinds,
-                               stage.metric, stage.iterations, "gauss-newton", "intensity",
-                               score)
+        fitted = _align_arrays(score.fixed, score.fg, score.moving, score.mg, initial,
+                               initializer, stage.kinds, stage.metric, stage.iterations,
+                               "gauss-newton", "intensity", score)
         candidates.append((name, fitted))
     scores = [score(t) for _, t in candidates]
     best = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))
-    start = score(_initial_only(fixed_ctor, moving_ctor, stage.initializer))
-    return candidates[best][1], start, scores[0], scores[best], candidates[best][0]
+    return candidates[best][1], score(start), scores[0], scores[best], candidates[best][0]
 
 
 def metric_name(similarity: str) -> str:
@@ -575,18 +583,15 @@ class GlobalStageRunner:
         explained = plain = None
         refit: str | None = None
         if gs.similarity == AUTO:
-            run.similarity, explained, plain = run.client.submit(
-                auto_similarity_task, g_fixed, g_moving, run.current, gs.destripe,
-                pure=False).result()
+            run.similarity, explained, plain, refitted = run.client.submit(
+                auto_similarity_task, g_fixed, g_moving, gs, run.current, pure=False).result()
             logger.info("similarity auto: on the global level the intensity model's NCC is "
                         "%.3f and the NCC %.3f (intensity from %.2f or %.2f): the block "
                         "stages fit %s", explained, plain, AUTO_MIN_MODEL_NCC, AUTO_MIN_NCC,
                         run.similarity)
-            if run.similarity == "intensity" and gs.method == "gauss-newton":
+            if refitted is not None:
                 # the stage now reports the NCC, which it optimised last
-                run.current, ncc_before, ncc_mind, ncc_after, refit = run.client.submit(
-                    intensity_refit_task, g_fixed, g_moving, gs, run.current,
-                    pure=False).result()
+                run.current, ncc_before, ncc_mind, ncc_after, refit = refitted
                 logger.info("global stage: for the intensity model, kept %s (NCC %.3f; the "
                             "MIND fit %.3f)", refit, ncc_after, ncc_mind)
         sim = "intensity" if refit is not None else _scored(gs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from ngff_dreg.geometry import ImageGeometry
@@ -162,7 +163,11 @@ def test_the_intensity_refit_moves_a_start_off_the_optimum_back_to_it() -> None:
     the intensity model), the refit returns one with a higher NCC, close to the
     known shift; started from the optimum, it keeps a transform as good.
     """
-    from ngff_dreg.global_stage import intensity_refit_task
+    from ngff_dreg.global_stage import (
+        _centres_translation,
+        _intensity_refit,
+        auto_similarity_task,
+    )
     from ngff_dreg.schedule import GlobalStage
 
     shape = (96, 96)
@@ -184,12 +189,18 @@ def test_the_intensity_refit_moves_a_start_off_the_optimum_back_to_it() -> None:
     stage = GlobalStage(similarity="auto", initializer="multi", kinds=("rigid", "affine"))
     right = np.array([-3.0, 2.0])
     off = AffineTransform.from_arrays(np.eye(2), right + np.array([1.5, -1.0]))
-    kept, start, ncc_off, ncc_kept, name = intensity_refit_task(
-        Reader(fixed), Reader(moving), stage, off)
+    score = _Scorer(fixed, geom, moving, geom, "intensity")
+    lie = _centres_translation(geom, geom)
+    kept, start, ncc_off, ncc_kept, name = _intensity_refit(score, stage, off, lie)
     assert ncc_kept > ncc_off + 0.01 and ncc_off > start
     assert name != "the MIND fit"
     centre = np.array([[48.0, 48.0]])
     assert np.abs(kept.transform_points(centre) - (centre + right)).max() < 0.3
     exact = AffineTransform.from_arrays(np.eye(2), right)
-    again = intensity_refit_task(Reader(fixed), Reader(moving), stage, exact)
+    again = _intensity_refit(score, stage, exact, lie)
     assert again[3] >= _Scorer(fixed, geom, moving, geom, "intensity")(exact) - 1e-6
+    # the runner's task: the choice and the refit from one read of both levels
+    similarity, _, ncc, refit = auto_similarity_task(Reader(fixed), Reader(moving), stage,
+                                                     exact)
+    assert similarity == "intensity" and refit is not None
+    assert ncc == pytest.approx(score(exact)) and refit[3] >= ncc - 1e-6
