@@ -153,17 +153,22 @@ def plan_blocks(
     if not 0 <= first < stop <= len(chunks[0]):
         raise ValueError(f"grid slab {grid_slab} is not inside the {len(chunks[0])} layers")
     plans: list[BlockPlan] = []
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+    starts = _axis_starts(chunks)
+    padded_axes = padded_intervals(image_shape, chunks, overlap_factors)
     for rest in np.ndindex(stop - first, *[len(c) for c in chunks[1:]]):
-        chunk_index = (first + rest[0], *rest[1:])
-        start = tuple(int(starts[a][i]) for a, i in enumerate(chunk_index))
-        stop_ = tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start, chunk_index)))
-        box = Box(start, stop_)
-        pad = padding_for(box.shape, overlap_factors)
-        padded = box.pad(pad).clip(image_shape)
-        info = BlockInfo(tuple(int(i) for i in chunk_index), box.slices)
-        plans.append(BlockPlan(info, box, padded))
+        chunk_index = tuple(int(i) for i in (first + rest[0], *rest[1:]))
+        start = tuple(starts[a][i] for a, i in enumerate(chunk_index))
+        box = Box(start, tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start,
+                                                                                chunk_index))))
+        padded = Box(tuple(padded_axes[a][i][0] for a, i in enumerate(chunk_index)),
+                     tuple(padded_axes[a][i][1] for a, i in enumerate(chunk_index)))
+        plans.append(BlockPlan(BlockInfo(chunk_index, box.slices), box, padded))
     return plans, chunks
+
+
+def _axis_starts(chunks: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per axis, the first voxel of each block along it."""
+    return [[int(v) for v in np.concatenate([[0], np.cumsum(c)[:-1]])] for c in chunks]
 
 
 def padded_intervals(
@@ -182,12 +187,11 @@ def padded_intervals(
     factors = [0.0] * ndim if overlap_factors is None else [
         float(f) for f in one_per_axis(overlap_factors, ndim, "overlap_factors")]
     out = []
-    for n, sizes, f in zip(image_shape, chunks, factors):
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    for n, sizes, starts, f in zip(image_shape, chunks, _axis_starts(chunks), factors):
         axis = []
         for a, size in zip(starts, sizes):
             pad = padding_for((int(size),), f)[0]
-            axis.append((max(0, int(a) - pad), min(int(n), int(a) + int(size) + pad)))
+            axis.append((max(0, a - pad), min(int(n), a + int(size) + pad)))
         out.append(axis)
     return out
 
