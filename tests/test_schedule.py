@@ -312,7 +312,7 @@ def test_schedule_levels_are_checked_before_a_run() -> None:
 
 
 def test_the_default_schedule_chooses_its_similarity_and_can_be_told() -> None:
-    from ngff_dreg.schedule import DEFAULT_SIMILARITY
+    from ngff_dreg.schedule import DEFAULT_SIMILARITY, MIND_BENDING
 
     levels = [ImageGeometry((96, 96, 96), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
               ImageGeometry((48, 48, 48), (2.0, 2.0, 2.0), (0.5, 0.5, 0.5))]
@@ -326,6 +326,10 @@ def test_the_default_schedule_chooses_its_similarity_and_can_be_told() -> None:
     assert {st.method_options["similarity"] for st in plain.stages} == {"intensity"}
     for st in Schedule.default(levels, similarity="mind").stages:
         assert st.make_method().similarity == "mind"  # type: ignore[attr-defined]
+    # MIND fits weigh the bending more, the coarse stage most (MIND_BENDING)
+    assert [st.method_options["mind_bending"] for st in auto.stages[:2]] == list(MIND_BENDING)
+    assert min(MIND_BENDING) > auto.stages[0].method_options["bending"]
+    assert MIND_BENDING[0] >= MIND_BENDING[1]
     with pytest.raises(ScheduleError, match="similarity"):
         Schedule.default(levels, similarity="mutual-information")
     with pytest.raises(ScheduleError, match="similarity"):

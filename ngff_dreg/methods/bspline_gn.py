@@ -146,6 +146,12 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     bending:
         Bending-energy weight, measured in control cells (see
         :class:`~ngff_dreg.fitting.bspline_gn.GaussNewtonOptions`).
+    mind_bending:
+        The bending weight when the method fits MIND-SSC descriptors;
+        ``None``: ``bending``. The MIND data term keeps a large residual at
+        the alignment (the descriptors of two contrasts differ even where
+        the structures coincide), so its minimum is shallower and noisier
+        than the intensity model's and needs a stronger prior.
     ridge:
         Weight of the mean squared coefficient.
     intensity:
@@ -191,6 +197,7 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
     iterations: int = 10
     cg_iterations: int = 5
     bending: float = 0.003
+    mind_bending: float | None = None
     ridge: float = 0.0
     intensity: str = "piecewise"
     intensity_bins: int = 12
@@ -214,19 +221,24 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
             self.mesh_size = tuple(int(m) for m in self.mesh_size)
         if isinstance(self.control_point_spacing, Sequence):
             self.control_point_spacing = tuple(float(c) for c in self.control_point_spacing)
+        if self.mind_bending is not None and not float(self.mind_bending) >= 0:
+            raise ValueError(f"mind_bending must be >= 0, got {self.mind_bending}")
+        # "auto" is resolved by the pipeline from the global stage's choice;
+        # a method used on its own (or without a global stage) fits MIND
+        similarity = "mind" if self.similarity == AUTO else self.similarity
+        bending = self.bending if similarity != "mind" or self.mind_bending is None \
+            else self.mind_bending
         self._options = GaussNewtonOptions(
             shrink_factors=self.shrink_factors,
             smoothing_sigmas=self.smoothing_sigmas,
             iterations=int(self.iterations),
             cg_iterations=int(self.cg_iterations),
-            bending=float(self.bending),
+            bending=float(bending),
             ridge=float(self.ridge),
             intensity=self.intensity,
             intensity_bins=int(self.intensity_bins),
             gain_degree=int(self.gain_degree),
-            # "auto" is resolved by the pipeline from the global stage's choice;
-            # a method used on its own (or without a global stage) fits MIND
-            similarity="mind" if self.similarity == AUTO else self.similarity,
+            similarity=similarity,
             patch_sigma=None if self.patch_sigma is None else float(self.patch_sigma),
         )
 
