@@ -247,21 +247,22 @@ def _prepare_block(
 ) -> _PreparedBlock | BlockPairRegistrationResult:
     """Read the padded fixed block and the moving region it maps to, as ITK images.
 
-    A block skipped on the way (no signal, outside a mask or the moving image)
-    is returned as its failed result; the moving image is read last.
+    A block skipped on the way (outside a mask, no signal, outside the moving
+    image) is returned as its failed result. The fixed mask is checked before
+    the fixed block is read, and the moving image is read last, so a skipped
+    block costs no image reads it does not need.
     """
-    fixed_reader = fixed_reader_ctor()
     fixed_geometry = reader_geometry(fixed_reader_ctor)
-    fixed = read_region(fixed_reader, plan.padded)
+    if options.fixed_mask is not None and not _mask_covers(
+        options.fixed_mask, fixed_geometry, plan.padded
+    ):
+        return _failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
+    fixed = read_region(fixed_reader_ctor(), plan.padded)
     inner = fixed[plan.box.relative_to(plan.padded)]
     if options.skip_blank_blocks and not has_signal(
         inner, threshold=options.signal_threshold, min_fraction=options.min_signal_fraction
     ):
         return _failed(BlockRegStatus.NO_SIGNAL, "no signal")
-    if options.fixed_mask is not None and not _mask_covers(
-        options.fixed_mask, fixed_geometry, plan.padded
-    ):
-        return _failed(BlockRegStatus.NO_SIGNAL, "outside the mask")
     moving_geometry = reader_geometry(moving_reader_ctor)
     pad = options.moving_pad_voxels
     if pad is None:

@@ -376,7 +376,7 @@ def test_block_info_contract():
     assert Box((0,), (3,)).shape == (3,)
 
 
-def test_masks_skip_blocks_before_reading_moving():
+def test_masks_skip_blocks_before_reading_either_image():
     fixed_ctor, moving_ctor = _pair()
     g = fixed_ctor.geometry
     # The mask covers only the low-z half, on a 2x coarser grid (another level).
@@ -397,8 +397,9 @@ def test_masks_skip_blocks_before_reading_moving():
     result = schedule.registration_result.compute(scheduler="sync")
     assert np.all(result.status[0] == BlockRegStatus.SUCCESS)
     assert np.all(result.status[1] == BlockRegStatus.NO_SIGNAL)
-    # The moving image was read for the four masked-in blocks only.
+    # Both images were read for the four masked-in blocks only.
     assert len(moving_ctor.reads) == 4
+    assert len(fixed_ctor.reads) == 4
     assert g.shape == (64, 64, 64)
 
 
