@@ -113,6 +113,8 @@ class TaskCounter(SchedulerPlugin):  # type: ignore[misc]
         self.finished = 0
         self.max_held = 0
         self.prefixes: dict[str, int] = {}
+        self.compute_s: dict[str, float] = {}
+        self.block_compute_s: dict[str, float] = {}
         self.scheduler: Any = None
 
     async def start(self, scheduler: Any) -> None:
@@ -124,13 +126,21 @@ class TaskCounter(SchedulerPlugin):  # type: ignore[misc]
             text = key[0] if isinstance(key, tuple) else str(key)
             prefix = text.split("-")[0]
             self.prefixes[prefix] = self.prefixes.get(prefix, 0) + 1
+            seconds = sum(s["stop"] - s["start"] for s in kwargs.get("startstops", ())
+                          if s.get("action") == "compute")
+            self.compute_s[prefix] = self.compute_s.get(prefix, 0.0) + seconds
+            if text.startswith("register-block-"):  # register-block-<i>-<j>[-<k>]-<token>
+                self.block_compute_s[text] = seconds
         if self.scheduler is not None:
             self.max_held = max(self.max_held, len(self.scheduler.tasks))
 
     def take(self) -> dict[str, Any]:
         out = {"tasks_finished": self.finished, "max_tasks_held": self.max_held,
-               "by_prefix": dict(sorted(self.prefixes.items()))}
+               "by_prefix": dict(sorted(self.prefixes.items())),
+               "compute_s_by_prefix": dict(sorted(self.compute_s.items())),
+               "block_compute_s": dict(self.block_compute_s)}
         self.finished, self.max_held, self.prefixes = 0, 0, {}
+        self.compute_s, self.block_compute_s = {}, {}
         return out
 
 
@@ -162,6 +172,59 @@ def start_cluster(workers: int, work: Path) -> tuple[str, subprocess.Popen[bytes
                            "--local-directory", str(work_dir), "--dashboard-address", ":0"],
                           env=env, stdout=log, stderr=log)
     return address, sched, wk
+
+
+def block_seconds(status: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """Compute seconds of the block tasks, registered and skipped apart, and of the rest.
+
+    A block task's key names its grid index (``register-block-<i>-<j>-<k>-<token>``);
+    the stage's status grid says whether it registered (0) or was skipped.
+    """
+    per_key = counts.pop("block_compute_s", {})
+    if status is None:
+        return {}
+    grid = np.asarray(status)
+    registered, skipped = [], []
+    for key, seconds in per_key.items():
+        index = tuple(int(v) for v in key.split("-")[2 : 2 + grid.ndim])
+        (registered if grid[index] == 0 else skipped).append(seconds)
+    total = sum(counts.get("compute_s_by_prefix", {}).values())
+    return {"block_task_s": {"registered": registered and float(np.mean(registered)),
+                             "skipped": skipped and float(np.mean(skipped)),
+                             "registered_n": len(registered), "skipped_n": len(skipped)},
+            "compute_s_blocks": float(sum(registered) + sum(skipped)),
+            "compute_s_rest": float(total - sum(registered) - sum(skipped))}
+
+
+def io_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """Requests (GETs) and bytes that reached the stores in one stage, by role.
+
+    From a stage's :class:`~ngff_dreg.io.storage.store_stats.IOLedger` figures
+    (what ``register -v`` prints as ``I/O``): counted below the chunk cache, so
+    a chunk served from a worker's cache is no request.
+    """
+    out: dict[str, Any] = {}
+    for url, part in summary.get("images", {}).items():
+        role = url.split("://", 1)[1].split("?", 1)[0] if url.startswith("virtual://") else url
+        out[role] = {"gets": int(part.get("requests", 0)),
+                     "chunk_gets": int(part.get("chunk_requests", 0)),
+                     "bytes": int(part.get("chunk_bytes", 0)),
+                     "distinct_bytes": int(part.get("distinct_bytes", 0)),
+                     "cache_hits": int(part.get("cache_hits", 0))}
+    return out
+
+
+def output_objects(root: Path) -> dict[str, Any]:
+    """Objects (files: one PUT each, at least) and bytes of the output, by top group."""
+    by: dict[str, list[int]] = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            top = path.relative_to(root).parts[0]
+            row = by.setdefault(top, [0, 0])
+            row[0] += 1
+            row[1] += path.stat().st_size
+    return {"objects": sum(r[0] for r in by.values()), "bytes": sum(r[1] for r in by.values()),
+            "by_group": {k: {"objects": v[0], "bytes": v[1]} for k, v in sorted(by.items())}}
 
 
 # ------------------------------------------------------------------ the run
@@ -201,11 +264,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--block", type=int, default=64, help="block edge at the block level")
     ap.add_argument("--region", type=float, default=0.2,
                     help="edge of the central region registered, as a fraction of the extent")
+    ap.add_argument("--mask-box", default=None,
+                    help="the registered region as its low then high corner, fractions of the "
+                         "extent, z,y,x,z,y,x (instead of --region's central cube)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--project-from", type=Path, default=None,
+                    help="print the projection of an earlier run's results.json (no run)")
     ap.add_argument("--slab-blocks", type=int, default=None,
                     help="ngff-dreg.stage.slab-blocks: a block stage of more blocks runs in "
                          "slabs (default: the setting's, 20000)")
     args = ap.parse_args(argv)
+    if args.project_from is not None:
+        figures: dict[str, Any] = json.loads(args.project_from.read_text())
+        figures["projection"] = project(figures)
+        print(projection_markdown(figures["projection"]))
+        return figures
     if args.slab_blocks is not None:
         import dask.config
 
@@ -213,8 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape = (96, 160, 160) if args.tiny else tuple(int(v) for v in args.shape.split("x"))
     chunks = 32 if args.tiny else args.chunks
     half = args.region / 2
-    pair = VirtualPair(shape=shape, chunks=(chunks,), mask_box=(0.5 - half,) * len(shape)
-                       + (0.5 + half,) * len(shape))
+    box = ((0.5 - half,) * len(shape) + (0.5 + half,) * len(shape) if args.mask_box is None
+           else tuple(float(v) for v in args.mask_box.split(",")))
+    pair = VirtualPair(shape=shape, chunks=(chunks,), mask_box=box)
     g_level, b_level = (2, 1) if args.tiny else default_levels(pair)
     if args.tiny:
         args.block = 32
@@ -256,12 +330,23 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
                 level=b_level, block_size=args.block, overlap=0.5, method="bspline",
                 method_options={"mesh_size": 3}, field_spacing_factor=4)])
 
+            seen_output: dict[str, Any] = {"objects": 0, "bytes": 0}
+
+            def output_delta() -> dict[str, int]:
+                now = output_objects(args.out / "out.zarr")
+                delta = {k: now[k] - seen_output[k] for k in ("objects", "bytes")}
+                seen_output.update(now)
+                return delta
+
             def stage_done(report: Any) -> None:
                 counts = client.run_on_scheduler(_take_counts)
                 stages.append({"stage": report.name, "level": report.fixed_level,
                                "seconds": report.seconds, **counts,
+                               **block_seconds(report.status, counts),
+                               "io": io_figures(report.report.get("io", {})),
+                               "output": output_delta(),
                                "blocks": None if report.status is None
-                               else int(np.asarray(report.status).size),
+                               else int((np.asarray(report.status) >= 0).sum()),
                                "blocks_registered": None if report.status is None
                                else int((np.asarray(report.status) == 0).sum())})
 
@@ -281,15 +366,6 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
             except subprocess.TimeoutExpired:
                 p.kill()
     acc = accuracy(pair, result.transforms.transform, b_level)
-    block_stage_fig = stages[-1]
-    per_block = block_stage_fig["seconds"] * args.workers / max(
-        1, block_stage_fig["blocks_registered"] or 1)
-    full_blocks = {lv: math.prod(math.ceil(s / args.block) for s in pair.level_shape(lv))
-                   for lv in (b_level, 0)}
-    projection = {
-        f"level{lv}_{w}workers_hours": n * per_block / w / 3600
-        for lv, n in full_blocks.items() for w in (100, 1000)
-    }
     figures = {
         "pair": {"shape": pair.shape, "chunks": pair.chunks, "dtype": pair.dtype,
                  "tb_per_image": pair.nbytes() / 1e12, "levels": pair.levels,
@@ -299,21 +375,141 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
                      "slab_blocks": args.slab_blocks},
         "workers": args.workers, "wall_seconds": wall, "memory": memory,
         "stages": stages, "planning_seconds": plan_seconds, "accuracy": acc,
-        "seconds_per_registered_block_per_worker": per_block,
-        "full_block_counts": full_blocks, "projection": projection,
+        "io_run": io_figures(result.io.get("run", {})),
+        "output": output_objects(args.out / "out.zarr"),
         "client_rss_now_mb": psutil.Process().memory_info().rss / 2**20,
     }
+    figures["projection"] = project(figures)
     (args.out / "results.json").write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps({"wall_s": round(wall, 1), **{k: round(v) for k, v in memory.items()},
-                      "block_grid": [math.ceil(s / args.block)
-                                     for s in pair.level_shape(b_level)],
+                      "block_grid": [len(c) for c in figures["projection"]["measured_grid"]],
                       "planning_s": [round(s, 2) for s in plan_seconds],
                       "tasks": [(s["stage"], s["tasks_finished"], s["max_tasks_held"])
                                 for s in stages],
-                      "accuracy": {k: round(v, 3) for k, v in acc.items()},
-                      "projection_h": {k: round(v, 2) for k, v in projection.items()}}, indent=1))
+                      "accuracy": {k: round(v, 3) for k, v in acc.items()}}, indent=1))
+    print(projection_markdown(figures["projection"]))
     return figures
 
+
+# ------------------------------------------------------------------ the projection
+#: S3 Standard list prices (us-east-1), USD per 1000 requests.
+GET_PRICE_PER_1000 = 0.0004
+PUT_PRICE_PER_1000 = 0.005
+
+
+def project(fig: dict[str, Any], target: tuple[int, ...] = TEN_TB,
+            levels: tuple[int, ...] = (5, 0), workers: tuple[int, ...] = (100, 1000)
+            ) -> dict[str, Any]:
+    """A full block stage of ``target`` at each of ``levels``, from one run's per-block figures.
+
+    The block is the measured one in voxels (the requested edge rounded up to
+    the storage chunk, as the run planned it), so the target's block count at
+    a level is its block grid there (:func:`ngff_dreg.blocks.grid_chunks`).
+    Per block (every block of a full stage registers, and no mask is read):
+
+    * **time**, two ways: (a) the measured block stage's wall time × workers
+      over the registered blocks (the stage's whole cost, reduction and
+      skipped blocks included, charged to the registered ones: an upper
+      bound); (b) from the tasks' compute seconds: a registered block task's
+      mean, plus the stage's other tasks (reduction, field writing, checks;
+      they span the whole level) per block of the grid;
+    * **GETs and bytes** that reached the store (below the chunk caches):
+      the fixed image's over all block tasks (each reads its padded fixed
+      block, registered or not) plus the moving image's over the registered
+      blocks; the mask's reads are left out;
+    * **PUTs**: the objects the stage added to the output, over the blocks
+      of the grid (the stage writes its field for the whole level); each
+      object at least one PUT, the rewritten manifest counted once;
+
+    plus the global stage as measured (same global level in the target).
+    Hours on ``W`` workers: blocks × seconds per block / ``W`` (perfect
+    scaling, the measured per-block cost, no start-up or straggler cost).
+    """
+    from ngff_dreg.blocks import align_block_shape, grid_chunks
+
+    pair = VirtualPair(shape=tuple(fig["pair"]["shape"]), chunks=tuple(fig["pair"]["chunks"]))
+    sched = fig["schedule"]
+    b_level = int(sched["block_level"])
+    measured_shape = pair.level_shape(b_level)
+    block = align_block_shape((int(sched["block"]),) * pair.ndim, pair.chunks, measured_shape)
+    glob, st = fig["stages"][0], fig["stages"][-1]
+    blocks, registered = int(st["blocks"]), max(1, int(st["blocks_registered"]))
+    io = st["io"]
+
+    def per(role: str, key: str, n: int) -> float:
+        return float(io.get(role, {}).get(key, 0)) / n
+
+    per_block = {
+        "seconds_stage_wall": float(st["seconds"]) * int(fig["workers"]) / registered,
+        "seconds_tasks": float(st["block_task_s"]["registered"] or 0.0)
+        + float(st["compute_s_rest"]) / blocks,
+        "gets": per("fixed", "gets", blocks) + per("moving", "gets", registered),
+        "bytes": per("fixed", "bytes", blocks) + per("moving", "bytes", registered),
+        "puts": float(st["output"]["objects"]) / blocks,
+    }
+    # the rest of the run's reads (opening the inputs, the global stage, reading the
+    # output back), less the mask's, does not grow with the block stage's level
+    run_io = fig.get("io_run", {})
+
+    def rest(key: str) -> float:
+        return float(sum(v[key] for r, v in run_io.items() if r != "mask")
+                     - sum(v[key] for r, v in io.items() if r in ("fixed", "moving")))
+
+    fixed_cost = {"seconds": float(glob["seconds"]), "gets": rest("gets"),
+                  "bytes": rest("bytes"),
+                  "puts": float(fig["output"]["objects"] - st["output"]["objects"])}
+    tpair = VirtualPair(shape=tuple(target), chunks=pair.chunks)
+    rows = []
+    for lv in levels:
+        shape = tpair.level_shape(lv)
+        tblock = align_block_shape(block, pair.chunks, shape)
+        grid = [len(c) for c in grid_chunks(shape, tblock)]
+        n = math.prod(grid)
+        gets = n * per_block["gets"] + fixed_cost["gets"]
+        puts = n * per_block["puts"] + fixed_cost["puts"]
+        row = {"level": lv, "level_shape": shape, "block": tblock, "grid": grid, "blocks": n,
+               "gets": gets, "bytes": n * per_block["bytes"] + fixed_cost["bytes"],
+               "puts": puts, "get_usd": gets / 1000 * GET_PRICE_PER_1000,
+               "put_usd": puts / 1000 * PUT_PRICE_PER_1000}
+        for w in workers:
+            for how in ("stage_wall", "tasks"):
+                row[f"hours_{w}_{how}"] = (n * per_block[f"seconds_{how}"] / w
+                                           + fixed_cost["seconds"]) / 3600
+        rows.append(row)
+    return {"target_shape": tuple(target), "block": block,
+            "measured_grid": grid_chunks(measured_shape, block), "per_block": per_block,
+            "global_stage": fixed_cost, "workers": workers, "levels": rows,
+            "prices_usd_per_1000": {"GET": GET_PRICE_PER_1000, "PUT": PUT_PRICE_PER_1000}}
+
+
+def projection_markdown(p: dict[str, Any]) -> str:
+    """The projection as a Markdown table (one row per level and worker count)."""
+    pb = p["per_block"]
+    lines = [
+        f"Projection to {'x'.join(map(str, p['target_shape']))}, block "
+        f"{'x'.join(map(str, p['block']))} (per block: {pb['seconds_stage_wall']:.1f} s "
+        f"stage wall x workers / registered, {pb['seconds_tasks']:.1f} s of task compute, "
+        f"{pb['gets']:.1f} GETs, {pb['bytes'] / 1e6:.1f} MB, {pb['puts']:.2f} PUTs). "
+        f"S3 Standard list prices: GET ${p['prices_usd_per_1000']['GET']} and PUT "
+        f"${p['prices_usd_per_1000']['PUT']} per 1000 requests; transfer not priced.", "",
+        "| level | blocks | workers | hours (stage wall) | hours (task compute) | GETs | "
+        "bytes | PUTs | GET $ | PUT $ |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in p["levels"]:
+        for w in p["workers"]:
+            lines.append(
+                f"| {r['level']} ({'x'.join(map(str, r['level_shape']))}) | {r['blocks']} | {w} "
+                f"| {r[f'hours_{w}_stage_wall']:.2f} | {r[f'hours_{w}_tasks']:.2f} "
+                f"| {r['gets']:.3g} | {_size(r['bytes'])} | {r['puts']:.3g} "
+                f"| {r['get_usd']:.2f} | {r['put_usd']:.2f} |")
+    return "\n".join(lines)
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes:.0f} B"
 
 if __name__ == "__main__":
     main()
