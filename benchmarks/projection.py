@@ -22,7 +22,10 @@ axis down to about 64 voxels), and scales:
 The cost model is linear in a block's voxels (reading, decoding, resampling
 and smoothing the block), which dominates for large blocks; the B-spline fit's
 own cost is set by its samples, which the default keeps at about 90 per
-control cell. Prices are left out: GETs and bytes are what a provider bills.
+control cell. The GETs are priced at S3 Standard's list price
+(:data:`GET_PRICE_PER_1000`); bytes are not priced (no charge inside the
+bucket's region). ``bench_virtual_10tb.py`` projects from a measured block
+stage's per-block GETs, bytes and PUTs instead (its ``--project-from``).
 
 Example::
 
@@ -47,6 +50,9 @@ sys.path.insert(0, str(HERE.parent))
 from ngff_dreg.engine import MAX_BLOCKS, _coarsen_for_graph_size  # noqa: E402
 from ngff_dreg.geometry import ImageGeometry  # noqa: E402
 from ngff_dreg.schedule import Schedule  # noqa: E402
+
+#: S3 Standard GET list price (us-east-1), USD per 1000 requests.
+GET_PRICE_PER_1000 = 0.0004
 
 
 def pyramid(shape: tuple[int, ...], spacing: float = 1.0, smallest: int = 64
@@ -196,11 +202,17 @@ def _scenario(p: dict[str, Any], top: dict[str, Any]) -> str:
     lines += ["", f"- total: **{p['hours']:.2f} h** on {top['workers']} workers (block "
               "stages; plus the global stage, seconds)",
               f"- chunk GETs: {p['gets_one_cache_per_machine']:.3g} with a shared cache per "
-              f"machine, up to {p['gets_no_locality']:.3g} with no locality between machines",
+              f"machine, up to {p['gets_no_locality']:.3g} with no locality between machines "
+              f"(${_usd(p['gets_one_cache_per_machine'])} to "
+              f"${_usd(p['gets_no_locality'])} at ${GET_PRICE_PER_1000} per 1000 GETs)",
               f"- bytes fetched (egress if the workers are outside the bucket's region): "
               f"{_size(p['bytes_one_cache_per_machine'])}, up to "
               f"{_size(p['bytes_no_locality'])}"]
     return "\n".join(lines)
+
+
+def _usd(gets: float) -> str:
+    return f"{gets / 1000 * GET_PRICE_PER_1000:.2f}"
 
 
 def _size(nbytes: float) -> str:
