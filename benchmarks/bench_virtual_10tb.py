@@ -13,19 +13,34 @@ every 0.2 s with psutil, process trees included).
 
 Reported (JSON at ``--out/results.json`` and a summary on stdout):
 
-* peak RSS of the client, the scheduler and the largest worker;
+* peak RSS of the client, the scheduler and the largest worker, over the
+  run and per stage;
 * tasks per stage (finished on the scheduler) and the most tasks the
-  scheduler held at once during each stage (the graph size);
+  scheduler held at once during each stage (the graph size); the tasks'
+  compute seconds by key prefix, and the mean of a block task that
+  registered and of one that was skipped (outside the mask);
+* per stage, the GET requests and bytes that reached each image's store
+  (the project's store counts, :mod:`ngff_dreg.io.storage.store_stats`: what
+  ``register -v`` prints as ``I/O``), and the objects the stage added to the
+  output (each one PUT at least);
 * planning time of each block stage run in one graph (the engine's ``register_images``;
   a stage in slabs plans each slab inside its stage time);
 * wall time per stage and in total;
 * accuracy on the registered region: the final transform against the pair's
   known fixed→moving map at random points inside the mask, in level-0 voxels
   and in voxels of the block stage's level (and the same for the identity);
-* a projection of a full block stage at the block level, and at level 0
-  with the same block size, on 100 and 1000 workers, from this run's seconds
-  per registered block (linear in the block count; I/O and reduction
-  included as they were measured here).
+* a projection to the 10 TB pair of a full block stage on level 5 and on
+  level 0, with this run's block (in voxels), on 100 and 1000 workers: hours,
+  GETs, bytes, PUTs and the S3 request cost at list price, from this run's
+  per-block figures (:func:`project`; ``--project-from results.json``
+  prints it again without a run).
+
+The region registered is a central cube (``--region``) or any box
+(``--mask-box``); e.g. the same block stage on a virtual 1024³ pair's level 0
+(``--shape 1024x1024x1024 --global-level 3 --block-level 0 --mask-box
+0.4,0.4,0.4,0.55,0.55,0.55``: 27 of its 512 blocks) against the 10 TB pair's
+level 5 (25 of 75) compares the worker memory of one block size at two image
+sizes.
 
 Tiny check (a minute on 2 cores)::
 
@@ -75,6 +90,9 @@ class PeakRSS(threading.Thread):
         self.roots = {name: psutil.Process(pid) for name, pid in roots.items()}
         self.peak: dict[str, int] = dict.fromkeys(roots, 0)
         self.peak_worker = 0
+        self.since_mark: dict[str, int] = dict.fromkeys(roots, 0)
+        self.since_mark_worker = 0
+        self.lock = threading.Lock()
         self.period = period
         self.stop_event = threading.Event()
 
@@ -87,9 +105,22 @@ class PeakRSS(threading.Thread):
                 rss = [p.memory_info().rss for p in procs]
             except psutil.Error:
                 continue
-            self.peak[name] = max(self.peak[name], sum(rss))
-            if name.startswith("workers"):
-                self.peak_worker = max([self.peak_worker, *rss[1:]])  # one worker process
+            with self.lock:
+                self.peak[name] = max(self.peak[name], sum(rss))
+                self.since_mark[name] = max(self.since_mark[name], sum(rss))
+                if name.startswith("workers"):  # one worker process
+                    self.peak_worker = max([self.peak_worker, *rss[1:]])
+                    self.since_mark_worker = max([self.since_mark_worker, *rss[1:]])
+
+    def mark(self) -> dict[str, float]:
+        """The peaks since the last mark (a stage's), in MB; starts the next."""
+        self.sample()
+        with self.lock:
+            out = {f"peak_{k}_mb": v / 2**20 for k, v in self.since_mark.items()}
+            out["peak_one_worker_mb"] = self.since_mark_worker / 2**20
+            self.since_mark = dict.fromkeys(self.since_mark, 0)
+            self.since_mark_worker = 0
+        return out
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -341,7 +372,7 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
             def stage_done(report: Any) -> None:
                 counts = client.run_on_scheduler(_take_counts)
                 stages.append({"stage": report.name, "level": report.fixed_level,
-                               "seconds": report.seconds, **counts,
+                               "seconds": report.seconds, "memory": sampler.mark(), **counts,
                                **block_seconds(report.status, counts),
                                "io": io_figures(report.report.get("io", {})),
                                "output": output_delta(),
