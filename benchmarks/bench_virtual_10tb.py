@@ -377,7 +377,7 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
             sampler.start()
             schedule = Schedule(GlobalStage(level=g_level), [BlockStage(
                 level=b_level, block_size=args.block, overlap=0.5, method="bspline",
-                method_options={"mesh_size": 3}, field_spacing_factor=4)])
+                method_options={"mesh_size": 3}, field_spacing_factor=FIELD_SPACING_FACTOR)])
 
             seen_output: dict[str, Any] = {"objects": 0, "bytes": 0}
 
@@ -442,6 +442,8 @@ def run(pair: VirtualPair, args: argparse.Namespace, g_level: int, b_level: int)
 
 
 # ------------------------------------------------------------------ the projection
+#: The block stage's field spacing in voxels of its level (the schedule below).
+FIELD_SPACING_FACTOR = 4
 #: S3 Standard list prices (us-east-1), USD per 1000 requests.
 GET_PRICE_PER_1000 = 0.0004
 PUT_PRICE_PER_1000 = 0.005
@@ -467,15 +469,30 @@ def project(fig: dict[str, Any], target: tuple[int, ...] = TEN_TB,
       the fixed image's over all block tasks (each reads its padded fixed
       block, registered or not) plus the moving image's over the registered
       blocks; the mask's reads are left out;
-    * **PUTs**: the objects the stage added to the output, over the blocks
-      of the grid (the stage writes its field for the whole level); each
-      object at least one PUT, the rewritten manifest counted once;
+      and, as bounds, every chunk of both images fetched once (one shared
+      cache per machine, no halo re-fetched between machines) and every
+      chunk read a GET (no cache: the measured reads per block, cache hits
+      included);
+    * **PUTs**: the objects the stage added to the output, per field write
+      unit (the stage writes its field for the whole level; the units are
+      the field's 64³ chunks, their count set by the level), times the
+      target's units; each object at least one PUT, the rewritten manifest
+      counted once;
 
     plus the global stage as measured (same global level in the target).
     Hours on ``W`` workers: blocks × seconds per block / ``W`` (perfect
     scaling, the measured per-block cost, no start-up or straggler cost).
     """
     from ngff_dreg.blocks import align_block_shape, grid_chunks
+    from ngff_dreg.geometry import ImageGeometry
+    from ngff_dreg.reduce.reducer import ReduceToDisplacementField
+
+    def field_units(p: VirtualPair, level: int) -> int:
+        reducer = ReduceToDisplacementField(field_spacing_factor=FIELD_SPACING_FACTOR)
+        geom = ImageGeometry(p.level_shape(level)[::-1], p.level_spacing(level)[::-1],
+                             p.level_origin(level)[::-1])
+        fshape = reducer.field_geometry(geom).shape
+        return math.prod(math.ceil(n / int(reducer.field_chunk)) for n in fshape)
 
     pair = VirtualPair(shape=tuple(fig["pair"]["shape"]), chunks=tuple(fig["pair"]["chunks"]))
     sched = fig["schedule"]
@@ -496,6 +513,12 @@ def project(fig: dict[str, Any], target: tuple[int, ...] = TEN_TB,
         "gets": per("fixed", "gets", blocks) + per("moving", "gets", registered),
         "bytes": per("fixed", "bytes", blocks) + per("moving", "bytes", registered),
         "puts": float(st["output"]["objects"]) / blocks,
+        "puts_per_field_unit": float(st["output"]["objects"]) / field_units(pair, b_level),
+        "chunk_reads": (sum(float(io.get("fixed", {}).get(k, 0))
+                            for k in ("chunk_gets", "cache_hits")) / blocks
+                        + sum(float(io.get("moving", {}).get(k, 0))
+                              for k in ("chunk_gets", "cache_hits")) / registered),
+        "chunk_bytes": math.prod(pair.chunks) * np.dtype(pair.dtype).itemsize,
     }
     # the rest of the run's reads (opening the inputs, the global stage, reading the
     # output back), less the mask's, does not grow with the block stage's level
@@ -516,10 +539,19 @@ def project(fig: dict[str, Any], target: tuple[int, ...] = TEN_TB,
         grid = [len(c) for c in grid_chunks(shape, tblock)]
         n = math.prod(grid)
         gets = n * per_block["gets"] + fixed_cost["gets"]
-        puts = n * per_block["puts"] + fixed_cost["puts"]
+        chunks = math.prod(math.ceil(a / c) for a, c in zip(shape, pair.chunks))
+        once, no_cache = 2 * chunks + fixed_cost["gets"], n * per_block["chunk_reads"]
+        puts = per_block["puts_per_field_unit"] * field_units(tpair, lv) + fixed_cost["puts"]
         row = {"level": lv, "level_shape": shape, "block": tblock, "grid": grid, "blocks": n,
                "gets": gets, "bytes": n * per_block["bytes"] + fixed_cost["bytes"],
-               "puts": puts, "get_usd": gets / 1000 * GET_PRICE_PER_1000,
+               "gets_each_chunk_once": once,
+               "bytes_each_chunk_once": 2 * chunks * per_block["chunk_bytes"],
+               "gets_no_cache": no_cache,
+               "bytes_no_cache": no_cache * per_block["chunk_bytes"],
+               "puts": puts, "puts_per_block_scaling": n * per_block["puts"],
+               "get_usd": gets / 1000 * GET_PRICE_PER_1000,
+               "get_usd_range": (once / 1000 * GET_PRICE_PER_1000,
+                                 no_cache / 1000 * GET_PRICE_PER_1000),
                "put_usd": puts / 1000 * PUT_PRICE_PER_1000}
         for w in workers:
             for how in ("stage_wall", "tasks"):
@@ -542,16 +574,21 @@ def projection_markdown(p: dict[str, Any]) -> str:
         f"{pb['gets']:.1f} GETs, {pb['bytes'] / 1e6:.1f} MB, {pb['puts']:.2f} PUTs). "
         f"S3 Standard list prices: GET ${p['prices_usd_per_1000']['GET']} and PUT "
         f"${p['prices_usd_per_1000']['PUT']} per 1000 requests; transfer not priced.", "",
-        "| level | blocks | workers | hours (stage wall) | hours (task compute) | GETs | "
-        "bytes | PUTs | GET $ | PUT $ |",
+        "| level | blocks | workers | hours (stage wall) | hours (task compute) | GETs "
+        "(each chunk once – no cache) | bytes (once – no cache) | PUTs | GET $ (range) "
+        "| PUT $ |",
         "|---|---|---|---|---|---|---|---|---|---|"]
     for r in p["levels"]:
         for w in p["workers"]:
+            lo, hi = r["get_usd_range"]
             lines.append(
                 f"| {r['level']} ({'x'.join(map(str, r['level_shape']))}) | {r['blocks']} | {w} "
                 f"| {r[f'hours_{w}_stage_wall']:.2f} | {r[f'hours_{w}_tasks']:.2f} "
-                f"| {r['gets']:.3g} | {_size(r['bytes'])} | {r['puts']:.3g} "
-                f"| {r['get_usd']:.2f} | {r['put_usd']:.2f} |")
+                f"| {r['gets']:.3g} ({r['gets_each_chunk_once']:.3g} – "
+                f"{r['gets_no_cache']:.3g}) | {_size(r['bytes'])} "
+                f"({_size(r['bytes_each_chunk_once'])} – {_size(r['bytes_no_cache'])}) "
+                f"| {r['puts']:.3g} | {r['get_usd']:.2f} ({lo:.2f} – {hi:.2f}) "
+                f"| {r['put_usd']:.2f} |")
     return "\n".join(lines)
 
 
