@@ -77,6 +77,7 @@ __all__ = [
     "locality",
     "chunk_exchange",
     "slab_blocks",
+    "store_chunks",
 ]
 
 #: The top-level key of ngff-dreg's settings in dask's configuration.
@@ -226,6 +227,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("output.lease-heartbeat", _positive_seconds),
     Setting("output.lease-stale-after", _positive_seconds),
     Setting("output.lease-max-wait", _seconds),
+    Setting("output.store-chunks", _block_count),
     Setting("view.chromium", _text_or_none),
     Setting("cluster.locality", _switch),
     Setting("cluster.chunk-exchange", _switch),
@@ -438,6 +440,15 @@ def slab_blocks() -> int:
     layers (:mod:`ngff_dreg.slab_stage`).
     """
     return int(get("stage.slab-blocks"))
+
+
+def store_chunks() -> int:
+    """Most chunks (or shards) one compute writes to an image level (``output.store-chunks``).
+
+    A level with more is written in slabs of whole chunk rows, one compute
+    after the other, so the graph that writes it is bounded by this.
+    """
+    return int(get("output.store-chunks"))
 
 
 def apply_settings(values: Mapping[str, Any], origin: str) -> bool:

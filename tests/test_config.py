@@ -73,6 +73,7 @@ def test_the_defaults_are_in_dask_config() -> None:
         "ngff-dreg.output.lease-heartbeat": 10.0,
         "ngff-dreg.output.lease-stale-after": 30.0,
         "ngff-dreg.output.lease-max-wait": 86400.0,
+        "ngff-dreg.output.store-chunks": 20000,
         "ngff-dreg.view.chromium": None,
         "ngff-dreg.cluster.locality": True,
         "ngff-dreg.cluster.chunk-exchange": True,

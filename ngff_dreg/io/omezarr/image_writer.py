@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ngff_dreg import config
 from ngff_dreg.errors import (
     InvalidInputDataError,
     InvalidMetadataError,
@@ -559,10 +560,41 @@ def _check_arguments(
     return chunk_shape, axes, int(n_levels)
 
 
+def store_regions(chunks: Sequence[Sequence[int]], limit: int) -> list[tuple[slice, ...]]:
+    """Regions of at most ``limit`` chunks each that cover an array once, in order.
+
+    ``chunks``: the array's chunk sizes per axis (dask's ``chunks``). Each
+    region is a slab of whole chunk rows along the slowest axis; where one row
+    alone holds more than ``limit`` chunks, it is cut along the next axis the
+    same way (a single chunk is always one region).
+    """
+    limit = max(1, int(limit))
+    edges = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
+
+    def span(axis: int, start: int, stop: int) -> slice:
+        return slice(int(edges[axis][start]), int(edges[axis][min(stop, len(chunks[axis]))]))
+
+    def cut(axis: int, prefix: tuple[slice, ...]) -> list[tuple[slice, ...]]:
+        if axis == len(chunks):
+            return [prefix]
+        rest = tuple(slice(0, int(e[-1])) for e in edges[axis + 1:])
+        per_row = math.prod(len(c) for c in chunks[axis + 1:])
+        n = len(chunks[axis])
+        if per_row <= limit:
+            step = max(1, limit // per_row)
+            return [(*prefix, span(axis, i, i + step), *rest) for i in range(0, n, step)]
+        return [region for i in range(n)
+                for region in cut(axis + 1, (*prefix, span(axis, i, i + 1)))]
+
+    return cut(0, ())
+
+
 def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
     """Write level 0, then each coarser level from the one stored before it.
 
-    A sharded level is written one whole shard per dask task.
+    A sharded level is written one whole shard per dask task. A level of more
+    write chunks (or shards) than ``ngff-dreg.output.store-chunks`` is written
+    in slabs (:func:`store_regions`), one compute each.
     """
     import dask.array as da
 
@@ -606,9 +638,14 @@ def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
             text, f"create level {path}", functools.partial(root.create_array, **kwargs)
         )
         level = level.rechunk(write_chunks)
-        map_store_errors(
-            text, f"write level {path}",
-            functools.partial(da.store, level, arr, lock=False, compute=True),
-        )
+        regions = store_regions(level.chunks, config.store_chunks())
+        for region in regions:
+            map_store_errors(
+                text, f"write level {path}",
+                functools.partial(da.store, level[region], arr, regions=region, lock=False,
+                                  compute=True),
+            )
+        if len(regions) > 1:
+            logger.debug("%s: level %s written in %d slabs", safe, path, len(regions))
         prev_stored = da.from_array(arr, chunks=level_chunks)
         logger.debug("%s: wrote level %s shape %s", safe, path, full)

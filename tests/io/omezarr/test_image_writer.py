@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -372,3 +373,57 @@ def test_shards_auto_and_shards_that_are_not_whole_chunks(tmp_path: Path) -> Non
     with pytest.raises(InvalidInputDataError, match=r"shards=\(8, 6, 8\): edge 6 on axis 1"):
         write_multiscale(str(tmp_path / "bad.zarr"), data, geom, chunks=4, shards=(8, 6, 8))
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_store_regions_cover_the_array_once_in_bounded_pieces() -> None:
+    from ngff_dreg.io.omezarr.image_writer import store_regions
+
+    chunks = ((2, 2, 1), (3, 3), (4, 4, 4, 1))
+    for limit in (1, 2, 3, 5, 8, 12, 24, 100):
+        regions = store_regions(chunks, limit)
+        cover = np.zeros((5, 6, 13), int)
+        for region in regions:
+            cover[region] += 1
+            n = math.prod(len([e for e in np.cumsum((0, *c))[:-1] if r.start <= e < r.stop])
+                          for r, c in zip(region, chunks))
+            assert 1 <= n <= limit
+        assert cover.min() == cover.max() == 1
+        if limit >= 24:
+            assert len(regions) == 1
+
+
+@pytest.mark.parametrize("shards", [None, 32])
+def test_a_level_of_many_chunks_is_written_in_bounded_graphs(
+        tmp_path: Path, ngff_config: Any, shards: int | None) -> None:
+    """``output.store-chunks`` bounds each write's graph; the pyramid is the same."""
+    from dask.callbacks import Callback
+
+    data = da.random.default_rng(1).random((64, 64, 64), chunks=16)
+    geom = ImageGeometry(data.shape, (1, 1, 1), (0, 0, 0), unit="micrometer")
+
+    def write(name: str, store_chunks: int) -> list[int]:
+        sizes: list[int] = []
+
+        class Graphs(Callback):  # type: ignore[misc]
+            def _start(self, dsk: Any) -> None:
+                sizes.append(len(dsk))
+
+        ngff_config({"output.store-chunks": store_chunks})
+        with Graphs():
+            write_multiscale(str(tmp_path / name), data, geom, chunks=16, n_levels=2,
+                             shards=shards)
+        return sizes
+
+    whole = write("whole.zarr", 100_000)
+    assert len(whole) == 2  # one graph per level
+    # level 0: 64 chunks in 16 graphs of 4, or 8 shards one by one; level 1: 8 chunks
+    # in 2 graphs, or its one shard
+    slabbed = write("slabbed.zarr", 1 if shards else 4)
+    n0 = 8 if shards else 16
+    assert len(slabbed) == n0 + (1 if shards else 2)
+    assert max(slabbed[:n0]) * 4 <= whole[0], (slabbed, whole)
+    a, b = open_multiscale(str(tmp_path / "whole.zarr")), open_multiscale(
+        str(tmp_path / "slabbed.zarr"))
+    for level in (0, 1):
+        np.testing.assert_array_equal(np.asarray(b.open_array(level)[...]),
+                                      np.asarray(a.open_array(level)[...]))
