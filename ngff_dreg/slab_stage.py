@@ -330,8 +330,8 @@ class SlabbedStage:
             sample(again)
         candidates = sorted((h for layer in layers for h in layers[layer]), key=lambda h: h.id)
         cand_samples = [h.sample for h in candidates]
-        cand_reach = [h.reach for h in candidates]
-        blends = [plan.blend(c, cand_samples, cand_reach, prep) for c in layout.units[s]]
+        reach = plan.reach_index([h.reach for h in candidates])
+        blends = [plan.blend(c, cand_samples, reach, prep) for c in layout.units[s]]
         first_layer, stop = layout.slabs[s]
         summary = delayed(_t_slab_summary, pure=True)(
             first_layer, (stop - first_layer, *grid_shape[1:]), statuses, blends, prep,

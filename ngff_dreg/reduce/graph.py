@@ -35,8 +35,9 @@ in-memory mode (no writer) is a whole field ever held by one task
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -479,6 +480,36 @@ def _t_finalize_parts(n_levels: int | None, fgeom: ImageGeometry, affine: Affine
 
 
 # ------------------------------------------------------------------ builder
+class ReachIndex:
+    """Which blocks' reach boxes meet a field box, found through a grid of field chunks.
+
+    Testing every reach box against every chunk of a unit costs units × blocks
+    box tests (days of client time for a 10 TB level's slab); the index buckets
+    each reach box by the field chunks it covers, so a lookup tests only the
+    boxes that share a chunk with it.
+    """
+
+    def __init__(self, reach_boxes: Sequence[Box], chunks: Sequence[int]) -> None:
+        self.boxes = list(reach_boxes)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.cells: dict[tuple[int, ...], list[int]] = {}
+        for i, box in enumerate(self.boxes):
+            if box.is_empty:
+                continue
+            for cell in self._cells(box):
+                self.cells.setdefault(cell, []).append(i)
+
+    def _cells(self, box: Box) -> Iterator[tuple[int, ...]]:
+        ranges = [range(max(0, a) // c, max(0, b - 1) // c + 1)
+                  for a, b, c in zip(box.start, box.stop, self.chunks)]
+        return itertools.product(*ranges)
+
+    def reaching(self, box: Box) -> list[int]:
+        """Indices (ascending) of the reach boxes that meet ``box``."""
+        found = {i for cell in self._cells(box) for i in self.cells.get(cell, ())}
+        return sorted(i for i in found if not self.boxes[i].intersect(box).is_empty)
+
+
 @dataclass
 class ReductionPlan:
     """What every piece of a reduction's graph shares: the field grid, its write units, keys.
@@ -551,11 +582,14 @@ class ReductionPlan:
                                                           dask_key_name=f"status-{self.token}-{i}"))
         return samples, statuses
 
-    def blend(self, c: int, samples: list[Any], reach_boxes: list[Box], prep: Any) -> Any:
+    def reach_index(self, reach_boxes: Sequence[Box]) -> ReachIndex:
+        """The :class:`ReachIndex` of ``reach_boxes`` over this plan's field chunks."""
+        return ReachIndex(reach_boxes, self.chunks)
+
+    def blend(self, c: int, samples: list[Any], reach: ReachIndex, prep: Any) -> Any:
         """The blend task of unit ``c``, from the blocks (in block order) that reach it."""
         unit = self.units[c]
-        reaching = [[i for i, rb in enumerate(reach_boxes) if not rb.intersect(cbox).is_empty]
-                    for cbox in unit.chunks]
+        reaching = [reach.reaching(cbox) for cbox in unit.chunks]
         used = sorted({i for r in reaching for i in r})
         pos = {i: k for k, i in enumerate(used)}
         return delayed(_t_blend, pure=True)(
@@ -620,7 +654,8 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     samples, statuses = plan.samples(block_results, block_boxes, list(range(len(block_boxes))))
     reach_boxes = [plan.reach_box(box) for box in block_boxes]
     # blend tasks: each depends only on the blocks that can reach its chunks
-    blends = [plan.blend(c, samples, reach_boxes, prep) for c in range(len(plan.units))]
+    reach = plan.reach_index(reach_boxes)
+    blends = [plan.blend(c, samples, reach, prep) for c in range(len(plan.units))]
     ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{plan.token}")
 
     if writer is not None:
