@@ -327,48 +327,8 @@ class Schedule:
         g_level = default_global_level(fixed_levels, 48)
         base = fixed_levels[0]
         extent = float(np.max((np.asarray(base.size) - 1) * np.asarray(base.spacing)))
-        stages = []
-        for i, fraction in enumerate(CONTROL_FRACTIONS):
-            finest = i == len(CONTROL_FRACTIONS) - 1
-            cps = fraction * extent
-            per_axis = SAMPLES_PER_CELL_AXIS.get(base.ndim, 4.5)
-            if finest:
-                # the last stage runs on level 0, where the accuracy is
-                # measured: on a coarser level its precision is a fraction of
-                # that level's voxel (a 2D fundus photograph: p95 2.2 px from
-                # level 2, 1.0 px from level 0). Unless its sample lattice would
-                # skip more than MAX_FINEST_STRIDE voxels there (an image of
-                # thousands of voxels a side): reading every voxel of a level to
-                # sample one in thousands costs I/O and, beyond MAX_BLOCKS
-                # blocks, worker memory (the engine coarsens the blocks)
-                level = _level_for(fixed_levels, cps / per_axis / MAX_FINEST_STRIDE)
-            else:
-                level = _level_for(fixed_levels, cps / 8.0)
-            geom = fixed_levels[level]
-            cps_vox = cps / float(min(geom.spacing))
-            stride = max(1, round(cps_vox / per_axis * (1.5 if fast else 1.0)))
-            passes = [stride] if finest or fast else [2 * stride, stride]
-            sigmas = [0.5] if finest or fast else [1.0, 0.5]
-            block = _default_block(geom.shape, cps_vox)
-            opts: dict[str, Any] = {
-                "control_point_spacing": round(cps, 6),
-                "shrink_factors": passes,
-                "smoothing_sigmas": sigmas,
-                "iterations": 6 if fast else (8 if finest else 10),
-                "bending": DEFAULT_BENDING,
-                "mind_bending": MIND_BENDING[i],
-                "similarity": similarity,
-            }
-            stages.append(
-                BlockStage(
-                    level=level,
-                    block_size=block,
-                    overlap=_default_overlap(geom.ndim, cps_vox, block),
-                    method="bspline",
-                    method_options=opts,
-                    field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))),
-                )
-            )
+        stages = [_default_bspline_stage(fixed_levels, i, extent, fast, similarity)
+                  for i in range(len(CONTROL_FRACTIONS))]
         refine = _refinement(stages[-1], fixed_levels)
         if not fast and similarity != "mind" and refine is not None:
             stages.append(refine)
@@ -417,6 +377,44 @@ REFINE_MIN_GAIN = 0.05
 #: 1×1×4 mm pair, 1.8 voxels per cell along z) it fitted the slices'
 #: interpolation and made p95 worse (1.04 → 1.35 voxels).
 MIN_REFINE_CELL_VOXELS = 3.0
+
+
+def _default_bspline_stage(fixed_levels: Sequence[ImageGeometry], i: int, extent: float,
+                           fast: bool, similarity: str) -> BlockStage:
+    """The default schedule's B-spline stage ``i`` (of :data:`CONTROL_FRACTIONS`)."""
+    base = fixed_levels[0]
+    finest = i == len(CONTROL_FRACTIONS) - 1
+    cps = CONTROL_FRACTIONS[i] * extent
+    per_axis = SAMPLES_PER_CELL_AXIS.get(base.ndim, 4.5)
+    if finest:
+        # the last stage runs on level 0, where the accuracy is
+        # measured: on a coarser level its precision is a fraction of
+        # that level's voxel (a 2D fundus photograph: p95 2.2 px from
+        # level 2, 1.0 px from level 0). Unless its sample lattice would
+        # skip more than MAX_FINEST_STRIDE voxels there (an image of
+        # thousands of voxels a side): reading every voxel of a level to
+        # sample one in thousands costs I/O and, beyond MAX_BLOCKS
+        # blocks, worker memory (the engine coarsens the blocks)
+        level = _level_for(fixed_levels, cps / per_axis / MAX_FINEST_STRIDE)
+    else:
+        level = _level_for(fixed_levels, cps / 8.0)
+    geom = fixed_levels[level]
+    cps_vox = cps / float(min(geom.spacing))
+    stride = max(1, round(cps_vox / per_axis * (1.5 if fast else 1.0)))
+    block = _default_block(geom.shape, cps_vox)
+    opts: dict[str, Any] = {
+        "control_point_spacing": round(cps, 6),
+        "shrink_factors": [stride] if finest or fast else [2 * stride, stride],
+        "smoothing_sigmas": [0.5] if finest or fast else [1.0, 0.5],
+        "iterations": 6 if fast else (8 if finest else 10),
+        "bending": DEFAULT_BENDING,
+        "mind_bending": MIND_BENDING[i],
+        "similarity": similarity,
+    }
+    return BlockStage(level=level, block_size=block,
+                      overlap=_default_overlap(geom.ndim, cps_vox, block), method="bspline",
+                      method_options=opts,
+                      field_spacing_factor=float(max(1, round(cps_vox / (5.0 if finest else 8.0)))))
 
 
 def _refinement(last: BlockStage, levels: Sequence[ImageGeometry]) -> BlockStage | None:
