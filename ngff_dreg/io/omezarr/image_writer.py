@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg import config
+from ngff_dreg.blocks import grid_slabs
 from ngff_dreg.errors import (
     InvalidInputDataError,
     InvalidMetadataError,
@@ -572,7 +573,7 @@ def store_regions(chunks: Sequence[Sequence[int]], limit: int) -> list[tuple[sli
     edges = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
 
     def span(axis: int, start: int, stop: int) -> slice:
-        return slice(int(edges[axis][start]), int(edges[axis][min(stop, len(chunks[axis]))]))
+        return slice(int(edges[axis][start]), int(edges[axis][stop]))
 
     def cut(axis: int, prefix: tuple[slice, ...]) -> list[tuple[slice, ...]]:
         if axis == len(chunks):
@@ -580,9 +581,8 @@ def store_regions(chunks: Sequence[Sequence[int]], limit: int) -> list[tuple[sli
         rest = tuple(slice(0, int(e[-1])) for e in edges[axis + 1:])
         per_row = math.prod(len(c) for c in chunks[axis + 1:])
         n = len(chunks[axis])
-        if per_row <= limit:
-            step = max(1, limit // per_row)
-            return [(*prefix, span(axis, i, i + step), *rest) for i in range(0, n, step)]
+        if per_row <= limit:  # whole rows, as a block stage's slabs are whole grid layers
+            return [(*prefix, span(axis, a, b), *rest) for a, b in grid_slabs((n, per_row), limit)]
         return [region for i in range(n)
                 for region in cut(axis + 1, (*prefix, span(axis, i, i + 1)))]
 
