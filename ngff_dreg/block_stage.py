@@ -9,7 +9,7 @@ computes it on the run's client, scores the NCC (on the stage's level when the
 method measures it, else on the global level) and
 records the stage in the manifest. A stage finished by an earlier run with the
 same arguments is read back instead. A stage whose block grid has more blocks
-than ``ngff-dreg.stage.slab-blocks`` runs in slabs of whole grid layers
+than ``ngff-dreg.stage.slab-blocks`` runs in slabs of at most that many blocks
 (:class:`~ngff_dreg.slab_stage.SlabbedStage`), each recorded in the manifest
 when its field units are written, so an interrupted stage resumes after its
 last finished slab.

@@ -26,6 +26,8 @@ __all__ = [
     "axis_chunks",
     "plan_blocks",
     "grid_chunks",
+    "grid_part",
+    "GridSlabs",
     "grid_slabs",
     "padded_intervals",
     "padding_for",
@@ -140,23 +142,23 @@ def plan_blocks(
     block_shape: Sequence[int],
     overlap_factors: Sequence[float] | float | None,
     *,
-    grid_slab: tuple[int, int] | None = None,
+    grid_slab: tuple[int, int] | Box | None = None,
 ) -> tuple[list[BlockPlan], tuple[tuple[int, ...], ...]]:
     """Cut the image into blocks; returns the plans and dask-style chunks.
 
-    ``grid_slab=(first, stop)`` plans only the layers ``first:stop`` of the
-    block grid along axis 0 (its slowest axis; the chunks are still the whole
-    grid's), so a part of a huge grid is planned without the rest.
+    ``grid_slab`` plans only a part of the block grid (the chunks are still
+    the whole grid's), so a part of a huge grid is planned without the rest:
+    ``(first, stop)``, the layers ``first:stop`` along axis 0 (its slowest
+    axis), or a :class:`~ngff_dreg.geometry.Box` of block indices (a
+    :class:`GridSlabs` slab or piece).
     """
     chunks = grid_chunks(image_shape, block_shape)
-    first, stop = (0, len(chunks[0])) if grid_slab is None else grid_slab
-    if not 0 <= first < stop <= len(chunks[0]):
-        raise ValueError(f"grid slab {grid_slab} is not inside the {len(chunks[0])} layers")
+    part = grid_part(grid_slab, [len(c) for c in chunks])
     plans: list[BlockPlan] = []
     starts = _axis_starts(chunks)
     padded_axes = padded_intervals(image_shape, chunks, overlap_factors)
-    for rest in np.ndindex(stop - first, *[len(c) for c in chunks[1:]]):
-        chunk_index = tuple(int(i) for i in (first + rest[0], *rest[1:]))
+    for rest in np.ndindex(*part.shape):
+        chunk_index = tuple(int(i) + a for i, a in zip(rest, part.start))
         start = tuple(starts[a][i] for a, i in enumerate(chunk_index))
         box = Box(start, tuple(s + chunks[a][i] for a, (s, i) in enumerate(zip(start,
                                                                                 chunk_index))))
@@ -164,6 +166,103 @@ def plan_blocks(
                      tuple(padded_axes[a][i][1] for a, i in enumerate(chunk_index)))
         plans.append(BlockPlan(BlockInfo(chunk_index, box.slices), box, padded))
     return plans, chunks
+
+
+def grid_part(grid_slab: tuple[int, int] | Box | None, grid_shape: Sequence[int]) -> Box:
+    """The box of block indices a ``grid_slab`` (see :func:`plan_blocks`) names, checked."""
+    shape = tuple(int(n) for n in grid_shape)
+    if grid_slab is None:
+        return Box.full(shape)
+    if isinstance(grid_slab, Box):
+        box = grid_slab
+    else:
+        first, stop = grid_slab
+        box = Box((first, *(0 for _ in shape[1:])), (stop, *shape[1:]))
+    if (box.ndim != len(shape) or box.is_empty
+            or any(not 0 <= a < b <= n for a, b, n in zip(box.start, box.stop, shape))):
+        raise ValueError(f"grid slab {grid_slab} is not inside the block grid {shape}")
+    return box
+
+
+class GridSlabs:
+    """A block grid cut into slabs of at most ``max_blocks`` blocks each, in C order.
+
+    A slab is a run of whole grid layers (along axis 0) when a layer fits;
+    when it does not, each layer is cut into runs of whole rows (along axis
+    1), and so on down the axes. The slabs are cut along :attr:`axis`,
+    :attr:`step` indices at a time, one index along every earlier axis, and
+    span the grid along every later one. They are numbered in C order, so a
+    block's slab number never falls as any of its indices grows.
+
+    A *piece* is one index along :attr:`axis` of a slab: a slab's part that
+    is re-planned alone (its index prefix, ``axis + 1`` long).
+    """
+
+    def __init__(self, grid_shape: Sequence[int], max_blocks: int) -> None:
+        self.shape = tuple(int(v) for v in grid_shape)
+        if int(max_blocks) < 1:
+            raise ValueError(f"at most {max_blocks} blocks per slab: needs at least 1")
+        if not self.shape or min(self.shape) < 1:
+            raise ValueError(f"a block grid of shape {self.shape} has no block")
+        axis = next(a for a in range(len(self.shape))
+                    if math.prod(self.shape[a + 1:]) <= int(max_blocks))
+        self.axis = axis
+        self.step = max(1, min(self.shape[axis], int(max_blocks) // math.prod(
+            self.shape[axis + 1:])))
+        self.per_row = -(-self.shape[axis] // self.step)  # slabs per run of the earlier axes
+
+    def __len__(self) -> int:
+        return math.prod(self.shape[:self.axis]) * self.per_row
+
+    def describe(self) -> dict[str, Any]:
+        """How the grid is cut, as JSON (what a rerun compares)."""
+        return {"grid": list(self.shape), "axis": self.axis, "step": self.step}
+
+    def box(self, s: int) -> Box:
+        """Slab ``s`` as a box of block indices."""
+        if not 0 <= s < len(self):
+            raise IndexError(f"slab {s} of {len(self)}")
+        outer = _unravel(s // self.per_row, self.shape[:self.axis])
+        first = (s % self.per_row) * self.step
+        stop = min(first + self.step, self.shape[self.axis])
+        rest = self.shape[self.axis + 1:]
+        return Box((*outer, first, *(0 for _ in rest)),
+                   (*(i + 1 for i in outer), stop, *rest))
+
+    def boxes(self) -> list[Box]:
+        """Every slab's box, in order."""
+        return [self.box(s) for s in range(len(self))]
+
+    def slab_of(self, index: Sequence[int]) -> int:
+        """The slab of a block (or piece) index: only its first ``axis + 1`` entries count."""
+        outer = _ravel(index[:self.axis], self.shape[:self.axis])
+        return outer * self.per_row + int(index[self.axis]) // self.step
+
+    def pieces(self, s: int) -> list[tuple[int, ...]]:
+        """The pieces of slab ``s``, in order."""
+        box = self.box(s)
+        return [(*box.start[:self.axis], i)
+                for i in range(box.start[self.axis], box.stop[self.axis])]
+
+    def piece_box(self, piece: Sequence[int]) -> Box:
+        """A piece as a box of block indices."""
+        rest = self.shape[self.axis + 1:]
+        return Box((*piece, *(0 for _ in rest)), (*(int(i) + 1 for i in piece), *rest))
+
+
+def _ravel(index: Sequence[int], shape: Sequence[int]) -> int:
+    flat = 0
+    for i, n in zip(index, shape):
+        flat = flat * int(n) + int(i)
+    return flat
+
+
+def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
+    out = []
+    for n in reversed(shape):
+        flat, i = divmod(flat, int(n))
+        out.append(i)
+    return tuple(reversed(out))
 
 
 def _axis_starts(chunks: Sequence[Sequence[int]]) -> list[list[int]]:

@@ -436,8 +436,9 @@ def chunk_exchange() -> bool:
 def slab_blocks() -> int:
     """Most blocks one compute of a block stage registers (``stage.slab-blocks``, at least 1).
 
-    A stage whose block grid has more blocks runs in slabs of whole grid
-    layers (:mod:`ngff_dreg.slab_stage`).
+    A stage whose block grid has more blocks runs in slabs of at most this
+    many: whole grid layers, or rows of a layer when a layer has more
+    (:mod:`ngff_dreg.slab_stage`).
     """
     return int(get("stage.slab-blocks"))
 

@@ -465,13 +465,13 @@ def _block_grid(
     moving_geometry: ImageGeometry,
     fixed_chunk_size: Sequence[int] | None,
     overlap_factors: Sequence[float] | float | None,
-    grid_slab: tuple[int, int] | None = None,
+    grid_slab: tuple[int, int] | Box | None = None,
 ) -> tuple[tuple[int, ...], list[BlockPlan], tuple[tuple[int, ...], ...]]:
     """``(block shape, block plans, dask-style chunks)`` of a stage; shapes are checked.
 
     The whole grid is coarsened when it has more than :data:`MAX_BLOCKS`
-    blocks; a ``grid_slab`` (layers ``first:stop`` along axis 0) is planned
-    alone, at the block size asked for.
+    blocks; a ``grid_slab`` (layers ``first:stop`` along axis 0, or a box of
+    block indices) is planned alone, at the block size asked for.
     """
     block, _ = block_grid(fixed_reader_ctor, fixed_geometry, moving_geometry, fixed_chunk_size)
     if grid_slab is None:
@@ -486,7 +486,7 @@ def _block_grid(
         "planned %d blocks (grid %s%s, block %s, overlap %s)",
         len(plans),
         tuple(len(c) for c in chunks),
-        "" if grid_slab is None else f", layers {grid_slab[0]}:{grid_slab[1]}",
+        "" if grid_slab is None else f", part {grid_slab}",
         block,
         overlap_factors,
     )
@@ -605,7 +605,7 @@ def register_images(
     *,
     block_options: BlockOptions | None = None,
     skip_blank_blocks: bool | None = None,
-    grid_slab: tuple[int, int] | None = None,
+    grid_slab: tuple[int, int] | Box | None = None,
     **kwargs: Any,
 ) -> RegistrationSchedule:
     """Plan block-wise registration of a moving image onto a fixed image.
@@ -645,7 +645,8 @@ def register_images(
         block that maps into the moving image. Not passed to the methods.
     grid_slab:
         ``(first, stop)``: plan and register only the layers ``first:stop``
-        of the block grid along its axis 0, at the block size asked for (a
+        of the block grid along its axis 0; or a :class:`~ngff_dreg.geometry.Box`
+        of block indices: only those blocks. Either at the block size asked for (a
         grid of more than :data:`MAX_BLOCKS` blocks is coarsened only when
         planned whole); the reduction sees only those blocks. ``None``
         (default): the whole grid. Not passed to the methods.
@@ -730,13 +731,14 @@ def plan_block_tasks(
     *,
     block_options: BlockOptions | None = None,
     skip_blank_blocks: bool | None = None,
-    grid_slab: tuple[int, int] | None = None,
+    grid_slab: tuple[int, int] | Box | None = None,
     **kwargs: Any,
 ) -> BlockTasks:
     """Plan the block tasks of :func:`register_images` (see it for the parameters).
 
     ``grid_slab=(first, stop)`` plans only the layers ``first:stop`` of the
-    block grid along axis 0, at the block size asked for (never coarsened);
+    block grid along axis 0, and a :class:`~ngff_dreg.geometry.Box` of block
+    indices only those blocks, at the block size asked for (never coarsened);
     the tasks' keys are those the whole grid's tasks would have.
     """
     register_module_reducers()

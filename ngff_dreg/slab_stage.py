@@ -1,29 +1,32 @@
-"""A block stage in slabs: a grid too large for one graph, a few whole grid layers at a time.
+"""A block stage in slabs: a grid too large for one graph, a bounded part of it at a time.
 
 A stage whose block grid has more blocks than ``ngff-dreg.stage.slab-blocks``
-(:func:`ngff_dreg.config.slab_blocks`) is cut along the grid's axis 0 (its
-slowest) into slabs of whole layers (:func:`~ngff_dreg.blocks.grid_slabs`),
-each computed on its own, with the block size the schedule asked for:
+(:func:`ngff_dreg.config.slab_blocks`) is cut into slabs of at most that many
+blocks (:class:`~ngff_dreg.blocks.GridSlabs`): runs of whole grid layers
+along axis 0 (its slowest) when a layer fits, else runs of whole rows of one
+layer, and so on. Each is computed on its own, with the block size the
+schedule asked for, so a graph never holds more than a slab's blocks at any
+level size:
 
 1. **Forward, slab by slab.** Only the slab's blocks are planned
-   (:func:`~ngff_dreg.engine.plan_block_tasks` with ``grid_slab``),
-   registered and sampled; then every forward field unit is blended and
-   written whose reaching blocks (:meth:`ReductionPlan.reach_box
+   (:func:`~ngff_dreg.engine.plan_block_tasks` with ``grid_slab``), registered
+   and sampled; then every forward field unit is blended and written whose
+   reaching blocks (:meth:`ReductionPlan.reach_box
    <ngff_dreg.reduce.graph.ReductionPlan.reach_box>`) all lie in this slab or
    an earlier one. A unit near the slab's far side waits for the next slab.
-   The samples of the few layers a later slab's units still need stay on
-   the cluster: they are persisted (:meth:`distributed.Client.persist`) with
-   the slab's graph, handed to the later slabs' graphs as futures, and
-   released once no later slab needs them. Nothing of them is written to a
-   store. The client keeps per slab only its status grid and a few
-   figures, which are recorded in the run's manifest
+   The samples of the few pieces (a slab's layers, or rows) a later slab's
+   units still need stay on the cluster: they are persisted
+   (:meth:`distributed.Client.persist`) with the slab's graph, handed to the
+   later slabs' graphs as futures, and released once no later slab needs them.
+   Nothing of them is written to a store. The client keeps per slab only its
+   status grid and a few figures, which are recorded in the run's manifest
    (:class:`SlabRecords`): a rerun after an interruption starts at the first
-   slab not recorded. The kept samples died with the interrupted run, so
-   that slab registers the earlier layers it needs again (its graph plans
-   them with ``grid_slab=(layer, layer + 1)``, registers and samples them)
-   and keeps those a later slab still needs. That costs the blocks of the
-   layers the slab reaches back into (usually a layer or two), once per
-   resume; nothing else is registered twice.
+   slab not recorded. The kept samples died with the interrupted run, so that
+   slab registers the earlier pieces it needs again (its graph plans each
+   piece's box of blocks, registers and samples them) and keeps those a later
+   slab still needs. That costs the blocks of the pieces the slab reaches back
+   into (usually a layer or a row or two), once per resume; nothing else is
+   registered twice.
 2. **Inverse, then checks, slab by slab.** The same units per slab; the
    inverse reads the written forward field, the checks both fields.
 3. **One finalize**: the report from the slabs' figures, the status map, the
@@ -36,15 +39,17 @@ so the fields are the same.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from dask import delayed
 
-from ngff_dreg.blocks import grid_slabs, padded_intervals, status_grid
+from ngff_dreg.blocks import NO_BLOCK, GridSlabs, padded_intervals, status_grid
 from ngff_dreg.cluster import compute_with_progress
 from ngff_dreg.engine import BlockOptions, block_grid, plan_block_tasks
 from ngff_dreg.geometry import Box, ImageGeometry
@@ -61,7 +66,7 @@ from ngff_dreg.reduce.graph import (
 )
 from ngff_dreg.reduce.reducer import ReduceToDisplacementField
 
-__all__ = ["SlabLayout", "SlabRecords", "SlabbedStage", "slab_layout"]
+__all__ = ["Piece", "SlabLayout", "SlabRecords", "SlabbedStage", "UnitRuns", "slab_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,23 @@ class SlabRecords(Protocol):
         ...
 
 
+#: A piece of a slab (:class:`~ngff_dreg.blocks.GridSlabs`): its block-index prefix.
+Piece = tuple[int, ...]
+
+
+@dataclass
+class UnitRuns:
+    """Field unit numbers as ascending runs (a slab's units, without a list of them all)."""
+
+    runs: list[range] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(self.runs)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+
 @dataclass(frozen=True)
 class SlabLayout:
     """How a block grid is cut into slabs, and which field units each slab writes.
@@ -85,79 +107,113 @@ class SlabLayout:
     Attributes
     ----------
     slabs:
-        ``(first, stop)`` grid layers of each slab.
+        The cut (:class:`~ngff_dreg.blocks.GridSlabs`).
     units:
-        The field write units each slab writes (indices into the plan's units).
+        The field write units each slab writes (numbers of the plan's units, as runs).
     held:
-        For each slab, the earlier layers whose samples its units need.
+        For each slab, the pieces of earlier slabs whose samples its units need.
     kept:
-        For each slab, its own layers whose samples a later slab needs.
+        For each slab, its own pieces whose samples a later slab needs.
+    until:
+        For each kept piece, the last slab that needs its samples.
 
     """
 
-    slabs: list[tuple[int, int]]
-    units: list[list[int]]
-    held: list[list[int]]
-    kept: list[list[int]]
+    slabs: GridSlabs
+    units: list[UnitRuns]
+    held: list[list[Piece]]
+    kept: list[list[Piece]]
+    until: dict[Piece, int]
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return max(a[0], b[0]) < min(a[1], b[1])
 
 
-def slab_layout(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
-                overlap_factors: Sequence[float] | float | None,
-                slabs: list[tuple[int, int]]) -> SlabLayout:
-    """Assign each field unit to the first slab after which every block reaching it is done.
+def _axis_reach(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
+                overlap_factors: Sequence[float] | float | None) -> list[Any]:
+    """Per grid axis, the field-node interval that each block index along it reaches.
 
-    A layer's reach along axis 0 is the union of its blocks' reach boxes:
-    their padded boxes share the layer's axis-0 interval, and the widest
-    hole-filling reach is that of a box with, along every other axis, its
-    longest padded interval. Only axis-0 intervals are compared (a
-    superset of the exact dependencies, which the blend tasks then select).
+    A block's reach box (:meth:`ReductionPlan.reach_box`) is taken for a box
+    with the block's padded interval along the axis and, along every other
+    axis, the longest padded interval there: the widest hole-filling reach,
+    so each interval holds that of every block of that index (a superset of
+    the exact dependencies, which the blend tasks then select).
     """
     axes = padded_intervals(plan.fixed.shape, chunks, overlap_factors)
-    longest = [max(axis, key=lambda iv: iv[1] - iv[0]) for axis in axes[1:]]
+    longest = [max(axis, key=lambda iv: iv[1] - iv[0]) for axis in axes]
     reach = []
-    for a0, b0 in axes[0]:
-        box = Box((a0, *(iv[0] for iv in longest)), (b0, *(iv[1] for iv in longest)))
-        rb = plan.reach_box(box)
-        reach.append((rb.start[0], rb.stop[0]))
-    slab_of = np.zeros(len(reach), dtype=int)
-    for s, (first, stop) in enumerate(slabs):
-        slab_of[first:stop] = s
-    # units sharing their axis-0 span (a row of units) go together
-    spans = sorted({(u.box.start[0], u.box.stop[0]) for u in plan.units})
-    row_slab = {}
-    for span in spans:
-        last = max((layer for layer, r in enumerate(reach) if _overlaps(r, span)), default=0)
-        row_slab[span] = int(slab_of[last])
-    units: list[list[int]] = [[] for _ in slabs]
-    for c, u in enumerate(plan.units):
-        units[row_slab[(u.box.start[0], u.box.stop[0])]].append(c)
-    held: list[list[int]] = [[] for _ in slabs]
-    kept: list[list[int]] = [[] for _ in slabs]
-    for layer, r in enumerate(reach):
-        own = int(slab_of[layer])
-        later = sorted({row_slab[span] for span in spans
-                        if row_slab[span] > own and _overlaps(r, span)})
-        for s in later:
-            held[s].append(layer)
-        if later:
-            kept[own].append(layer)
-    return SlabLayout(slabs, units, held, kept)
+    for a, axis in enumerate(axes):
+        per = []
+        for iv in axis:
+            ivs = [*longest[:a], iv, *longest[a + 1:]]
+            rb = plan.reach_box(Box(tuple(v[0] for v in ivs), tuple(v[1] for v in ivs)))
+            per.append((rb.start[a], rb.stop[a]))
+        reach.append(np.asarray(per, dtype=np.int64).reshape(-1, 2))
+    return reach
+
+
+def slab_layout(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
+                overlap_factors: Sequence[float] | float | None,
+                slabs: GridSlabs) -> SlabLayout:
+    """Assign each field unit to the first slab after which every block reaching it is done.
+
+    Along each grid axis up to the cut axis, the blocks whose reach
+    (:func:`_axis_reach`) meets a unit form a run of indices; the last slab
+    of a block in their product is that of its highest corner, since a
+    block's slab number never falls as its indices grow. Units sharing
+    their extent along those axes are assigned together.
+    """
+    cut = slabs.axis
+    reach = _axis_reach(plan, chunks, overlap_factors)
+    spans: dict[tuple[int, int, int], tuple[int, int]] = {}  # (axis, a, b): block index run
+
+    def run(axis: int, a: int, b: int) -> tuple[int, int]:
+        if (axis, a, b) not in spans:
+            hit = np.nonzero((reach[axis][:, 0] < b) & (reach[axis][:, 1] > a))[0]
+            spans[axis, a, b] = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 1)
+        return spans[axis, a, b]
+
+    # the units sharing their unit-grid indices along axes 0..cut are a run of
+    # unit numbers (C order); each such run is assigned whole
+    field_units = plan.units
+    inner = math.prod(field_units.grid[cut + 1:])
+    groups: dict[tuple[tuple[int, int], ...], list[range]] = {}
+    axis_spans = [field_units.spans(axis) for axis in range(cut + 1)]
+    for flat, prefix in enumerate(itertools.product(*axis_spans)):
+        key = tuple(run(axis, a, b) for axis, (a, b) in enumerate(prefix))
+        groups.setdefault(key, []).append(range(flat * inner, (flat + 1) * inner))
+    n = len(slabs)
+    units: list[UnitRuns] = [UnitRuns() for _ in range(n)]
+    held_sets: list[set[Piece]] = [set() for _ in range(n)]
+    for key, members in groups.items():
+        s = slabs.slab_of([b - 1 for _, b in key])
+        units[s].runs.extend(members)
+        for piece in itertools.product(*(range(a, b) for a, b in key)):
+            if slabs.slab_of(piece) < s:
+                held_sets[s].add(tuple(int(i) for i in piece))
+    kept_sets: list[set[Piece]] = [set() for _ in range(n)]
+    until: dict[Piece, int] = {}
+    for s, held in enumerate(held_sets):
+        for piece in held:
+            kept_sets[slabs.slab_of(piece)].add(piece)
+            until[piece] = s
+    for u in units:
+        u.runs.sort(key=lambda r: r.start)
+    return SlabLayout(slabs, units, [sorted(h) for h in held_sets],
+                      [sorted(k) for k in kept_sets], until)
 
 
 # ------------------------------------------------------------------ tasks
-def _t_slab_summary(first: int, shape: tuple[int, ...], statuses: list[Any],
+def _t_slab_summary(first: tuple[int, ...], shape: tuple[int, ...], statuses: list[Any],
                     blends: list[dict[str, Any]], prep: Any) -> dict[str, Any]:
     """A forward slab's small figures: its status grid, status summary and blend figures.
 
-    ``prep`` (the output's arrays created, even by a slab that writes no
-    unit) is a barrier.
+    ``first`` is the slab's first block index. ``prep`` (the output's arrays
+    created, even by a slab that writes no unit) is a barrier.
     """
-    grid = status_grid([((index[0] - first, *index[1:]), s) for index, s, _, _ in statuses],
-                       shape)
+    grid = status_grid([(tuple(i - f for i, f in zip(index, first)), s)
+                        for index, s, _, _ in statuses], shape)
     return {"status": grid.tolist(), "summary": summarize_statuses(statuses),
             "ready": _t_ready(blends)}
 
@@ -175,9 +231,9 @@ class _Held:
     reach: Box
 
 
-def _needed_after(layout: SlabLayout, layer: int, s: int) -> bool:
-    """Whether a slab after ``s`` needs the samples of grid layer ``layer``."""
-    return any(layer in held for held in layout.held[s + 1:])
+def _needed_after(layout: SlabLayout, piece: Piece, s: int) -> bool:
+    """Whether a slab after ``s`` needs the samples of ``piece``."""
+    return layout.until.get(piece, -1) > s
 
 
 def _release(held: list[_Held]) -> None:
@@ -237,11 +293,11 @@ class SlabbedStage:
                                    reader_geometry(self.moving_reader_ctor), self.fixed_chunk_size)
         return block, chunks, fixed
 
-    def _plan_slab(self, slab: tuple[int, int]) -> Any:
+    def _plan_slab(self, part: Box) -> Any:
         return plan_block_tasks(
             self.fixed_reader_ctor, self.moving_reader_ctor, self.block_registration_method,
             self.initial_transform, self.fixed_chunk_size, self.overlap_factors,
-            block_options=self.block_options, grid_slab=slab)
+            block_options=self.block_options, grid_slab=part)
 
     def run(self) -> RegistrationResult:
         """Compute the stage; returns its forward/inverse transforms and status grid."""
@@ -250,40 +306,42 @@ class SlabbedStage:
             raise ValueError("a stage in slabs writes its fields: its reducer needs a writer")
         block, chunks, fixed = self.grid()
         grid_shape = tuple(len(c) for c in chunks)
-        slabs = grid_slabs(grid_shape, self.slab_blocks)
-        first = self._plan_slab(slabs[0])
+        slabs = GridSlabs(grid_shape, self.slab_blocks)
+        first = self._plan_slab(slabs.box(0))
         plan = reduction_plan(self.reducer, writer, fixed, self.initial_transform, "slabs",
-                              first.token, chunks, self.overlap_factors, slabs)
+                              first.token, chunks, self.overlap_factors, slabs.describe())
         layout = slab_layout(plan, chunks, self.overlap_factors, slabs)
         # what the recorded slabs were computed on (the run's fingerprint covers the rest)
-        ident = {"grid": list(grid_shape), "block": list(block),
-                 "slabs": [list(s) for s in slabs], "field": list(plan.fgeom.shape),
-                 "units": len(plan.units)}
+        ident = {"grid": list(grid_shape), "block": list(block), "slabs": slabs.describe(),
+                 "field": list(plan.fgeom.shape), "units": len(plan.units)}
         done = self.records.finished_slabs(ident)
-        logger.info("%s: %d blocks (grid %s, block %s) in %d slabs of at most %d blocks%s",
-                    self.desc, int(np.prod(grid_shape)), grid_shape, block, len(slabs),
-                    self.slab_blocks, f"; {len(done)} finished before" if done else "")
+        logger.info("%s: %d blocks (grid %s, block %s) in %d slabs of at most %d blocks "
+                    "(cut along grid axis %d, %d at a time)%s", self.desc,
+                    int(np.prod(grid_shape)), grid_shape, block, len(slabs), self.slab_blocks,
+                    slabs.axis, slabs.step, f"; {len(done)} finished before" if done else "")
         entries: list[dict[str, Any]] = []
-        live: dict[int, list[_Held]] = {}  # kept layers' samples, persisted on the cluster
+        live: dict[Piece, list[_Held]] = {}  # kept pieces' samples, persisted on the cluster
         try:
-            for s, slab in enumerate(slabs):
+            for s in range(len(slabs)):
                 if s in done:
                     entries.append(done[s])
                     continue
-                tasks = first if s == 0 else self._plan_slab(slab)
+                tasks = first if s == 0 else self._plan_slab(slabs.box(s))
                 entry = self._forward(plan, layout, s, tasks, grid_shape, live,
                                       prep=plan.prepare() if not done and not entries else None)
                 self.records.record_slab(ident, s, entry)
                 entries.append(entry)
-                for layer in [layer for layer in live if not _needed_after(layout, layer, s)]:
-                    _release(live.pop(layer))
+                for piece in [p for p in live if not _needed_after(layout, p, s)]:
+                    _release(live.pop(piece))
         finally:
             for held in live.values():
                 _release(held)
             live.clear()
         ready = _t_ready([e["ready"] for e in entries])
         summary = merge_status_summaries([e["summary"] for e in entries])
-        smap = np.concatenate([np.asarray(e["status"], dtype=np.int16) for e in entries])
+        smap = np.full(grid_shape, NO_BLOCK, dtype=np.int16)
+        for s, e in enumerate(entries):
+            smap[slabs.box(s).slices] = np.asarray(e["status"], dtype=np.int16)
         change, checks = self._inverse_and_checks(plan, layout, ready)
         final = delayed(_t_finalize_parts, pure=True)(
             self.reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, change, checks,
@@ -292,18 +350,19 @@ class SlabbedStage:
         return RegistrationResult(transforms=transforms, status=smap)
 
     def _forward(self, plan: ReductionPlan, layout: SlabLayout, s: int, tasks: Any,
-                 grid_shape: tuple[int, ...], live: dict[int, list[_Held]],
+                 grid_shape: tuple[int, ...], live: dict[Piece, list[_Held]],
                  prep: Any) -> dict[str, Any]:
         """Register slab ``s`` and write its units.
 
-        The samples of the earlier layers its units need are taken from
+        The samples of the earlier pieces its units need are taken from
         ``live`` (persisted by an earlier slab of this run); those not there
-        (a rerun) are registered again in this slab's graph. Every layer
+        (a rerun) are registered again in this slab's graph. Every piece
         sampled here that a later slab needs is persisted into ``live``.
         """
+        slabs = layout.slabs
         blocks = list(tasks.block_results)
-        layers: dict[int, list[_Held]] = {}
-        fresh: list[int] = []  # layers sampled in this graph
+        pieces: dict[Piece, list[_Held]] = {}
+        fresh: list[Piece] = []  # pieces sampled in this graph
 
         def sample(planned: Any) -> list[Any]:
             ids = [int(np.ravel_multi_index(p.info.chunk_index, grid_shape))
@@ -311,47 +370,47 @@ class SlabbedStage:
             boxes = [p.padded for p in planned.plans]
             samples, statuses = plan.samples(planned.block_results, boxes, ids)
             for p, i, smp, b in zip(planned.plans, ids, samples, boxes):
-                layer = int(p.info.chunk_index[0])
-                if layer not in layers:
-                    layers[layer] = []
-                    fresh.append(layer)
-                layers[layer].append(_Held(i, smp, plan.reach_box(b)))
+                piece = tuple(int(v) for v in p.info.chunk_index[:slabs.axis + 1])
+                if piece not in pieces:
+                    pieces[piece] = []
+                    fresh.append(piece)
+                pieces[piece].append(_Held(i, smp, plan.reach_box(b)))
             return statuses
 
         statuses = sample(tasks)
-        for layer in layout.held[s]:
-            if layer in live:
-                layers[layer] = live[layer]
+        for piece in layout.held[s]:
+            if piece in live:
+                pieces[piece] = live[piece]
                 continue
-            logger.info("%s: registering grid layer %d again for slab %d (its kept samples "
-                        "went with an interrupted run)", self.desc, layer, s + 1)
-            again = self._plan_slab((layer, layer + 1))
+            logger.info("%s: registering the blocks %s again for slab %d (their kept samples "
+                        "went with an interrupted run)", self.desc, slabs.piece_box(piece),
+                        s + 1)
+            again = self._plan_slab(slabs.piece_box(piece))
             blocks.extend(again.block_results)
             sample(again)
-        candidates = sorted((h for layer in layers for h in layers[layer]), key=lambda h: h.id)
+        candidates = sorted((h for piece in pieces for h in pieces[piece]), key=lambda h: h.id)
         cand_samples = [h.sample for h in candidates]
         reach = plan.reach_index([h.reach for h in candidates])
         blends = [plan.blend(c, cand_samples, reach, prep) for c in layout.units[s]]
-        first_layer, stop = layout.slabs[s]
+        box = slabs.box(s)
         summary = delayed(_t_slab_summary, pure=True)(
-            first_layer, (stop - first_layer, *grid_shape[1:]), statuses, blends, prep,
-            dask_key_name=f"slab-{plan.token}-{s}")
+            box.start, box.shape, statuses, blends, prep, dask_key_name=f"slab-{plan.token}-{s}")
         # submitted before the slab's graph (which shares their tasks), so that
         # they are never released between the two
-        keep = [layer for layer in fresh if _needed_after(layout, layer, s)]
+        keep = [piece for piece in fresh if _needed_after(layout, piece, s)]
         try:
-            for layer in keep:
-                persisted = self.client.persist([h.sample for h in layers[layer]],
+            for piece in keep:
+                persisted = self.client.persist([h.sample for h in pieces[piece]],
                                                 optimize_graph=False)
-                live[layer] = [_Held(h.id, smp, h.reach)
-                               for h, smp in zip(layers[layer], persisted)]
-            desc = f"{self.desc} slab {s + 1}/{len(layout.slabs)}"
+                live[piece] = [_Held(h.id, smp, h.reach)
+                               for h, smp in zip(pieces[piece], persisted)]
+            desc = f"{self.desc} slab {s + 1}/{len(slabs)}"
             entry: dict[str, Any] = compute_with_progress(self.client, blocks, summary,
                                                           self.progress, desc)
         except BaseException:
-            for layer in keep:
-                if layer in live:
-                    _release(live.pop(layer))
+            for piece in keep:
+                if piece in live:
+                    _release(live.pop(piece))
             raise
         return entry
 

@@ -88,3 +88,59 @@ def test_plan_blocks_plans_a_slab_of_grid_layers_like_the_whole_grid():
         assert p.padded.stop == tuple(axes[a][i][1] for a, i in enumerate(p.info.chunk_index))
     with pytest.raises(ValueError, match="slab"):
         plan_blocks(shape, block, overlap, grid_slab=(2, 4))
+
+
+@pytest.mark.parametrize("max_blocks", [1, 2, 3, 5, 7, 20, 25, 59, 60, 1000])
+def test_grid_slabs_cover_the_grid_once_in_order_never_over_the_limit(max_blocks):
+    from ngff_dreg.blocks import GridSlabs
+
+    shape = (3, 4, 5)
+    slabs = GridSlabs(shape, max_blocks)
+    seen = np.zeros(shape, dtype=int)
+    order = []
+    for s, box in enumerate(slabs.boxes()):
+        assert 0 < int(np.prod(box.shape)) <= max_blocks
+        seen[box.slices] += 1
+        for rest in np.ndindex(*box.shape):
+            index = tuple(int(i) + a for i, a in zip(rest, box.start))
+            assert slabs.slab_of(index) == s
+            order.append(index)
+        # a slab's pieces: one index along the cut axis each, spanning the later axes
+        pieces = [slabs.piece_box(p) for p in slabs.pieces(s)]
+        assert sum(int(np.prod(p.shape)) for p in pieces) == int(np.prod(box.shape))
+        assert all(slabs.slab_of(p) == s for p in slabs.pieces(s))
+    assert (seen == 1).all()
+    # the slabs follow the blocks' C order, and a slab number never falls as an index grows
+    numbers = [slabs.slab_of(index) for index in sorted(order)]
+    assert numbers == sorted(numbers)
+    for index in order:
+        for a in range(3):
+            if index[a] + 1 < shape[a]:
+                up = (*index[:a], index[a] + 1, *index[a + 1:])
+                assert slabs.slab_of(up) >= slabs.slab_of(index)
+    # as few slabs as whole layers, else whole rows, else single runs allow
+    if max_blocks >= 20:
+        assert slabs.axis == 0 and len(slabs) == -(-3 // min(3, max_blocks // 20))
+    elif max_blocks >= 5:
+        assert slabs.axis == 1 and len(slabs) == 3 * -(-4 // (max_blocks // 5))
+    else:
+        assert slabs.axis == 2 and len(slabs) == 12 * -(-5 // max_blocks)
+    assert slabs.describe() == {"grid": [3, 4, 5], "axis": slabs.axis, "step": slabs.step}
+    with pytest.raises(ValueError, match="at least 1"):
+        GridSlabs(shape, 0)
+
+
+def test_plan_blocks_plans_a_box_of_the_grid_like_the_whole_grid():
+    from ngff_dreg.blocks import GridSlabs
+
+    shape, block, overlap = (100, 90, 70), (30, 40, 32), 0.5
+    whole, chunks = plan_blocks(shape, block, overlap)
+    by_index = {p.info.chunk_index: p for p in whole}
+    slabs = GridSlabs([len(c) for c in chunks], 3)  # rows of one layer: 2 blocks each
+    assert slabs.axis == 1
+    parts = [plan_blocks(shape, block, overlap, grid_slab=box)[0] for box in slabs.boxes()]
+    planned = [p for plans in parts for p in plans]
+    assert sorted(p.info.chunk_index for p in planned) == sorted(by_index)
+    assert all(by_index[p.info.chunk_index] == p for p in planned)
+    with pytest.raises(ValueError, match="slab"):
+        plan_blocks(shape, block, overlap, grid_slab=Box((0, 0, 0), (1, 3, 1)))

@@ -549,6 +549,10 @@ def test_a_grid_slab_plans_its_layers_alone_with_the_whole_grids_keys(monkeypatc
     assert part.blocks == whole.blocks[16:48]
     assert [r.key for r in part.block_results] == [r.key for r in whole.block_results[16:48]]
     assert part.fixed_da.chunks == whole.fixed_da.chunks  # the whole grid's chunks
+    # a box of the grid: one row of one layer
+    row = register_images(**args, grid_slab=Box((2, 1, 0), (3, 2, 4)))
+    assert [p.info.chunk_index for p in row.blocks] == [(2, 1, i) for i in range(4)]
+    assert [r.key for r in row.block_results] == [r.key for r in whole.block_results[36:40]]
     # a grid too large for one graph is coarsened when planned whole, never in slabs
     monkeypatch.setattr(engine, "MAX_BLOCKS", 8)
     with caplog.at_level(logging.WARNING, logger="ngff_dreg.engine"):

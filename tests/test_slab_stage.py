@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ class _Graphs:
 
     def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
+        self.block_counts: list[int] = []  # block tasks in each graph
         self.keys: set[str] = set()
         self.blocks: Counter[str] = Counter()
         compute = client.compute
@@ -62,6 +64,7 @@ class _Graphs:
             keys = {str(k) for c in items if hasattr(c, "__dask_graph__")
                     for k in c.__dask_graph__()}
             self.sizes.append(len(keys))
+            self.block_counts.append(sum(1 for k in keys if k.startswith("register-block-")))
             self.keys.update(keys)
             self.blocks.update(k for k in keys if k.startswith("register-block-"))
             return compute(collections, *args, **kwargs)
@@ -173,7 +176,8 @@ def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
         s = args[2]
         forwards.append(s)
         # just the earlier layers a slab from this one on needs (slab s is layer s)
-        wanted = {layer for t in range(s, LAYER) for layer in layouts[0].held[t] if layer < s}
+        wanted = {piece[0] for t in range(s, LAYER) for piece in layouts[0].held[t]
+                  if piece[0] < s}
         held.append(_sample_layers(dask_client, wanted))
         assert held[-1] == wanted, (s, held[-1], wanted)
         return original(self, *args, **kwargs)
@@ -231,12 +235,83 @@ def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
     # slab 0 (layers 0, 1) is not registered again, but for the layers of it
     # slab 1 needs (their samples went with the interrupted run), once
     (layout,) = layouts
-    held = set(layout.held[1])
+    assert layout.slabs.axis == 0  # pieces are layers
+    held = {piece[0] for piece in layout.held[1]}
     assert held and held <= {0, 1}
     assert graphs.registered_layers() == set(range(2, LAYER)) | held
     assert graphs.registered_in(held) == LAYER * len(held)
     assert set(graphs.blocks.values()) == {1}
     assert _released(dask_client)
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_a_grid_layer_too_large_for_a_slab_runs_in_rows_with_the_same_fields(
+        pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ref_out, ref, _ = reference
+    ngff_config({"stage.slab-blocks": 3})  # under a layer's 8: rows 0-2, 3-5, 6-7 of each
+    layouts: list[Any] = []
+    _watch_slabs(monkeypatch, tmp_path / "rows.zarr", layouts)
+    graphs = _Graphs(dask_client, monkeypatch)
+    out = str(tmp_path / "rows.zarr")
+    result = _run(pair, out, dask_client)
+    (layout,) = layouts
+    assert layout.slabs.axis == 1 and len(layout.slabs) == 3 * LAYER
+    assert output_status(out) == "complete"
+    # no graph holds more than a slab's blocks; every block registered once
+    assert max(graphs.block_counts) <= 3
+    assert len(graphs.blocks) == LAYER * LAYER and set(graphs.blocks.values()) == {1}
+    assert any(layout.kept) and _released(dask_client)
+    _no_kept_files(tmp_path / "rows.zarr")
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_a_stage_in_rows_resumes_registering_only_the_pieces_it_reaches_back_into(
+        pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ref_out, ref, _ = reference
+    ngff_config({"stage.slab-blocks": 4})  # rows 0-3 and 4-7 of each layer: 16 slabs
+    out = str(tmp_path / "resume_rows.zarr")
+    record = Run.record_slab
+    stop_after = 6  # layer 3, rows 0-3
+
+    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
+        record(self, key, layout, index, entry)
+        if index == stop_after:
+            raise Interrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Run, "record_slab", record_then_stop)
+        with pytest.raises(Interrupt):
+            _run(pair, out, dask_client)
+    assert output_status(out) == "incomplete"
+    graphs = _Graphs(dask_client, monkeypatch)
+    layouts: list[Any] = []
+    _watch_slabs(monkeypatch, tmp_path / "resume_rows.zarr", layouts)
+    result = _run(pair, out, dask_client)
+    (layout,) = layouts
+    slabs = layout.slabs
+    assert slabs.axis == 1 and len(slabs) == 2 * LAYER
+    # the blocks of the slabs not finished, and the earlier pieces (single blocks
+    # here) that those slabs need and whose samples went with the interrupted run
+    again = {p for t in range(stop_after + 1, len(slabs)) for p in layout.held[t]
+             if slabs.slab_of(p) <= stop_after}
+    assert again and all(len(p) == 2 for p in again)
+    expected = {(layer, row) for t in range(stop_after + 1, len(slabs))
+                for layer, row in itertools.product(range(LAYER), range(LAYER))
+                if slabs.slab_of((layer, row)) == t} | again
+    registered = {(int(k.split("-")[2]), int(k.split("-")[3])) for k in graphs.blocks}
+    assert registered == expected
+    assert set(graphs.blocks.values()) == {1}
+    assert output_status(out) == "complete" and _released(dask_client)
     np.testing.assert_array_equal(result.status, ref.status)
     _same_figures(_figures(result), _figures(ref))
     for name, data in _fields(out).items():
@@ -253,10 +328,10 @@ def test_a_bad_slab_size_is_refused_naming_the_key(pair: Any, tmp_path: Any,
         _run(pair, str(tmp_path / "bad.zarr"), dask_client)
 
 
-@pytest.mark.parametrize("per_slab", [1, 2, 3])
+@pytest.mark.parametrize("max_blocks", [1, 3, 7, 12, 16])
 def test_each_unit_is_written_once_by_the_first_slab_all_its_blocks_are_in(
-        per_slab: int) -> None:
-    from ngff_dreg.blocks import grid_slabs, plan_blocks
+        max_blocks: int) -> None:
+    from ngff_dreg.blocks import GridSlabs, plan_blocks
     from ngff_dreg.geometry import ImageGeometry
     from ngff_dreg.reduce import ReduceToDisplacementField
     from ngff_dreg.reduce.graph import reduction_plan
@@ -265,23 +340,33 @@ def test_each_unit_is_written_once_by_the_first_slab_all_its_blocks_are_in(
     fixed = ImageGeometry(shape=(200, 90, 70), spacing=(1.0, 1.0, 2.0), origin=(0.0,) * 3)
     plans, chunks = plan_blocks(fixed.shape, (24, 40, 32), 0.5)
     grid = [len(c) for c in chunks]
+    assert grid == [8, 2, 2]
     plan = reduction_plan(ReduceToDisplacementField(field_spacing_factor=2, field_chunk=16),
                           None, fixed, None, "test")
-    slabs = grid_slabs(grid, per_slab * grid[1] * grid[2])
+    slabs = GridSlabs(grid, max_blocks)
+    # layers of 4 blocks: whole layers from 4 blocks a slab, rows of 2 below, single blocks
+    assert slabs.axis == (0 if max_blocks >= 4 else 1 if max_blocks >= 2 else 2)
     layout = slab_layout(plan, chunks, 0.5, slabs)
     assert sorted(c for units in layout.units for c in units) == list(range(len(plan.units)))
     assert sum(1 for units in layout.units if units) > 1
-    slab_of = {layer: s for s, (a, b) in enumerate(slabs) for layer in range(a, b)}
     for s, units in enumerate(layout.units):
         for c in units:
-            layers = {p.info.chunk_index[0] for p in plans
-                      if any(not plan.reach_box(p.padded).intersect(ch).is_empty
-                             for ch in plan.units[c].chunks)}
-            assert max(layers) < slabs[s][1]  # every block reaching it is done by then
-            assert s == 0 or max(layers) >= slabs[s][0]  # and not one slab earlier
-            earlier = {layer for layer in layers if slab_of[layer] < s}
+            reaching = [p.info.chunk_index for p in plans
+                        if any(not plan.reach_box(p.padded).intersect(ch).is_empty
+                               for ch in plan.units[c].chunks)]
+            last = max(slabs.slab_of(i) for i in reaching)
+            assert last <= s  # every block reaching it is done by then
+            assert last == s  # and not one slab earlier
+            earlier = {i[:slabs.axis + 1] for i in reaching if slabs.slab_of(i) < s}
             assert earlier <= set(layout.held[s])
-            assert all(layer in layout.kept[slab_of[layer]] for layer in earlier)
+            assert all(piece in layout.kept[slabs.slab_of(piece)] for piece in earlier)
+    # nothing kept that no later slab holds
+    for t, kept in enumerate(layout.kept):
+        for piece in kept:
+            assert slabs.slab_of(piece) == t
+            assert any(piece in held for held in layout.held[t + 1:])
+            assert layout.until[piece] == max(u for u, held in enumerate(layout.held)
+                                              if piece in held)
 
 
 # ------------------------------------------------------------------ 3D
@@ -307,25 +392,30 @@ def _run_3d(pair: Any, out: str, client: Any, monkeypatch: pytest.MonkeyPatch,
                     progress=False, **kwargs)
 
 
-# shards of 1 x 2 x 2 field chunks: shard rows as thin as the chunk rows
-@pytest.mark.parametrize("shards", [None, (16, 32, 32)])
+# shards of 1 x 2 x 2 field chunks: shard rows as thin as the chunk rows; slabs of
+# one grid layer (16 blocks: 4 slabs) or of two rows of one layer (8 blocks: 8 slabs)
+@pytest.mark.parametrize(("shards", "per_slab"),
+                         [(None, 16), ((16, 32, 32), 16), ((16, 32, 32), 8)])
 def test_a_3d_stage_in_slabs_writes_the_same_fields_as_in_one_graph(
-        pair_3d: Any, shards: tuple[int, ...] | None, tmp_path: Any, dask_client: Any,
-        ngff_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        pair_3d: Any, shards: tuple[int, ...] | None, per_slab: int, tmp_path: Any,
+        dask_client: Any, ngff_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     kwargs = {} if shards is None else {"output_shards": shards}
     ref_out = str(tmp_path / "one.zarr")
     ref = _run_3d(pair_3d, ref_out, dask_client, monkeypatch, **kwargs)
     assert ref.status.shape == (4, 4, 4)
-    ngff_config({"stage.slab-blocks": 16})  # one grid layer per slab: 4 slabs
+    ngff_config({"stage.slab-blocks": per_slab})
     out = str(tmp_path / "slabs.zarr")
     layouts: list[Any] = []
     _watch_slabs(monkeypatch, tmp_path / "slabs.zarr", layouts)
     graphs = _Graphs(dask_client, monkeypatch)
     result = _run_3d(pair_3d, out, dask_client, monkeypatch, **kwargs)
     (layout,) = layouts
-    assert len(layout.slabs) == 4 and sum(1 for units in layout.units if units) >= 2
+    assert len(layout.slabs) == 64 // per_slab
+    assert layout.slabs.axis == (0 if per_slab == 16 else 1)
+    assert sum(1 for units in layout.units if units) >= 2
     assert output_status(out) == "complete"
     _no_kept_files(tmp_path / "slabs.zarr")
+    assert max(graphs.block_counts) <= per_slab
     assert len(graphs.blocks) == 4 ** 3 and set(graphs.blocks.values()) == {1}
     np.testing.assert_array_equal(result.status, ref.status)
     _same_figures(_figures(result), _figures(ref))

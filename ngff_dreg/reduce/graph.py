@@ -54,7 +54,7 @@ from ngff_dreg.interfaces import (
     ShardedFieldWriter,
     SupportsTransformPoints,
 )
-from ngff_dreg.io.omezarr.shards import WriteUnit, write_units
+from ngff_dreg.io.omezarr.shards import WriteUnit, WriteUnits, write_units
 from ngff_dreg.itk_bridge import ItkPointMap, class_name, geometry_of, is_cubic_bspline
 from ngff_dreg.reduce.blend import (
     BlockSample,
@@ -541,7 +541,7 @@ class ReductionPlan:
     fgeom: ImageGeometry
     affine: AffineTransform
     chunks: tuple[int, ...]
-    units: list[WriteUnit]
+    units: WriteUnits
     initial: Any
     token: str
 

@@ -16,7 +16,8 @@ chunks per axis. ``None`` (the default everywhere) writes one object per chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ __all__ = [
     "level_shards",
     "requested_shards",
     "resolve_shards",
+    "WriteUnits",
     "write_units",
 ]
 
@@ -154,23 +156,57 @@ class WriteUnit:
     chunks: tuple[Box, ...]
 
 
+class WriteUnits:
+    """The write units of an array, in C order, each made when asked for.
+
+    A level's field can have hundreds of thousands of units (305,809 at
+    level 0 of a 10 TB image), so they are not held as a list: a unit is
+    computed from its number, and :meth:`spans` gives the grid's extents
+    along one axis.
+    """
+
+    def __init__(self, shape: Sequence[int], chunks: Sequence[int],
+                 shard_shape: Sequence[int] | None) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self.chunks = tuple(int(v) for v in chunks)
+        self.shard_shape = None if shard_shape is None else tuple(int(v) for v in shard_shape)
+        self.outer = self.shard_shape or self.chunks
+        self.grid = tuple(-(-n // e) for n, e in zip(self.shape, self.outer))
+
+    def __len__(self) -> int:
+        return math.prod(self.grid)
+
+    def __iter__(self) -> Iterator[WriteUnit]:
+        return (self[c] for c in range(len(self)))
+
+    def __getitem__(self, c: int) -> WriteUnit:
+        n = len(self)
+        if not -n <= c < n:
+            raise IndexError(f"write unit {c} of {n}")
+        index = np.unravel_index(c % n, self.grid)
+        start = tuple(int(i) * e for i, e in zip(index, self.outer))
+        box = Box(start, tuple(min(a + e, s) for a, e, s in zip(start, self.outer, self.shape)))
+        if self.shard_shape is None:
+            return WriteUnit(box, (box,))
+        return WriteUnit(box, tuple(
+            Box(tuple(a + s for a, s in zip(b.start, box.start)),
+                tuple(a + s for a, s in zip(b.stop, box.start)))
+            for b in chunk_boxes(box.shape, self.chunks)))
+
+    def spans(self, axis: int) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` of each unit index along ``axis``."""
+        e, n = self.outer[axis], self.shape[axis]
+        return [(a, min(a + e, n)) for a in range(0, n, e)]
+
+
 def write_units(shape: Sequence[int], chunks: Sequence[int],
-                shard_shape: Sequence[int] | None) -> list[WriteUnit]:
+                shard_shape: Sequence[int] | None) -> WriteUnits:
     """The write tasks of an array: one per shard, or one per chunk without shards.
 
     Inner chunks follow the same grid (and C order) as without shards, so the
     values computed per chunk are the same either way.
     """
-    if shard_shape is None:
-        return [WriteUnit(box, (box,)) for box in chunk_boxes(shape, chunks)]
-    units = []
-    for sbox in chunk_boxes(shape, shard_shape):
-        inner = chunk_boxes(sbox.shape, chunks)
-        units.append(WriteUnit(sbox, tuple(
-            Box(tuple(a + s for a, s in zip(b.start, sbox.start)),
-                tuple(a + s for a, s in zip(b.stop, sbox.start)))
-            for b in inner)))
-    return units
+    return WriteUnits(shape, chunks, shard_shape)
 
 
 def assemble(box: Box, parts: Iterable[tuple[Box, npt.ArrayLike]], dtype: Any,

@@ -54,6 +54,15 @@ def test_units_tile_the_array_by_shards_of_the_plain_chunk_grid(shape, chunks, s
     for u in units:
         for c in u.chunks:
             assert c.intersect(u.box) == c
+    # made on demand from their numbers, and their extents along each axis
+    listed = list(units)
+    assert len(units) == len(listed) and units[-1] == listed[-1]
+    assert all(units[c] == listed[c] for c in range(0, len(listed), 3))
+    for axis in range(len(shape)):
+        assert units.spans(axis) == sorted({(u.box.start[axis], u.box.stop[axis])
+                                            for u in listed})
+    with pytest.raises(IndexError):
+        units[len(listed)]
 
 
 def test_assemble_places_parts_and_casts() -> None:
