@@ -58,6 +58,7 @@ from ngff_dreg.interfaces import (
 )
 from ngff_dreg.itk_bridge import image_from_array, portable_domain, read_region, reader_geometry
 from ngff_dreg.locality import place_blocks, slab_order
+from ngff_dreg.task_args import Sealed
 from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import has_signal
 
@@ -507,20 +508,26 @@ def _block_tasks(
     take it.
     """
     places = preferred_workers([p.info.chunk_index for p in plans], options)
+    # every input but the plan in one task: each block task then has one
+    # dependency, which makes building a slab's graph about 5x faster
+    inputs = dask.delayed(dict, pure=True)(
+        **shared, options=options, method_kwargs=kwargs, dask_key_name=f"block-inputs-{token}")
     tasks = []
     for plan, place in zip(plans, places):
         hint: dict[str, Any] = (
             {"workers": [place], "allow_other_workers": True} if place is not None else {}
         )
         with dask.annotate(**hint):
-            tasks.append(dask.delayed(register_block, pure=True)(
-                plan,
-                options=options,
-                method_kwargs=kwargs,
+            tasks.append(dask.delayed(_t_register_block, pure=True)(
+                Sealed(plan), inputs,
                 dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-                **shared,
             ))
     return tasks
+
+
+def _t_register_block(plan: Sealed, inputs: dict[str, Any]) -> LocatedBlockResult:
+    """:func:`register_block` of a plan with the inputs every block shares, as one dict."""
+    return register_block(plan.value, **inputs)
 
 
 def block_placement(indices: Sequence[tuple[int, ...]], n_workers: int) -> list[int]:

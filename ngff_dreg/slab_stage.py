@@ -391,7 +391,7 @@ class SlabbedStage:
         candidates = sorted((h for piece in pieces for h in pieces[piece]), key=lambda h: h.id)
         cand_samples = [h.sample for h in candidates]
         reach = plan.reach_index([h.reach for h in candidates])
-        blends = [plan.blend(c, cand_samples, reach, prep) for c in layout.units[s]]
+        blends = plan.blends(layout.units[s], cand_samples, reach, prep)
         box = slabs.box(s)
         summary = delayed(_t_slab_summary, pure=True)(
             box.start, box.shape, statuses, blends, prep, dask_key_name=f"slab-{plan.token}-{s}")
