@@ -58,7 +58,7 @@ from ngff_dreg.interfaces import (
 )
 from ngff_dreg.itk_bridge import image_from_array, portable_domain, read_region, reader_geometry
 from ngff_dreg.locality import place_blocks, slab_order
-from ngff_dreg.task_args import Sealed
+from ngff_dreg.task_args import Layer
 from ngff_dreg.transforms import AffineTransform, TransformChain
 from ngff_dreg.validate import has_signal
 
@@ -512,22 +512,36 @@ def _block_tasks(
     # dependency, which makes building a slab's graph about 5x faster
     inputs = dask.delayed(dict, pure=True)(
         **shared, options=options, method_kwargs=kwargs, dask_key_name=f"block-inputs-{token}")
-    tasks = []
+    if not plans:
+        return []
+    # one graph layer: dask culls a graph layer by layer, each against every key
+    layer = Layer(f"register-blocks-{token}-{'-'.join(map(str, plans[0].info.chunk_index))}")
+    preferred: dict[str, str] = {}
     for plan, place in zip(plans, places):
-        hint: dict[str, Any] = (
-            {"workers": [place], "allow_other_workers": True} if place is not None else {}
-        )
-        with dask.annotate(**hint):
-            tasks.append(dask.delayed(_t_register_block, pure=True)(
-                Sealed(plan), inputs,
-                dask_key_name=f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}",
-            ))
-    return tasks
+        key = f"register-block-{'-'.join(map(str, plan.info.chunk_index))}-{token}"
+        layer.add(key, _t_register_block, plan, inputs)
+        if place is not None:
+            preferred[key] = place
+    # loose: a worker that dies, or a busy machine, never strands a block
+    hint = ({"workers": PreferredWorker(preferred), "allow_other_workers": True}
+            if preferred else None)
+    return layer.build(hint)
 
 
-def _t_register_block(plan: Sealed, inputs: dict[str, Any]) -> LocatedBlockResult:
+class PreferredWorker:
+    """The ``workers`` annotation of a layer of block tasks: each key's preferred worker."""
+
+    def __init__(self, places: dict[str, str]) -> None:
+        self.places = places
+
+    def __call__(self, key: Any) -> list[str] | None:
+        place = self.places.get(str(key))
+        return None if place is None else [place]
+
+
+def _t_register_block(plan: BlockPlan, inputs: dict[str, Any]) -> LocatedBlockResult:
     """:func:`register_block` of a plan with the inputs every block shares, as one dict."""
-    return register_block(plan.value, **inputs)
+    return register_block(plan, **inputs)
 
 
 def block_placement(indices: Sequence[tuple[int, ...]], n_workers: int) -> list[int]:

@@ -65,6 +65,7 @@ from ngff_dreg.reduce.graph import (
     summarize_statuses,
 )
 from ngff_dreg.reduce.reducer import ReduceToDisplacementField
+from ngff_dreg.task_args import one_task
 
 __all__ = ["Piece", "SlabLayout", "SlabRecords", "SlabbedStage", "UnitRuns", "slab_layout"]
 
@@ -393,8 +394,8 @@ class SlabbedStage:
         reach = plan.reach_index([h.reach for h in candidates])
         blends = plan.blends(layout.units[s], cand_samples, reach, prep)
         box = slabs.box(s)
-        summary = delayed(_t_slab_summary, pure=True)(
-            box.start, box.shape, statuses, blends, prep, dask_key_name=f"slab-{plan.token}-{s}")
+        summary = one_task(f"slab-{plan.token}-{s}", _t_slab_summary, box.start, box.shape,
+                           statuses, blends, prep)
         # submitted before the slab's graph (which shares their tasks), so that
         # they are never released between the two
         keep = [piece for piece in fresh if _needed_after(layout, piece, s)]
@@ -423,16 +424,16 @@ class SlabbedStage:
         if self.reducer.compute_inverse:
             changes = []
             for s, units in enumerate(layout.units):
-                parts = [plan.invert(c, forward, ready) for c in units]
+                parts = plan.inverts(units, forward, ready)
                 changes.append(compute_with_progress(
-                    self.client, [], delayed(_t_max_change, pure=True)(
-                        parts, dask_key_name=f"inverted-{plan.token}-{s}"), False, self.desc))
+                    self.client, [], one_task(f"inverted-{plan.token}-{s}", _t_max_change, parts),
+                    False, self.desc))
             change = max(changes, default=0.0)
             inverse = plan.field("inv", None)
         checks = []
         for s, units in enumerate(layout.units):
-            parts = [plan.check(c, forward, inverse) for c in units]
+            parts = plan.checks(units, forward, inverse)
             checks.append(compute_with_progress(
-                self.client, [], delayed(summarize_checks, pure=True)(
-                    parts, dask_key_name=f"checked-{plan.token}-{s}"), False, self.desc))
+                self.client, [], one_task(f"checked-{plan.token}-{s}", summarize_checks, parts),
+                False, self.desc))
         return change, checks

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from typing import Any
 
 import cloudpickle
 import itk
@@ -527,11 +528,42 @@ def test_blocks_prefer_a_worker_of_their_machine_and_any_worker_may_take_them():
     )
     expected = place_blocks([p.info.chunk_index for p in schedule.blocks], machines)
     assert set(expected) == {"tcp://a:1", "tcp://b:2", "tcp://c:3"}
-    for task, want in zip(schedule.block_results, expected):
-        graph = task.__dask_graph__()
-        layer = graph.layers[task.key]
-        # loose: a worker that dies, or a busy machine, never strands a block
-        assert layer.annotations == {"workers": [want], "allow_other_workers": True}
+    # the block tasks are one graph layer, its annotations given per key
+    (layer,) = {task.__dask_layers__() for task in schedule.block_results}
+    annotations = schedule.block_results[0].__dask_graph__().layers[layer[0]].annotations
+    assert annotations["allow_other_workers"] is True  # a dead or busy worker strands nothing
+    assert [annotations["workers"](task.key) for task in schedule.block_results] == [
+        [want] for want in expected]
+
+
+def _restrictions(dask_scheduler: Any) -> dict[str, tuple[set[str], bool]]:
+    return {str(k): (set(ts.worker_restrictions or ()), ts.loose_restrictions)
+            for k, ts in dask_scheduler.tasks.items() if str(k).startswith("register-block-")}
+
+
+def test_the_scheduler_gets_each_blocks_preferred_worker(dask_client: Any) -> None:
+    from ngff_dreg.engine import preferred_workers
+
+    workers = tuple(sorted(dask_client.scheduler_info()["workers"]))
+    fixed_ctor, moving_ctor = _pair((32, 32, 32))
+    options = BlockOptions(workers=workers)
+    schedule = register_images(
+        fixed_reader_ctor=fixed_ctor, moving_reader_ctor=moving_ctor,
+        block_registration_method=ItkDregStyleTranslation(),
+        reduce_method=MeanTranslationReduce(),
+        initial_transform=AffineTransform.identity(3), fixed_chunk_size=16,
+        overlap_factors=0.5, block_options=options)
+    expected = preferred_workers([p.info.chunk_index for p in schedule.blocks], options)
+    assert set(expected) == set(workers)
+    futures = dask_client.compute(schedule.block_results)
+    try:
+        dask_client.gather(futures)
+        seen = dask_client.run_on_scheduler(_restrictions)
+        assert seen == {task.key: ({want}, True)
+                        for task, want in zip(schedule.block_results, expected)}
+    finally:
+        for future in futures:
+            future.release()
 
 
 def test_a_grid_slab_plans_its_layers_alone_with_the_whole_grids_keys(monkeypatch, caplog):

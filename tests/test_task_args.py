@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 from dask.base import tokenize
@@ -33,3 +34,36 @@ def test_sealed_values_tokenize_and_pickle_by_their_value() -> None:
     assert tokenize(a) == tokenize(b)
     assert tokenize(a) != tokenize(Sealed(_Plan((2,), (slice(0, 2),))))
     assert pickle.loads(pickle.dumps(a)).value == a.value
+
+
+def _total(label: str, parts: list[int], extra: int | None, plan: _Plan) -> tuple[Any, ...]:
+    return label, sum(parts), extra, plan
+
+
+def test_a_layer_resolves_tasks_and_lists_of_tasks_and_passes_the_rest_as_is() -> None:
+    from ngff_dreg.task_args import Layer, one_task
+
+    parts = [dask.delayed(lambda i: i * i, pure=True)(i, dask_key_name=f"sq-{i}")
+             for i in range(5)]
+    plan = _Plan((3,), (slice(1, 2),))
+    layer = Layer("totals")
+    layer.add("total-a", _total, "a", parts[:3], None, plan)
+    layer.add("total-b", _total, "sq-1", parts[3:], parts[0], plan)  # a string stays a string
+    a, b = layer.build()
+    assert dask.compute(a, b, scheduler="sync") == (("a", 5, None, plan), ("sq-1", 25, 0, plan))
+    single = one_task("one", _total, "c", [], 7, plan)  # an empty list is a value
+    assert single.compute(scheduler="sync") == ("c", 0, 7, plan)
+    assert len(a.__dask_graph__().layers["totals"]) == 2  # one layer for both
+
+
+def test_a_layers_annotations_are_given_per_key_over_the_surrounding_ones() -> None:
+    from ngff_dreg.task_args import Layer
+
+    layer = Layer("annotated")
+    for key in ("x-0", "x-1"):
+        layer.add(key, int, 1)
+    with dask.annotate(retries=2):
+        tasks = layer.build({"workers": lambda key: [f"w-{key}"]})
+    annotations = tasks[0].__dask_graph__().layers["annotated"].annotations
+    assert annotations["retries"] == 2
+    assert [annotations["workers"](t.key) for t in tasks] == [["w-x-0"], ["w-x-1"]]

@@ -45,8 +45,6 @@ import numpy as np
 from dask import delayed
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
-from dask.typing import Key
 
 from ngff_dreg.blocks import status_grid
 from ngff_dreg.geometry import Box, ImageGeometry, one_per_axis
@@ -76,7 +74,7 @@ from ngff_dreg.reduce.blend import (
 from ngff_dreg.reduce.inverse import inverse_residuals, invert_chunk
 from ngff_dreg.reduce.quality import jacobian_chunk
 from ngff_dreg.reduce.result import BlendedTransformResult
-from ngff_dreg.task_args import Sealed
+from ngff_dreg.task_args import Layer, one_task
 from ngff_dreg.transforms import AffineTransform, BSplineGrid, DisplacementField, TransformChain
 
 if TYPE_CHECKING:
@@ -178,13 +176,9 @@ def padded_box(located: LocatedBlockResult, fixed: ImageGeometry) -> Box:
 
 
 # ------------------------------------------------------------------ tasks
-def _t_sample(located: Any, args: Sealed) -> BlockSample:
-    """Kernel :func:`~ngff_dreg.reduce.blend.block_sample`, on one located result.
-
-    ``args``: the block's padded box, the fixed and field geometries, whether
-    to weigh by quality and the fill distance.
-    """
-    box, fixed, fgeom, use_quality, fill_distance = args.value
+def _t_sample(located: Any, box: Box, fixed: ImageGeometry, fgeom: ImageGeometry,
+              use_quality: bool, fill_distance: float) -> BlockSample:
+    """Kernel :func:`~ngff_dreg.reduce.blend.block_sample`, on one located result."""
     return sample_block(located, box, fixed, fgeom, use_quality=use_quality,
                         fill_distance=fill_distance)
 
@@ -235,13 +229,6 @@ def _single(unit: WriteUnit, parts: Iterator[tuple[Box, Any]]) -> Any:
     if len(unit.chunks) != 1:
         raise AssertionError("only a writer's fields are written by shards")
     return next(parts)[1]
-
-
-def _t_blend_task(args: Sealed, samples: list[BlockSample], initial: Any, prep: Any
-                  ) -> dict[str, Any]:
-    """:func:`_t_blend`, its arguments but the tasks it depends on in ``args``."""
-    unit, picks, fgeom, fixed, affine, writer = args.value
-    return _t_blend(unit, samples, picks, fgeom, fixed, initial, affine, writer, prep)
 
 
 def _t_blend(unit: WriteUnit, samples: list[BlockSample], picks: list[list[int]],
@@ -586,16 +573,15 @@ class ReductionPlan:
     def samples(self, block_results: list[Any], block_boxes: list[Box], ids: list[int]
                 ) -> tuple[list[Any], list[Any]]:
         """Sample and status tasks of blocks ``ids`` (their keys' numbers)."""
-        samples, statuses = [], []
+        layer = Layer(f"samples-{self.token}-{_first(ids)}")
         for i, res, box in zip(ids, block_results, block_boxes):
-            s = delayed(_t_sample, pure=True)(
-                res, Sealed((box, self.fixed, self.fgeom, self.reducer.use_quality,
-                             self.reducer.fill_distance)),
-                dask_key_name=f"sample-{self.token}-{i}")
-            samples.append(s)
-            statuses.append(delayed(_t_status, pure=True)(s,
-                                                          dask_key_name=f"status-{self.token}-{i}"))
-        return samples, statuses
+            layer.add(f"sample-{self.token}-{i}", _t_sample, res, box, self.fixed, self.fgeom,
+                      self.reducer.use_quality, self.reducer.fill_distance)
+        samples = layer.build()
+        layer = Layer(f"statuses-{self.token}-{_first(ids)}")
+        for i, s in zip(ids, samples):
+            layer.add(f"status-{self.token}-{i}", _t_status, s)
+        return samples, layer.build()
 
     def reach_index(self, reach_boxes: Sequence[Box]) -> ReachIndex:
         """The :class:`ReachIndex` of ``reach_boxes`` over this plan's field chunks."""
@@ -610,27 +596,16 @@ class ReductionPlan:
         given, about 6 ms a unit, half a minute of client time for a slab of
         a 10 TB level's stage.
         """
-        extra = [d for d in (self.initial, prep) if d is not None]
-        dsk: dict[Key, Any] = {}
-        used_all: set[int] = set()
+        layer = Layer(f"blends-{self.token}-{_first(units)}")
         for c in units:
             unit = self.units[c]
             reaching = [reach.reaching(cbox) for cbox in unit.chunks]
             used = sorted({i for r in reaching for i in r})
-            used_all.update(used)
             pos = {i: k for k, i in enumerate(used)}
-            args = Sealed((unit, [[pos[i] for i in r] for r in reaching], self.fgeom, self.fixed,
-                           self.affine, self.writer))
-            dsk[f"blend-{self.token}-{c}"] = (
-                _t_blend_task, args, [samples[i].key for i in used],
-                None if self.initial is None else self.initial.key,
-                None if prep is None else prep.key)
-        if not dsk:
-            return []
-        name = f"blends-{self.token}-{str(next(iter(dsk))).rsplit('-', 1)[1]}"
-        graph = HighLevelGraph.from_collections(
-            name, dsk, dependencies=[*(samples[i] for i in sorted(used_all)), *extra])
-        return [Delayed(key, graph, layer=name) for key in dsk]
+            layer.add(f"blend-{self.token}-{c}", _t_blend, unit, [samples[i] for i in used],
+                      [[pos[i] for i in r] for r in reaching], self.fgeom, self.fixed,
+                      self.initial, self.affine, self.writer, prep)
+        return layer.build()
 
     def field(self, name: str, barrier: Any) -> Any:
         """The writer's field ``name`` (``"fwd"``/``"inv"``), loaded lazily after ``barrier``."""
@@ -640,18 +615,27 @@ class ReductionPlan:
             self.fgeom, self.writer.loader(stored, self.fgeom), barrier,
             dask_key_name=f"{name}-field-{self.token}")
 
-    def invert(self, c: int, forward: Any, ready: Any) -> Any:
-        """The invert task of unit ``c``."""
-        return delayed(_t_invert, pure=True)(self.units[c], forward, ready,
-                                             self.reducer.inverse_iterations, self.writer,
-                                             dask_key_name=f"invert-{self.token}-{c}")
+    def inverts(self, units: Iterable[int], forward: Any, ready: Any) -> list[Delayed]:
+        """The invert tasks of ``units`` (one graph layer)."""
+        layer = Layer(f"inverts-{self.token}-{_first(units)}")
+        for c in units:
+            layer.add(f"invert-{self.token}-{c}", _t_invert, self.units[c], forward, ready,
+                      self.reducer.inverse_iterations, self.writer)
+        return layer.build()
 
-    def check(self, c: int, forward: Any, inverse: Any) -> Any:
-        """The check task of unit ``c``."""
+    def checks(self, units: Iterable[int], forward: Any, inverse: Any) -> list[Delayed]:
+        """The check tasks of ``units`` (one graph layer)."""
         within = (np.zeros(self.fixed.ndim), (np.asarray(self.fixed.shape) - 1) / self.ratio)
-        return delayed(_t_check, pure=True)(self.units[c], forward, inverse, self.affine, within,
-                                            self.writer, inverse,
-                                            dask_key_name=f"check-{self.token}-{c}")
+        layer = Layer(f"checks-{self.token}-{_first(units)}")
+        for c in units:
+            layer.add(f"check-{self.token}-{c}", _t_check, self.units[c], forward, inverse,
+                      self.affine, within, self.writer, inverse)
+        return layer.build()
+
+
+def _first(units: Iterable[int]) -> int:
+    """The first of ``units`` (-1 for none): names a layer of their tasks."""
+    return next(iter(units), -1)
 
 
 def reduction_plan(reducer: ReduceToDisplacementField, writer: FieldWriter | None,
@@ -690,30 +674,33 @@ def build_reduction_graph(reducer: ReduceToDisplacementField, writer: FieldWrite
     reach_boxes = [plan.reach_box(box) for box in block_boxes]
     # blend tasks: each depends only on the blocks that can reach its chunks
     reach = plan.reach_index(reach_boxes)
-    blends = plan.blends(range(len(plan.units)), samples, reach, prep)
-    ready = delayed(_t_ready, pure=True)(blends, dask_key_name=f"fwd-ready-{plan.token}")
+    units = range(len(plan.units))
+    blends = plan.blends(units, samples, reach, prep)
+    ready = one_task(f"fwd-ready-{plan.token}", _t_ready, blends)
 
     if writer is not None:
         forward: Any = plan.field("fwd", ready)
         forward_mem = None
     else:
-        forward = delayed(_t_assemble, pure=True)(blends, plan.fgeom,
-                                                  dask_key_name=f"assemble-fwd-{plan.token}")
+        forward = one_task(f"assemble-fwd-{plan.token}", _t_assemble, blends, plan.fgeom)
         forward_mem = forward
 
     inv_parts = None
     inverse: Any = None
     if reducer.compute_inverse:
-        inv_parts = [plan.invert(c, forward, ready) for c in range(len(plan.units))]
+        inv_parts = plan.inverts(units, forward, ready)
         if writer is not None:
-            inverse = plan.field("inv", inv_parts)
+            inverse = plan.field("inv", one_task(f"inverted-{plan.token}", _t_barrier, inv_parts))
         else:
-            inverse = delayed(_t_assemble, pure=True)(inv_parts, plan.fgeom,
-                                                      dask_key_name=f"assemble-inv-{plan.token}")
-    checks = [plan.check(c, forward, inverse) for c in range(len(plan.units))]
-    return delayed(_t_finalize, pure=True)(
-        reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, inv_parts, checks, statuses,
-        writer, forward_mem, dask_key_name=f"finalize-{plan.token}")
+            inverse = one_task(f"assemble-inv-{plan.token}", _t_assemble, inv_parts, plan.fgeom)
+    checks = plan.checks(units, forward, inverse)
+    return one_task(f"finalize-{plan.token}", _t_finalize, reducer.n_levels, plan.fgeom,
+                    plan.affine, fixed, ready, inv_parts, checks, statuses, writer, forward_mem)
+
+
+def _t_barrier(parts: list[Any]) -> None:
+    """Nothing: a task that runs once ``parts`` have (one dependency instead of many)."""
+    return None
 
 
 def _loader_field(fgeom: ImageGeometry, loader: Any, barrier: Any) -> DisplacementField:
