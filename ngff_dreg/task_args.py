@@ -61,12 +61,14 @@ def _layer_graph(name: str, tasks: MaterializedLayer, dependencies: Sequence[Any
     layers: dict[str, Any] = {}
     deps: dict[str, set[str]] = {}
     names: set[str] = set()
-    merged: set[int] = set()
+    # the graphs themselves are kept: a collection may make its graph anew on
+    # each call, and an id is reused once its object is gone
+    merged: dict[int, HighLevelGraph] = {}
     for collection in dependencies:
         names.update(collection.__dask_layers__())
         graph = collection.__dask_graph__()
         if id(graph) not in merged:
-            merged.add(id(graph))
+            merged[id(graph)] = graph
             layers.update(graph.layers)
             deps.update(graph.dependencies)
     layers[name] = tasks

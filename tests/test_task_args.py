@@ -67,3 +67,13 @@ def test_a_layers_annotations_are_given_per_key_over_the_surrounding_ones() -> N
     annotations = tasks[0].__dask_graph__().layers["annotated"].annotations
     assert annotations["retries"] == 2
     assert [annotations["workers"](t.key) for t in tasks] == [["w-x-0"], ["w-x-1"]]
+
+
+def test_a_layer_over_many_leaves_whose_graphs_are_made_on_each_call() -> None:
+    from ngff_dreg.task_args import one_task
+
+    # a delayed value makes its graph anew each time it is asked for it, so the
+    # merge must not take a freed graph's reused id for one it has seen
+    leaves = [dask.delayed(_Plan((i,), ()), pure=False) for i in range(300)]
+    total = one_task("leaf-total", lambda plans: sum(p.index[0] for p in plans), leaves)
+    assert total.compute(scheduler="sync") == sum(range(300))
