@@ -29,6 +29,8 @@ level size:
    registered twice.
 2. **Inverse, then checks, slab by slab.** The same units per slab; the
    inverse reads the written forward field, the checks both fields.
+   Each inverse slab is recorded too, so a rerun inverts only those not
+   recorded (the checks run again).
 3. **One finalize**: the report from the slabs' figures, the status map, the
    pyramids and the metadata (the writer's ``finish``, last).
 
@@ -319,7 +321,8 @@ class SlabbedStage:
         logger.info("%s: %d blocks (grid %s, block %s) in %d slabs of at most %d blocks "
                     "(cut along grid axis %d, %d at a time)%s", self.desc,
                     int(np.prod(grid_shape)), grid_shape, block, len(slabs), self.slab_blocks,
-                    slabs.axis, slabs.step, f"; {len(done)} finished before" if done else "")
+                    slabs.axis, slabs.step,
+                    f"; {sum(1 for s in done if s < len(slabs))} finished before" if done else "")
         entries: list[dict[str, Any]] = []
         live: dict[Piece, list[_Held]] = {}  # kept pieces' samples, persisted on the cluster
         try:
@@ -343,7 +346,7 @@ class SlabbedStage:
         smap = np.full(grid_shape, NO_BLOCK, dtype=np.int16)
         for s, e in enumerate(entries):
             smap[slabs.box(s).slices] = np.asarray(e["status"], dtype=np.int16)
-        change, checks = self._inverse_and_checks(plan, layout, ready)
+        change, checks = self._inverse_and_checks(plan, layout, ready, ident, dict(done))
         final = delayed(_t_finalize_parts, pure=True)(
             self.reducer.n_levels, plan.fgeom, plan.affine, fixed, ready, change, checks,
             summary, smap, writer, dask_key_name=f"finalize-{plan.token}")
@@ -415,21 +418,35 @@ class SlabbedStage:
             raise
         return entry
 
-    def _inverse_and_checks(self, plan: ReductionPlan, layout: SlabLayout,
-                            ready: dict[str, Any]) -> tuple[float | None, list[dict[str, Any]]]:
-        """Invert the written forward field, then check both, slab by slab."""
+    def _inverse_and_checks(self, plan: ReductionPlan, layout: SlabLayout, ready: dict[str, Any],
+                            ident: dict[str, Any], done: dict[int, dict[str, Any]]
+                            ) -> tuple[float | None, list[dict[str, Any]]]:
+        """Invert the written forward field, then check both, slab by slab.
+
+        Each inverse slab's figure is recorded as it is computed, under the
+        slab numbers after the forward ones (:func:`_phase_slab`), so a rerun
+        inverts only the slabs not recorded.
+        """
+        n = len(layout.slabs)
         forward = plan.field("fwd", None)
         change: float | None = None
         inverse: Any = None
         if self.reducer.compute_inverse:
             changes = []
             for s, units in enumerate(layout.units):
-                parts = plan.inverts(units, forward, ready)
-                changes.append(compute_with_progress(
-                    self.client, [], one_task(f"inverted-{plan.token}-{s}", _t_max_change, parts),
-                    False, self.desc))
+                index = _phase_slab("inverse", s, n)
+                if index not in done:
+                    parts = plan.inverts(units, forward, ready)
+                    value = compute_with_progress(
+                        self.client, [], one_task(f"inverted-{plan.token}-{s}", _t_max_change,
+                                                  parts), False, self.desc)
+                    done[index] = {"change": float(value)}
+                    self.records.record_slab(ident, index, done[index])
+                changes.append(done[index]["change"])
             change = max(changes, default=0.0)
             inverse = plan.field("inv", None)
+        # the checks (reads, and the Jacobian map) are not recorded: their
+        # figures hold the residual samples, too many for the manifest
         checks = []
         for s, units in enumerate(layout.units):
             parts = plan.checks(units, forward, inverse)
@@ -437,3 +454,11 @@ class SlabbedStage:
                 self.client, [], one_task(f"checked-{plan.token}-{s}", summarize_checks, parts),
                 False, self.desc))
         return change, checks
+
+
+def _phase_slab(phase: str, s: int, n: int) -> int:
+    """The number slab ``s`` of a stage's ``n`` is recorded under in ``phase``.
+
+    Forward slabs are recorded as ``0..n-1``, inverse ones as ``n..2n-1``.
+    """
+    return {"forward": 0, "inverse": n}[phase] + s

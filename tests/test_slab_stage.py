@@ -319,6 +319,41 @@ def test_a_stage_in_rows_resumes_registering_only_the_pieces_it_reaches_back_int
                                    err_msg=name)
 
 
+def test_a_stage_interrupted_while_inverting_resumes_at_its_first_slab_not_inverted(
+        pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ref_out, ref, _ = reference
+    ngff_config({"stage.slab-blocks": 2 * LAYER})  # 4 slabs: inverse slabs recorded as 4..7
+    out = str(tmp_path / "resume_inverse.zarr")
+    record = Run.record_slab
+
+    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
+        record(self, key, layout, index, entry)
+        if index == 4 + 2:  # the third inverse slab
+            raise Interrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Run, "record_slab", record_then_stop)
+        with pytest.raises(Interrupt):
+            _run(pair, out, dask_client)
+    assert output_status(out) == "incomplete"
+    graphs = _Graphs(dask_client, monkeypatch)
+    layouts: list[Any] = []
+    _watch_slabs(monkeypatch, tmp_path / "resume_inverse.zarr", layouts)
+    result = _run(pair, out, dask_client)
+    (layout,) = layouts
+    assert not graphs.blocks  # every forward slab was recorded
+    inverted = {int(k.rsplit("-", 1)[1]) for k in graphs.keys if k.startswith("invert-")}
+    assert inverted == set(layout.units[3])  # only the slab not inverted before
+    assert inverted
+    assert output_status(out) == "complete"
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
 def test_a_bad_slab_size_is_refused_naming_the_key(pair: Any, tmp_path: Any,
                                                    dask_client: Any, ngff_config: Any) -> None:
     ngff_config({"stage.slab-blocks": 0})
