@@ -214,7 +214,9 @@ class _Images:
                                    noise_floor=BLOCK_NOISE_FLOOR))
             else:
                 fc, wc = [f], [w]
-            self._sigma, self._images = key, (fc, ChannelSampler(wc))
+            # physical gradients (ITK order) straight from the sampler
+            dindex = np.linalg.inv(self.geom.index_to_physical_matrix)[::-1]
+            self._sigma, self._images = key, (fc, ChannelSampler(wc, gradient_matrix=dindex))
         return self._images
 
 
@@ -253,7 +255,6 @@ class _Pass:
         idx = np.stack(np.meshgrid(*axes_idx, indexing="ij"), -1).reshape(-1, self.nd)
         self.points = geom.array_index_to_physical(idx.astype(np.float64))
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
-        self.dindex = self.to_index[::-1]  # d(NumPy index)/d(physical, ITK order)
         self.origin = np.asarray(geom.origin, dtype=np.float64)
         self.bases = grid.axis_bases(geom, [a.astype(np.float64) for a in axes_idx])
         self.bases_t = [b.T.copy() for b in self.bases]
@@ -273,14 +274,14 @@ class _Pass:
         """Warped channels ``(C, N)`` (physical gradients ``(C, N, nd)``, inside-mask)."""
         q = self.points + self.displacement(c)
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1].T
-        w, gi = self.warped.sample(cidx, gradient)
+        w, g32 = self.warped.sample(cidx, gradient)  # physical gradients (see _Images)
+        g = None if g32 is None else g32.astype(np.float64)
         inside = None
         if with_mask:
             inside = ndimage.map_coordinates(self.valid, cidx, order=1, mode="nearest") > 0.999
             inside &= np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
             if self.keep is not None:
                 inside &= self.keep
-        g = None if gi is None else gi @ self.dindex  # index -> physical gradients
         return w, g, inside
 
 
