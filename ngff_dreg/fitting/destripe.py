@@ -79,6 +79,7 @@ class _HighPass:
     The smoothing is separable, one axis after the other in axis order (as
     :func:`scipy.ndimage.gaussian_filter` does it), so the axes of one image
     share their first passes: in 3D, the pass along axis 0 serves axes 1 and 2.
+    The later passes and the result go to buffers reused from call to call.
     """
 
     def __init__(self, img: FloatArray, fg: npt.NDArray[np.bool_], floor: float) -> None:
@@ -87,15 +88,21 @@ class _HighPass:
         w = fg.astype(np.float64)
         self._first: dict[int, tuple[FloatArray, FloatArray]] = {}
         self._weighted = (self.log * w, w)
+        self._scratch: tuple[FloatArray, FloatArray] | None = None
+        self._out: FloatArray | None = None
 
-    def _pass(self, pair: tuple[FloatArray, FloatArray], axis: int
+    @staticmethod
+    def _pass(pair: tuple[FloatArray, FloatArray], axis: int,
+              out: tuple[FloatArray, FloatArray] | None = None
               ) -> tuple[FloatArray, FloatArray]:
+        """One smoothing pass along ``axis`` of both arrays (into ``out``; may be ``pair``)."""
         num, den = pair
-        return (ndimage.gaussian_filter1d(num, ACROSS_SIGMA, axis, mode="nearest"),
-                ndimage.gaussian_filter1d(den, ACROSS_SIGMA, axis, mode="nearest"))
+        o_num, o_den = (None, None) if out is None else out
+        return (ndimage.gaussian_filter1d(num, ACROSS_SIGMA, axis, mode="nearest", output=o_num),
+                ndimage.gaussian_filter1d(den, ACROSS_SIGMA, axis, mode="nearest", output=o_den))
 
     def __call__(self, axis: int) -> FloatArray:
-        """The high-pass across the rows of ``axis`` (smoothing along every other axis)."""
+        """The high-pass across the rows of ``axis``: valid until the next call."""
         across = [k for k, n in enumerate(self.shape) if n > 1 and k != axis]
         pair = self._weighted
         for i, k in enumerate(across):
@@ -103,10 +110,16 @@ class _HighPass:
                 if k not in self._first:
                     self._first[k] = self._pass(pair, k)
                 pair = self._first[k]
-            else:
-                pair = self._pass(pair, k)
+                continue
+            if self._scratch is None:
+                self._scratch = (np.empty(self.shape), np.empty(self.shape))
+            pair = self._pass(pair, k, self._scratch)
         num, den = pair
-        return np.asarray(self.log - num / np.maximum(den, 1e-6))
+        if self._out is None:
+            self._out = np.empty(self.shape)
+        np.maximum(den, 1e-6, out=self._out)
+        np.divide(num, self._out, out=self._out)
+        return np.subtract(self.log, self._out, out=self._out)
 
 
 def _highpass(img: FloatArray, fg: npt.NDArray[np.bool_], floor: float, axis: int
