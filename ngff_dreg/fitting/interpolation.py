@@ -11,6 +11,7 @@ order=1, mode="nearest")`` channel by channel (float32 rounding aside).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,16 @@ def _slab_gradients(values: Sequence[npt.NDArray[Any]], lo: int, hi: int,
     return out
 
 
+@dataclass
+class _LastPoints:
+    """The points a sampler sampled last, their corners and what it found there."""
+
+    coords: npt.NDArray[np.floating]
+    corners: Corners | None  # of a table sampler
+    values: npt.NDArray[Any]
+    gradients: npt.NDArray[Any] | None = None
+
+
 class ChannelSampler:
     """Channels of one grid and their gradients, interpolated linearly at the same points.
 
@@ -215,6 +226,7 @@ class ChannelSampler:
             else np.asarray(gradient_matrix, dtype=np.float64).reshape(self.nd, self.nd)
         self._lists: tuple[list[npt.NDArray[Any]], list[list[npt.NDArray[Any]]]] | None = None
         self._tables: tuple[ChannelTable, ChannelTable] | None = None
+        self._last: _LastPoints | None = None
         if self.channels < TABLE_MIN_CHANNELS:
             grads = [channel_gradients([v])[0] for v in values]
             if matrix is not None:
@@ -234,23 +246,38 @@ class ChannelSampler:
                ) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
         """``(C, N)`` values and, with ``gradient``, ``(C, N, ndim)`` gradients at ``coords``.
 
-        ``coords``: ``(ndim, N)`` NumPy-order voxel coordinates.
+        ``coords``: ``(ndim, N)`` NumPy-order voxel coordinates. The sampler
+        keeps the last points' results (read-only arrays): a fit that samples
+        the same points again (values for a trial step, then the gradients
+        once the step is taken) does not interpolate them twice.
         """
-        if self._lists is not None:
-            vals, grads = self._lists
-            w = np.stack([ndimage.map_coordinates(v, coords, order=1, mode="nearest")
-                          for v in vals])
-            if not gradient:
-                return w, None
-            g = np.stack([np.stack([ndimage.map_coordinates(a, coords, order=1, mode="nearest")
-                                    for a in gs], 1) for gs in grads])
-            return w, g
-        assert self._tables is not None
-        vt, gt = self._tables
-        corners = vt.corners(coords)
-        w = vt.sample(corners).T
-        if not gradient:
-            return w, None
-        n = w.shape[1]
-        return w, gt.sample(corners).reshape(n, self.channels, self.nd).transpose(1, 0, 2)
+        last = self._last
+        if last is None or not np.array_equal(last.coords, coords):
+            corners = None
+            if self._tables is None:
+                assert self._lists is not None
+                w = np.stack([ndimage.map_coordinates(v, coords, order=1, mode="nearest")
+                              for v in self._lists[0]])
+            else:
+                corners = self._tables[0].corners(coords)
+                w = self._tables[0].sample(corners).T
+            w.flags.writeable = False
+            last = self._last = _LastPoints(np.array(coords), corners, w)
+        if gradient and last.gradients is None:
+            last.gradients = self._gradients(coords, last.corners)
+            last.gradients.flags.writeable = False
+        return last.values, last.gradients if gradient else None
+
+    def _gradients(self, coords: npt.NDArray[np.floating], corners: Corners | None
+                   ) -> npt.NDArray[Any]:
+        """``(C, N, ndim)`` gradients at ``coords`` (from the tables: at ``corners``)."""
+        if self._tables is None:
+            assert self._lists is not None
+            return np.stack([np.stack([ndimage.map_coordinates(a, coords, order=1,
+                                                               mode="nearest")
+                                       for a in gs], 1) for gs in self._lists[1]])
+        assert corners is not None
+        n = len(corners[0][0])
+        return self._tables[1].sample(corners).reshape(n, self.channels, self.nd
+                                                       ).transpose(1, 0, 2)
 

@@ -76,3 +76,27 @@ def test_chunked_tables_and_gradient_matrix_match_whole_array_results(shape, mon
     assert g1 is not None
     np.testing.assert_allclose(g1[0], g[0], atol=1e-4)
     np.testing.assert_allclose(w1[0], w[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 6])
+def test_the_sampler_reuses_its_last_points_and_follows_new_ones(channels) -> None:
+    from ngff_dreg.fitting.interpolation import ChannelSampler
+
+    rng = np.random.default_rng(5)
+    shape = (8, 9, 7)
+    chans = [rng.standard_normal(shape).astype(np.float32) for _ in range(channels)]
+    a = np.stack([rng.uniform(0.0, n - 1.0, 300) for n in shape])
+    b = a + 0.37
+    sampler, fresh = ChannelSampler(chans), ChannelSampler(chans)
+    w_a, none = sampler.sample(a, gradient=False)
+    assert none is None
+    w_a2, g_a = sampler.sample(a.copy(), gradient=True)  # equal points: the same values
+    assert w_a2 is w_a and g_a is not None
+    with pytest.raises(ValueError):
+        w_a2[0, 0] = 0.0  # shared results are read-only
+    w_b, g_b = sampler.sample(b, gradient=True)
+    want_w, want_g = fresh.sample(b, gradient=True)
+    assert g_b is not None and want_g is not None
+    np.testing.assert_array_equal(w_b, want_w)
+    np.testing.assert_array_equal(g_b, want_g)
+    np.testing.assert_array_equal(sampler.sample(a, gradient=True)[1], g_a)
