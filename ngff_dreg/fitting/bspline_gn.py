@@ -56,11 +56,15 @@ __all__ = ["GaussNewtonOptions", "GaussNewtonResult", "gauss_newton_fit"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+#: Per-sample ``J^T r`` ``(N, nd)`` and ``J^T J`` ``(N, nd, nd)`` of a pass's lattice.
+Terms = tuple[FloatArray, FloatArray]
 
 #: Smallest automatic MIND-SSC patch (Gaussian sigma, voxels).
 MIN_PATCH_SIGMA = 0.8
 #: On an every-voxel lattice, one sample in this many is held out for validation.
 HOLD_OUT_EVERY = 5
+#: Samples whose Gauss-Newton terms are formed at a time (:func:`_gauss_newton_terms`).
+TERM_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,9 @@ class _Images:
                                    noise_floor=BLOCK_NOISE_FLOOR))
             else:
                 fc, wc = [f], [w]
-            self._sigma, self._images = key, (fc, ChannelSampler(wc))
+            # physical gradients (ITK order) straight from the sampler
+            dindex = np.linalg.inv(self.geom.index_to_physical_matrix)[::-1]
+            self._sigma, self._images = key, (fc, ChannelSampler(wc, gradient_matrix=dindex))
         return self._images
 
 
@@ -253,7 +259,6 @@ class _Pass:
         idx = np.stack(np.meshgrid(*axes_idx, indexing="ij"), -1).reshape(-1, self.nd)
         self.points = geom.array_index_to_physical(idx.astype(np.float64))
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
-        self.dindex = self.to_index[::-1]  # d(NumPy index)/d(physical, ITK order)
         self.origin = np.asarray(geom.origin, dtype=np.float64)
         self.bases = grid.axis_bases(geom, [a.astype(np.float64) for a in axes_idx])
         self.bases_t = [b.T.copy() for b in self.bases]
@@ -273,14 +278,13 @@ class _Pass:
         """Warped channels ``(C, N)`` (physical gradients ``(C, N, nd)``, inside-mask)."""
         q = self.points + self.displacement(c)
         cidx = ((q - self.origin) @ self.to_index.T)[:, ::-1].T
-        w, gi = self.warped.sample(cidx, gradient)
+        w, g = self.warped.sample(cidx, gradient)  # physical gradients (see _Images)
         inside = None
         if with_mask:
             inside = ndimage.map_coordinates(self.valid, cidx, order=1, mode="nearest") > 0.999
             inside &= np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
             if self.keep is not None:
                 inside &= self.keep
-        g = None if gi is None else gi @ self.dindex  # index -> physical gradients
         return w, g, inside
 
 
@@ -305,15 +309,20 @@ class _Problem:
         self.kappa = 1.0
         if self.ok and g is not None:
             _, slope = self._predict(w[:, inside])
-            jg = slope[:, :, None] * g[:, inside]
+            jg = g[:, inside].astype(np.float64)
+            if slope is not None:
+                jg = slope[:, :, None] * jg
             k = float(np.mean(np.sum(jg**2, axis=(0, 2)))) / lev.nd
             self.kappa = k if k > 0 and math.isfinite(k) else 1.0
         self.scale = 1.0 / (max(1, n_in) * self.kappa)
 
-    def _predict(self, w: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Predicted fixed channels and their slopes in the warped ones, ``(C, n)`` each."""
+    def _predict(self, w: FloatArray) -> tuple[FloatArray, FloatArray | None]:
+        """Predicted fixed channels and their slopes in the warped ones, ``(C, n)`` each.
+
+        MIND predicts the fixed descriptors by the warped ones: slope ``None`` (one).
+        """
         if self.similarity == "mind":
-            return w, np.ones_like(w)
+            return w, None
         pred, slope = self.model.fit(w[0], self.fm[0])
         return pred[None], slope[None]
 
@@ -322,14 +331,24 @@ class _Problem:
         return float(sum(np.dot(cc[k], self.q @ cc[k]) for k in range(cc.shape[0])))
 
     def data(self, c: FloatArray, gradient: bool
-             ) -> tuple[float, FloatArray, FloatArray | None, FloatArray]:
-        """``(data term, residual (C, n), Jacobian (C, n, nd), prediction (C, n))`` on the mask."""
+             ) -> tuple[float, FloatArray, Terms | None, FloatArray]:
+        """``(data term, residual (C, n), Gauss-Newton terms, prediction (C, n))`` on the mask.
+
+        The terms (with ``gradient``): :func:`_gauss_newton_terms` on the whole lattice.
+        """
         w, g, _ = self.lev.sample(c, gradient)
         m = self.mask
         pred, slope = self._predict(w[:, m])
         r = pred - self.fm
-        jac = None if g is None else slope[:, :, None] * g[:, m]
-        return float(np.sum(r * r)) * self.scale, r, jac, pred
+        terms = None
+        if g is not None:
+            n_all = self.lev.n
+            r_all = np.zeros((r.shape[0], n_all))
+            r_all[:, m] = r
+            s_all = np.zeros((1 if slope is None else slope.shape[0], n_all))
+            s_all[:, m] = 1.0 if slope is None else slope
+            terms = _gauss_newton_terms(g, s_all, r_all)
+        return float(np.sum(r * r)) * self.scale, r, terms, pred
 
     def value(self, c: FloatArray) -> float:
         return self.data(c, False)[0] + self.penalty(c)
@@ -363,16 +382,48 @@ def _pcg(matvec: Callable[[FloatArray], FloatArray], rhs: FloatArray, prec: Floa
     return x, done
 
 
-def _normal_system(prob: _Problem, coeffs: FloatArray, r: FloatArray, jac: FloatArray
+def _channel_sum(a: FloatArray, b: FloatArray) -> FloatArray:
+    """``sum_c a[c] * b[c]``, added in channel order."""
+    acc: FloatArray = a[0] * b[0]
+    for c in range(1, a.shape[0]):
+        acc += a[c] * b[c]
+    return acc
+
+
+def _gauss_newton_terms(g: npt.NDArray[np.floating], slope: FloatArray, r: FloatArray
+                        ) -> Terms:
+    """Per sample, ``J^T r`` ``(N, nd)`` and the Gauss-Newton block ``J^T J`` ``(N, nd, nd)``.
+
+    ``g``: ``(C, N, nd)`` physical gradients of the warped channels at every
+    sample of the lattice; ``slope``: ``(C, N)`` (or ``(1, N)``) slopes of the
+    prediction in them, ``r``: ``(C, N)`` residuals, both zero at the samples
+    left out (whose terms are then zero). The Jacobian ``J = slope * g`` and
+    the sums over channels are taken in float64, :data:`TERM_CHUNK` samples
+    at a time, in cache (the same values as whole-array products summed in
+    channel order).
+    """
+    _, n_all, nd = g.shape
+    rows = g.transpose(1, 0, 2)  # the channel table's (N, C, nd)
+    b = np.empty((n_all, nd))
+    h = np.empty((n_all, nd, nd))
+    for lo in range(0, n_all, TERM_CHUNK):
+        hi = min(n_all, lo + TERM_CHUNK)
+        jac = np.ascontiguousarray(rows[lo:hi].transpose(1, 2, 0), dtype=np.float64)
+        jac *= slope[:, None, lo:hi]  # (C, nd, k)
+        for i in range(nd):
+            b[lo:hi, i] = _channel_sum(jac[:, i], r[:, lo:hi])
+            for j in range(i, nd):
+                h[lo:hi, i, j] = h[lo:hi, j, i] = _channel_sum(jac[:, i], jac[:, j])
+    return b, h
+
+
+def _normal_system(prob: _Problem, coeffs: FloatArray, terms: Terms
                    ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradient, Jacobi diagonal and per-sample Gauss-Newton blocks ``(n, nd, nd)``."""
     lev, q = prob.lev, prob.q
-    nd, m = lev.nd, prob.mask
+    nd = lev.nd
     n_nodes = int(np.prod(lev.sizes))
-    b = np.zeros((lev.n, nd))
-    b[m] = np.einsum("cni,cn->ni", jac, r)
-    h = np.zeros((lev.n, nd, nd))
-    h[m] = np.einsum("cni,cnj->nij", jac, jac)
+    b, h = terms
     cc = coeffs.reshape(nd, -1)
     grad = np.empty((nd, n_nodes))
     diag = np.empty((nd, n_nodes))
@@ -392,14 +443,14 @@ def _solve_pass(prob: _Problem, coeffs: FloatArray, opts: GaussNewtonOptions,
     lev, q = prob.lev, prob.q
     nd = lev.nd
     n_nodes = int(np.prod(lev.sizes))
-    data, r, jac, _ = prob.data(coeffs, True)
+    data, _, terms, _ = prob.data(coeffs, True)
     val = data + prob.penalty(coeffs)
     mu = 1e-3
     its = cgs = 0
     for _ in range(int(opts.iterations)):
         its += 1
-        assert jac is not None
-        grad, diag, h = _normal_system(prob, coeffs, r, jac)
+        assert terms is not None
+        grad, diag, h = _normal_system(prob, coeffs, terms)
 
         def matvec(v: FloatArray, mu: float = mu, diag: FloatArray = diag,
                    h: FloatArray = h) -> FloatArray:
@@ -424,7 +475,7 @@ def _solve_pass(prob: _Problem, coeffs: FloatArray, opts: GaussNewtonOptions,
             mu = max(mu / 3.0, 1e-6)
             if rel < opts.tolerance:
                 break
-            _, r, jac, _ = prob.data(coeffs, True)
+            _, _, terms, _ = prob.data(coeffs, True)
         else:
             mu *= 8.0
             if mu > 1e2:

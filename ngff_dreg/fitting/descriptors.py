@@ -129,7 +129,7 @@ def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
     dist = np.empty((len(pairs), *shape), dtype=np.float32)
     for c, (a, b) in enumerate(pairs):
         diff = _shifted(padded, a, shape) - _shifted(padded, b, shape)
-        dist[c] = ndimage.gaussian_filter(diff * diff, patch_sigma, mode="nearest")
+        ndimage.gaussian_filter(diff * diff, patch_sigma, output=dist[c], mode="nearest")
     inside = valid if valid is not None and valid.any() else None
     noise = 0.0
     if noise_floor > 0 and dist.size:

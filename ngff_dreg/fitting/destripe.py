@@ -73,16 +73,59 @@ def _foreground(img: FloatArray, valid: npt.NDArray[np.bool_] | None
     return fg, floor
 
 
+class _HighPass:
+    """``log I`` minus its foreground-weighted smoothing across the rows of an axis.
+
+    The smoothing is separable, one axis after the other in axis order (as
+    :func:`scipy.ndimage.gaussian_filter` does it), so the axes of one image
+    share their first passes: in 3D, the pass along axis 0 serves axes 1 and 2.
+    The later passes and the result go to buffers reused from call to call.
+    """
+
+    def __init__(self, img: FloatArray, fg: npt.NDArray[np.bool_], floor: float) -> None:
+        self.shape = img.shape
+        self.log = np.log(np.maximum(img, floor))
+        w = fg.astype(np.float64)
+        self._first: dict[int, tuple[FloatArray, FloatArray]] = {}
+        self._weighted = (self.log * w, w)
+        self._scratch: tuple[FloatArray, FloatArray] | None = None
+        self._out: FloatArray | None = None
+
+    @staticmethod
+    def _pass(pair: tuple[FloatArray, FloatArray], axis: int,
+              out: tuple[FloatArray, FloatArray] | None = None
+              ) -> tuple[FloatArray, FloatArray]:
+        """One smoothing pass along ``axis`` of both arrays (into ``out``; may be ``pair``)."""
+        num, den = pair
+        o_num, o_den = (None, None) if out is None else out
+        return (ndimage.gaussian_filter1d(num, ACROSS_SIGMA, axis, mode="nearest", output=o_num),
+                ndimage.gaussian_filter1d(den, ACROSS_SIGMA, axis, mode="nearest", output=o_den))
+
+    def __call__(self, axis: int) -> FloatArray:
+        """The high-pass across the rows of ``axis``: valid until the next call."""
+        across = [k for k, n in enumerate(self.shape) if n > 1 and k != axis]
+        pair = self._weighted
+        for i, k in enumerate(across):
+            if i == 0:  # the first pass is kept for the other axes
+                if k not in self._first:
+                    self._first[k] = self._pass(pair, k)
+                pair = self._first[k]
+                continue
+            if self._scratch is None:
+                self._scratch = (np.empty(self.shape), np.empty(self.shape))
+            pair = self._pass(pair, k, self._scratch)
+        num, den = pair
+        if self._out is None:
+            self._out = np.empty(self.shape)
+        np.maximum(den, 1e-6, out=self._out)
+        np.divide(num, self._out, out=self._out)
+        return np.subtract(self.log, self._out, out=self._out)
+
+
 def _highpass(img: FloatArray, fg: npt.NDArray[np.bool_], floor: float, axis: int
               ) -> FloatArray:
     """``log I`` minus its foreground-weighted smoothing across rows of ``axis``."""
-    log = np.log(np.maximum(img, floor))
-    w = fg.astype(np.float64)
-    sigma = [ACROSS_SIGMA if n > 1 else 0.0 for n in img.shape]
-    sigma[axis] = 0.0
-    num = ndimage.gaussian_filter(log * w, sigma, mode="nearest")
-    den = ndimage.gaussian_filter(w, sigma, mode="nearest")
-    return np.asarray(log - num / np.maximum(den, 1e-6))
+    return _HighPass(img, fg, floor)(axis)
 
 
 def _row_median(values: FloatArray, mask: npt.NDArray[np.bool_], axis: int
@@ -111,11 +154,12 @@ def stripe_correlations(image: npt.ArrayLike, valid: npt.NDArray[np.bool_] | Non
     img = np.asarray(image, dtype=np.float64)
     fg, floor = _foreground(img, valid)
     out = []
+    highpass = _HighPass(img, fg, floor) if floor > 0 else None
     for axis, n in enumerate(img.shape):
-        if n <= 2 * LAG or floor <= 0:
+        if n <= 2 * LAG or highpass is None:
             out.append(float("nan"))
             continue
-        h = np.moveaxis(_highpass(img, fg, floor, axis), axis, -1)
+        h = np.moveaxis(highpass(axis), axis, -1)
         m = np.moveaxis(fg, axis, -1)
         ok = m[..., :-LAG] & m[..., LAG:]
         if ok.sum() < 64:

@@ -23,10 +23,10 @@ from scipy import ndimage
 from ngff_dreg.fitting.descriptors import (
     GLOBAL_LOCAL_FLOOR_SIGMA,
     SIMILARITIES,
-    channel_gradients,
     mind_ssc,
 )
 from ngff_dreg.fitting.intensity import IntensityModel, polynomial_terms
+from ngff_dreg.fitting.interpolation import ChannelSampler
 from ngff_dreg.fitting.lattice import lattice_strides, physical_sigmas
 from ngff_dreg.geometry import ImageGeometry
 
@@ -67,11 +67,11 @@ class _MovingSampler:
                  similarity: str = "intensity", patch_sigma: float = 2.0) -> None:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
-        self.imgs = list(mind_ssc(img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
+        imgs = list(mind_ssc(img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
             if similarity == "mind" else [img]
-        self.grads = channel_gradients(self.imgs)
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
-        self.dindex = self.to_index[::-1]
+        # d(NumPy index)/d(physical, ITK order): the sampler gives physical gradients
+        self.channels = ChannelSampler(imgs, gradient_matrix=self.to_index[::-1])
         self.origin = np.asarray(geom.origin, dtype=np.float64)
         self.shape = np.asarray(img.shape)
 
@@ -80,15 +80,8 @@ class _MovingSampler:
         """``(channels (C, n), physical gradients (C, n, nd), inside)`` at ``pts``."""
         cidx = ((pts - self.origin) @ self.to_index.T)[:, ::-1].T
         inside = np.all((cidx >= 0) & (cidx <= (self.shape - 1)[:, None]), axis=0)
-        w = np.stack([ndimage.map_coordinates(c, cidx, order=1, mode="nearest")
-                      for c in self.imgs])
-        g = None
-        if gradient:
-            g = np.stack([
-                np.stack([ndimage.map_coordinates(a, cidx, order=1, mode="nearest")
-                          for a in grads], 1) @ self.dindex
-                for grads in self.grads])
-        return w, g, inside
+        w, g = self.channels.sample(cidx, gradient)
+        return w, None if g is None else g.astype(np.float64), inside
 
 
 def _jacobian(kind: str, sg: FloatArray, xc: FloatArray, q: FloatArray,

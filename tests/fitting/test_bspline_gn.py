@@ -208,3 +208,29 @@ def test_mind_recovers_a_warp_across_contrasts_and_attenuation(ndim: int) -> Non
 def test_an_unknown_similarity_is_refused() -> None:
     with pytest.raises(ValueError, match="similarity"):
         GaussNewtonOptions(similarity="mutual-information")
+
+
+@pytest.mark.parametrize("channels", [1, 12])
+def test_gauss_newton_terms_equal_the_whole_array_products(channels, monkeypatch) -> None:
+    """Chunked float64 terms from a float32 (N, C, nd) table: the same values as
+    ``J = slope * g`` on the kept samples and einsums over the channels, zero elsewhere."""
+    from ngff_dreg.fitting import bspline_gn
+
+    monkeypatch.setattr(bspline_gn, "TERM_CHUNK", 97)  # chunks that do not divide the samples
+    rng = np.random.default_rng(channels)
+    n, nd = 1000, 3
+    g = rng.standard_normal((n, channels, nd)).astype(np.float32).transpose(1, 0, 2)
+    keep = rng.random(n) < 0.8
+    r = rng.standard_normal((channels, int(keep.sum())))
+    slope = rng.standard_normal((channels, int(keep.sum())))
+    r_all = np.zeros((channels, n))
+    r_all[:, keep] = r
+    s_all = np.zeros((channels, n))
+    s_all[:, keep] = slope
+    b, h = bspline_gn._gauss_newton_terms(g, s_all, r_all)
+    jac = slope[:, :, None] * g[:, keep].astype(np.float64)
+    np.testing.assert_allclose(b[keep], np.einsum("cni,cn->ni", jac, r), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h[keep], np.einsum("cni,cnj->nij", jac, jac), rtol=1e-12,
+                               atol=1e-12)
+    assert not b[~keep].any() and not h[~keep].any()
+    assert b.dtype == h.dtype == np.float64
