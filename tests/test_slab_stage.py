@@ -160,10 +160,37 @@ def _same_figures(a: dict[str, Any], b: dict[str, Any]) -> None:
             assert value == b[key], key
 
 
+def _interrupted(pair: Any, out: str, client: Any, monkeypatch: pytest.MonkeyPatch,
+                 stop_at: int) -> None:
+    """Run into ``out`` and stop it right after slab record ``stop_at`` is written."""
+    record = Run.record_slab
+
+    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
+        record(self, key, layout, index, entry)
+        if index == stop_at:
+            raise Interrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Run, "record_slab", record_then_stop)
+        with pytest.raises(Interrupt):
+            _run(pair, out, client)
+    assert output_status(out) == "incomplete"
+
+
+def _same_as_reference(result: Any, out: str, reference: Any) -> None:
+    """The run's status grid, report figures and fields are the one-graph run's."""
+    ref_out, ref, _ = reference
+    np.testing.assert_array_equal(result.status, ref.status)
+    _same_figures(_figures(result), _figures(ref))
+    for name, data in _fields(out).items():
+        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
 def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
         pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    ref_out, ref, ref_graphs = reference
+    ref_graphs = reference[2]
     ngff_config({"stage.slab-blocks": LAYER})  # one grid layer per slab
     # the whole grid would be coarsened at this size; a stage in slabs never is
     monkeypatch.setattr(engine, "MAX_BLOCKS", LAYER)
@@ -191,11 +218,7 @@ def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
     assert forwards == list(range(LAYER))
     assert not [r for r in caplog.records if "coarsened" in r.getMessage()]
     assert output_status(out) == "complete"
-    np.testing.assert_array_equal(result.status, ref.status)
-    _same_figures(_figures(result), _figures(ref))
-    for name, data in _fields(out).items():
-        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
-                                   err_msg=name)
+    _same_as_reference(result, out, reference)
     assert max(graphs.sizes) < max(ref_graphs.sizes)
     assert graphs.registered_layers() == set(range(LAYER))
     # every block registered once: later slabs get the kept samples as futures
@@ -210,21 +233,9 @@ def test_a_stage_in_slabs_writes_the_same_fields_with_smaller_graphs(
 def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
         pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    ref_out, ref, _ = reference
     ngff_config({"stage.slab-blocks": 2 * LAYER})  # two grid layers per slab
     out = str(tmp_path / "resume.zarr")
-    record = Run.record_slab
-
-    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
-        record(self, key, layout, index, entry)
-        if index == 0:
-            raise Interrupt
-
-    with monkeypatch.context() as mp:
-        mp.setattr(Run, "record_slab", record_then_stop)
-        with pytest.raises(Interrupt):
-            _run(pair, out, dask_client)
-    assert output_status(out) == "incomplete"
+    _interrupted(pair, out, dask_client, monkeypatch, 0)
     _no_kept_files(tmp_path / "resume.zarr")
     graphs = _Graphs(dask_client, monkeypatch)
     layouts: list[Any] = []
@@ -242,17 +253,12 @@ def test_an_interrupted_stage_resumes_after_its_last_finished_slab(
     assert graphs.registered_in(held) == LAYER * len(held)
     assert set(graphs.blocks.values()) == {1}
     assert _released(dask_client)
-    np.testing.assert_array_equal(result.status, ref.status)
-    _same_figures(_figures(result), _figures(ref))
-    for name, data in _fields(out).items():
-        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
-                                   err_msg=name)
+    _same_as_reference(result, out, reference)
 
 
 def test_a_grid_layer_too_large_for_a_slab_runs_in_rows_with_the_same_fields(
         pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    ref_out, ref, _ = reference
     ngff_config({"stage.slab-blocks": 3})  # under a layer's 8: rows 0-2, 3-5, 6-7 of each
     layouts: list[Any] = []
     _watch_slabs(monkeypatch, tmp_path / "rows.zarr", layouts)
@@ -267,32 +273,16 @@ def test_a_grid_layer_too_large_for_a_slab_runs_in_rows_with_the_same_fields(
     assert len(graphs.blocks) == LAYER * LAYER and set(graphs.blocks.values()) == {1}
     assert any(layout.kept) and _released(dask_client)
     _no_kept_files(tmp_path / "rows.zarr")
-    np.testing.assert_array_equal(result.status, ref.status)
-    _same_figures(_figures(result), _figures(ref))
-    for name, data in _fields(out).items():
-        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
-                                   err_msg=name)
+    _same_as_reference(result, out, reference)
 
 
 def test_a_stage_in_rows_resumes_registering_only_the_pieces_it_reaches_back_into(
         pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    ref_out, ref, _ = reference
     ngff_config({"stage.slab-blocks": 4})  # rows 0-3 and 4-7 of each layer: 16 slabs
     out = str(tmp_path / "resume_rows.zarr")
-    record = Run.record_slab
     stop_after = 6  # layer 3, rows 0-3
-
-    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
-        record(self, key, layout, index, entry)
-        if index == stop_after:
-            raise Interrupt
-
-    with monkeypatch.context() as mp:
-        mp.setattr(Run, "record_slab", record_then_stop)
-        with pytest.raises(Interrupt):
-            _run(pair, out, dask_client)
-    assert output_status(out) == "incomplete"
+    _interrupted(pair, out, dask_client, monkeypatch, stop_after)
     graphs = _Graphs(dask_client, monkeypatch)
     layouts: list[Any] = []
     _watch_slabs(monkeypatch, tmp_path / "resume_rows.zarr", layouts)
@@ -312,31 +302,15 @@ def test_a_stage_in_rows_resumes_registering_only_the_pieces_it_reaches_back_int
     assert registered == expected
     assert set(graphs.blocks.values()) == {1}
     assert output_status(out) == "complete" and _released(dask_client)
-    np.testing.assert_array_equal(result.status, ref.status)
-    _same_figures(_figures(result), _figures(ref))
-    for name, data in _fields(out).items():
-        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
-                                   err_msg=name)
+    _same_as_reference(result, out, reference)
 
 
 def test_a_stage_interrupted_while_inverting_resumes_at_its_first_slab_not_inverted(
         pair: Any, reference: Any, tmp_path: Any, dask_client: Any, ngff_config: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    ref_out, ref, _ = reference
     ngff_config({"stage.slab-blocks": 2 * LAYER})  # 4 slabs: inverse slabs recorded as 4..7
     out = str(tmp_path / "resume_inverse.zarr")
-    record = Run.record_slab
-
-    def record_then_stop(self: Run, key: str, layout: Any, index: int, entry: Any) -> None:
-        record(self, key, layout, index, entry)
-        if index == 4 + 2:  # the third inverse slab
-            raise Interrupt
-
-    with monkeypatch.context() as mp:
-        mp.setattr(Run, "record_slab", record_then_stop)
-        with pytest.raises(Interrupt):
-            _run(pair, out, dask_client)
-    assert output_status(out) == "incomplete"
+    _interrupted(pair, out, dask_client, monkeypatch, 4 + 2)  # the third inverse slab
     graphs = _Graphs(dask_client, monkeypatch)
     layouts: list[Any] = []
     _watch_slabs(monkeypatch, tmp_path / "resume_inverse.zarr", layouts)
@@ -347,11 +321,7 @@ def test_a_stage_interrupted_while_inverting_resumes_at_its_first_slab_not_inver
     assert inverted == set(layout.units[3])  # only the slab not inverted before
     assert inverted
     assert output_status(out) == "complete"
-    np.testing.assert_array_equal(result.status, ref.status)
-    _same_figures(_figures(result), _figures(ref))
-    for name, data in _fields(out).items():
-        np.testing.assert_allclose(data, _fields(ref_out)[name], rtol=0, atol=1e-6,
-                                   err_msg=name)
+    _same_as_reference(result, out, reference)
 
 
 def test_a_bad_slab_size_is_refused_naming_the_key(pair: Any, tmp_path: Any,
