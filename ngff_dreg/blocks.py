@@ -28,7 +28,6 @@ __all__ = [
     "grid_chunks",
     "grid_part",
     "GridSlabs",
-    "grid_slabs",
     "padded_intervals",
     "padding_for",
     "moving_region",
@@ -293,18 +292,6 @@ def padded_intervals(
             axis.append((max(0, a - pad), min(int(n), a + int(size) + pad)))
         out.append(axis)
     return out
-
-
-def grid_slabs(grid_shape: Sequence[int], max_blocks: int) -> list[tuple[int, int]]:
-    """Cut a block grid along axis 0 into slabs of whole layers, each of at most ``max_blocks``.
-
-    A slab holds at least one layer (even a layer of more blocks). Returns
-    ``(first, stop)`` layer ranges covering the grid in order.
-    """
-    n_layers = int(grid_shape[0])
-    per_layer = int(np.prod([int(v) for v in grid_shape[1:]], dtype=np.int64))
-    step = max(1, int(max_blocks) // max(per_layer, 1))
-    return [(a, min(a + step, n_layers)) for a in range(0, n_layers, step)]
 
 
 def moving_region(

@@ -424,7 +424,7 @@ class SlabbedStage:
         """Invert the written forward field, then check both, slab by slab.
 
         Each inverse slab's figure is recorded as it is computed, under the
-        slab numbers after the forward ones (:func:`_phase_slab`), so a rerun
+        slab numbers after the forward ones (:func:`_inverse_record`), so a rerun
         inverts only the slabs not recorded.
         """
         n = len(layout.slabs)
@@ -434,7 +434,7 @@ class SlabbedStage:
         if self.reducer.compute_inverse:
             changes = []
             for s, units in enumerate(layout.units):
-                index = _phase_slab("inverse", s, n)
+                index = _inverse_record(s, n)
                 if index not in done:
                     parts = plan.inverts(units, forward, ready)
                     value = compute_with_progress(
@@ -456,9 +456,9 @@ class SlabbedStage:
         return change, checks
 
 
-def _phase_slab(phase: str, s: int, n: int) -> int:
-    """The number slab ``s`` of a stage's ``n`` is recorded under in ``phase``.
+def _inverse_record(s: int, n: int) -> int:
+    """The number inverse slab ``s`` of a stage's ``n`` is recorded under.
 
     Forward slabs are recorded as ``0..n-1``, inverse ones as ``n..2n-1``.
     """
-    return {"forward": 0, "inverse": n}[phase] + s
+    return n + s

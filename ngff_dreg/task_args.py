@@ -55,9 +55,6 @@ def _layer_graph(name: str, tasks: MaterializedLayer, dependencies: Sequence[Any
     merges its layers again for each of them, which at a slab's 20 000
     samples costs seconds of client time.
     """
-    plain = [d for d in dependencies if not isinstance(d.__dask_graph__(), HighLevelGraph)]
-    if plain:
-        return HighLevelGraph.from_collections(name, tasks, dependencies=list(dependencies))
     layers: dict[str, Any] = {}
     deps: dict[str, set[str]] = {}
     names: set[str] = set()
@@ -65,8 +62,10 @@ def _layer_graph(name: str, tasks: MaterializedLayer, dependencies: Sequence[Any
     # each call, and an id is reused once its object is gone
     merged: dict[int, HighLevelGraph] = {}
     for collection in dependencies:
-        names.update(collection.__dask_layers__())
         graph = collection.__dask_graph__()
+        if not isinstance(graph, HighLevelGraph):  # dask's own merge handles those
+            return HighLevelGraph.from_collections(name, tasks, dependencies=list(dependencies))
+        names.update(collection.__dask_layers__())
         if id(graph) not in merged:
             merged[id(graph)] = graph
             layers.update(graph.layers)

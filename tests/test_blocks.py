@@ -69,16 +69,21 @@ def test_moving_region_out_of_bounds():
 
 
 def test_plan_blocks_plans_a_slab_of_grid_layers_like_the_whole_grid():
-    from ngff_dreg.blocks import grid_slabs, padded_intervals
+    from ngff_dreg.blocks import GridSlabs, padded_intervals
 
     shape, block, overlap = (100, 90, 70), (30, 40, 32), 0.5
     whole, chunks = plan_blocks(shape, block, overlap)
     assert [len(c) for c in chunks] == [3, 2, 2]
-    parts = [plan_blocks(shape, block, overlap, grid_slab=s)
-             for s in grid_slabs([len(c) for c in chunks], 5)]
-    assert grid_slabs([3, 2, 2], 5) == [(0, 1), (1, 2), (2, 3)]
-    assert grid_slabs([3, 2, 2], 8) == [(0, 2), (2, 3)]
-    assert grid_slabs([3, 2, 2], 1) == [(0, 1), (1, 2), (2, 3)]  # at least one layer
+    parts = [plan_blocks(shape, block, overlap, grid_slab=s) for s in [(0, 1), (1, 2), (2, 3)]]
+
+    def layers(slabs: GridSlabs) -> list[tuple[int, int]]:
+        assert slabs.axis == 0
+        return [(b.start[0], b.stop[0]) for b in slabs.boxes()]
+
+    assert layers(GridSlabs([3, 2, 2], 5)) == [(0, 1), (1, 2), (2, 3)]
+    assert layers(GridSlabs([3, 2, 2], 8)) == [(0, 2), (2, 3)]
+    # under a layer's blocks, slabs are rows of a layer (single blocks here)
+    assert len(GridSlabs([3, 2, 2], 1)) == 12
     assert all(c == chunks for _, c in parts)
     assert [p for plans, _ in parts for p in plans] == whole
     # the padded boxes are the product of the per-axis padded intervals

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ngff_dreg import config
-from ngff_dreg.blocks import grid_slabs
+from ngff_dreg.blocks import GridSlabs
 from ngff_dreg.errors import (
     InvalidInputDataError,
     InvalidMetadataError,
@@ -564,29 +564,20 @@ def _check_arguments(
 def store_regions(chunks: Sequence[Sequence[int]], limit: int) -> list[tuple[slice, ...]]:
     """Regions of at most ``limit`` chunks each that cover an array once, in order.
 
-    ``chunks``: the array's chunk sizes per axis (dask's ``chunks``). Each
-    region is a slab of whole chunk rows along the slowest axis; where one row
-    alone holds more than ``limit`` chunks, it is cut along the next axis the
-    same way (a single chunk is always one region).
+    ``chunks``: the array's chunk sizes per axis (dask's ``chunks``). The
+    chunk grid is cut as a block stage's grid is (:class:`~ngff_dreg.blocks.GridSlabs`):
+    slabs of whole chunk rows along the slowest axis; where one row alone
+    holds more than ``limit`` chunks, it is cut along the next axis the same
+    way (a single chunk is always one region).
     """
-    limit = max(1, int(limit))
+    if not chunks:
+        return [()]
+    if not all(len(c) for c in chunks):
+        return []
     edges = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
-
-    def span(axis: int, start: int, stop: int) -> slice:
-        return slice(int(edges[axis][start]), int(edges[axis][stop]))
-
-    def cut(axis: int, prefix: tuple[slice, ...]) -> list[tuple[slice, ...]]:
-        if axis == len(chunks):
-            return [prefix]
-        rest = tuple(slice(0, int(e[-1])) for e in edges[axis + 1:])
-        per_row = math.prod(len(c) for c in chunks[axis + 1:])
-        n = len(chunks[axis])
-        if per_row <= limit:  # whole rows, as a block stage's slabs are whole grid layers
-            return [(*prefix, span(axis, a, b), *rest) for a, b in grid_slabs((n, per_row), limit)]
-        return [region for i in range(n)
-                for region in cut(axis + 1, (*prefix, span(axis, i, i + 1)))]
-
-    return cut(0, ())
+    slabs = GridSlabs([len(c) for c in chunks], max(1, int(limit)))
+    return [tuple(slice(int(e[a]), int(e[b])) for e, a, b in zip(edges, box.start, box.stop))
+            for box in slabs.boxes()]
 
 
 def _write_levels(root: Any, text: str, data: Any, plan: _Pyramid) -> None:
