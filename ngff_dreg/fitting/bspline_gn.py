@@ -156,7 +156,13 @@ class GaussNewtonResult:
         Work done.
     before, after:
         Data term on the held-out lattice at the initial transform and after
-        the fit (``None`` without validation).
+        the fit (``None`` without validation), in squared physical units: the
+        data term a uniform misalignment of one unit has is one.
+    motion:
+        Mean squared length of the fitted displacement at the held-out
+        samples (squared physical units; ``None`` without validation). A fit
+        that moves its points much farther than ``before`` says they are
+        misaligned follows something other than the alignment.
     ncc_before, ncc_after:
         Correlation of the fixed samples with the intensity model's
         prediction on the held-out lattice, before and after.
@@ -173,6 +179,7 @@ class GaussNewtonResult:
     cg_iterations: int
     before: float | None = None
     after: float | None = None
+    motion: float | None = None
     ncc_before: float | None = None
     ncc_after: float | None = None
     held_out: int = 0
@@ -292,11 +299,11 @@ class _Problem:
     """The objective of one pass on its masked samples."""
 
     def __init__(self, lev: _Pass, q: sparse.csr_matrix, opts: GaussNewtonOptions,
-                 c0: FloatArray, scaled: bool = True) -> None:
+                 c0: FloatArray) -> None:
         self.lev = lev
         self.q = q
         self.similarity = opts.similarity
-        w, g, inside = lev.sample(c0, gradient=scaled, with_mask=True)
+        w, g, inside = lev.sample(c0, gradient=True, with_mask=True)
         assert inside is not None
         self.mask = inside
         self.fm = lev.f[:, inside]
@@ -556,11 +563,13 @@ def gauss_newton_fit(
     out = GaussNewtonResult(coeffs.reshape(nd, -1).ravel(), value, its, cgs, history=history)
     if validate and last is not None:
         check = _Problem(_Pass(images, grid, last[0], last[1], held_out=True), q, options,
-                         np.zeros_like(coeffs), scaled=False)
+                         np.zeros_like(coeffs))
         if check.ok:
             before = check.data(np.zeros_like(coeffs), False)
             after = check.data(coeffs, False)
             out.before, out.after = before[0], after[0]
+            u = check.lev.displacement(coeffs)[check.mask]
+            out.motion = float(np.mean(np.sum(u * u, axis=1)))
             out.ncc_before = _ncc(check.fm.ravel(), before[3].ravel())
             out.ncc_after = _ncc(check.fm.ravel(), after[3].ravel())
             out.held_out = check.fm.shape[1]

@@ -234,3 +234,44 @@ def test_gauss_newton_terms_equal_the_whole_array_products(channels, monkeypatch
                                atol=1e-12)
     assert not b[~keep].any() and not h[~keep].any()
     assert b.dtype == h.dtype == np.float64
+
+
+def test_the_held_out_data_term_is_the_squared_misalignment() -> None:
+    """A uniform shift ``d``: the data term before is about ``|d|²``, the fit's motion too."""
+    shape = (160, 160)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    moving = _texture(shape, 3)
+    d = np.array([0.3, -0.2])  # ITK order (x, y)
+    fixed = ndimage.shift(moving, d[::-1], order=3, mode="nearest")  # fixed(x) = moving(x + d)
+    opts = GaussNewtonOptions(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.5))
+    fit = gauss_newton_fit(fixed, moving, np.ones(shape, bool), geom, _grid_parameters(geom, 6),
+                           opts)
+    assert fit.before is not None and fit.after is not None and fit.motion is not None
+    d2 = float(d @ d)
+    assert 0.7 * d2 < fit.before < 1.5 * d2, (fit.before, d2)
+    assert 0.7 * d2 < fit.motion < 1.3 * d2, (fit.motion, d2)
+    assert fit.after < 0.2 * fit.before
+
+
+def test_a_structure_only_the_moving_image_has_moves_points_far_in_flat_regions() -> None:
+    """A bright disc with sharp edges and a faint interior; the moving image adds a dark blob.
+
+    The edge sets the data term's scale, and in the flat interior moving points
+    is cheap: the fit moves points by pixels where the images are aligned and
+    its data term measured a fraction of a pixel. This is what
+    ``BSplineGaussNewton.max_motion`` refuses.
+    """
+    n = 128
+    geom = ImageGeometry((n, n), (1.0, 1.0), (0.0, 0.0))
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    disc = ndimage.gaussian_filter((np.hypot(yy - 64, xx - 64) < 56).astype(float), 1.0)
+    fixed = disc * (1.0 + 0.03 * _texture((n, n), 3))
+    blob = np.exp(-((yy - 64) ** 2 + (xx - 75) ** 2) / (2 * 10.0**2))
+    opts = GaussNewtonOptions(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.5))
+    fp = _grid_parameters(geom, 10)
+    for amp, far in ((0.0, False), (0.3, True)):
+        fit = gauss_newton_fit(fixed, fixed - amp * disc * blob, np.ones((n, n), bool), geom, fp,
+                               opts)
+        assert fit.before is not None and fit.motion is not None
+        assert (fit.motion > 10 * fit.before) == far, (amp, fit.motion, fit.before)
+        assert (fit.motion > 1.0) == far, (amp, fit.motion)

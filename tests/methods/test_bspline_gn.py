@@ -7,9 +7,13 @@ import pickle
 import cloudpickle
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from ngff_dreg.interfaces import BlockRegStatus
+from ngff_dreg.geometry import Box, ImageGeometry
+from ngff_dreg.interfaces import BlockInfo, BlockRegStatus
+from ngff_dreg.itk_bridge import image_from_array, preload_itk
 from ngff_dreg.methods import BSplineGaussNewton, make_method
+from ngff_dreg.transforms import AffineTransform
 
 # physical units; spacing is 0.8-1.3, the deformation peaks at 3 units
 TOL = 0.25
@@ -178,3 +182,35 @@ def test_registered_as_the_bspline_method_and_pickles() -> None:
     assert method.mesh_for((41, 81), (1.0, 0.5)) == [4, 4]
     with pytest.raises(ValueError, match="intensity"):
         BSplineGaussNewton(intensity="mutual")
+
+
+def _blob_pair(amp: float):
+    """A bright disc with sharp edges and a faint texture, aligned; the moving one
+    gains a dark blob of depth ``amp`` (a structure the fixed image lacks)."""
+    preload_itk()
+    n = 128
+    geom = ImageGeometry((n, n), (1.0, 1.0), (0.0, 0.0))
+    yy, xx = np.mgrid[0:n, 0:n].astype(float)
+    disc = ndimage.gaussian_filter((np.hypot(yy - 64, xx - 64) < 56).astype(float), 1.0)
+    tex = ndimage.gaussian_filter(np.random.default_rng(3).standard_normal((n, n)), 2.0)
+    fixed = disc * (1.0 + 0.1 * tex)
+    blob = np.exp(-((yy - 64) ** 2 + (xx - 75) ** 2) / (2 * 10.0**2))
+    box = Box((0, 0), (n, n))
+    return (image_from_array(fixed.astype(np.float32), geom, box),
+            image_from_array((fixed - amp * disc * blob).astype(np.float32), geom, box),
+            AffineTransform.identity(2).to_itk(), BlockInfo((0, 0), box.slices))
+
+
+def test_a_fit_that_moves_points_far_beyond_the_misalignment_is_refused() -> None:
+    """The moving image has a structure the fixed lacks: the fit moves aligned points."""
+    fixed, moving, initial, info = _blob_pair(0.3)
+    method = dict(control_point_spacing=12.7, shrink_factors=(2, 1),
+                  smoothing_sigmas=(1.0, 0.5))
+    refused = BSplineGaussNewton(**method)(fixed, moving, initial, info)
+    assert refused.status == BlockRegStatus.LOW_QUALITY, refused.message
+    assert "moves points" in refused.message
+    assert BSplineGaussNewton(**method, max_motion=0)(
+        fixed, moving, initial, info).status == BlockRegStatus.SUCCESS
+    fixed, moving, initial, info = _blob_pair(0.0)
+    aligned = BSplineGaussNewton(**method)(fixed, moving, initial, info)
+    assert "moves points" not in aligned.message, aligned.message
