@@ -327,8 +327,9 @@ class BSplineGaussNewton(BlockPairRegistrationMethod):
         if self.validate and self.max_motion > 0 and fit.before is not None \
                 and fit.motion is not None and fit.motion > self.max_motion * fit.before:
             return failure(BlockRegStatus.LOW_QUALITY,
-                           f"{where}: moves points {math.sqrt(fit.motion):.3g} (rms) where the "
-                           f"images are {math.sqrt(fit.before):.3g} apart: {note}")
+                           f"{where}: moves points {math.sqrt(fit.motion):.3g} (rms) where its "
+                           f"data term puts the images {math.sqrt(fit.before):.3g} apart "
+                           f"(physical units): {note}")
         if self.validate and self._options.similarity == "mind" \
                 and fit.ncc_after is not None and not fit.ncc_after >= self.min_similarity:
             return failure(BlockRegStatus.LOW_QUALITY,
