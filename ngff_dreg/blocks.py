@@ -221,7 +221,8 @@ class GridSlabs:
         """Slab ``s`` as a box of block indices."""
         if not 0 <= s < len(self):
             raise IndexError(f"slab {s} of {len(self)}")
-        outer = _unravel(s // self.per_row, self.shape[:self.axis])
+        outer = tuple(int(i) for i in np.unravel_index(s // self.per_row,
+                                                       self.shape[:self.axis]))
         first = (s % self.per_row) * self.step
         stop = min(first + self.step, self.shape[self.axis])
         rest = self.shape[self.axis + 1:]
@@ -234,7 +235,8 @@ class GridSlabs:
 
     def slab_of(self, index: Sequence[int]) -> int:
         """The slab of a block (or piece) index: only its first ``axis + 1`` entries count."""
-        outer = _ravel(index[:self.axis], self.shape[:self.axis])
+        outer = int(np.ravel_multi_index(tuple(int(i) for i in index[:self.axis]),
+                                         self.shape[:self.axis]))
         return outer * self.per_row + int(index[self.axis]) // self.step
 
     def pieces(self, s: int) -> list[tuple[int, ...]]:
@@ -247,21 +249,6 @@ class GridSlabs:
         """A piece as a box of block indices."""
         rest = self.shape[self.axis + 1:]
         return Box((*piece, *(0 for _ in rest)), (*(int(i) + 1 for i in piece), *rest))
-
-
-def _ravel(index: Sequence[int], shape: Sequence[int]) -> int:
-    flat = 0
-    for i, n in zip(index, shape):
-        flat = flat * int(n) + int(i)
-    return flat
-
-
-def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
-    out = []
-    for n in reversed(shape):
-        flat, i = divmod(flat, int(n))
-        out.append(i)
-    return tuple(reversed(out))
 
 
 def _axis_starts(chunks: Sequence[Sequence[int]]) -> list[list[int]]:

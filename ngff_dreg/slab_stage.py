@@ -129,10 +129,6 @@ class SlabLayout:
     until: dict[Piece, int]
 
 
-def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    return max(a[0], b[0]) < min(a[1], b[1])
-
-
 def _axis_reach(plan: ReductionPlan, chunks: Sequence[Sequence[int]],
                 overlap_factors: Sequence[float] | float | None) -> list[Any]:
     """Per grid axis, the field-node interval that each block index along it reaches.
