@@ -291,7 +291,7 @@ CASES: tuple[CaseSpec, ...] = (
     # contrast up to a monotone remap; a cubic B-spline warp). The split below was fixed
     # on 2026-12-06 before any method had been run on any of these cases; the
     # validation cases are never looked at for tuning. Fresh seeds (41-58).
-    # -- tuning (11)
+    # -- tuning (11, and 2 added on 2026-12-08 below)
     CaseSpec("mni-svf-fine", "tuning", "mni",
              "diffeomorphic warp, fine: velocity sigma 3.5 mm, max 4 mm, compressions to "
              "det J ~0.3; 4° rotation, 5 mm translation", seed=41, rotation_deg=4.0,
@@ -351,6 +351,21 @@ CASES: tuple[CaseSpec, ...] = (
              "2D large warp: 10° rotation, -8 % scale, 10 mm translation, B-spline 40 mm grid, "
              "max 8 mm", seed=51, rotation_deg=10.0, translation_vox=10.0, scale=-0.08,
              bspline_grid=40.0, bspline_amp=8.0),
+    # added 2026-12-08 (ninth session), before any run of theirs: tuning pairs of the
+    # held-out mni-flair-svf8 kind (FLAIR-like contrast with a diffeomorphic warp), so
+    # that kind can be worked on without looking at the validation case
+    CaseSpec("mni-flair-svf6", "tuning", "mni",
+             "contrast + diffeomorphic: T1 fixed, FLAIR-like moving (±25 % moving bias); "
+             "velocity sigma 6 mm, max 5 mm; 4° rotation, 5 mm translation, -3 % scale; "
+             "2 % noise", seed=71, rotation_deg=4.0, translation_vox=5.0, scale=-0.03,
+             svf_scale=6.0, svf_amp=5.0, svf_spacing=2.0, contrast="flairlike",
+             moving_bias=0.25, noise=0.02),
+    CaseSpec("mni2d-flair-svf7", "tuning", "mni2d",
+             "2D contrast + diffeomorphic: T1 slice fixed, FLAIR-like slice moving (±20 % "
+             "moving bias); velocity sigma 7 mm, max 5 mm; 6° rotation, 6 mm translation; "
+             "2 % noise", seed=72, rotation_deg=6.0, translation_vox=6.0, svf_scale=7.0,
+             svf_amp=5.0, svf_spacing=1.0, contrast="flairlike", moving_bias=0.2,
+             noise=0.02),
     # -- validation (7): every new kind, 3D and 2D
     CaseSpec("mni-bspline20-fresh", "validation", "mni",
              "fresh headline kind: MNI T1 1 mm, 3° rotation, 4 mm translation, B-spline 20 mm "

@@ -9,6 +9,8 @@ from scipy import ndimage
 from ngff_dreg.geometry import ImageGeometry
 from ngff_dreg.global_stage import (
     AUTO_MIN_MODEL_NCC,
+    AUTO_MIN_NCC,
+    AUTO_MIN_RANK,
     MIN_GLOBAL_SIMILARITY,
     _align_arrays,
     _centre_of_mass,
@@ -17,6 +19,7 @@ from ngff_dreg.global_stage import (
     choose_similarity,
     foreground,
     model_ncc,
+    rank_agreement,
     similarity_arrays,
 )
 from ngff_dreg.transforms import AffineTransform
@@ -70,6 +73,34 @@ def test_the_model_ncc_tells_a_remap_from_another_contrast() -> None:
     shifted = AffineTransform.from_arrays(np.eye(2), np.array([3.0, 0.0]))
     assert similarity_arrays(t1, geom, t2, geom, ident, "mind") > \
         similarity_arrays(t1, geom, t2, geom, shifted, "mind") + 0.05
+
+
+def test_the_rank_check_tells_tissues_that_swap_order_inside_a_dark_background() -> None:
+    """Two tissues whose brightness order swaps (T1 against FLAIR: white matter
+    brighter than grey in one, darker in the other) in an object on a dark
+    background: at a coarse level the background and the outline lift both NCCs
+    over their thresholds, and only the order inside the object tells the
+    contrasts apart. A remap with a bias keeps the order."""
+    shape = (160, 180)
+    geom = ImageGeometry(shape, (1.0, 1.0), (0.0, 0.0))
+    body, a, _ = _tissues(shape, 4)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = sum(g**2 for g in grids) < 0.3  # small enough to leave a wide dark background
+    t1 = ndimage.gaussian_filter(body * (0.45 + 0.55 * a), 3.0)  # a: white matter
+    flair = ndimage.gaussian_filter(body * (0.85 - 0.35 * a), 3.0)
+    bias = 1.0 + 0.2 * grids[1]
+    remap = np.sqrt(t1) * bias
+    ident = AffineTransform.identity(2)
+    explained = model_ncc(t1, geom, flair, geom, ident)
+    plain = similarity_arrays(t1, geom, flair, geom, ident, "intensity")
+    assert explained > AUTO_MIN_MODEL_NCC or plain > AUTO_MIN_NCC  # the NCCs are fooled
+    rank = rank_agreement(t1, geom, flair, geom, ident)
+    assert rank < AUTO_MIN_RANK, rank
+    assert choose_similarity(explained, plain, rank) == "mind"
+    same = rank_agreement(t1, geom, remap, geom, ident)
+    assert same > 0.9, same
+    assert choose_similarity(model_ncc(t1, geom, remap, geom, ident), 0.0, same) == "intensity"
+    assert choose_similarity(0.99, 0.99, float("nan")) == "mind"
 
 
 def test_the_multi_start_finds_an_object_that_fills_the_view_under_uneven_light() -> None:
@@ -200,7 +231,8 @@ def test_the_intensity_refit_moves_a_start_off_the_optimum_back_to_it() -> None:
     again = _intensity_refit(score, stage, exact, lie)
     assert again[3] >= _Scorer(fixed, geom, moving, geom, "intensity")(exact) - 1e-6
     # the runner's task: the choice and the refit from one read of both levels
-    similarity, _, ncc, refit = auto_similarity_task(Reader(fixed), Reader(moving), stage,
-                                                     exact)
+    similarity, (_, ncc, rank), refit = auto_similarity_task(Reader(fixed), Reader(moving),
+                                                             stage, exact)
     assert similarity == "intensity" and refit is not None
+    assert rank > 0.9  # a square root keeps the order of the intensities
     assert ncc == pytest.approx(score(exact)) and refit[3] >= ncc - 1e-6
