@@ -80,6 +80,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -588,35 +589,38 @@ def run_suite(names: list[str], methods: list[str], label: str | None, args: arg
         "versions": vers, "load_before": " / ".join(f"{v:.2f}" for v in load0),
         "command": "python benchmarks/accuracy_suite.py " + shlex.join(sys.argv[1:]),
         "schedule": args.schedule, "label": label}, "cases": {}}
-    for name in names:
-        spec = get_spec(name)
-        case = make_case(name, root, reduced=args.reduced)
-        print(f"{case.name} [{spec.split}]: {spec.tests}", flush=True)
-        entry = {"split": spec.split, "tests": spec.tests, "unit": case.geometry.unit,
-                 "fixed_geometry": case.meta["fixed_geometry"],
-                 "moving_geometry": case.meta["moving_geometry"],
-                 "truth_max_warp": case.meta["truth_max_warp"],
-                 "truth_max_total": case.meta["truth_max_total"],
-                 "truth_jacobian_min": case.meta["truth_jacobian_min"], "results": []}
-        entry["results"].append(_identity_row(case))
-        for method in methods:
-            lab = (label or f"schedule:{Path(args.schedule).stem}") if method == "schedule" \
-                else method
-            row = run_method(case, method, lab, args.workers, args.schedule, work,
-                             args.rerun_references, vers)
-            row["load_after"] = os.getloadavg()[0]
-            entry["results"].append(row)
-            if row.get("failed"):
-                print(f"    {lab}: FAILED {row['failed'][-300:]}", flush=True)
-            else:
-                print(f"    {lab}: p95 {row['p95_vox']:.3f} vox, mean {row['mean_vox']:.3f}, "
-                      f"det J min {_fmt(row.get('jacobian_min'), '.3f')}, "
-                      f"{_fmt(row.get('seconds'), '.1f')} s"
-                      + (" (cached)" if row.get("cached") else ""), flush=True)
-        results["cases"][case.name] = entry
-        if partial is not None:  # what is done survives an interrupted run
-            results["meta"]["load_after"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-            partial.write_text(json.dumps(results, indent=1, default=str))
+    try:  # the methods' outputs go with the run; what is kept is in case.root
+        for name in names:
+            spec = get_spec(name)
+            case = make_case(name, root, reduced=args.reduced)
+            print(f"{case.name} [{spec.split}]: {spec.tests}", flush=True)
+            entry = {"split": spec.split, "tests": spec.tests, "unit": case.geometry.unit,
+                     "fixed_geometry": case.meta["fixed_geometry"],
+                     "moving_geometry": case.meta["moving_geometry"],
+                     "truth_max_warp": case.meta["truth_max_warp"],
+                     "truth_max_total": case.meta["truth_max_total"],
+                     "truth_jacobian_min": case.meta["truth_jacobian_min"], "results": []}
+            entry["results"].append(_identity_row(case))
+            for method in methods:
+                lab = (label or f"schedule:{Path(args.schedule).stem}") if method == "schedule" \
+                    else method
+                row = run_method(case, method, lab, args.workers, args.schedule, work,
+                                 args.rerun_references, vers)
+                row["load_after"] = os.getloadavg()[0]
+                entry["results"].append(row)
+                if row.get("failed"):
+                    print(f"    {lab}: FAILED {row['failed'][-300:]}", flush=True)
+                else:
+                    print(f"    {lab}: p95 {row['p95_vox']:.3f} vox, mean {row['mean_vox']:.3f}, "
+                          f"det J min {_fmt(row.get('jacobian_min'), '.3f')}, "
+                          f"{_fmt(row.get('seconds'), '.1f')} s"
+                          + (" (cached)" if row.get("cached") else ""), flush=True)
+            results["cases"][case.name] = entry
+            if partial is not None:  # what is done survives an interrupted run
+                results["meta"]["load_after"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+                partial.write_text(json.dumps(results, indent=1, default=str))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     results["meta"]["load_after"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     return results
 
