@@ -24,7 +24,8 @@ HERE = Path(__file__).resolve().parent / "accuracy-results"
 REFS = ("suite-2026-12-02b.json", "suite-2026-12-02d.json",
         "issue20-references-old-cases-2026-12-06.json", "issue20-tuning-2026-12-07b.json",
         "issue20-validation-2026-12-07b.json", "issue20-references-tuning-2026-12-08.json",
-        "issue20-references-validation-2026-12-08.json")
+        "issue20-references-validation-2026-12-08.json",
+        "issue20-flair-tuning-references-2026-12-08.json")
 QUIET = ("issue20-tuning-2026-12-07b.json", "issue20-validation-2026-12-07b.json")
 
 

@@ -102,8 +102,9 @@ class GaussNewtonOptions:
         contrasts that are not a function of each other and strong
         illumination differences; the intensity settings are then unused).
     patch_sigma:
-        MIND-SSC patch size (Gaussian sigma, voxels of the finest axis);
-        ``None``: half the pass's lattice stride, at least
+        MIND-SSC patch size (Gaussian sigma, voxels of the finest axis; the
+        patch is as long physically along the other axes); ``None``: half the
+        pass's lattice stride, at least
         :data:`MIN_PATCH_SIGMA` (a sparse lattice samples descriptors of
         patches about as large as the gaps between its samples, which are
         less noisy than single-voxel ones).
@@ -220,8 +221,12 @@ class _Images:
             f = ndimage.gaussian_filter(self.fixed, sig) if sigma > 0 else self.fixed
             w = masked_smooth(self.warped, self.valid, sig) if sigma > 0 else self.warped
             if self.similarity == "mind":
-                fc = list(mind_ssc(f, patch, noise_floor=BLOCK_NOISE_FLOOR))
-                wc = list(mind_ssc(w, patch, valid=self.valid_bool,
+                # the same physical patch along every axis: on thick slices
+                # (1x1x3 mm) a patch isotropic in voxels reaches three times as
+                # far along z, and so do the descriptors' neighbour pairs' patches
+                psig = physical_sigmas(patch, self.geom)
+                fc = list(mind_ssc(f, psig, noise_floor=BLOCK_NOISE_FLOOR))
+                wc = list(mind_ssc(w, psig, valid=self.valid_bool,
                                    noise_floor=BLOCK_NOISE_FLOOR))
             else:
                 fc, wc = [f], [w]

@@ -24,6 +24,7 @@ Gauss-Newton solvers fit like an intensity residual, one residual per channel.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -96,7 +97,7 @@ def _shifted(padded: npt.NDArray[np.float32], offset: tuple[int, ...], shape: tu
     return padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, shape))]
 
 
-def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
+def mind_ssc(image: npt.ArrayLike, patch_sigma: float | Sequence[float] = 1.0,
              valid: npt.NDArray[np.bool_] | None = None,
              noise_floor: float = 0.0,
              local_floor_sigma: float = 0.0) -> npt.NDArray[np.float32]:
@@ -107,7 +108,8 @@ def mind_ssc(image: npt.ArrayLike, patch_sigma: float = 1.0,
     image:
         2D or 3D image (NumPy order); axes of length 1 are allowed.
     patch_sigma:
-        Gaussian patch size in voxels.
+        Gaussian patch size in voxels: one for every axis, or one per axis
+        (NumPy order; a physically isotropic patch on anisotropic voxels).
     valid:
         Where the image holds data; the variance floor is taken over it.
     noise_floor:

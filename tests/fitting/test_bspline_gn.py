@@ -275,3 +275,23 @@ def test_a_structure_only_the_moving_image_has_moves_points_far_in_flat_regions(
         assert fit.before is not None and fit.motion is not None
         assert (fit.motion > 10 * fit.before) == far, (amp, fit.motion, fit.before)
         assert (fit.motion > 1.0) == far, (amp, fit.motion)
+
+
+
+def test_mind_patches_are_as_long_physically_along_thick_slices() -> None:
+    """On 1×1×3 voxels a block's MIND patch spans the same millimetres along z
+    as in-plane (a third of the voxels), not three times as many."""
+    from ngff_dreg.fitting.bspline_gn import _Images
+    from ngff_dreg.fitting.descriptors import BLOCK_NOISE_FLOOR, mind_ssc
+
+    rng = np.random.default_rng(5)
+    vol = ndimage.gaussian_filter(rng.standard_normal((12, 36, 36)), (0.7, 2.0, 2.0))
+    vol = vol.astype(np.float32)
+    geom = ImageGeometry(vol.shape[::-1], (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    images = _Images(vol, vol, np.ones(vol.shape, dtype=bool), geom, similarity="mind",
+                     patch_sigma=1.5)
+    got = np.stack(images.get(0.0)[0])
+    physical = mind_ssc(vol, (0.5, 1.5, 1.5), noise_floor=BLOCK_NOISE_FLOOR)
+    in_voxels = mind_ssc(vol, 1.5, noise_floor=BLOCK_NOISE_FLOOR)
+    np.testing.assert_allclose(got, physical, atol=1e-6)
+    assert np.abs(got - in_voxels).max() > 0.05
