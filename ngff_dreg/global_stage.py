@@ -22,6 +22,7 @@ from scipy import ndimage, stats
 from ngff_dreg.fitting.descriptors import AUTO, GLOBAL_LOCAL_FLOOR_SIGMA, mind_ssc
 from ngff_dreg.fitting.destripe import axis_names, destripe
 from ngff_dreg.fitting.intensity import IntensityModel
+from ngff_dreg.fitting.lattice import physical_sigmas
 from ngff_dreg.fitting.linear_gn import linear_fit
 from ngff_dreg.geometry import Box, ImageGeometry
 from ngff_dreg.interfaces import BlockInfo, BlockRegStatus
@@ -523,9 +524,10 @@ class _Scorer:
             return float("nan")
         lf = GLOBAL_LOCAL_FLOOR_SIGMA
         if self._fixed_mind is None:
-            self._fixed_mind = mind_ssc(fixed, 2.0, local_floor_sigma=lf).reshape(-1, inside.size)
+            self._fixed_mind = mind_ssc(fixed, physical_sigmas(2.0, fg), local_floor_sigma=lf
+                                        ).reshape(-1, inside.size)
         df = self._fixed_mind[:, inside].ravel()
-        dw = mind_ssc(warped.reshape(fixed.shape), 2.0, local_floor_sigma=lf
+        dw = mind_ssc(warped.reshape(fixed.shape), physical_sigmas(2.0, fg), local_floor_sigma=lf
                       ).reshape(-1, inside.size)[:, inside].ravel()
         return _ncc_flat(df.astype(np.float64), dw.astype(np.float64))
 

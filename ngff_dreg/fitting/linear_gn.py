@@ -67,7 +67,8 @@ class _MovingSampler:
                  similarity: str = "intensity", patch_sigma: float = 2.0) -> None:
         img = ndimage.gaussian_filter(moving, physical_sigmas(sigma, geom)) if sigma > 0 \
             else moving
-        imgs = list(mind_ssc(img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
+        imgs = list(mind_ssc(img, physical_sigmas(patch_sigma, geom),
+                             local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
             if similarity == "mind" else [img]
         self.to_index = np.linalg.inv(geom.index_to_physical_matrix)
         # d(NumPy index)/d(physical, ITK order): the sampler gives physical gradients
@@ -191,7 +192,8 @@ def _fixed_samples(fixed: FloatArray, geom: ImageGeometry, centre: FloatArray, s
     xc = geom.array_index_to_physical(idx.astype(np.float64)) - centre
     f_img = ndimage.gaussian_filter(fixed, physical_sigmas(sigma, geom)) if sigma > 0 \
         else fixed
-    f_chan = list(mind_ssc(f_img, patch_sigma, local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
+    f_chan = list(mind_ssc(f_img, physical_sigmas(patch_sigma, geom),
+                           local_floor_sigma=GLOBAL_LOCAL_FLOOR_SIGMA)) \
         if similarity == "mind" else [f_img]
     f_all = np.stack([np.asarray(c, dtype=np.float64)[np.ix_(*axes)].reshape(-1)
                       for c in f_chan])
