@@ -297,11 +297,13 @@ class Schedule:
         3. With ``similarity="auto"`` (:data:`DEFAULT_SIMILARITY`) the global
            stage aligns MIND-SSC descriptors from the best of several starts
            and then measures how well a function of the moving intensity
-           predicts the fixed one; where it does, the global affine is
-           refitted with the intensity model and every block maps moving to
-           fixed intensities piecewise linearly with a quadratic gain (remaps
-           and bias fields do not bias the fit), and where it does not (other
-           contrasts, uneven lighting) the blocks fit MIND-SSC descriptors.
+           predicts the fixed one, and whether the two intensities rank alike
+           inside the object (:func:`~ngff_dreg.global_stage.choose_similarity`);
+           where both hold, the global affine is refitted with the intensity
+           model and every block maps moving to fixed intensities piecewise
+           linearly with a quadratic gain (remaps and bias fields do not bias
+           the fit), and otherwise (other contrasts, uneven lighting) the
+           blocks fit MIND-SSC descriptors.
            A block is refused when it does not improve held-out samples.
         4. With the intensity model only (``when_similarity="intensity"``), a
            gated refinement stage on the last stage's level at
